@@ -1,0 +1,148 @@
+"""A network's train state: parameters, masks and optimizer state, and the one masking helper.
+
+``masks`` has the tree structure of ``params``. A leaf that is masked holds a boolean array of the
+leaf's shape (True = the weight is active); a leaf that is never masked (biases, norms, a task
+encoder, every leaf of a dense network) holds ``None``. The forward pass always reads
+``masked_params(state)``; after every optimizer step ``apply_gradients`` multiplies the parameters
+by the masks again so that nothing (Adam moments, weight decay) can revive a pruned weight.
+
+Invariant (asserted by the tests after every kind of update):
+``params == params * masks`` and every optimizer moment is zero wherever ``masks`` is False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+Params = Any  # a pytree of arrays
+Masks = Any  # the tree of ``params`` with bool arrays or None leaves
+
+
+class NetState(struct.PyTreeNode):
+    """Train state of one network.
+
+    Attributes:
+        params: the network's parameters.
+        masks: bool arrays congruent with ``params``; None for unmasked leaves.
+        opt_state: the optax state of this network's optimizer.
+        method_state: whatever the network's mask method keeps between calls (array data only,
+            e.g. its target sparsity, so that runs differing in it can be vmapped).
+    """
+
+    params: Params
+    masks: Masks
+    opt_state: optax.OptState
+    method_state: Any = None
+
+
+class MaskMethod(Protocol):
+    """What an agent needs from a sparsity or plasticity method (built in ``mtrl_sparse.methods``).
+
+    ``init(params, maskable, key) -> (masks, method_state)``: ``maskable`` is the tree of ``params``
+    with a Python bool per leaf saying whether that leaf may be masked.
+    ``transform(net_state, step, key, context) -> net_state``: called after every gradient step of
+    the network with that network's update count ``step``; pure and jit-compatible. ``context`` is
+    a dict of what the agent measured on the step (e.g. gradients, activations).
+    """
+
+    init: Callable[[Params, Any, jax.Array], tuple[Masks, Any]]
+    transform: Callable[[NetState, jax.Array, jax.Array, dict], NetState]
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def apply_masks(params: Params, masks: Masks) -> Params:
+    """``params * masks`` leaf by leaf; leaves whose mask is None pass through unchanged."""
+    return jax.tree.map(
+        lambda p, m: p if m is None else jnp.where(m, p, jnp.zeros((), p.dtype)), params, masks
+    )
+
+
+def masked_params(state: NetState) -> Params:
+    """The parameters the forward pass uses: the one place where masks meet the network."""
+    return apply_masks(state.params, state.masks)
+
+
+def default_maskable(params: Params, exclude_modules: tuple[str, ...] = ()) -> Any:
+    """Which leaves may be masked by default: every weight matrix and convolution kernel.
+
+    Flax names those leaves ``kernel``; biases, normalisation scales and any leaf under a module
+    whose name is in ``exclude_modules`` (e.g. an MoE task encoder) are never masked.
+    """
+
+    def leaf_is_maskable(path: tuple, leaf: jax.Array) -> bool:
+        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        if any(n in exclude_modules for n in names):
+            return False
+        return names[-1] == "kernel" and leaf.ndim >= 2
+
+    return jax.tree_util.tree_map_with_path(leaf_is_maskable, params)
+
+
+def create_net_state(
+    params: Params,
+    tx: optax.GradientTransformation,
+    method: MaskMethod,
+    key: jax.Array,
+    maskable: Any | None = None,
+) -> NetState:
+    """Build a network's state: masks from ``method``, params masked, optimizer initialised."""
+    if maskable is None:
+        maskable = default_maskable(params)
+    masks, method_state = method.init(params, maskable, key)
+    params = apply_masks(params, masks)
+    return NetState(params=params, masks=masks, opt_state=tx.init(params),
+                    method_state=method_state)
+
+
+def apply_gradients(
+    state: NetState, grads: Params, tx: optax.GradientTransformation
+) -> NetState:
+    """One optimizer step followed by re-masking of the parameters.
+
+    ``grads`` are gradients with respect to ``state.params`` of a loss computed on
+    ``masked_params(state)``, so they are zero where masked and the optimizer moments stay zero
+    there too.
+    """
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def zero_moments_where_masked(
+    opt_state: optax.OptState, masks: Masks, tx: optax.GradientTransformation
+) -> optax.OptState:
+    """Zero every parameter-shaped optimizer leaf (Adam's mu and nu...) where ``masks`` is False.
+
+    Methods that change masks call this so that a pruned or regrown weight starts from fresh
+    moments.
+    """
+    return optax.tree_utils.tree_map_params(
+        tx, lambda leaf, m: leaf if m is None else jnp.where(m, leaf, 0), opt_state, masks,
+        is_leaf=_is_none,
+    )
+
+
+def mask_counts(masks: Masks) -> tuple[jax.Array, int]:
+    """(active weights, maskable weights) over the masked leaves of one network."""
+    leaves = [m for m in jax.tree.leaves(masks, is_leaf=_is_none) if m is not None]
+    if not leaves:
+        return jnp.zeros((), jnp.int32), 0
+    active = sum(jnp.sum(m, dtype=jnp.int32) for m in leaves)
+    return active, sum(m.size for m in leaves)
+
+
+def network_sparsity(masks: Masks) -> jax.Array:
+    """Masked-out weights / maskable weights of one network (0.0 for a dense network)."""
+    active, total = mask_counts(masks)
+    if total == 0:
+        return jnp.zeros((), jnp.float32)
+    return 1.0 - active.astype(jnp.float32) / total

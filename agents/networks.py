@@ -1,0 +1,88 @@
+"""Multi-task networks: a shared trunk with one output head per task.
+
+Shapes: ``B`` batch, ``T`` tasks, ``D`` input features, ``O`` outputs of one head.
+Kernels are initialised as PyTorch's ``nn.Linear`` does (uniform in +-1/sqrt(fan_in)), the
+initialisation of the reference paper's code; biases start at zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def task_one_hot(task_ids: jax.Array, num_tasks: int) -> jax.Array:
+    """(B,) int -> (B, T) float32 one-hot task encoding."""
+    return jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)
+
+
+def select_task_head(all_heads: jax.Array, task_ids: jax.Array) -> jax.Array:
+    """(B, T, O) outputs of every head, (B,) task ids -> (B, O) output of each sample's head."""
+    return jnp.take_along_axis(all_heads, task_ids[:, None, None], axis=1)[:, 0]
+
+
+class MultiHeadMLP(nn.Module):
+    """ReLU MLP trunk on [features, one-hot task] and a linear head per task.
+
+    The heads are one ``Dense`` of ``T * O`` outputs named ``heads`` (so a mask over it masks each
+    head's weights); each sample reads its own task's head.
+    """
+
+    hidden_sizes: Sequence[int]
+    num_tasks: int
+    head_dim: int
+
+    @nn.compact
+    def __call__(self, features: jax.Array, task_ids: jax.Array) -> jax.Array:
+        """(B, D) features, (B,) task ids -> (B, O)."""
+        x = jnp.concatenate([features, task_one_hot(task_ids, self.num_tasks)], axis=-1)
+        for i, width in enumerate(self.hidden_sizes):
+            x = nn.relu(nn.Dense(width, kernel_init=torch_linear_init, name=f"hidden_{i}")(x))
+        heads = nn.Dense(
+            self.num_tasks * self.head_dim, kernel_init=torch_linear_init, name="heads"
+        )(x)
+        return select_task_head(heads.reshape(x.shape[0], self.num_tasks, self.head_dim), task_ids)
+
+
+class GaussianActor(nn.Module):
+    """Multi-head policy network: per task, the mean and log-std of a diagonal Gaussian.
+
+    Returns ``(mean, log_std)``, each (B, A); ``log_std`` is clipped to ``log_std_bounds``.
+    """
+
+    hidden_sizes: Sequence[int]
+    num_tasks: int
+    action_dim: int
+    log_std_bounds: tuple[float, float] = (-20.0, 2.0)
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, task_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = MultiHeadMLP(self.hidden_sizes, self.num_tasks, 2 * self.action_dim, name="mlp")(
+            obs, task_ids
+        )
+        mean, log_std = jnp.split(out, 2, axis=-1)
+        return mean, jnp.clip(log_std, *self.log_std_bounds)
+
+
+class TwinCritic(nn.Module):
+    """Two independent multi-head Q networks ``q1`` and ``q2`` on [obs, action, one-hot task].
+
+    Returns Q values of shape (2, B).
+    """
+
+    hidden_sizes: Sequence[int]
+    num_tasks: int
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, actions: jax.Array, task_ids: jax.Array) -> jax.Array:
+        features = jnp.concatenate([obs, actions], axis=-1)
+        qs = [
+            MultiHeadMLP(self.hidden_sizes, self.num_tasks, 1, name=name)(features, task_ids)[:, 0]
+            for name in ("q1", "q2")
+        ]
+        return jnp.stack(qs)

@@ -1,0 +1,234 @@
+"""Multi-task multi-head Soft Actor-Critic with explicit masks in its train state.
+
+The multi-task SAC of Yu et al. 2020 (Meta-World) in the multi-head form used by Todorov et al.
+2025 ("Sparsity-Driven Plasticity in Multi-Task Reinforcement Learning", Table 3): a shared ReLU
+trunk on [observation, one-hot task] with one head per task, twin critics, one learned temperature
+per task, target-Q clipping and gradient-norm clipping. Haarnoja et al. 2018 for SAC itself.
+
+Everything here is pure: ``init``, ``act`` and ``update`` are jit-compiled once by the caller.
+The agent never names a sparsity method: it is handed one ``MaskMethod`` per network and calls its
+``transform`` after each gradient step of that network.
+
+Shapes: ``B`` batch, ``T`` tasks, ``D`` observation size, ``A`` action size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from mtrl_sparse.agents.net_state import (
+    MaskMethod,
+    NetState,
+    apply_gradients,
+    apply_masks,
+    create_net_state,
+    masked_params,
+    network_sparsity,
+)
+from mtrl_sparse.agents.networks import GaussianActor, TwinCritic
+from mtrl_sparse.agents.replay_buffer import Transition
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Hyperparameters of multi-task SAC (defaults: Table 3 of the reference paper)."""
+
+    hidden_sizes: tuple[int, ...] = (400, 400, 400)
+    """Widths of the hidden ReLU layers of actor and critics."""
+    batch_size: int = 1280
+    """Transitions per gradient step, summed over tasks (an equal share per task)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Target critic smoothing: target <- tau * critic + (1 - tau) * target, every update."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the per-task log temperatures (no gradient clipping)."""
+    initial_alpha: float = 1.0
+    """Initial temperature of every task."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip of actor and of critics (each network separately)."""
+    target_q_clip: float = 5000.0
+    """Bellman targets are clipped to [-target_q_clip, target_q_clip]."""
+    log_std_min: float = -20.0
+    """Lower bound of the policy's log standard deviation."""
+    log_std_max: float = 2.0
+    """Upper bound of the policy's log standard deviation."""
+    target_entropy_scale: float = 1.0
+    """Target entropy per task is -target_entropy_scale * action_dim."""
+
+
+class SACState(struct.PyTreeNode):
+    """Train state of multi-task SAC.
+
+    Attributes:
+        actor: policy network state (params, masks, Adam state).
+        critic: twin critic state; its params hold ``q1`` and ``q2``.
+        target_critic_params: Polyak average of the masked critic params.
+        log_alpha: per-task log temperature, (T,), with its own Adam state (never masked).
+        step: number of updates done, () int32 (the ``updates`` unit of method schedules).
+    """
+
+    actor: NetState
+    critic: NetState
+    target_critic_params: dict
+    log_alpha: NetState
+    step: jax.Array
+
+
+class SAC(NamedTuple):
+    """The agent's pure functions (see ``make_sac``)."""
+
+    init: object
+    act: object
+    update: object
+    config: SACConfig
+
+
+def gaussian_tanh_sample(
+    mean: jax.Array, log_std: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Reparameterised sample of tanh(N(mean, std)) and its log-probability.
+
+    (B, A), (B, A) -> actions (B, A) in (-1, 1), log-prob (B,). Uses the stable identity
+    log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)).
+    """
+    std = jnp.exp(log_std)
+    u = mean + std * jax.random.normal(key, mean.shape)
+    gauss_logp = -0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi)
+    squash = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
+    return jnp.tanh(u), jnp.sum(gauss_logp - squash, axis=-1)
+
+
+def make_sac(
+    config: SACConfig,
+    num_tasks: int,
+    obs_dim: int,
+    action_dim: int,
+    actor_method: MaskMethod,
+    critic_method: MaskMethod,
+) -> SAC:
+    """Build the pure ``init``, ``act`` and ``update`` of multi-task SAC."""
+    actor_net = GaussianActor(
+        config.hidden_sizes, num_tasks, action_dim, (config.log_std_min, config.log_std_max)
+    )
+    critic_net = TwinCritic(config.hidden_sizes, num_tasks)
+    actor_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                           optax.adam(config.actor_lr))
+    critic_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                            optax.adam(config.critic_lr))
+    alpha_tx = optax.adam(config.alpha_lr)
+    target_entropy = -config.target_entropy_scale * action_dim
+
+    def init(key: jax.Array) -> SACState:
+        k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
+        obs = jnp.zeros((1, obs_dim), jnp.float32)
+        act = jnp.zeros((1, action_dim), jnp.float32)
+        task = jnp.zeros((1,), jnp.int32)
+        actor = create_net_state(actor_net.init(k_actor, obs, task), actor_tx, actor_method,
+                                 k_actor_mask)
+        critic = create_net_state(critic_net.init(k_critic, obs, act, task), critic_tx,
+                                  critic_method, k_critic_mask)
+        log_alpha = jnp.full((num_tasks,), jnp.log(config.initial_alpha), jnp.float32)
+        return SACState(
+            actor=actor,
+            critic=critic,
+            target_critic_params=masked_params(critic),
+            log_alpha=NetState(params=log_alpha, masks=None, opt_state=alpha_tx.init(log_alpha)),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def act(
+        state: SACState, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
+        deterministic: bool = False,
+    ) -> jax.Array:
+        """(B, D) obs, (B,) task ids -> (B, A) actions in [-1, 1]; deterministic = tanh(mean)."""
+        mean, log_std = actor_net.apply(masked_params(state.actor), obs, task_ids)
+        if deterministic:
+            return jnp.tanh(mean)
+        return gaussian_tanh_sample(mean, log_std, key)[0]
+
+    def critic_loss_fn(critic_params, state, batch, task_ids, key):
+        alpha = jnp.exp(state.log_alpha.params)[task_ids]  # (B,)
+        mean, log_std = actor_net.apply(masked_params(state.actor), batch.next_obs, task_ids)
+        next_actions, next_logp = gaussian_tanh_sample(mean, log_std, key)
+        next_q = critic_net.apply(state.target_critic_params, batch.next_obs, next_actions,
+                                  task_ids).min(axis=0)
+        soft_next_v = next_q - alpha * next_logp
+        target = batch.rewards + config.gamma * (1.0 - batch.terminated) * soft_next_v
+        target = jax.lax.stop_gradient(
+            jnp.clip(target, -config.target_q_clip, config.target_q_clip)
+        )
+        q = critic_net.apply(
+            apply_masks(critic_params, state.critic.masks),
+            batch.obs, batch.actions, task_ids,
+        )  # (2, B)
+        loss = 0.5 * jnp.sum(jnp.mean((q - target) ** 2, axis=1))
+        return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(target)}
+
+    def actor_loss_fn(actor_params, state, batch, task_ids, key):
+        alpha = jnp.exp(state.log_alpha.params)[task_ids]
+        mean, log_std = actor_net.apply(
+            apply_masks(actor_params, state.actor.masks),
+            batch.obs, task_ids,
+        )
+        actions, logp = gaussian_tanh_sample(mean, log_std, key)
+        q = critic_net.apply(masked_params(state.critic), batch.obs, actions, task_ids).min(axis=0)
+        loss = jnp.mean(jax.lax.stop_gradient(alpha) * logp - q)
+        return loss, (logp, {"actor_loss": loss, "entropy": -jnp.mean(logp)})
+
+    def alpha_loss_fn(log_alpha, logp, task_ids):
+        # Per-task temperature loss, averaged over the batch (each task holds an equal share).
+        return -jnp.mean(log_alpha[task_ids] * jax.lax.stop_gradient(logp + target_entropy))
+
+    def update(state: SACState, batch: Transition, task_ids: jax.Array, key: jax.Array):
+        """One gradient step of critics, actor and temperatures, then the target update.
+
+        Each network's mask method transforms it right after its gradient step, with that
+        network's update count (``state.step + 1``).
+        """
+        k_critic, k_actor, k_critic_method, k_actor_method = jax.random.split(key, 4)
+        step = state.step + 1
+
+        (_, critic_info), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+            state.critic.params, state, batch, task_ids, k_critic
+        )
+        critic = apply_gradients(state.critic, critic_grads, critic_tx)
+        critic = critic_method.transform(critic, step, k_critic_method, {"grads": critic_grads})
+        state = state.replace(critic=critic)
+
+        (_, (logp, actor_info)), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
+            state.actor.params, state, batch, task_ids, k_actor
+        )
+        actor = apply_gradients(state.actor, actor_grads, actor_tx)
+        actor = actor_method.transform(actor, step, k_actor_method, {"grads": actor_grads})
+
+        alpha_loss, alpha_grads = jax.value_and_grad(alpha_loss_fn)(
+            state.log_alpha.params, logp, task_ids
+        )
+        log_alpha = apply_gradients(state.log_alpha, alpha_grads, alpha_tx)
+
+        target = optax.incremental_update(
+            masked_params(critic), state.target_critic_params, config.tau
+        )
+        state = state.replace(actor=actor, log_alpha=log_alpha, target_critic_params=target,
+                              step=step)
+        metrics = {
+            **critic_info,
+            **actor_info,
+            "alpha_loss": alpha_loss,
+            "alpha": jnp.exp(log_alpha.params),  # (T,)
+            "actor_sparsity": network_sparsity(actor.masks),
+            "critic_sparsity": network_sparsity(critic.masks),
+        }
+        return state, metrics
+
+    return SAC(init=init, act=act, update=update, config=config)

@@ -1,0 +1,206 @@
+"""Experiment configuration: frozen dataclasses, their validation, and JSON round trips.
+
+Every value of a run is a field here (the CLI is generated from these classes), and every field
+name that counts something says its unit: ``env_steps`` are environment transitions summed over all
+parallel envs; ``updates`` are gradient steps of a network (see DESIGN.md, Conventions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import tyro
+
+from mtrl_sparse.agents.sac import SACConfig
+from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
+from mtrl_sparse.methods.registry import (
+    MethodError,
+    NetworkMethodSettings,
+    check_method,
+)
+from mtrl_sparse.methods.topology import DISTRIBUTIONS
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line naming what is accepted."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which benchmark to train on and how its environments are vectorised."""
+
+    benchmark: Literal["MT1", "MT10", "MT50"] = "MT10"
+    """Meta-World benchmark: MT10 and MT50 run one env per task; MT1 runs one task."""
+    task: str | None = None
+    """MT1 only: the Meta-World task name (e.g. reach-v3)."""
+    envs_per_task: int = 1
+    """Training env copies of each task (env steps per vector step = tasks x copies)."""
+    vector_strategy: Literal["sync", "async"] = "sync"
+    """Gymnasium vector env strategy: sync (one process) or async (one process per env)."""
+    max_episode_steps: int = 500
+    """Time limit of an episode in env steps of one env (Meta-World's is 500)."""
+    eval_envs_per_task: int = 10
+    """Evaluation env copies of each task, stepped together to run episodes in parallel."""
+    eval_episodes_per_task: int = 50
+    """Evaluation episodes per task (deterministic policy)."""
+
+
+@dataclass(frozen=True)
+class NetworkMethodConfig:
+    """Per-network override of the top-level method flags."""
+
+    method: str | None = None
+    """Method of this network; None: the top-level --method."""
+    sparsity: float | None = None
+    """Final target sparsity of this network; None: the top-level --sparsity."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A multi-task SAC run on Meta-World, with a sparsity method per network."""
+
+    total_env_steps: Annotated[int, tyro.conf.arg(aliases=("--total-steps",))] = 20_000_000
+    """Run budget in env steps (transitions summed over all training envs)."""
+    seed: int = 0
+    """Seed of network init, masks, exploration, replay sampling and environments."""
+    method: str = "dense"
+    """Method of every network (see `mtrl-sparse methods`); a network's own flag overrides it."""
+    sparsity: float = 0.0
+    """Final target sparsity of every network, in [0, 1); 0 for dense."""
+    distribution: Literal["uniform", "erk"] = "erk"
+    """Per-layer sparsity distribution of sparse methods."""
+    actor: NetworkMethodConfig = field(default_factory=NetworkMethodConfig)
+    """Method override for the actor."""
+    critic: NetworkMethodConfig = field(default_factory=NetworkMethodConfig)
+    """Method override for the twin critics."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment settings."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """Agent hyperparameters."""
+    warmup_env_steps: int = 40_000
+    """Env steps of uniformly random actions before the first update."""
+    updates_per_vector_step: int = 1
+    """Gradient updates after each vector step once warm-up is over."""
+    buffer_capacity: int = 1_000_000
+    """Replay capacity in transitions, shared equally by the tasks."""
+    eval_every_env_steps: int = 200_000
+    """Evaluate every this many env steps (and always at the end)."""
+    log_every_env_steps: int = 10_000
+    """Write a training metrics row every this many env steps."""
+    checkpoint_every_env_steps: int = 500_000
+    """Checkpoint at the first episode boundary after every this many env steps (and at the end)."""
+    keep_checkpoints: int = 3
+    """How many of the most recent checkpoints to keep."""
+    run_dir: str | None = None
+    """Run directory; None: runs/<benchmark>-<method>-s<seed>-<timestamp>."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def network_methods(self) -> dict[str, NetworkMethodSettings]:
+        """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
+        return {
+            name: NetworkMethodSettings(
+                name=override.method if override.method is not None else self.method,
+                sparsity=override.sparsity if override.sparsity is not None else self.sparsity,
+                distribution=self.distribution,
+            )
+            for name, override in (("actor", self.actor), ("critic", self.critic))
+        }
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ``ConfigError`` (one line) for the first problem found."""
+    env = config.env
+    if env.benchmark not in METAWORLD_BENCHMARKS:
+        raise ConfigError(
+            f"unknown benchmark {env.benchmark!r}; accepted: {', '.join(METAWORLD_BENCHMARKS)}"
+        )
+    if env.benchmark == "MT1" and env.task is None:
+        raise ConfigError("benchmark MT1 needs --env.task (a Meta-World task name, e.g. reach-v3)")
+    if env.benchmark != "MT1" and env.task is not None:
+        raise ConfigError(
+            f"--env.task is for MT1 only; benchmark {env.benchmark} has its own tasks"
+        )
+    try:
+        num_tasks = len(metaworld_task_names(env.benchmark, env.task))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if config.distribution not in DISTRIBUTIONS:
+        raise ConfigError(
+            f"unknown distribution {config.distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}"
+        )
+    for network, settings in config.network_methods().items():
+        try:
+            check_method(settings.name, settings.sparsity, network)
+        except MethodError as error:
+            raise ConfigError(str(error)) from None
+    positive = {
+        "total_env_steps": config.total_env_steps,
+        "env.envs_per_task": env.envs_per_task,
+        "env.max_episode_steps": env.max_episode_steps,
+        "env.eval_envs_per_task": env.eval_envs_per_task,
+        "env.eval_episodes_per_task": env.eval_episodes_per_task,
+        "sac.batch_size": config.sac.batch_size,
+        "updates_per_vector_step": config.updates_per_vector_step,
+        "buffer_capacity": config.buffer_capacity,
+        "eval_every_env_steps": config.eval_every_env_steps,
+        "log_every_env_steps": config.log_every_env_steps,
+        "checkpoint_every_env_steps": config.checkpoint_every_env_steps,
+        "keep_checkpoints": config.keep_checkpoints,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    if config.warmup_env_steps < 0:
+        raise ConfigError(f"--warmup-env-steps must be >= 0; got {config.warmup_env_steps}")
+    if config.sac.batch_size % num_tasks:
+        raise ConfigError(
+            f"--sac.batch-size {config.sac.batch_size} is not divisible by the {num_tasks} tasks "
+            f"of {env.benchmark}; accepted: multiples of {num_tasks}"
+        )
+    if config.buffer_capacity < num_tasks * env.envs_per_task:
+        raise ConfigError(
+            f"--buffer-capacity {config.buffer_capacity} is below one vector step "
+            f"({num_tasks * env.envs_per_task} transitions)"
+        )
+    if not config.sac.hidden_sizes or min(config.sac.hidden_sizes) <= 0:
+        raise ConfigError("--sac.hidden-sizes needs one or more positive widths")
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    """A JSON-ready nested dict of every field."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of ``to_dict`` (tuples restored from JSON lists)."""
+    data = dict(data)
+    sac = dict(data.pop("sac"))
+    sac["hidden_sizes"] = tuple(sac["hidden_sizes"])
+    return TrainConfig(
+        **data | {
+            "env": EnvConfig(**data["env"]),
+            "actor": NetworkMethodConfig(**data["actor"]),
+            "critic": NetworkMethodConfig(**data["critic"]),
+            "sac": SACConfig(**sac),
+        }
+    )
+
+
+def differing_fields(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Dotted names of the fields where ``a`` and ``b`` differ."""
+    flat_a, flat_b = _flatten(to_dict(a)), _flatten(to_dict(b))
+    return [name for name in flat_a if flat_a[name] != flat_b.get(name)]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.loads(json.dumps(value))
+    return out

@@ -1,0 +1,126 @@
+"""The device side of a SAC run: the train state and the jit-compiled steps the runner calls.
+
+One vector step of the runner is two dispatches: ``act`` (exploration actions for the current
+observations) and ``learn`` (insert the vector step's transitions into the replay buffer, then
+``updates_per_vector_step`` gradient updates, unless still warming up). Both take the train state
+donated, so the replay buffer inside it is updated in place and never copied. Each is compiled once
+per variant (warm-up and training).
+
+A non-finite loss is recorded on the device (update count and which loss) and read by the runner
+at its logging points, so the hot loop has no extra host round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mtrl_sparse.agents.replay_buffer import (
+    ReplayBufferState,
+    Transition,
+    add_transitions,
+    init_replay_buffer,
+    sample_balanced,
+)
+from mtrl_sparse.agents.sac import SAC, SACState
+from mtrl_sparse.envs.base import MultiTaskEnvSpec
+
+LOSS_NAMES = ("critic_loss", "actor_loss", "alpha_loss")
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything on the device that a checkpoint must hold.
+
+    Attributes:
+        agent: the SAC state (networks, masks, optimizer states, update counter).
+        buffer: the replay buffer.
+        rng: uint32 (2,) key for exploration, replay sampling and updates.
+        first_nonfinite: int32 (2,): (update count, index into LOSS_NAMES) of the first update
+            with a non-finite loss, or (-1, -1).
+    """
+
+    agent: SACState
+    buffer: ReplayBufferState
+    rng: jax.Array
+    first_nonfinite: jax.Array
+
+
+class Learner(NamedTuple):
+    """Jit-compiled functions over ``TrainState``; see the module docstring."""
+
+    init: Callable[[int], TrainState]
+    act: Callable[[TrainState, jax.Array, bool], tuple[TrainState, jax.Array]]
+    learn: Callable[[TrainState, Transition, bool], tuple[TrainState, dict[str, jax.Array]]]
+    greedy_act: Callable[[SACState, jax.Array, jax.Array], jax.Array]
+    abstract_state: Callable[[], Any]
+
+
+def make_learner(
+    sac: SAC, spec: MultiTaskEnvSpec, buffer_capacity: int, updates_per_vector_step: int
+) -> Learner:
+    """Build the train state's initialiser and the jitted act / learn steps for ``sac``."""
+    env_task_ids = jnp.asarray(spec.env_task_ids)
+    capacity_per_task = buffer_capacity // spec.num_tasks
+    samples_per_task = sac.config.batch_size // spec.num_tasks
+
+    def init(seed: int) -> TrainState:
+        agent_key, rng = jax.random.split(jax.random.PRNGKey(seed))
+        return TrainState(
+            agent=sac.init(agent_key),
+            buffer=init_replay_buffer(spec.num_tasks, capacity_per_task, spec.obs_shape,
+                                      spec.action_dim),
+            rng=rng,
+            first_nonfinite=jnp.full((2,), -1, jnp.int32),
+        )
+
+    def act(state: TrainState, obs: jax.Array, warmup: bool) -> tuple[TrainState, jax.Array]:
+        """(N, D) observations -> (N, A) actions: uniform in [-1, 1] in warm-up, else sampled."""
+        rng, key = jax.random.split(state.rng)
+        if warmup:
+            actions = jax.random.uniform(key, (obs.shape[0], spec.action_dim), minval=-1.0,
+                                         maxval=1.0)
+        else:
+            actions = sac.act(state.agent, obs, env_task_ids, key)
+        return state.replace(rng=rng), actions
+
+    def one_update(carry, _):
+        agent, rng, first_nonfinite, buffer = carry
+        rng, sample_key, update_key = jax.random.split(rng, 3)
+        batch, task_ids = sample_balanced(buffer, sample_key, samples_per_task)
+        agent, metrics = sac.update(agent, batch, task_ids, update_key)
+        finite = jnp.stack([jnp.isfinite(metrics[name]) for name in LOSS_NAMES])
+        record = jnp.stack([agent.step, jnp.argmin(finite).astype(jnp.int32)])
+        first_nonfinite = jnp.where(
+            (first_nonfinite[0] < 0) & ~jnp.all(finite), record, first_nonfinite
+        )
+        return (agent, rng, first_nonfinite, buffer), metrics
+
+    def learn(
+        state: TrainState, transitions: Transition, warmup: bool
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Insert one vector step of transitions, then update (unless ``warmup``)."""
+        buffer = add_transitions(state.buffer, transitions)
+        if warmup:
+            return state.replace(buffer=buffer), {}
+        carry = (state.agent, state.rng, state.first_nonfinite, buffer)
+        (agent, rng, first_nonfinite, _), metrics = jax.lax.scan(
+            one_update, carry, length=updates_per_vector_step
+        )
+        last = jax.tree.map(lambda x: x[-1], metrics)
+        state = state.replace(agent=agent, buffer=buffer, rng=rng, first_nonfinite=first_nonfinite)
+        return state, last
+
+    def greedy_act(agent: SACState, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
+        return sac.act(agent, obs, task_ids, jax.random.PRNGKey(0), deterministic=True)
+
+    return Learner(
+        init=jax.jit(init, static_argnums=0),
+        act=jax.jit(act, static_argnums=2, donate_argnums=0),
+        learn=jax.jit(learn, static_argnums=2, donate_argnums=0),
+        greedy_act=jax.jit(greedy_act),
+        abstract_state=lambda: jax.eval_shape(init, 0),
+    )

@@ -1,0 +1,25 @@
+"""``static``: a random sparse topology drawn at initialisation and kept for the whole run.
+
+The classic sparse-from-scratch baseline (e.g. Mocanu et al. 2018 before any evolution; Evci et
+al. 2020, "static" in RigL's comparisons). Per-layer sparsity follows ``uniform`` or ``erk``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mtrl_sparse.methods.base import Method, unchanged
+from mtrl_sparse.methods.topology import Distribution, random_masks
+
+
+def static_sparse(sparsity: float | jax.Array, distribution: Distribution = "erk") -> Method:
+    """Masks with overall ``sparsity`` (may be traced), drawn once; never changed afterwards."""
+
+    def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, Any]:
+        masks = random_masks(params, maskable, sparsity, distribution, key)
+        return masks, {"target_sparsity": jnp.asarray(sparsity, jnp.float32)}
+
+    return Method(init=init, transform=unchanged)

@@ -1,0 +1,164 @@
+"""The run directory: its layout, the stored config with provenance, and the metrics writers.
+
+Layout::
+
+    <run_dir>/config.json     resolved config + provenance (versions, git commit, device)
+    <run_dir>/metrics.jsonl   one JSON object per line, always with "step" in env steps
+    <run_dir>/tb/             TensorBoard event files (same scalars as metrics.jsonl)
+    <run_dir>/checkpoints/    orbax checkpoints, one folder per env step
+    <run_dir>/eval/           results of `mtrl-sparse eval`
+
+Fields whose name starts with ``time/`` are wall-clock measurements; everything else in
+``metrics.jsonl`` is a deterministic function of the config and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+from tensorboardX import SummaryWriter
+
+from mtrl_sparse.config import TrainConfig, from_dict, to_dict
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+CHECKPOINT_DIR = "checkpoints"
+EVAL_DIR = "eval"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (a usage error)."""
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Raise ``RunDirError`` unless ``path`` can hold a new run (absent or empty, writable)."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run dir {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise RunDirError(
+            f"run dir {path} is already used; pass --resume to continue it or choose a new one"
+        )
+    parent = path if path.exists() else _nearest_existing_parent(path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"run dir {path} is not writable ({parent} denies writing)")
+
+
+def _nearest_existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The config stored in a run directory."""
+    with open(run_dir / CONFIG_FILE) as f:
+        return from_dict(json.load(f)["config"])
+
+
+def read_preset(run_dir: Path) -> str | None:
+    """The preset a run directory's config started from (None if it was built in Python)."""
+    with open(run_dir / CONFIG_FILE) as f:
+        return json.load(f).get("preset")
+
+
+def write_config(run_dir: Path, config: TrainConfig, preset: str | None) -> None:
+    """Write ``config.json`` atomically: the resolved config and the run's provenance."""
+    payload = {"config": to_dict(config), "preset": preset, "provenance": provenance()}
+    tmp = run_dir / (CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def provenance() -> dict[str, Any]:
+    """Versions of the packages that decide the numbers, the git commit and the device."""
+    versions = {}
+    for package in ("mtrl-sparse", "jax", "jaxlib", "flax", "optax", "metaworld", "mujoco",
+                    "gymnasium", "orbax-checkpoint"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    device = jax.devices()[0]
+    return {
+        "versions": versions,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "device": {"platform": device.platform, "kind": device.device_kind,
+                   "count": jax.device_count()},
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every row of ``metrics.jsonl`` (a torn last line, from a killed writer, is skipped)."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> None:
+    """Drop rows logged after env step ``last_step`` (work lost with a killed process)."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= last_step]
+    tmp = run_dir / (METRICS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, run_dir / METRICS_FILE)
+
+
+class MetricsLogger:
+    """Appends rows to ``metrics.jsonl`` (flushed per row) and mirrors scalars to TensorBoard.
+
+    Array values of a row are written as lists in JSON and as one scalar per entry in TensorBoard
+    (``name/<label>`` with the labels given for that name, e.g. task names).
+    """
+
+    def __init__(self, run_dir: Path, labels: dict[str, tuple[str, ...]], purge_step: int | None):
+        self._jsonl = open(run_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115
+        self._tb = SummaryWriter(str(run_dir / TB_DIR), purge_step=purge_step)
+        self._labels = labels
+
+    def write(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        self._jsonl.write(json.dumps(row) + "\n")
+        for name, value in row.items():
+            if name == "step":
+                continue
+            if isinstance(value, list):
+                labels = self._labels.get(name, tuple(str(i) for i in range(len(value))))
+                for label, item in zip(labels, value, strict=False):
+                    self._tb.add_scalar(f"{name}/{label}", item, step)
+            elif isinstance(value, int | float) and math.isfinite(value):
+                self._tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()

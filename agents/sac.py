@@ -108,6 +108,19 @@ def gaussian_tanh_sample(
     return jnp.tanh(u), jnp.sum(gauss_logp - squash, axis=-1)
 
 
+def bellman_target(
+    rewards: jax.Array, terminated: jax.Array, soft_next_value: jax.Array, gamma: float,
+    clip: float,
+) -> jax.Array:
+    """r + gamma * (1 - terminated) * V(s'), clipped to [-clip, clip]; all (B,).
+
+    Only termination stops the bootstrap: a transition cut by the time limit (truncation) keeps
+    ``terminated = 0`` and bootstraps from its true next observation.
+    """
+    target = rewards + gamma * (1.0 - terminated) * soft_next_value
+    return jnp.clip(target, -clip, clip)
+
+
 def make_sac(
     config: SACConfig,
     num_tasks: int,
@@ -162,11 +175,10 @@ def make_sac(
         next_actions, next_logp = gaussian_tanh_sample(mean, log_std, key)
         next_q = critic_net.apply(state.target_critic_params, batch.next_obs, next_actions,
                                   task_ids).min(axis=0)
-        soft_next_v = next_q - alpha * next_logp
-        target = batch.rewards + config.gamma * (1.0 - batch.terminated) * soft_next_v
-        target = jax.lax.stop_gradient(
-            jnp.clip(target, -config.target_q_clip, config.target_q_clip)
-        )
+        target = jax.lax.stop_gradient(bellman_target(
+            batch.rewards, batch.terminated, next_q - alpha * next_logp, config.gamma,
+            config.target_q_clip,
+        ))
         q = critic_net.apply(
             apply_masks(critic_params, state.critic.masks),
             batch.obs, batch.actions, task_ids,

@@ -1,0 +1,21 @@
+"""mtrl-sparse: sparse networks and plasticity in multi-task reinforcement learning, in JAX.
+
+``mtrl_sparse.train(config)`` runs what ``mtrl-sparse train`` runs; configs and presets live in
+``mtrl_sparse.config`` and ``mtrl_sparse.presets``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from mtrl_sparse.runner import RunResult
+
+
+def train(config: Any, *, resume: bool = False) -> RunResult:
+    """Train as ``config`` (a ``mtrl_sparse.config.TrainConfig``) says; see ``runner.train``."""
+    from mtrl_sparse.runner import train as run
+
+    return run(config, resume=resume)

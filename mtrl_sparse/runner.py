@@ -152,7 +152,12 @@ def _prepare_run_dir(config: TrainConfig, resume: bool, preset: str | None) -> P
     if not resume:
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
         check_new_run_dir(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirError(
+                f"run dir {run_dir} is not writable ({error.strerror or error})"
+            ) from None
         write_config(run_dir, replace(config, run_dir=str(run_dir)), preset)
         return run_dir
     if config.run_dir is None:
@@ -220,6 +225,9 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
             t0 = time.perf_counter()
             state, actions = learner.act(state, obs, warmup)
             actions = np.asarray(actions)
+            if not np.all(np.isfinite(actions)):
+                _check_finite(state, config, spec.num_envs)
+                raise NonFiniteLossError(f"non-finite actions at env step {env_steps}; run stopped")
             t1 = time.perf_counter()
             step = env.step(actions)
             t2 = time.perf_counter()

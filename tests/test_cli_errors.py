@@ -1,0 +1,137 @@
+"""Bad command-line input: one line on stderr naming the problem, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mtrl_sparse.cli import main
+
+SMOKE = ["train", "--preset", "mt10-smoke"]
+
+
+def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(capsys, args: list[str], *needles: str) -> str:
+    code, _, err = run_cli(capsys, args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["train", "--preset", "nope"], ["unknown preset 'nope'", "mt10-paper", "mt10-smoke"]),
+        ([*SMOKE, "--method", "magic"], ["unknown method 'magic'", "dense", "static"]),
+        ([*SMOKE, "--actor.method", "magic", "--method", "static", "--sparsity", "0.5"],
+         ["unknown method 'magic'", "actor"]),
+        ([*SMOKE, "--env.benchmark", "MT1", "--env.task", "fly-v3"],
+         ["fly-v3", "reach-v3"]),
+        ([*SMOKE, "--env.benchmark", "MT7"], ["MT7", "MT10"]),
+        ([*SMOKE, "--env.benchmark", "MT1"], ["MT1 needs --env.task"]),
+        ([*SMOKE, "--method", "static", "--sparsity", "1.0"], ["outside [0, 1)"]),
+        ([*SMOKE, "--method", "static", "--sparsity", "-0.1"], ["outside [0, 1)"]),
+        ([*SMOKE, "--method", "dense", "--sparsity", "0.5"], ["dense", "sparsity is 0.5"]),
+        ([*SMOKE, "--method", "static"], ["needs a sparsity in (0, 1)"]),
+        ([*SMOKE, "--method", "static", "--sparsity", "0.5", "--critic.method", "dense"],
+         ["critic", "dense"]),
+        ([*SMOKE, "--total-steps", "0"], ["total-env-steps", "positive"]),
+        ([*SMOKE, "--total-steps", "-5"], ["total-env-steps", "positive"]),
+        ([*SMOKE, "--total-steps", "many"], ["total-steps", "many"]),
+        ([*SMOKE, "--sac.batch-size", "45"], ["45", "not divisible", "10 tasks"]),
+        ([*SMOKE, "--log-every-env-steps", "0"], ["log-every-env-steps"]),
+        ([*SMOKE, "--distribution", "gaussian"], ["gaussian", "uniform"]),
+        ([*SMOKE, "--no-such-flag", "1"], ["--no-such-flag"]),
+        (["fly"], ["unknown command 'fly'", "train"]),
+        (["methods", "magic"], ["unknown method", "static"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(capsys, tmp_path, args, needles):
+    run_dir = tmp_path / "run"
+    if args[0] == "train":
+        args = [*args, "--run-dir", str(run_dir)]
+    assert_usage_error(capsys, args, *needles)
+    assert not run_dir.exists()
+
+
+def test_used_run_dir_without_resume_is_refused_and_left_untouched(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    assert_usage_error(capsys, [*SMOKE, "--run-dir", str(run_dir)], "already used", "--resume")
+    assert [p.name for p in run_dir.iterdir()] == ["notes.txt"]
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_unwritable_run_dir_is_refused(capsys, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder would have to be")
+    assert_usage_error(capsys, [*SMOKE, "--run-dir", str(blocker / "run")], "not writable")
+    # A read-only location: the kernel's /proc accepts no new folders, even from root.
+    assert_usage_error(capsys, [*SMOKE, "--run-dir", "/proc/mtrl-sparse-test/run"],
+                       "not writable")
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            assert_usage_error(capsys, [*SMOKE, "--run-dir", str(locked / "run")],
+                               "not writable")
+        finally:
+            locked.chmod(0o700)
+
+
+def test_run_dir_that_is_a_file_is_refused(capsys, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert_usage_error(capsys, [*SMOKE, "--run-dir", str(target)], "not a directory")
+    assert target.read_text() == "x"
+
+
+def test_resume_needs_a_run_with_a_checkpoint(capsys, tmp_path):
+    assert_usage_error(capsys, ["train", "--resume"], "--resume needs --run-dir")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_usage_error(capsys, ["train", "--resume", "--run-dir", str(empty)], "holds no run")
+    assert list(empty.iterdir()) == []
+
+
+def test_eval_of_a_missing_run_is_a_usage_error(capsys, tmp_path):
+    assert_usage_error(capsys, ["eval", "--run-dir", str(tmp_path / "none")], "holds no run")
+
+
+def test_presets_and_methods_list_one_line_each(capsys):
+    code, out, _ = run_cli(capsys, ["presets"])
+    assert code == 0
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert names == ["mt10-paper", "mt10-quick", "mt10-smoke"]
+    code, out, _ = run_cli(capsys, ["methods"])
+    assert code == 0
+    assert [line.split()[0] for line in out.strip().splitlines()][:2] == ["dense", "static"]
+    code, out, _ = run_cli(capsys, ["methods", "static"])
+    assert code == 0 and "--sparsity" in out and "--distribution" in out
+
+
+def test_help_documents_units(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--total-steps" in out and "env steps" in out
+
+
+def test_python_api_is_importable_as_one_call():
+    import mtrl_sparse
+
+    assert callable(mtrl_sparse.train)
+    assert Path(mtrl_sparse.__file__).parent.name == "mtrl_sparse"

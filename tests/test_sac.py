@@ -1,0 +1,177 @@
+"""Multi-task SAC: the mask invariant after every update, bootstrapping, shapes and determinism."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtrl_sparse.agents.net_state import NetState
+from mtrl_sparse.agents.replay_buffer import Transition
+from mtrl_sparse.agents.sac import SACConfig, bellman_target, make_sac
+from mtrl_sparse.methods.dense import dense
+from mtrl_sparse.methods.static import static_sparse
+
+NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 3, 5, 2, 12
+TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)
+
+
+@functools.cache
+def jitted_sac(method: str, distribution: str):
+    """init(key, sparsity) and update(state, batch, task_ids, key), compiled once per method.
+
+    The sparsity is a traced argument (as sweeps need it), so hypothesis examples that vary it
+    reuse one compilation.
+    """
+
+    def build(sparsity):
+        m = dense() if method == "dense" else static_sparse(sparsity, distribution)
+        return make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, m, m)
+
+    init = jax.jit(lambda key, sparsity: build(sparsity).init(key))
+    update = jax.jit(lambda state, batch, task_ids, key: build(0.5).update(
+        state, batch, task_ids, key))
+    return init, update
+
+
+def random_batch(key) -> tuple[Transition, jax.Array]:
+    k = jax.random.split(key, 4)
+    batch = Transition(
+        obs=jax.random.normal(k[0], (BATCH, OBS_DIM)),
+        actions=jax.random.uniform(k[1], (BATCH, ACTION_DIM), minval=-1, maxval=1),
+        rewards=jax.random.uniform(k[2], (BATCH,), maxval=10),
+        next_obs=jax.random.normal(k[3], (BATCH, OBS_DIM)),
+        terminated=jnp.zeros(BATCH),
+    )
+    return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
+
+
+def moments_of(net: NetState) -> list:
+    """Every parameter-shaped optimizer leaf tree (Adam's mu and nu) of a network."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, optax.ScaleByAdamState):
+            found.extend([node.mu, node.nu])
+        elif isinstance(node, tuple):
+            for child in node:
+                visit(child)
+
+    visit(net.opt_state)
+    return found
+
+
+def assert_mask_invariant(net: NetState) -> None:
+    """params == params * masks, masks boolean and congruent, moments zero where masked."""
+    param_leaves = jax.tree.leaves(net.params)
+    mask_leaves = jax.tree.leaves(net.masks, is_leaf=lambda x: x is None)
+    assert len(param_leaves) == len(mask_leaves)
+    for moment_tree in moments_of(net):
+        for m, mom in zip(mask_leaves, jax.tree.leaves(moment_tree), strict=True):
+            if m is not None:
+                assert not np.any(np.asarray(mom)[~np.asarray(m)])
+    for p, m in zip(param_leaves, mask_leaves, strict=True):
+        if m is None:
+            continue
+        assert m.dtype == jnp.bool_ and m.shape == p.shape
+        np.testing.assert_array_equal(np.asarray(p), np.asarray(p * m))
+
+
+@settings(max_examples=30, deadline=None)
+@given(method=st.sampled_from(["dense", "static"]),
+       distribution=st.sampled_from(["uniform", "erk"]),
+       sparsity=st.floats(0.05, 0.98), seed=st.integers(0, 2**20), updates=st.integers(1, 4))
+def test_mask_invariant_holds_after_every_update(method, distribution, sparsity, seed, updates):
+    init, update = jitted_sac(method, distribution)
+    state = init(jax.random.PRNGKey(seed), sparsity)
+    masks_before = (state.actor.masks, state.critic.masks)
+    for i in range(updates):
+        batch, task_ids = random_batch(jax.random.PRNGKey(seed + i))
+        state, metrics = update(state, batch, task_ids, jax.random.PRNGKey(i))
+        for net in (state.actor, state.critic):
+            assert_mask_invariant(net)
+        # The target critic is a Polyak average of masked critics: zero where masked too.
+        assert_mask_invariant(NetState(state.target_critic_params, state.critic.masks, ()))
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in metrics.values())
+    # static never changes its masks; dense has none.
+    chex_equal = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), masks_before,
+                              (state.actor.masks, state.critic.masks))
+    assert all(jax.tree.leaves(chex_equal))
+    if method == "static":
+        assert float(metrics["actor_sparsity"]) == pytest.approx(sparsity, abs=0.02)
+    else:
+        assert float(metrics["actor_sparsity"]) == 0.0
+    assert int(state.step) == updates
+
+
+def test_dense_state_holds_no_masks():
+    init, _ = jitted_sac("dense", "erk")
+    state = init(jax.random.PRNGKey(0), 0.0)
+    assert jax.tree.leaves(state.actor.masks) == []
+    assert jax.tree.leaves(state.critic.masks) == []
+
+
+def test_masked_weights_get_no_gradient_and_stay_zero_under_large_updates():
+    init, update = jitted_sac("static", "uniform")
+    state = init(jax.random.PRNGKey(1), 0.9)
+    batch, task_ids = random_batch(jax.random.PRNGKey(2))
+    batch = batch.replace(rewards=batch.rewards * 1e4)  # large losses, large Adam steps
+    for i in range(3):
+        state, _ = update(state, batch, task_ids, jax.random.PRNGKey(i))
+    assert_mask_invariant(state.actor)
+    assert_mask_invariant(state.critic)
+
+
+def test_bellman_target_bootstraps_through_truncation_but_not_termination():
+    rewards = jnp.array([1.0, 1.0])
+    terminated = jnp.array([1.0, 0.0])  # the second transition was truncated by the time limit
+    target = bellman_target(rewards, terminated, jnp.array([50.0, 50.0]), 0.99, 5000.0)
+    np.testing.assert_allclose(target, [1.0, 1.0 + 0.99 * 50.0])
+    clipped = bellman_target(rewards, jnp.zeros(2), jnp.array([1e6, -1e6]), 0.99, 5000.0)
+    np.testing.assert_allclose(clipped, [5000.0, -5000.0])
+
+
+def test_critic_update_ignores_next_state_only_when_terminated():
+    init, update = jitted_sac("dense", "erk")
+    state = init(jax.random.PRNGKey(3), 0.0)
+    batch, task_ids = random_batch(jax.random.PRNGKey(4))
+
+    def critic_loss(terminated, next_obs):
+        b = batch.replace(terminated=jnp.full(BATCH, terminated), next_obs=next_obs)
+        return float(update(state, b, task_ids, jax.random.PRNGKey(5))[1]["critic_loss"])
+
+    other = batch.next_obs + 3.0
+    assert critic_loss(1.0, batch.next_obs) == critic_loss(1.0, other)
+    assert critic_loss(0.0, batch.next_obs) != critic_loss(0.0, other)
+
+
+def test_act_shapes_bounds_and_per_task_heads():
+    init, _ = jitted_sac("dense", "erk")
+    state = init(jax.random.PRNGKey(6), 0.0)
+    sac = make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, dense(), dense())
+    obs = jnp.ones((NUM_TASKS, OBS_DIM))
+    tasks = jnp.arange(NUM_TASKS)
+    sampled = sac.act(state, obs, tasks, jax.random.PRNGKey(0))
+    greedy = sac.act(state, obs, tasks, jax.random.PRNGKey(0), deterministic=True)
+    assert sampled.shape == greedy.shape == (NUM_TASKS, ACTION_DIM)
+    assert jnp.all(jnp.abs(sampled) <= 1) and jnp.all(jnp.abs(greedy) <= 1)
+    # The same observation gives a different action per task: each task reads its own head.
+    assert len({tuple(np.round(np.asarray(a), 6)) for a in greedy}) == NUM_TASKS
+
+
+def test_update_is_deterministic():
+    init, update = jitted_sac("static", "erk")
+    batch, task_ids = random_batch(jax.random.PRNGKey(7))
+    results = []
+    for _ in range(2):
+        state = init(jax.random.PRNGKey(8), 0.8)
+        state, _ = update(state, batch, task_ids, jax.random.PRNGKey(9))
+        results.append(state)
+    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), *results)
+    assert all(jax.tree.leaves(same))

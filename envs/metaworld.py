@@ -17,6 +17,7 @@ Episodes end only by the time limit (``terminated`` is always False): every sub-
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -70,10 +71,13 @@ def _copy_seed(seed: int, copy: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(copy,)).generate_state(1)[0])
 
 
+@functools.lru_cache(maxsize=4)
 def _make_benchmark(benchmark: str, task: str | None, seed: int) -> metaworld.Benchmark:
     """The metaworld benchmark object: env classes and 50 goal/object layouts per task.
 
-    Costly: metaworld resets each task's env 50 times to draw the layouts (MT10 takes seconds).
+    Costly: metaworld resets each task's env 50 times to draw the layouts (MT10 takes seconds),
+    so the objects (read-only task lists) are cached per process: a run's training and evaluation
+    envs share one.
     """
     if benchmark == "MT1":
         return metaworld.MT1(task, seed=seed)
@@ -149,7 +153,9 @@ class MetaWorldVectorEnv:
         benchmark: one of ``METAWORLD_BENCHMARKS``.
         task: the task of ``"MT1"`` (e.g. ``"reach-v3"``); must be None otherwise.
         envs_per_task: copies of every task; copy ``c > 0`` is seeded independently of copy 0.
-        seed: non-negative; fixes the tasks' goal/object layouts and every sub-env's generator.
+        seed: non-negative; fixes every sub-env's generator (and, by default, the layouts).
+        layout_seed: fixes the benchmark's 50 goal/object layouts per task; None: ``seed``.
+            Evaluation envs pass the training seed here so that they play the same tasks.
         vector_strategy: ``"sync"`` (one process) or ``"async"`` (one process per env).
         max_episode_steps: time limit of an episode, in [1, 500].
     """
@@ -163,11 +169,12 @@ class MetaWorldVectorEnv:
         seed: int = 0,
         vector_strategy: Literal["sync", "async"] = "sync",
         max_episode_steps: int = 500,
+        layout_seed: int | None = None,
     ) -> None:
         task_names = metaworld_task_names(benchmark, task)
         _check_args(envs_per_task, seed, vector_strategy, max_episode_steps)
         factories = _env_factories(
-            _make_benchmark(benchmark, task, seed),
+            _make_benchmark(benchmark, task, seed if layout_seed is None else layout_seed),
             task_names,
             envs_per_task,
             seed,

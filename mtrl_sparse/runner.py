@@ -46,7 +46,7 @@ from mtrl_sparse.run_dir import (
     write_config,
 )
 
-EVAL_SEED_OFFSET = 1_000_003  # evaluation envs play other episodes than training envs
+EVAL_SEED_OFFSET = 1_000_003  # evaluation envs play other episodes of the same tasks
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,7 +81,8 @@ def make_envs(config: TrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorE
     train_env = MetaWorldVectorEnv(env_cfg.benchmark, envs_per_task=env_cfg.envs_per_task,
                                    seed=config.seed, **common)
     eval_env = MetaWorldVectorEnv(env_cfg.benchmark, envs_per_task=env_cfg.eval_envs_per_task,
-                                  seed=config.seed + EVAL_SEED_OFFSET, **common)
+                                  seed=config.seed + EVAL_SEED_OFFSET, layout_seed=config.seed,
+                                  **common)
     return train_env, eval_env
 
 

@@ -8,11 +8,11 @@ import json
 import jax
 import numpy as np
 import pytest
+from mtrl_sparse.envs.metaworld import metaworld_task_names
 
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.cli import main
 from mtrl_sparse.config import NetworkMethodConfig
-from mtrl_sparse.envs.metaworld import metaworld_task_names
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.runner import NonFiniteLossError, make_envs, make_run_learner, train
@@ -39,7 +39,8 @@ def test_run_directory_layout_and_provenance(smoke_run):
     assert (run_dir / "metrics.jsonl").is_file()
     assert any((run_dir / "tb").iterdir()), "TensorBoard events missing"
     stored = json.loads((run_dir / "config.json").read_text())
-    assert stored["config"]["method"] == "static" and stored["config"]["critic"]["method"] == "dense"
+    assert stored["config"]["method"] == "static"
+    assert stored["config"]["critic"]["method"] == "dense"
     prov = stored["provenance"]
     for package in ("mtrl-sparse", "jax", "flax", "metaworld", "mujoco"):
         assert prov["versions"][package], package

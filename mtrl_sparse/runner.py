@@ -63,7 +63,7 @@ class RunResult:
     task_names: tuple[str, ...]
     final_success: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time per part of the loop: env, agent, eval, logging, checkpoint, total."""
+    """Wall time per part of the loop: env, agent, compile, eval, logging, checkpoint, total."""
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -210,7 +210,8 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
         last_eval = None
     env_steps = start_step
     logger = MetricsLogger(run_dir, {"alpha": spec.task_names}, purge_step=start_step or None)
-    seconds = dict.fromkeys(("env", "agent", "eval", "logging", "checkpoint"), 0.0)
+    seconds = dict.fromkeys(("env", "agent", "compile", "eval", "logging", "checkpoint"), 0.0)
+    compiled: set[bool] = set()  # variants (warm-up or not) whose first call has been timed
     t_start = time.perf_counter()
     t_interval, steps_interval_start = t_start, env_steps
     updates_interval_start = int(state.agent.step)
@@ -238,7 +239,9 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
             state, metrics = learner.learn(state, transition, warmup)
             last_metrics = metrics or last_metrics
             seconds["env"] += t2 - t1
-            seconds["agent"] += (t1 - t0) + (time.perf_counter() - t2)
+            first_call = warmup not in compiled
+            seconds["compile" if first_call else "agent"] += (t1 - t0) + (time.perf_counter() - t2)
+            compiled.add(warmup)
 
             before, env_steps = env_steps, env_steps + spec.num_envs
             done = step.terminated | step.truncated

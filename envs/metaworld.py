@@ -180,10 +180,14 @@ class MetaWorldVectorEnv:
             seed,
             max_episode_steps,
         )
-        vector_cls = (
-            gym.vector.SyncVectorEnv if vector_strategy == "sync" else gym.vector.AsyncVectorEnv
-        )
-        self._envs = vector_cls(factories, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        disabled = gym.vector.AutoresetMode.DISABLED
+        if vector_strategy == "sync":
+            self._envs = gym.vector.SyncVectorEnv(factories, autoreset_mode=disabled)
+        else:
+            # Workers start from a fork server, not by forking this process: forking a process
+            # that already runs JAX's threads can deadlock.
+            self._envs = gym.vector.AsyncVectorEnv(factories, autoreset_mode=disabled,
+                                                   context="forkserver")
         self.spec = MultiTaskEnvSpec(
             task_names=task_names,
             obs_shape=tuple(self._envs.single_observation_space.shape),

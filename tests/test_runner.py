@@ -12,7 +12,7 @@ from mtrl_sparse.envs.metaworld import metaworld_task_names
 
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.cli import main
-from mtrl_sparse.config import NetworkMethodConfig
+from mtrl_sparse.config import EnvConfig, NetworkMethodConfig
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.runner import NonFiniteLossError, make_envs, make_run_learner, train
@@ -128,3 +128,17 @@ def test_non_finite_loss_stops_the_run_naming_step_and_quantity(tmp_path):
     # Update 1 (the vector step ending at env step 210) computes a finite critic loss, then its
     # NaN learning rate writes NaN critic weights, which the actor loss of the same update reads.
     assert str(error.value) == "non-finite actor_loss at env step 210 (update 1); run stopped"
+
+
+def test_mt1_with_several_envs_per_task(tmp_path):
+    config = dataclasses.replace(
+        SMOKE, run_dir=str(tmp_path / "mt1"), total_env_steps=400, eval_every_env_steps=400,
+        env=EnvConfig(benchmark="MT1", task="reach-v3", envs_per_task=2, max_episode_steps=20,
+                      eval_envs_per_task=2, eval_episodes_per_task=3))
+    result = train(config)
+    assert result.task_names == ("reach-v3",)
+    rows = read_metrics(result.run_dir)
+    final_eval = [r for r in rows if "eval/success_rate" in r][-1]
+    assert final_eval["step"] == 400 and "eval/success/reach-v3" in final_eval
+    # 2 envs per vector step, one update per vector step after 200 warm-up steps.
+    assert result.updates == (400 - 200) // 2

@@ -220,6 +220,7 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
 
     bar = tqdm(total=config.total_env_steps, initial=env_steps, unit="step", unit_scale=True,
                dynamic_ncols=True, disable=not config.progress, desc="env steps")
+    postfix: dict[str, str] = {}
     obs = env.reset()
     try:
         while True:
@@ -262,8 +263,8 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
                        "time/updates_per_s": (updates - updates_interval_start) / interval_s,
                        "time/elapsed_s": now - t_start}
                 logger.write(row)
-                bar.set_postfix(upd_per_s=f"{row['time/updates_per_s']:.1f}",
-                                success=_fmt(last_eval))
+                postfix["updates/s"] = f"{row['time/updates_per_s']:.1f}"
+                bar.set_postfix(postfix)
                 t_interval, steps_interval_start, updates_interval_start = now, env_steps, updates
             seconds["logging"] += time.perf_counter() - t0
 
@@ -275,7 +276,8 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
                 logger.write(_eval_row(env_steps, spec.task_names, success, returns,
                                        time.perf_counter() - t0))
                 last_eval = success.tolist()
-                bar.set_postfix(success=_fmt(last_eval))
+                postfix["eval success"] = f"{np.mean(last_eval):.2f}"
+                bar.set_postfix(postfix)
 
             checkpoint_due |= _crossed(env_steps, before, config.checkpoint_every_env_steps)
             if (checkpoint_due and at_boundary) or finished:
@@ -306,10 +308,6 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
         task_names=spec.task_names,
         final_success=None if last_eval is None else np.asarray(last_eval), seconds=seconds,
     )
-
-
-def _fmt(success: list[float] | None) -> str:
-    return "-" if success is None else f"{np.mean(success):.2f}"
 
 
 def _check_finite(state: TrainState, config: TrainConfig, num_envs: int) -> None:

@@ -8,6 +8,7 @@ initialisation of the reference paper's code; biases start at zero.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,23 +27,54 @@ def select_task_head(all_heads: jax.Array, task_ids: jax.Array) -> jax.Array:
     return jnp.take_along_axis(all_heads, task_ids[:, None, None], axis=1)[:, 0]
 
 
+class NeuronLayer(NamedTuple):
+    """A hidden layer's neurons, seen from the parameters (for neuron-level methods like ReDo).
+
+    ``incoming`` and ``outgoing`` are the parameter paths (tuples of keys below the variables
+    root, e.g. ``("params", "mlp", "hidden_0")``) of the Dense modules that feed the layer and
+    that read it; ``activation`` is the path of the layer's post-activation output among the
+    ``intermediates`` the network sows.
+    """
+
+    incoming: tuple[str, ...]
+    outgoing: tuple[str, ...]
+    activation: tuple[str, ...]
+
+
+def mlp_neuron_layers(prefix: tuple[str, ...], num_hidden: int) -> tuple[NeuronLayer, ...]:
+    """The hidden layers of the ``MultiHeadMLP`` at module path ``prefix`` (e.g. ``("mlp",)``)."""
+    names = [f"hidden_{i}" for i in range(num_hidden)] + ["heads"]
+    return tuple(
+        NeuronLayer(incoming=("params", *prefix, names[i]),
+                    outgoing=("params", *prefix, names[i + 1]), activation=(*prefix, names[i]))
+        for i in range(num_hidden)
+    )
+
+
 class MultiHeadMLP(nn.Module):
     """ReLU MLP trunk on [features, one-hot task] and a linear head per task.
 
     The heads are one ``Dense`` of ``T * O`` outputs named ``heads`` (so a mask over it masks each
-    head's weights); each sample reads its own task's head.
+    head's weights); each sample reads its own task's head. With ``layer_norm``, a LayerNorm
+    (``norm_i``) follows each hidden linear layer, before the activation. Each hidden layer's
+    output (after the activation) is sown as an ``intermediates`` variable named ``hidden_i``.
     """
 
     hidden_sizes: Sequence[int]
     num_tasks: int
     head_dim: int
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, features: jax.Array, task_ids: jax.Array) -> jax.Array:
         """(B, D) features, (B,) task ids -> (B, O)."""
         x = jnp.concatenate([features, task_one_hot(task_ids, self.num_tasks)], axis=-1)
         for i, width in enumerate(self.hidden_sizes):
-            x = nn.relu(nn.Dense(width, kernel_init=torch_linear_init, name=f"hidden_{i}")(x))
+            x = nn.Dense(width, kernel_init=torch_linear_init, name=f"hidden_{i}")(x)
+            if self.layer_norm:
+                x = nn.LayerNorm(name=f"norm_{i}")(x)
+            x = nn.relu(x)
+            self.sow("intermediates", f"hidden_{i}", x)
         heads = nn.Dense(
             self.num_tasks * self.head_dim, kernel_init=torch_linear_init, name="heads"
         )(x)
@@ -59,12 +91,12 @@ class GaussianActor(nn.Module):
     num_tasks: int
     action_dim: int
     log_std_bounds: tuple[float, float] = (-20.0, 2.0)
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array, task_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = MultiHeadMLP(self.hidden_sizes, self.num_tasks, 2 * self.action_dim, name="mlp")(
-            obs, task_ids
-        )
+        out = MultiHeadMLP(self.hidden_sizes, self.num_tasks, 2 * self.action_dim,
+                           self.layer_norm, name="mlp")(obs, task_ids)
         mean, log_std = jnp.split(out, 2, axis=-1)
         return mean, jnp.clip(log_std, *self.log_std_bounds)
 
@@ -77,12 +109,14 @@ class TwinCritic(nn.Module):
 
     hidden_sizes: Sequence[int]
     num_tasks: int
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array, actions: jax.Array, task_ids: jax.Array) -> jax.Array:
         features = jnp.concatenate([obs, actions], axis=-1)
         qs = [
-            MultiHeadMLP(self.hidden_sizes, self.num_tasks, 1, name=name)(features, task_ids)[:, 0]
+            MultiHeadMLP(self.hidden_sizes, self.num_tasks, 1, self.layer_norm, name=name)(
+                features, task_ids)[:, 0]
             for name in ("q1", "q2")
         ]
         return jnp.stack(qs)

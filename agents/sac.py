@@ -30,7 +30,7 @@ from mtrl_sparse.agents.net_state import (
     masked_params,
     network_sparsity,
 )
-from mtrl_sparse.agents.networks import GaussianActor, TwinCritic
+from mtrl_sparse.agents.networks import GaussianActor, TwinCritic, mlp_neuron_layers
 from mtrl_sparse.agents.replay_buffer import Transition
 
 
@@ -121,40 +121,86 @@ def bellman_target(
     return jnp.clip(target, -clip, clip)
 
 
+class NetworkSetup(NamedTuple):
+    """How one network is built: its mask method and what that method declares as data.
+
+    Attributes:
+        method: the mask method (``init`` / ``transform``) of the network.
+        layer_norm: LayerNorm after each hidden linear layer, before the activation.
+        gradient_transforms: optax transforms applied to the (clipped) gradient before Adam,
+            e.g. coupled L2 weight decay.
+        update_transforms: optax transforms applied to Adam's update before the learning rate,
+            e.g. decoupled weight decay.
+    """
+
+    method: MaskMethod
+    layer_norm: bool = False
+    gradient_transforms: tuple[optax.GradientTransformation, ...] = ()
+    update_transforms: tuple[optax.GradientTransformation, ...] = ()
+
+
+def make_optimizer(
+    learning_rate: float, max_grad_norm: float, setup: NetworkSetup
+) -> optax.GradientTransformation:
+    """clip -> setup's gradient transforms -> Adam -> setup's update transforms -> learning rate."""
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        *setup.gradient_transforms,
+        optax.scale_by_adam(),
+        *setup.update_transforms,
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def make_sac(
     config: SACConfig,
     num_tasks: int,
     obs_dim: int,
     action_dim: int,
-    actor_method: MaskMethod,
-    critic_method: MaskMethod,
+    actor: NetworkSetup,
+    critic: NetworkSetup,
 ) -> SAC:
-    """Build the pure ``init``, ``act`` and ``update`` of multi-task SAC."""
-    actor_net = GaussianActor(
-        config.hidden_sizes, num_tasks, action_dim, (config.log_std_min, config.log_std_max)
-    )
-    critic_net = TwinCritic(config.hidden_sizes, num_tasks)
-    actor_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                           optax.adam(config.actor_lr))
-    critic_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                            optax.adam(config.critic_lr))
+    """Build the pure ``init``, ``act`` and ``update`` of multi-task SAC.
+
+    After each network's gradient step, its method's ``transform`` receives a ``context`` with:
+    ``grads`` (gradients w.r.t. the params, zero where masked), ``dense_grads`` (gradients w.r.t.
+    the effective weights ``params * masks``, defined everywhere: what RigL grows by),
+    ``optimizer`` (the network's optax transform), ``init_params(key)`` (freshly initialised
+    params of the network), ``activations(params)`` (hidden activations of the network on this
+    update's batch, keyed like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
+    """
+    actor_net = GaussianActor(config.hidden_sizes, num_tasks, action_dim,
+                              (config.log_std_min, config.log_std_max), actor.layer_norm)
+    critic_net = TwinCritic(config.hidden_sizes, num_tasks, critic.layer_norm)
+    actor_tx = make_optimizer(config.actor_lr, config.max_grad_norm, actor)
+    critic_tx = make_optimizer(config.critic_lr, config.max_grad_norm, critic)
     alpha_tx = optax.adam(config.alpha_lr)
     target_entropy = -config.target_entropy_scale * action_dim
+    num_hidden = len(config.hidden_sizes)
+    actor_layers = mlp_neuron_layers(("mlp",), num_hidden)
+    critic_layers = mlp_neuron_layers(("q1",), num_hidden) + mlp_neuron_layers(("q2",), num_hidden)
+
+    dummy_obs = jnp.zeros((1, obs_dim), jnp.float32)
+    dummy_act = jnp.zeros((1, action_dim), jnp.float32)
+    dummy_task = jnp.zeros((1,), jnp.int32)
+
+    def init_actor_params(key):
+        return actor_net.init(key, dummy_obs, dummy_task)
+
+    def init_critic_params(key):
+        return critic_net.init(key, dummy_obs, dummy_act, dummy_task)
 
     def init(key: jax.Array) -> SACState:
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
-        obs = jnp.zeros((1, obs_dim), jnp.float32)
-        act = jnp.zeros((1, action_dim), jnp.float32)
-        task = jnp.zeros((1,), jnp.int32)
-        actor = create_net_state(actor_net.init(k_actor, obs, task), actor_tx, actor_method,
-                                 k_actor_mask)
-        critic = create_net_state(critic_net.init(k_critic, obs, act, task), critic_tx,
-                                  critic_method, k_critic_mask)
+        actor_state = create_net_state(init_actor_params(k_actor), actor_tx, actor.method,
+                                       k_actor_mask)
+        critic_state = create_net_state(init_critic_params(k_critic), critic_tx, critic.method,
+                                        k_critic_mask)
         log_alpha = jnp.full((num_tasks,), jnp.log(config.initial_alpha), jnp.float32)
         return SACState(
-            actor=actor,
-            critic=critic,
-            target_critic_params=masked_params(critic),
+            actor=actor_state,
+            critic=critic_state,
+            target_critic_params=masked_params(critic_state),
             log_alpha=NetState(params=log_alpha, masks=None, opt_state=alpha_tx.init(log_alpha)),
             step=jnp.zeros((), jnp.int32),
         )
@@ -169,7 +215,8 @@ def make_sac(
             return jnp.tanh(mean)
         return gaussian_tanh_sample(mean, log_std, key)[0]
 
-    def critic_loss_fn(critic_params, state, batch, task_ids, key):
+    def critic_loss_fn(critic_weights, state, batch, task_ids, key):
+        """Loss of the twin critics as a function of their effective weights (params * masks)."""
         alpha = jnp.exp(state.log_alpha.params)[task_ids]  # (B,)
         mean, log_std = actor_net.apply(masked_params(state.actor), batch.next_obs, task_ids)
         next_actions, next_logp = gaussian_tanh_sample(mean, log_std, key)
@@ -179,19 +226,14 @@ def make_sac(
             batch.rewards, batch.terminated, next_q - alpha * next_logp, config.gamma,
             config.target_q_clip,
         ))
-        q = critic_net.apply(
-            apply_masks(critic_params, state.critic.masks),
-            batch.obs, batch.actions, task_ids,
-        )  # (2, B)
+        q = critic_net.apply(critic_weights, batch.obs, batch.actions, task_ids)  # (2, B)
         loss = 0.5 * jnp.sum(jnp.mean((q - target) ** 2, axis=1))
         return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(target)}
 
-    def actor_loss_fn(actor_params, state, batch, task_ids, key):
+    def actor_loss_fn(actor_weights, state, batch, task_ids, key):
+        """Loss of the policy as a function of its effective weights (params * masks)."""
         alpha = jnp.exp(state.log_alpha.params)[task_ids]
-        mean, log_std = actor_net.apply(
-            apply_masks(actor_params, state.actor.masks),
-            batch.obs, task_ids,
-        )
+        mean, log_std = actor_net.apply(actor_weights, batch.obs, task_ids)
         actions, logp = gaussian_tanh_sample(mean, log_std, key)
         q = critic_net.apply(masked_params(state.critic), batch.obs, actions, task_ids).min(axis=0)
         loss = jnp.mean(jax.lax.stop_gradient(alpha) * logp - q)
@@ -201,27 +243,49 @@ def make_sac(
         # Per-task temperature loss, averaged over the batch (each task holds an equal share).
         return -jnp.mean(log_alpha[task_ids] * jax.lax.stop_gradient(logp + target_entropy))
 
+    def intermediates(net, *inputs):
+        def activations(params):
+            _, variables = net.apply(params, *inputs, mutable=["intermediates"])
+            return jax.tree.map(lambda sown: sown[0], variables["intermediates"],
+                                is_leaf=lambda x: isinstance(x, tuple))
+        return activations
+
+    def gradient_step(net_state, loss_fn, tx, setup, step, key, context, *args):
+        """Value and gradient w.r.t. the effective weights, an optimizer step, the method."""
+        (_, aux), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            masked_params(net_state), *args)
+        grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
+        net_state = apply_gradients(net_state, grads, tx)
+        context = {**context, "grads": grads, "dense_grads": dense_grads, "optimizer": tx}
+        return setup.method.transform(net_state, step, key, context), aux
+
     def update(state: SACState, batch: Transition, task_ids: jax.Array, key: jax.Array):
         """One gradient step of critics, actor and temperatures, then the target update.
 
-        Each network's mask method transforms it right after its gradient step, with that
-        network's update count (``state.step + 1``).
+        Each network's method transforms it right after its gradient step, with that network's
+        update count (``state.step + 1``).
         """
         k_critic, k_actor, k_critic_method, k_actor_method = jax.random.split(key, 4)
         step = state.step + 1
 
-        (_, critic_info), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
-            state.critic.params, state, batch, task_ids, k_critic
-        )
-        critic = apply_gradients(state.critic, critic_grads, critic_tx)
-        critic = critic_method.transform(critic, step, k_critic_method, {"grads": critic_grads})
-        state = state.replace(critic=critic)
+        critic_context = {
+            "init_params": init_critic_params,
+            "activations": intermediates(critic_net, batch.obs, batch.actions, task_ids),
+            "neuron_layers": critic_layers,
+        }
+        critic_state, critic_info = gradient_step(
+            state.critic, critic_loss_fn, critic_tx, critic, step, k_critic_method,
+            critic_context, state, batch, task_ids, k_critic)
+        state = state.replace(critic=critic_state)
 
-        (_, (logp, actor_info)), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
-            state.actor.params, state, batch, task_ids, k_actor
-        )
-        actor = apply_gradients(state.actor, actor_grads, actor_tx)
-        actor = actor_method.transform(actor, step, k_actor_method, {"grads": actor_grads})
+        actor_context = {
+            "init_params": init_actor_params,
+            "activations": intermediates(actor_net, batch.obs, task_ids),
+            "neuron_layers": actor_layers,
+        }
+        actor_state, (logp, actor_info) = gradient_step(
+            state.actor, actor_loss_fn, actor_tx, actor, step, k_actor_method, actor_context,
+            state, batch, task_ids, k_actor)
 
         alpha_loss, alpha_grads = jax.value_and_grad(alpha_loss_fn)(
             state.log_alpha.params, logp, task_ids
@@ -229,17 +293,17 @@ def make_sac(
         log_alpha = apply_gradients(state.log_alpha, alpha_grads, alpha_tx)
 
         target = optax.incremental_update(
-            masked_params(critic), state.target_critic_params, config.tau
+            masked_params(critic_state), state.target_critic_params, config.tau
         )
-        state = state.replace(actor=actor, log_alpha=log_alpha, target_critic_params=target,
-                              step=step)
+        state = state.replace(actor=actor_state, log_alpha=log_alpha,
+                              target_critic_params=target, step=step)
         metrics = {
             **critic_info,
             **actor_info,
             "alpha_loss": alpha_loss,
             "alpha": jnp.exp(log_alpha.params),  # (T,)
-            "actor_sparsity": network_sparsity(actor.masks),
-            "critic_sparsity": network_sparsity(critic.masks),
+            "actor_sparsity": network_sparsity(actor_state.masks),
+            "critic_sparsity": network_sparsity(critic_state.masks),
         }
         return state, metrics
 

@@ -52,7 +52,7 @@ from mtrl_sparse.agents.net_state import network_sparsity
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, make_sac
 
-from mtrl_sparse.methods.registry import NetworkMethodSettings, build_method
+from mtrl_sparse.methods.registry import NetworkMethodSettings, build_network
 
 OBS_DIM = 39  # Meta-World observation size
 ACTION_DIM = 4  # Meta-World action size
@@ -203,8 +203,8 @@ def sac_workload(
     """The compiled, state-donating SAC update of one method, its XLA FLOP count, and the
     measured sparsity of its actor and critic masks."""
     config = SACConfig(hidden_sizes=tuple(args.hidden), batch_size=args.batch_size)
-    method = build_method(settings)
-    sac = make_sac(config, args.tasks, OBS_DIM, ACTION_DIM, method, method)
+    network = build_network(settings)
+    sac = make_sac(config, args.tasks, OBS_DIM, ACTION_DIM, network, network)
     key = jax.random.key(args.seed)
     k_init, k_batch, k_update = jax.random.split(key, 3)
     state = jax.block_until_ready(jax.jit(sac.init)(k_init))

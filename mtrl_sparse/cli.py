@@ -7,10 +7,14 @@ Usage errors print one line on stderr and exit with status 2, before anything is
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import dataclasses
+import inspect
 import io
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +187,19 @@ def cmd_presets(args: list[str]) -> int:
     return 0
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string right below each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, following in zip(body, body[1:], strict=False):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[stmt.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
 def cmd_methods(args: list[str]) -> int:
     if not args:
         width = max(map(len, METHODS))
@@ -192,11 +209,23 @@ def cmd_methods(args: list[str]) -> int:
     if len(args) > 1 or args[0] not in METHODS:
         raise UsageError(f"unknown method {' '.join(args)!r}; accepted: {', '.join(METHODS)}")
     entry = METHODS[args[0]]
-    print(f"{entry.name}: {entry.description}")
+    print(f"{entry.name} ({entry.kind}): {entry.description}")
     print(f"source: {entry.source}")
-    print("needs --sparsity in (0, 1)" if entry.sparse else "needs --sparsity 0")
-    for name, meaning in entry.parameters:
-        print(f"  --{name}: {meaning}")
+    if entry.kind == "sparsity":
+        print("needs --sparsity in (0, 1)")
+    elif entry.kind != "dense":
+        print(f"combine with a sparsity method (e.g. gmp+{entry.name}) or use it alone "
+              "on a dense network")
+    for flag, meaning in entry.parameters:
+        print(f"  {flag}: {meaning}")
+    if entry.options is not None:
+        docs = field_docs(entry.options)
+        for option in dataclasses.fields(entry.options):
+            flag = f"--methods.{entry.name}.{option.name.replace('_', '-')}"
+            default = option.default if option.default is not dataclasses.MISSING else "-"
+            print(f"  {flag} (default {default}): {docs.get(option.name, '')}")
+    if entry.layer_norm:
+        print("  adds LayerNorm after each hidden linear layer of the network")
     return 0
 
 

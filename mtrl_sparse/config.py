@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,7 @@ from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
 from mtrl_sparse.methods.registry import (
     MethodError,
+    MethodOptions,
     NetworkMethodSettings,
     check_method,
 )
@@ -80,6 +82,8 @@ class TrainConfig:
     """Environment settings."""
     sac: SACConfig = field(default_factory=SACConfig)
     """Agent hyperparameters."""
+    methods: MethodOptions = field(default_factory=MethodOptions)
+    """Hyperparameters of the sparsity and plasticity methods (used where a network runs them)."""
     warmup_env_steps: int = 40_000
     """Env steps of uniformly random actions before the first update."""
     updates_per_vector_step: int = 1
@@ -99,13 +103,22 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    def total_updates(self) -> int:
+        """Gradient updates of each network over the whole run (at least 1)."""
+        tasks = metaworld_task_names(self.env.benchmark, self.env.task)
+        vector_steps = max(self.total_env_steps - self.warmup_env_steps, 0) // (
+            len(tasks) * self.env.envs_per_task)
+        return max(1, vector_steps * self.updates_per_vector_step)
+
     def network_methods(self) -> dict[str, NetworkMethodSettings]:
         """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
+        total_updates = self.total_updates()
         return {
             name: NetworkMethodSettings(
                 name=override.method if override.method is not None else self.method,
                 sparsity=override.sparsity if override.sparsity is not None else self.sparsity,
                 distribution=self.distribution,
+                total_updates=total_updates,
             )
             for name, override in (("actor", self.actor), ("critic", self.critic))
         }
@@ -175,19 +188,32 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Inverse of ``to_dict`` (tuples restored from JSON lists)."""
-    data = dict(data)
-    sac = dict(data.pop("sac"))
-    sac["hidden_sizes"] = tuple(sac["hidden_sizes"])
-    return TrainConfig(
-        **data | {
-            "env": EnvConfig(**data["env"]),
-            "actor": NetworkMethodConfig(**data["actor"]),
-            "critic": NetworkMethodConfig(**data["critic"]),
-            "sac": SACConfig(**sac),
-        }
-    )
+def from_dict(data: dict[str, Any], cls: type = TrainConfig) -> Any:
+    """Inverse of ``to_dict``: nested dataclasses rebuilt, JSON lists back to tuples."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue  # a field added since the config was written keeps its default
+        value, hint = data[f.name], hints[f.name]
+        nested = _dataclass_in(hint)
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(value, nested)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field's type hint names (through Annotated / Optional), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        found = _dataclass_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def differing_fields(a: TrainConfig, b: TrainConfig) -> list[str]:

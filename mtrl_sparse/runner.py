@@ -32,7 +32,7 @@ from mtrl_sparse.config import ConfigError, TrainConfig, differing_fields, valid
 from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
 from mtrl_sparse.evaluation import evaluate
 from mtrl_sparse.learner import LOSS_NAMES, Learner, TrainState, make_learner
-from mtrl_sparse.methods.registry import build_method
+from mtrl_sparse.methods.registry import build_network
 from mtrl_sparse.run_dir import (
     CHECKPOINT_DIR,
     EVAL_DIR,
@@ -89,9 +89,10 @@ def make_envs(config: TrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorE
 def make_run_learner(config: TrainConfig, env: MetaWorldVectorEnv) -> Learner:
     """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner."""
     spec = env.spec
-    methods = {name: build_method(s, name) for name, s in config.network_methods().items()}
+    networks = {name: build_network(settings, config.methods, name)
+                for name, settings in config.network_methods().items()}
     sac = make_sac(config.sac, spec.num_tasks, spec.obs_shape[0], spec.action_dim,
-                   methods["actor"], methods["critic"])
+                   networks["actor"], networks["critic"])
     return make_learner(sac, spec, config.buffer_capacity, config.updates_per_vector_step)
 
 

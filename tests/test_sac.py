@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.replay_buffer import Transition
-from mtrl_sparse.agents.sac import SACConfig, bellman_target, make_sac
+from mtrl_sparse.agents.sac import NetworkSetup, SACConfig, bellman_target, make_sac
 
 from mtrl_sparse.methods.dense import dense
 from mtrl_sparse.methods.static import static_sparse
@@ -32,7 +32,7 @@ def jitted_sac(method: str, distribution: str):
 
     def build(sparsity):
         m = dense() if method == "dense" else static_sparse(sparsity, distribution)
-        return make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, m, m)
+        return make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, NetworkSetup(m), NetworkSetup(m))
 
     init = jax.jit(lambda key, sparsity: build(sparsity).init(key))
     update = jax.jit(lambda state, batch, task_ids, key: build(0.5).update(
@@ -154,7 +154,8 @@ def test_critic_update_ignores_next_state_only_when_terminated():
 def test_act_shapes_bounds_and_per_task_heads():
     init, _ = jitted_sac("dense", "erk")
     state = init(jax.random.PRNGKey(6), 0.0)
-    sac = make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, dense(), dense())
+    sac = make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, NetworkSetup(dense()),
+                   NetworkSetup(dense()))
     obs = jnp.ones((NUM_TASKS, OBS_DIM))
     tasks = jnp.arange(NUM_TASKS)
     sampled = sac.act(state, obs, tasks, jax.random.PRNGKey(0))

@@ -1,28 +1,53 @@
 """The method registry: every method selectable by name, with its description and builder.
 
 Adding a method means adding one module and one ``MethodEntry`` here; training loops and agents
-never name a method. ``--method a+b`` composes a sparsity method with a plasticity method (the
-plasticity methods arrive with the method library).
+never name a method. A method's hyperparameters are a frozen dataclass (its ``options``) that
+becomes a group of CLI flags (``--methods.NAME.FIELD``); what a method needs from the agent
+builder (LayerNorm, an optimizer transform) is declared here as data.
+
+``--method a+b`` composes methods (e.g. ``gmp+redo``): at most one sparsity method, any number of
+plasticity methods and regularisers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import optax
+
+from mtrl_sparse.agents.sac import NetworkSetup
 from mtrl_sparse.methods.base import Method
+from mtrl_sparse.methods.compose import compose
 from mtrl_sparse.methods.dense import dense
 from mtrl_sparse.methods.static import static_sparse
 from mtrl_sparse.methods.topology import DISTRIBUTIONS, Distribution
 
+Kind = Literal["dense", "sparsity", "plasticity", "regularizer"]
+
 
 @dataclass(frozen=True)
 class NetworkMethodSettings:
-    """A network's resolved method configuration: what a builder receives."""
+    """A network's resolved method configuration: what a builder receives.
+
+    Attributes:
+        name: the method name, possibly a composition ``a+b``.
+        sparsity: the final target sparsity of the network.
+        distribution: per-layer sparsity distribution.
+        total_updates: updates of the network over the whole run (for schedules given as
+            fractions of the run).
+    """
 
     name: str
     sparsity: float
     distribution: Distribution = "erk"
+    total_updates: int = 1
+
+
+def _no_optimizer(options: Any) -> tuple[tuple, tuple]:
+    return (), ()
 
 
 @dataclass(frozen=True)
@@ -31,77 +56,127 @@ class MethodEntry:
 
     Attributes:
         name: what ``--method`` accepts.
+        kind: ``sparsity`` methods draw masks and need a sparsity in (0, 1); the others need 0
+            unless composed with a sparsity method.
         description: one line for ``mtrl-sparse methods``.
-        sparse: True if the method needs a target sparsity in (0, 1); False if it needs 0.
-        parameters: the settings it reads, with their meaning, for ``mtrl-sparse methods NAME``.
         source: the paper it comes from.
-        build: settings -> Method.
+        build: (settings, options) -> Method.
+        options: the dataclass of its hyperparameters (flags ``--methods.NAME.FIELD``), or None.
+        layer_norm: the method asks the agent builder for LayerNorm in the network.
+        optimizer: options -> (gradient transforms before Adam, update transforms after Adam).
+        parameters: flags it reads besides its options, with their meaning.
     """
 
     name: str
+    kind: Kind
     description: str
-    sparse: bool
-    parameters: tuple[tuple[str, str], ...]
     source: str
-    build: Callable[[NetworkMethodSettings], Method]
+    build: Callable[[NetworkMethodSettings, Any], Method]
+    options: type | None = None
+    layer_norm: bool = False
+    optimizer: Callable[[Any], tuple[tuple, tuple]] = _no_optimizer
+    parameters: tuple[tuple[str, str], ...] = ()
 
 
-_SPARSITY = ("sparsity", "final fraction of maskable weights that are masked, in (0, 1)")
-_DISTRIBUTION = ("distribution", f"per-layer sparsity distribution, one of {DISTRIBUTIONS}")
+_SPARSITY = ("--sparsity", "final fraction of maskable weights that are masked, in (0, 1)")
+_DISTRIBUTION = ("--distribution", f"per-layer sparsity distribution, one of {DISTRIBUTIONS}")
 
 METHODS: dict[str, MethodEntry] = {
     entry.name: entry
     for entry in (
         MethodEntry(
             name="dense",
+            kind="dense",
             description="no masks: the plain dense network (the baseline)",
-            sparse=False,
-            parameters=(),
             source="-",
-            build=lambda s: dense(),
+            build=lambda s, o: dense(),
         ),
         MethodEntry(
             name="static",
+            kind="sparsity",
             description="random sparse topology drawn at init and kept fixed (uniform or ERK)",
-            sparse=True,
-            parameters=(_SPARSITY, _DISTRIBUTION),
             source="Mocanu et al. 2018 (ERK); Evci et al. 2020 (static baseline)",
-            build=lambda s: static_sparse(s.sparsity, s.distribution),
+            build=lambda s, o: static_sparse(s.sparsity, s.distribution),
+            parameters=(_SPARSITY, _DISTRIBUTION),
         ),
     )
 }
+
+MethodOptions = dataclasses.make_dataclass(
+    "MethodOptions",
+    [(e.name, e.options, field(default_factory=e.options)) for e in METHODS.values()
+     if e.options is not None],
+    frozen=True,
+)
+MethodOptions.__doc__ = "Hyperparameters of every method (used by the networks that run it)."
 
 
 class MethodError(ValueError):
     """A method name or method/sparsity combination that is not accepted (a usage error)."""
 
 
-def check_method(name: str, sparsity: float, network: str = "network") -> MethodEntry:
+def method_members(name: str, network: str = "network") -> list[MethodEntry]:
+    """The registry entries of ``name`` (``a+b`` -> [a, b]); ``MethodError`` if unknown."""
+    members = []
+    for part in name.split("+"):
+        if part not in METHODS:
+            raise MethodError(
+                f"unknown method {part!r} for the {network}; accepted: {', '.join(METHODS)} "
+                "(combine as sparsity+plasticity, e.g. gmp+redo)"
+            )
+        members.append(METHODS[part])
+    return members
+
+
+def check_method(name: str, sparsity: float, network: str = "network") -> list[MethodEntry]:
     """Validate ``name`` and ``sparsity`` for one network; raise ``MethodError`` in one line."""
-    if name not in METHODS:
-        raise MethodError(
-            f"unknown method {name!r} for the {network}; accepted: {', '.join(METHODS)}"
-        )
+    members = method_members(name, network)
     if not 0.0 <= sparsity < 1.0:
         raise MethodError(f"sparsity {sparsity} of the {network} is outside [0, 1)")
-    entry = METHODS[name]
-    if entry.sparse and sparsity == 0.0:
+    sparse = [m.name for m in members if m.kind == "sparsity"]
+    if len(sparse) > 1:
+        raise MethodError(
+            f"method {name!r} of the {network} combines several sparsity methods "
+            f"({', '.join(sparse)}); combine one with plasticity methods or regularisers"
+        )
+    if len(members) > 1 and any(m.kind == "dense" for m in members):
+        raise MethodError(f"method {name!r} of the {network}: 'dense' cannot be combined")
+    if sparse and sparsity == 0.0:
         raise MethodError(
             f"method {name!r} of the {network} needs a sparsity in (0, 1); got 0 "
             "(use --method dense for a dense network)"
         )
-    if not entry.sparse and sparsity > 0.0:
+    if not sparse and sparsity > 0.0:
         raise MethodError(
             f"method {name!r} of the {network} is dense but sparsity is {sparsity}; "
             "use sparsity 0 or a sparse method (e.g. static)"
         )
-    return entry
+    return members
 
 
-def build_method(settings: NetworkMethodSettings, network: str = "network") -> Method:
-    """Validate and build the method of one network."""
+def build_network(
+    settings: NetworkMethodSettings, options: Any = None, network: str = "network"
+) -> NetworkSetup:
+    """Validate and build what the agent needs for one network: method, LayerNorm, optimizer."""
     if settings.distribution not in DISTRIBUTIONS:
         raise MethodError(
             f"unknown distribution {settings.distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}"
         )
-    return check_method(settings.name, settings.sparsity, network).build(settings)
+    options = MethodOptions() if options is None else options
+    members = check_method(settings.name, settings.sparsity, network)
+
+    def member_options(entry: MethodEntry) -> Any:
+        return getattr(options, entry.name) if entry.options is not None else None
+
+    gradient_transforms: list[optax.GradientTransformation] = []
+    update_transforms: list[optax.GradientTransformation] = []
+    for entry in members:
+        before_adam, after_adam = entry.optimizer(member_options(entry))
+        gradient_transforms.extend(before_adam)
+        update_transforms.extend(after_adam)
+    return NetworkSetup(
+        method=compose([m.build(settings, member_options(m)) for m in members]),
+        layer_norm=any(m.layer_norm for m in members),
+        gradient_transforms=tuple(gradient_transforms),
+        update_transforms=tuple(update_transforms),
+    )

@@ -131,6 +131,20 @@ def zero_moments_where_masked(
     )
 
 
+def zero_moments_at(
+    opt_state: optax.OptState, positions: Any, tx: optax.GradientTransformation
+) -> optax.OptState:
+    """Zero every parameter-shaped optimizer leaf where ``positions`` is True.
+
+    ``positions`` is congruent with the params: bool arrays, or None for leaves left alone. Methods
+    call this for weights they prune, regrow or re-initialise, so those start from fresh moments.
+    """
+    return optax.tree_utils.tree_map_params(
+        tx, lambda leaf, where: leaf if where is None else jnp.where(where, 0, leaf), opt_state,
+        positions, is_leaf=_is_none,
+    )
+
+
 def mask_counts(masks: Masks) -> tuple[jax.Array, int]:
     """(active weights, maskable weights) over the masked leaves of one network."""
     leaves = [m for m in jax.tree.leaves(masks, is_leaf=_is_none) if m is not None]

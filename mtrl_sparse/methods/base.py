@@ -9,11 +9,13 @@ and training loops only ever see this pair.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 
 from mtrl_sparse.agents.net_state import NetState
+from mtrl_sparse.methods.topology import Distribution
 
 
 class Method(NamedTuple):
@@ -22,6 +24,24 @@ class Method(NamedTuple):
 
     init: Callable[[Any, Any, jax.Array], tuple[Any, Any]]
     transform: Callable[[NetState, jax.Array, jax.Array, dict], NetState]
+
+
+@dataclass(frozen=True)
+class NetworkMethodSettings:
+    """A network's resolved method configuration: what a builder receives.
+
+    Attributes:
+        name: the method name, possibly a composition ``a+b``.
+        sparsity: the final target sparsity of the network.
+        distribution: per-layer sparsity distribution.
+        total_updates: updates of the network over the whole run (for schedules given as
+            fractions of the run).
+    """
+
+    name: str
+    sparsity: float
+    distribution: Distribution = "erk"
+    total_updates: int = 1
 
 
 def unchanged(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:

@@ -19,31 +19,13 @@ from typing import Any, Literal
 import optax
 
 from mtrl_sparse.agents.sac import NetworkSetup
-from mtrl_sparse.methods.base import Method
+from mtrl_sparse.methods.base import Method, NetworkMethodSettings
 from mtrl_sparse.methods.compose import compose
 from mtrl_sparse.methods.dense import dense
 from mtrl_sparse.methods.static import static_sparse
-from mtrl_sparse.methods.topology import DISTRIBUTIONS, Distribution
+from mtrl_sparse.methods.topology import DISTRIBUTIONS
 
 Kind = Literal["dense", "sparsity", "plasticity", "regularizer"]
-
-
-@dataclass(frozen=True)
-class NetworkMethodSettings:
-    """A network's resolved method configuration: what a builder receives.
-
-    Attributes:
-        name: the method name, possibly a composition ``a+b``.
-        sparsity: the final target sparsity of the network.
-        distribution: per-layer sparsity distribution.
-        total_updates: updates of the network over the whole run (for schedules given as
-            fractions of the run).
-    """
-
-    name: str
-    sparsity: float
-    distribution: Distribution = "erk"
-    total_updates: int = 1
 
 
 def _no_optimizer(options: Any) -> tuple[tuple, tuple]:

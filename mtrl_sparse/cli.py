@@ -221,7 +221,7 @@ def cmd_methods(args: list[str]) -> int:
     if entry.options is not None:
         docs = field_docs(entry.options)
         for option in dataclasses.fields(entry.options):
-            flag = f"--methods.{entry.name}.{option.name.replace('_', '-')}"
+            flag = f"--methods.{entry.name}.{option.name}".replace("_", "-")
             default = option.default if option.default is not dataclasses.MISSING else "-"
             print(f"  {flag} (default {default}): {docs.get(option.name, '')}")
     if entry.layer_norm:

@@ -22,6 +22,12 @@ from mtrl_sparse.agents.sac import NetworkSetup
 from mtrl_sparse.methods.base import Method, NetworkMethodSettings
 from mtrl_sparse.methods.compose import compose
 from mtrl_sparse.methods.dense import dense
+from mtrl_sparse.methods.regularizers import (
+    WeightDecayOptions,
+    layernorm,
+    weight_decay,
+    weight_decay_optimizer,
+)
 from mtrl_sparse.methods.static import static_sparse
 from mtrl_sparse.methods.topology import DISTRIBUTIONS
 
@@ -80,6 +86,23 @@ METHODS: dict[str, MethodEntry] = {
             source="Mocanu et al. 2018 (ERK); Evci et al. 2020 (static baseline)",
             build=lambda s, o: static_sparse(s.sparsity, s.distribution),
             parameters=(_SPARSITY, _DISTRIBUTION),
+        ),
+        MethodEntry(
+            name="weight_decay",
+            kind="regularizer",
+            description="weight decay (coupled L2 as PyTorch's Adam by default; decoupled option)",
+            source="Todorov et al. 2025 (1e-6 on dense agents); Loshchilov & Hutter 2019 (AdamW)",
+            build=weight_decay,
+            options=WeightDecayOptions,
+            optimizer=weight_decay_optimizer,
+        ),
+        MethodEntry(
+            name="layernorm",
+            kind="regularizer",
+            description="LayerNorm after each hidden linear layer, before the activation",
+            source="Ba et al. 2016; Lyle et al. 2023 (LayerNorm and plasticity)",
+            build=layernorm,
+            layer_norm=True,
         ),
     )
 }

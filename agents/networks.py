@@ -46,7 +46,8 @@ def mlp_neuron_layers(prefix: tuple[str, ...], num_hidden: int) -> tuple[NeuronL
     names = [f"hidden_{i}" for i in range(num_hidden)] + ["heads"]
     return tuple(
         NeuronLayer(incoming=("params", *prefix, names[i]),
-                    outgoing=("params", *prefix, names[i + 1]), activation=(*prefix, names[i]))
+                    outgoing=("params", *prefix, names[i + 1]),
+                    activation=(*prefix, f"{names[i]}_out"))
         for i in range(num_hidden)
     )
 
@@ -57,7 +58,7 @@ class MultiHeadMLP(nn.Module):
     The heads are one ``Dense`` of ``T * O`` outputs named ``heads`` (so a mask over it masks each
     head's weights); each sample reads its own task's head. With ``layer_norm``, a LayerNorm
     (``norm_i``) follows each hidden linear layer, before the activation. Each hidden layer's
-    output (after the activation) is sown as an ``intermediates`` variable named ``hidden_i``.
+    output (after the activation) is sown as an ``intermediates`` variable named ``hidden_i_out``.
     """
 
     hidden_sizes: Sequence[int]
@@ -74,7 +75,7 @@ class MultiHeadMLP(nn.Module):
             if self.layer_norm:
                 x = nn.LayerNorm(name=f"norm_{i}")(x)
             x = nn.relu(x)
-            self.sow("intermediates", f"hidden_{i}", x)
+            self.sow("intermediates", f"hidden_{i}_out", x)
         heads = nn.Dense(
             self.num_tasks * self.head_dim, kernel_init=torch_linear_init, name="heads"
         )(x)

@@ -88,3 +88,22 @@ def sample_balanced(
 
     task_ids = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), samples_per_task)
     return jax.tree.map(gather, buffer.data), task_ids
+
+
+def recent_transitions(
+    buffer: ReplayBufferState, per_task: int
+) -> tuple[Transition, jax.Array]:
+    """The ``per_task`` most recently inserted transitions of every task (newest first).
+
+    Returns leading axis T * per_task (task-major) and the task ids. While a ring holds fewer
+    than ``per_task`` transitions, its recent ones repeat.
+    """
+    num_tasks = buffer.data.rewards.shape[0]
+    slots = (buffer.insert_pos - 1 - jnp.arange(per_task)) % jnp.maximum(buffer.size, 1)
+    rows = jnp.arange(num_tasks)[:, None]
+
+    def gather(store: jax.Array) -> jax.Array:
+        return store[rows, slots[None, :]].reshape(num_tasks * per_task, *store.shape[2:])
+
+    task_ids = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), per_task)
+    return jax.tree.map(gather, buffer.data), task_ids

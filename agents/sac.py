@@ -14,6 +14,7 @@ Shapes: ``B`` batch, ``T`` tasks, ``D`` observation size, ``A`` action size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,7 +31,12 @@ from mtrl_sparse.agents.net_state import (
     masked_params,
     network_sparsity,
 )
-from mtrl_sparse.agents.networks import GaussianActor, TwinCritic, mlp_neuron_layers
+from mtrl_sparse.agents.networks import (
+    GaussianActor,
+    NeuronLayer,
+    TwinCritic,
+    mlp_neuron_layers,
+)
 from mtrl_sparse.agents.replay_buffer import Transition
 
 
@@ -85,12 +91,23 @@ class SACState(struct.PyTreeNode):
 
 
 class SAC(NamedTuple):
-    """The agent's pure functions (see ``make_sac``)."""
+    """The agent's pure functions (see ``make_sac``), and views of its networks for probes.
 
-    init: object
-    act: object
-    update: object
+    ``actor_distribution(weights, obs, task_ids) -> (mean, log_std)``;
+    ``actor_activations(weights, obs, task_ids)`` and
+    ``critic_activations(weights, obs, actions, task_ids)`` return the hidden activations, keyed
+    like the ``activation`` paths of ``neuron_layers[network]`` (``weights`` are effective
+    weights, i.e. ``masked_params`` of the network).
+    """
+
+    init: Callable
+    act: Callable
+    update: Callable
     config: SACConfig
+    actor_distribution: Callable
+    actor_activations: Callable
+    critic_activations: Callable
+    neuron_layers: dict[str, tuple[NeuronLayer, ...]]
 
 
 def gaussian_tanh_sample(
@@ -106,6 +123,10 @@ def gaussian_tanh_sample(
     gauss_logp = -0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi)
     squash = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
     return jnp.tanh(u), jnp.sum(gauss_logp - squash, axis=-1)
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
 
 
 def bellman_target(
@@ -243,12 +264,15 @@ def make_sac(
         # Per-task temperature loss, averaged over the batch (each task holds an equal share).
         return -jnp.mean(log_alpha[task_ids] * jax.lax.stop_gradient(logp + target_entropy))
 
-    def intermediates(net, *inputs):
-        def activations(params):
-            _, variables = net.apply(params, *inputs, mutable=["intermediates"])
+    def activations_of(net):
+        def activations(weights, *inputs):
+            _, variables = net.apply(weights, *inputs, mutable=["intermediates"])
             return jax.tree.map(lambda sown: sown[0], variables["intermediates"],
                                 is_leaf=lambda x: isinstance(x, tuple))
         return activations
+
+    actor_activations = activations_of(actor_net)
+    critic_activations = activations_of(critic_net)
 
     def gradient_step(net_state, loss_fn, tx, setup, step, key, context, *args):
         """Value and gradient w.r.t. the effective weights, an optimizer step, the method."""
@@ -257,7 +281,8 @@ def make_sac(
         grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
         net_state = apply_gradients(net_state, grads, tx)
         context = {**context, "grads": grads, "dense_grads": dense_grads, "optimizer": tx}
-        return setup.method.transform(net_state, step, key, context), aux
+        net_state = setup.method.transform(net_state, step, key, context)
+        return net_state, (aux, _global_norm(grads))
 
     def update(state: SACState, batch: Transition, task_ids: jax.Array, key: jax.Array):
         """One gradient step of critics, actor and temperatures, then the target update.
@@ -270,20 +295,20 @@ def make_sac(
 
         critic_context = {
             "init_params": init_critic_params,
-            "activations": intermediates(critic_net, batch.obs, batch.actions, task_ids),
+            "activations": lambda w: critic_activations(w, batch.obs, batch.actions, task_ids),
             "neuron_layers": critic_layers,
         }
-        critic_state, critic_info = gradient_step(
+        critic_state, (critic_info, critic_grad_norm) = gradient_step(
             state.critic, critic_loss_fn, critic_tx, critic, step, k_critic_method,
             critic_context, state, batch, task_ids, k_critic)
         state = state.replace(critic=critic_state)
 
         actor_context = {
             "init_params": init_actor_params,
-            "activations": intermediates(actor_net, batch.obs, task_ids),
+            "activations": lambda w: actor_activations(w, batch.obs, task_ids),
             "neuron_layers": actor_layers,
         }
-        actor_state, (logp, actor_info) = gradient_step(
+        actor_state, ((logp, actor_info), actor_grad_norm) = gradient_step(
             state.actor, actor_loss_fn, actor_tx, actor, step, k_actor_method, actor_context,
             state, batch, task_ids, k_actor)
 
@@ -302,9 +327,17 @@ def make_sac(
             **actor_info,
             "alpha_loss": alpha_loss,
             "alpha": jnp.exp(log_alpha.params),  # (T,)
+            "actor_grad_norm": actor_grad_norm,
+            "critic_grad_norm": critic_grad_norm,
             "actor_sparsity": network_sparsity(actor_state.masks),
             "critic_sparsity": network_sparsity(critic_state.masks),
         }
         return state, metrics
 
-    return SAC(init=init, act=act, update=update, config=config)
+    return SAC(
+        init=init, act=act, update=update, config=config,
+        actor_distribution=actor_net.apply,
+        actor_activations=actor_activations,
+        critic_activations=critic_activations,
+        neuron_layers={"actor": actor_layers, "critic": critic_layers},
+    )

@@ -51,6 +51,20 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
+class PlasticityConfig:
+    """When and how the plasticity metrics are measured (mtrl_sparse.plasticity)."""
+
+    every_updates: int = 50_000
+    """Measure every this many updates (0: never); rows carry plasticity/... metrics."""
+    batch_size: int = 1024
+    """Most recent transitions measured on, shared equally by the tasks."""
+    dormant_tau: float = 0.001
+    """A neuron is dormant when its ReDo score is <= dormant_tau."""
+    srank_delta: float = 0.01
+    """Effective rank: smallest k whose singular values hold a 1 - delta share."""
+
+
+@dataclass(frozen=True)
 class NetworkMethodConfig:
     """Per-network override of the top-level method flags."""
 
@@ -84,6 +98,8 @@ class TrainConfig:
     """Agent hyperparameters."""
     methods: MethodOptions = field(default_factory=MethodOptions)
     """Hyperparameters of the sparsity and plasticity methods (used where a network runs them)."""
+    plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
+    """Plasticity metrics: dormant neurons, effective rank, Fisher trace, norms, sparsity."""
     warmup_env_steps: int = 40_000
     """Env steps of uniformly random actions before the first update."""
     updates_per_vector_step: int = 1
@@ -167,6 +183,8 @@ def validate(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    if config.plasticity.every_updates < 0 or config.plasticity.batch_size <= 0:
+        raise ConfigError("--plasticity.every-updates must be >= 0 and --plasticity.batch-size > 0")
     if config.warmup_env_steps < 0:
         raise ConfigError(f"--warmup-env-steps must be >= 0; got {config.warmup_env_steps}")
     if config.sac.batch_size % num_tasks:

@@ -24,10 +24,13 @@ from mtrl_sparse.agents.replay_buffer import (
     Transition,
     add_transitions,
     init_replay_buffer,
+    recent_transitions,
     sample_balanced,
 )
 from mtrl_sparse.agents.sac import SAC, SACState
+from mtrl_sparse.config import PlasticityConfig
 from mtrl_sparse.envs.base import MultiTaskEnvSpec
+from mtrl_sparse.probe import make_sac_probe
 
 LOSS_NAMES = ("critic_loss", "actor_loss", "alpha_loss")
 
@@ -56,13 +59,15 @@ class Learner(NamedTuple):
     act: Callable[[TrainState, jax.Array, bool], tuple[TrainState, jax.Array]]
     learn: Callable[[TrainState, Transition, bool], tuple[TrainState, dict[str, jax.Array]]]
     greedy_act: Callable[[SACState, jax.Array, jax.Array], jax.Array]
+    probe: Callable[[TrainState], dict[str, jax.Array]]
     abstract_state: Callable[[], Any]
 
 
 def make_learner(
-    sac: SAC, spec: MultiTaskEnvSpec, buffer_capacity: int, updates_per_vector_step: int
+    sac: SAC, spec: MultiTaskEnvSpec, buffer_capacity: int, updates_per_vector_step: int,
+    plasticity: PlasticityConfig,
 ) -> Learner:
-    """Build the train state's initialiser and the jitted act / learn steps for ``sac``."""
+    """Build the train state's initialiser, the jitted act / learn steps and the probe."""
     env_task_ids = jnp.asarray(spec.env_task_ids)
     capacity_per_task = buffer_capacity // spec.num_tasks
     samples_per_task = sac.config.batch_size // spec.num_tasks
@@ -117,10 +122,19 @@ def make_learner(
     def greedy_act(agent: SACState, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
         return sac.act(agent, obs, task_ids, jax.random.PRNGKey(0), deterministic=True)
 
+    sac_probe = make_sac_probe(sac, plasticity.dormant_tau, plasticity.srank_delta)
+    probe_per_task = -(-plasticity.batch_size // spec.num_tasks)
+
+    def probe(state: TrainState) -> dict[str, jax.Array]:
+        """Plasticity metrics on the most recent transitions; leaves the state unchanged."""
+        batch, task_ids = recent_transitions(state.buffer, probe_per_task)
+        return sac_probe(state.agent, batch, task_ids, jax.random.fold_in(state.rng, 1))
+
     return Learner(
         init=jax.jit(init, static_argnums=0),
         act=jax.jit(act, static_argnums=2, donate_argnums=0),
         learn=jax.jit(learn, static_argnums=2, donate_argnums=0),
         greedy_act=jax.jit(greedy_act),
+        probe=jax.jit(probe),
         abstract_state=lambda: jax.eval_shape(init, 0),
     )

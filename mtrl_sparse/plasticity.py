@@ -162,24 +162,28 @@ def actor_log_prob_fn(apply_fn: Callable[..., tuple[jax.Array, jax.Array]]) -> C
 
 
 def per_sample_sq_grad_norms(
-    log_prob_fn: Callable, params: Any, obs: jax.Array, task_ids: jax.Array, actions: jax.Array
+    log_prob_fn: Callable, params: Any, obs: jax.Array, task_ids: jax.Array, actions: jax.Array,
+    chunk_size: int = 64,
 ) -> jax.Array:
     """(B,) squared norms ||grad_params log_prob_fn(params, obs_i, task_i, a_i)||^2.
 
     ``obs`` (B, D), ``task_ids`` (B,), ``actions`` (B, A), held fixed (no gradient through them).
     """
     actions = jax.lax.stop_gradient(actions)
-    grads = jax.vmap(jax.grad(log_prob_fn), in_axes=(None, 0, 0, 0))(
-        params, obs, task_ids, actions
-    )
-    leaves = jax.tree.leaves(grads)
-    if not leaves:
+    if not jax.tree.leaves(params):
         return jnp.zeros((obs.shape[0],), jnp.float32)
-    return sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1) for g in leaves)
+
+    def one_sample(sample: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        grads = jax.grad(log_prob_fn)(params, *sample)
+        return sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+
+    # Chunks of samples at a time: a per-sample gradient is as large as the network.
+    return jax.lax.map(one_sample, (obs, task_ids, actions), batch_size=chunk_size)
 
 
 def fisher_trace(
-    log_prob_fn: Callable, params: Any, obs: jax.Array, task_ids: jax.Array, actions: jax.Array
+    log_prob_fn: Callable, params: Any, obs: jax.Array, task_ids: jax.Array, actions: jax.Array,
+    chunk_size: int = 64,
 ) -> jax.Array:
     """Trace of the empirical Fisher of the policy: mean_i ||grad_params log pi(a_i | s_i)||^2.
 
@@ -188,7 +192,8 @@ def fisher_trace(
     the mean of per-sample squared gradient norms, not the squared norm of the mean gradient.
     Masked weights contribute nothing when ``log_prob_fn`` applies the masks. Returns () float.
     """
-    return jnp.mean(per_sample_sq_grad_norms(log_prob_fn, params, obs, task_ids, actions))
+    return jnp.mean(
+        per_sample_sq_grad_norms(log_prob_fn, params, obs, task_ids, actions, chunk_size))
 
 
 # ----------------------------------------------------------------------------- norms and masks

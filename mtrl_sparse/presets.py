@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from mtrl_sparse.agents.sac import SACConfig
-from mtrl_sparse.config import EnvConfig, TrainConfig
+from mtrl_sparse.config import EnvConfig, PlasticityConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ PRESETS: dict[str, Preset] = {
                 checkpoint_every_env_steps=50_000,
                 env=EnvConfig(eval_envs_per_task=5, eval_episodes_per_task=5),
                 sac=SACConfig(hidden_sizes=(256, 256, 256), batch_size=640),
+                plasticity=PlasticityConfig(every_updates=3_000),
             ),
         ),
         Preset(
@@ -62,6 +63,7 @@ PRESETS: dict[str, Preset] = {
                 env=EnvConfig(max_episode_steps=20, eval_envs_per_task=1,
                               eval_episodes_per_task=1),
                 sac=SACConfig(hidden_sizes=(32, 32), batch_size=40),
+                plasticity=PlasticityConfig(every_updates=40, batch_size=100),
                 progress=False,
             ),
         ),

@@ -93,7 +93,8 @@ def make_run_learner(config: TrainConfig, env: MetaWorldVectorEnv) -> Learner:
                 for name, settings in config.network_methods().items()}
     sac = make_sac(config.sac, spec.num_tasks, spec.obs_shape[0], spec.action_dim,
                    networks["actor"], networks["critic"])
-    return make_learner(sac, spec, config.buffer_capacity, config.updates_per_vector_step)
+    return make_learner(sac, spec, config.buffer_capacity, config.updates_per_vector_step,
+                        config.plasticity)
 
 
 def _crossed(now: int, before: int, interval: int) -> bool:
@@ -105,6 +106,19 @@ def _scalar_row(metrics: dict[str, Any]) -> dict[str, Any]:
     for name, value in jax.device_get(metrics).items():
         value = np.asarray(value)
         row[name] = value.tolist() if value.ndim else float(value)
+    return row
+
+
+def _method_state_row(state: TrainState) -> dict[str, Any]:
+    """Scalar leaves of each network's method state, as ``<network>/<method>/<name>``."""
+    row = {}
+    for network in ("actor", "critic"):
+        method_state = getattr(state.agent, network).method_state
+        for path, value in jax.tree_util.tree_flatten_with_path(jax.device_get(method_state))[0]:
+            value = np.asarray(value)
+            if value.ndim == 0:
+                keys = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                row[f"{network}/{keys}"] = value.item()
     return row
 
 
@@ -215,7 +229,7 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
     compiled: set[bool] = set()  # variants (warm-up or not) whose first call has been timed
     t_start = time.perf_counter()
     t_interval, steps_interval_start = t_start, env_steps
-    updates_interval_start = int(state.agent.step)
+    updates_interval_start = updates_done = int(state.agent.step)
     last_metrics: dict[str, jax.Array] = {}
     checkpoint_due = False
 
@@ -246,6 +260,9 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
             compiled.add(warmup)
 
             before, env_steps = env_steps, env_steps + spec.num_envs
+            updates_before = updates_done
+            if not warmup:
+                updates_done += config.updates_per_vector_step
             done = step.terminated | step.truncated
             successes.record(step.success, done)
             bar.update(spec.num_envs)
@@ -259,6 +276,7 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
                 updates = int(state.agent.step)
                 interval_s = max(now - t_interval, 1e-9)
                 row = {"step": env_steps, "updates": updates, **_scalar_row(last_metrics),
+                       **_method_state_row(state),
                        **successes.pop_row(spec.task_names),
                        "time/env_steps_per_s": (env_steps - steps_interval_start) / interval_s,
                        "time/updates_per_s": (updates - updates_interval_start) / interval_s,
@@ -267,6 +285,9 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
                 postfix["updates/s"] = f"{row['time/updates_per_s']:.1f}"
                 bar.set_postfix(postfix)
                 t_interval, steps_interval_start, updates_interval_start = now, env_steps, updates
+            every = config.plasticity.every_updates
+            if every and _crossed(updates_done, updates_before, every):
+                logger.write({"step": env_steps, **_scalar_row(learner.probe(state))})
             seconds["logging"] += time.perf_counter() - t0
 
             if _crossed(env_steps, before, config.eval_every_env_steps) or finished:

@@ -180,7 +180,7 @@ def build_network(
         gradient_transforms.extend(before_adam)
         update_transforms.extend(after_adam)
     return NetworkSetup(
-        method=compose([m.build(settings, member_options(m)) for m in members]),
+        method=compose({m.name: m.build(settings, member_options(m)) for m in members}),
         layer_norm=any(m.layer_norm for m in members),
         gradient_transforms=tuple(gradient_transforms),
         update_transforms=tuple(update_transforms),

@@ -1,0 +1,82 @@
+"""Plasticity probe of a SAC agent: the metrics of ``mtrl_sparse.plasticity`` on recent data.
+
+Per network (the actor, each critic): dormant-neuron fraction over alive neurons of the hidden
+layers at ``dormant_tau``, effective rank (srank) of the last hidden layer, weight norm and
+per-layer sparsity; for the actor, the Fisher trace of the policy with actions sampled from it and
+held fixed. Measured on the most recent transitions of the replay buffer, outside the update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from mtrl_sparse.agents.net_state import apply_masks, masked_params
+from mtrl_sparse.agents.networks import NeuronLayer
+from mtrl_sparse.agents.sac import SAC, SACState, gaussian_tanh_sample
+from mtrl_sparse.plasticity import (
+    actor_log_prob_fn,
+    alive_neurons,
+    dormant_fraction,
+    effective_rank,
+    fisher_trace,
+    global_norm,
+    layer_sparsity,
+)
+
+
+def _at(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if tree is None:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _network_metrics(
+    name: str, activations: Any, layers: tuple[NeuronLayer, ...], masks: Any, tau: float,
+    delta: float,
+) -> dict[str, jax.Array]:
+    hidden = [_at(activations, layer.activation) for layer in layers]
+    alive = [alive_neurons(_at(masks, (*layer.incoming, "kernel")), h.shape[-1])
+             for layer, h in zip(layers, hidden, strict=True)]
+    fraction, _ = dormant_fraction(hidden, tau, alive)
+    return {f"plasticity/{name}/dormant_fraction": fraction,
+            f"plasticity/{name}/srank": effective_rank(hidden[-1], delta)}
+
+
+def make_sac_probe(
+    sac: SAC, dormant_tau: float, srank_delta: float, fisher_chunk: int = 64
+) -> Callable[[SACState, Any, jax.Array, jax.Array], dict[str, jax.Array]]:
+    """``probe(agent, batch, task_ids, key) -> {metric name: scalar}`` (jit it)."""
+    critic_layers = {
+        q: tuple(layer for layer in sac.neuron_layers["critic"] if layer.incoming[1] == q)
+        for q in ("q1", "q2")
+    }
+
+    def probe(agent: SACState, batch: Any, task_ids: jax.Array, key: jax.Array):
+        actor_w, critic_w = masked_params(agent.actor), masked_params(agent.critic)
+        metrics = _network_metrics(
+            "actor", sac.actor_activations(actor_w, batch.obs, task_ids),
+            sac.neuron_layers["actor"], agent.actor.masks, dormant_tau, srank_delta)
+        critic_acts = sac.critic_activations(critic_w, batch.obs, batch.actions, task_ids)
+        for q, layers in critic_layers.items():
+            metrics.update(_network_metrics(f"critic_{q}", critic_acts, layers,
+                                            agent.critic.masks, dormant_tau, srank_delta))
+
+        mean, log_std = sac.actor_distribution(actor_w, batch.obs, task_ids)
+        actions, _ = gaussian_tanh_sample(mean, log_std, key)
+        log_prob = actor_log_prob_fn(
+            lambda p, o, t: sac.actor_distribution(apply_masks(p, agent.actor.masks), o, t))
+        metrics["plasticity/actor/fisher_trace"] = fisher_trace(
+            log_prob, agent.actor.params, batch.obs, task_ids, actions, fisher_chunk)
+
+        for name, net in (("actor", agent.actor), ("critic", agent.critic)):
+            metrics[f"plasticity/{name}/weight_norm"] = global_norm(net.params)
+            for path, value in layer_sparsity(net.masks).items():
+                metrics[f"plasticity/{name}/sparsity/{path}"] = value
+        return metrics
+
+    return probe

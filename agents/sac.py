@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+
 from mtrl_sparse.agents.net_state import (
     MaskMethod,
     NetState,

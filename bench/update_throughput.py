@@ -48,10 +48,10 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+
 from mtrl_sparse.agents.net_state import network_sparsity
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, make_sac
-
 from mtrl_sparse.methods.registry import NetworkMethodSettings, build_network
 
 OBS_DIM = 39  # Meta-World observation size

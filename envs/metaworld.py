@@ -26,6 +26,7 @@ import gymnasium as gym
 import metaworld
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3
+
 from mtrl_sparse.envs.base import MultiTaskEnvSpec, StepResult
 
 METAWORLD_BENCHMARKS = ("MT1", "MT10", "MT50")

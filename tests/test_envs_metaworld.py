@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from metaworld.env_dict import MT10_V3
+
 from mtrl_sparse.envs.base import StepResult
 from mtrl_sparse.envs.metaworld import (
     METAWORLD_BENCHMARKS,

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from mtrl_sparse.agents.net_state import apply_masks
 from mtrl_sparse.agents.networks import GaussianActor
 from mtrl_sparse.agents.sac import gaussian_tanh_sample
-
 from mtrl_sparse.plasticity import (
     actor_log_prob_fn,
     alive_neurons,

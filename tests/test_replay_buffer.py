@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mtrl_sparse.agents.replay_buffer import (
     Transition,
     add_transitions,

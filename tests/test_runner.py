@@ -8,11 +8,11 @@ import json
 import jax
 import numpy as np
 import pytest
-from mtrl_sparse.envs.metaworld import metaworld_task_names
 
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.cli import main
 from mtrl_sparse.config import EnvConfig, NetworkMethodConfig
+from mtrl_sparse.envs.metaworld import metaworld_task_names
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.runner import NonFiniteLossError, make_envs, make_run_learner, train

@@ -11,10 +11,10 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import NetworkSetup, SACConfig, bellman_target, make_sac
-
 from mtrl_sparse.methods.dense import dense
 from mtrl_sparse.methods.static import static_sparse
 

@@ -134,10 +134,12 @@ def method_members(name: str, network: str = "network") -> list[MethodEntry]:
 
 
 def check_method(name: str, sparsity: float, network: str = "network") -> list[MethodEntry]:
-    """Validate ``name`` and ``sparsity`` for one network; raise ``MethodError`` in one line."""
+    """Validate ``name`` and ``sparsity`` for one network; raise ``MethodError`` in one line.
+
+    A traced sparsity (inside a vmapped sweep) skips the value checks: sweeps check their
+    concrete values before tracing.
+    """
     members = method_members(name, network)
-    if not 0.0 <= sparsity < 1.0:
-        raise MethodError(f"sparsity {sparsity} of the {network} is outside [0, 1)")
     sparse = [m.name for m in members if m.kind == "sparsity"]
     if len(sparse) > 1:
         raise MethodError(
@@ -146,6 +148,10 @@ def check_method(name: str, sparsity: float, network: str = "network") -> list[M
         )
     if len(members) > 1 and any(m.kind == "dense" for m in members):
         raise MethodError(f"method {name!r} of the {network}: 'dense' cannot be combined")
+    if not isinstance(sparsity, int | float):
+        return members
+    if not 0.0 <= sparsity < 1.0:
+        raise MethodError(f"sparsity {sparsity} of the {network} is outside [0, 1)")
     if sparse and sparsity == 0.0:
         raise MethodError(
             f"method {name!r} of the {network} needs a sparsity in (0, 1); got 0 "

@@ -68,15 +68,22 @@ SPARSE_METHODS = [name for name, entry in METHODS.items() if entry.kind == "spar
 def test_update_vmapped_over_seeds_and_sparsities_equals_separate_runs(method):
     build = sac_for(method)
     runs = [(seed, sparsity) for seed in SEEDS for sparsity in SPARSITIES]
-    # Separate runs: each its own init and two updates.
-    separate = []
-    for seed, sparsity in runs:
+    # Separate runs: each its own init and two updates (one compilation, sparsity traced).
+    @jax.jit
+    def run_alone(seed, sparsity, batches, tasks):
         sac = build(sparsity)
         state = sac.init(jax.random.PRNGKey(seed))
         for i in range(2):
-            batch, tasks = batch_for(seed + 10 * i)
-            state, _ = jax.jit(sac.update)(state, batch, tasks, jax.random.PRNGKey(seed + i))
-        separate.append(state)
+            batch = jax.tree.map(lambda x, i=i: x[i], batches)
+            state, _ = sac.update(state, batch, tasks[i], jax.random.PRNGKey(seed + i))
+        return state
+
+    separate = []
+    for seed, sparsity in runs:
+        batches = [batch_for(seed + 10 * i) for i in range(2)]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[b for b, _ in batches])
+        separate.append(run_alone(seed, jnp.float32(sparsity), stacked,
+                                  jnp.stack([t for _, t in batches])))
 
     # One program: init vmapped over (seed, sparsity), update vmapped with the step unbatched.
     seeds = jnp.array([s for s, _ in runs])

@@ -1,0 +1,109 @@
+"""``gmp``: gradual magnitude pruning from a dense network to the target sparsity.
+
+Zhu & Gupta 2017, "To prune, or not to prune: exploring the efficacy of pruning for model
+compression" (arXiv 1710.01878); settings of Todorov et al. 2025 (arXiv 2508.06871). The sparsity
+follows the cubic schedule
+
+    s(t) = 0 for t < t_start;  s_f (1 - (1 - (t - t_start) / (t_end - t_start))^3) in between;
+    s_f for t >= t_end,
+
+with t in updates of the network. Every ``prune_every_updates`` updates from t_start, and once more
+at the first such update at or after t_end (so s_f is reached), the smallest-magnitude active
+weights are masked, per layer or with one threshold for the network. Pruned weights never regrow;
+they are zeroed with their optimizer moments. Masks start all active; the target s_f lives in the
+method state so that runs differing in it vmap into one program.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from mtrl_sparse.agents.net_state import NetState
+from mtrl_sparse.methods.base import Method, NetworkMethodSettings
+from mtrl_sparse.methods.pruning import (
+    all_active_masks,
+    install_masks,
+    mask_change_fraction,
+    prune_globally,
+    prune_layers,
+)
+
+
+@dataclass(frozen=True)
+class GMPOptions:
+    """Gradual magnitude pruning of the networks that run ``gmp``."""
+
+    start_fraction: float = 0.05
+    """Pruning starts at t_start = start_fraction x the network's total updates (paper: 0.05)."""
+    end_fraction: float = 0.80
+    """The final sparsity is reached at t_end = end_fraction x total updates (paper: 0.80)."""
+    prune_every_updates: int = 5000
+    """Updates between two pruning events (paper: 5,000 on MT10, 500 on MiniGrid)."""
+    scope: Literal["layer", "global"] = "layer"
+    """layer: every maskable layer pruned to s(t) by its own magnitude threshold; global: one
+    magnitude threshold over all maskable weights of the network."""
+
+
+def cubic_sparsity(
+    step: jax.Array, final_sparsity: jax.Array, t_start: float, t_end: float
+) -> jax.Array:
+    """Zhu & Gupta's scheduled sparsity s(t), float32 (a step at t_start if t_end = t_start)."""
+    progress = (jnp.asarray(step, jnp.float32) - t_start) / max(t_end - t_start, 1e-9)
+    progress = jnp.clip(progress, 0.0, 1.0)
+    return jnp.asarray(final_sparsity, jnp.float32) * (1.0 - (1.0 - progress) ** 3)
+
+
+def check_gmp_options(options: GMPOptions) -> None:
+    """ValueError (one line) for options that define no schedule."""
+    if not 0.0 <= options.start_fraction <= options.end_fraction <= 1.0:
+        raise ValueError("gmp needs 0 <= start_fraction <= end_fraction <= 1; got "
+                         f"{options.start_fraction} and {options.end_fraction}")
+    if options.prune_every_updates <= 0:
+        raise ValueError(f"gmp prune_every_updates must be > 0; got {options.prune_every_updates}")
+    if options.scope not in ("layer", "global"):
+        raise ValueError(f"gmp scope must be 'layer' or 'global'; got {options.scope!r}")
+
+
+def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
+    """GMP toward ``settings.sparsity`` (may be traced) over ``settings.total_updates``."""
+    check_gmp_options(options)
+    t_start = options.start_fraction * settings.total_updates
+    t_end = options.end_fraction * settings.total_updates
+    every = options.prune_every_updates
+    first_event = max(math.ceil(t_start / every) * every, every)
+    last_event = max(math.ceil(t_end / every) * every, first_event)  # reaches s_f
+    prune = prune_layers if options.scope == "layer" else prune_globally
+
+    def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
+        del key
+        return all_active_masks(params, maskable), {
+            "target_sparsity": jnp.asarray(settings.sparsity, jnp.float32),
+            "scheduled_sparsity": jnp.zeros((), jnp.float32),
+            "mask_change": jnp.zeros((), jnp.float32),
+            "events": jnp.zeros((), jnp.int32),
+        }
+
+    def transform(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:
+        del key
+
+        def prune_event(state: NetState) -> NetState:
+            method_state = state.method_state
+            sparsity = cubic_sparsity(step, method_state["target_sparsity"], t_start, t_end)
+            masks = prune(state.params, state.masks, sparsity)
+            pruned = install_masks(state, masks, context["optimizer"])
+            return pruned.replace(method_state={
+                **method_state,
+                "scheduled_sparsity": sparsity,
+                "mask_change": mask_change_fraction(state.masks, masks),
+                "events": method_state["events"] + 1,
+            })
+
+        is_event = (step % every == 0) & (step >= first_event) & (step <= last_event)
+        return jax.lax.cond(is_event, prune_event, lambda state: state, net_state)
+
+    return Method(init=init, transform=transform)

@@ -1,0 +1,137 @@
+"""Magnitude pruning, drop-and-regrow and mask installation: what GMP, SET and RigL share.
+
+Every function works leaf by leaf on trees congruent with the params, where a mask leaf of None
+marks a leaf that is never masked (left alone). Numbers of weights to keep may be traced (they
+follow a traced target sparsity or a scheduled drop fraction), so masks come from rank thresholds
+(``keep_top_scores``), never from a top-k of static size.
+
+- ``prune_layers`` / ``prune_globally``: keep the largest-magnitude active weights so that each
+  layer (or the whole network) has a given sparsity; inactive weights are never revived.
+- ``drop_and_regrow``: per layer, drop the smallest-magnitude active weights and grow as many of
+  the weights that were inactive before the drop, chosen by a grow score (random for SET, gradient
+  magnitude for RigL), so the number of active weights per layer stays constant.
+- ``install_masks``: replace the masks; weights that left or joined the active set are zeroed (a
+  regrown weight starts at zero) and their optimizer moments reset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtrl_sparse.agents.net_state import NetState, zero_moments_at
+from mtrl_sparse.methods.topology import keep_top_scores, num_to_keep
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def all_active_masks(params: Any, maskable: Any) -> Any:
+    """Masks of a still-dense network: all True on maskable leaves, None elsewhere."""
+    return jax.tree.map(lambda p, f: jnp.ones(p.shape, bool) if f else None, params, maskable)
+
+
+def active_magnitudes(weights: jax.Array, mask: jax.Array) -> jax.Array:
+    """|w| of the active weights, -inf for the inactive ones (so they always rank last)."""
+    return jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -jnp.inf)
+
+
+def prune_layers(params: Any, masks: Any, sparsity: jax.Array) -> Any:
+    """Per masked layer, keep the round((1 - sparsity) x size) largest-|w| active weights.
+
+    A layer with fewer active weights than that keeps them all: pruning never regrows.
+    """
+
+    def prune(mask: jax.Array | None, weights: jax.Array) -> jax.Array | None:
+        if mask is None:
+            return None
+        keep = keep_top_scores(active_magnitudes(weights, mask), num_to_keep(1.0 - sparsity,
+                                                                            mask.size))
+        return keep & mask
+
+    return jax.tree.map(prune, masks, params, is_leaf=_is_none)
+
+
+def prune_globally(params: Any, masks: Any, sparsity: jax.Array) -> Any:
+    """Keep the round((1 - sparsity) x maskable weights) largest-|w| active weights of the network.
+
+    One magnitude threshold for all masked layers; never regrows.
+    """
+    mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
+    weight_leaves = treedef.flatten_up_to(params)
+    layers = [(m, w) for m, w in zip(mask_leaves, weight_leaves, strict=True) if m is not None]
+    if not layers:
+        return masks
+    scores = jnp.concatenate([active_magnitudes(w, m).reshape(-1) for m, w in layers])
+    keep = keep_top_scores(scores, num_to_keep(1.0 - sparsity, scores.size))
+    offset, pruned = 0, []
+    for mask in mask_leaves:
+        if mask is None:
+            pruned.append(None)
+            continue
+        pruned.append(keep[offset:offset + mask.size].reshape(mask.shape) & mask)
+        offset += mask.size
+    return jax.tree.unflatten(treedef, pruned)
+
+
+def num_to_drop(mask: jax.Array, drop_fraction: jax.Array) -> jax.Array:
+    """round(drop_fraction x active weights), capped by the inactive weights that can regrow."""
+    active = jnp.sum(mask, dtype=jnp.int32)
+    wanted = jnp.round(drop_fraction * active.astype(jnp.float32)).astype(jnp.int32)
+    return jnp.minimum(wanted, mask.size - active)
+
+
+def drop_and_regrow(params: Any, masks: Any, grow_scores: Any, drop_fraction: jax.Array) -> Any:
+    """Per masked layer, drop the ``num_to_drop`` smallest-|w| active weights and grow as many.
+
+    The grown weights are the highest ``grow_scores`` among the weights that were inactive before
+    the drop (a just-dropped weight never regrows), so each layer keeps its number of active
+    weights. ``grow_scores`` is congruent with the params (its leaves at unmasked leaves unused).
+    """
+
+    def evolve(mask: jax.Array | None, weights: jax.Array, grow: Any) -> jax.Array | None:
+        if mask is None:
+            return None
+        active = jnp.sum(mask, dtype=jnp.int32)
+        dropped = num_to_drop(mask, drop_fraction)
+        kept = keep_top_scores(active_magnitudes(weights, mask), active - dropped) & mask
+        grown = keep_top_scores(jnp.where(mask, -jnp.inf, grow.astype(jnp.float32)),
+                                dropped) & ~mask
+        return kept | grown
+
+    return jax.tree.map(evolve, masks, params, grow_scores, is_leaf=_is_none)
+
+
+def changed_positions(old: Any, new: Any) -> Any:
+    """True where a mask differs (a weight pruned, dropped or grown); None at unmasked leaves."""
+    return jax.tree.map(lambda a, b: None if a is None else a != b, old, new, is_leaf=_is_none)
+
+
+def mask_change_fraction(old: Any, new: Any) -> jax.Array:
+    """Fraction of the maskable weights whose mask differs between ``old`` and ``new``, f32."""
+    changed = [c for c in jax.tree.leaves(changed_positions(old, new)) if c is not None]
+    if not changed:
+        return jnp.zeros((), jnp.float32)
+    total = sum(c.size for c in changed)
+    return sum(jnp.sum(c, dtype=jnp.int32) for c in changed).astype(jnp.float32) / total
+
+
+def install_masks(
+    net_state: NetState, masks: Any, tx: optax.GradientTransformation
+) -> NetState:
+    """Replace the masks of ``net_state``; zero the weights and optimizer moments that changed.
+
+    A pruned or dropped weight is zeroed with its moments; a grown weight starts at zero with
+    fresh moments; every other weight and moment is untouched.
+    """
+    changed = changed_positions(net_state.masks, masks)
+    params = jax.tree.map(
+        lambda m, c, p: p if m is None else jnp.where(m & ~c, p, jnp.zeros((), p.dtype)),
+        masks, changed, net_state.params, is_leaf=_is_none,
+    )
+    opt_state = zero_moments_at(net_state.opt_state, changed, tx)
+    return net_state.replace(params=params, masks=masks, opt_state=opt_state)

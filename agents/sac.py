@@ -187,9 +187,10 @@ def make_sac(
     After each network's gradient step, its method's ``transform`` receives a ``context`` with:
     ``grads`` (gradients w.r.t. the params, zero where masked), ``dense_grads`` (gradients w.r.t.
     the effective weights ``params * masks``, defined everywhere: what RigL grows by),
-    ``optimizer`` (the network's optax transform), ``init_params(key)`` (freshly initialised
-    params of the network), ``activations(params)`` (hidden activations of the network on this
-    update's batch, keyed like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
+    ``optimizer`` (the network's optax transform), ``init_params(key)`` (a freshly initialised
+    variable tree ``{"params": ...}`` of the network), ``activations(weights)`` (hidden activations
+    of the network on this update's batch given its effective weights ``params * masks``, keyed
+    like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
     """
     actor_net = GaussianActor(config.hidden_sizes, num_tasks, action_dim,
                               (config.log_std_min, config.log_std_max), actor.layer_norm)

@@ -22,6 +22,7 @@ from mtrl_sparse.methods.registry import (
     MethodOptions,
     NetworkMethodSettings,
     check_method,
+    check_options,
 )
 from mtrl_sparse.methods.topology import DISTRIBUTIONS
 
@@ -163,7 +164,7 @@ def validate(config: TrainConfig) -> None:
         )
     for network, settings in config.network_methods().items():
         try:
-            check_method(settings.name, settings.sparsity, network)
+            check_options(check_method(settings.name, settings.sparsity, network), config.methods)
         except MethodError as error:
             raise ConfigError(str(error)) from None
     positive = {

@@ -27,23 +27,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mtrl_sparse.agents.tree_paths import key_name, path_str
+
 _ACTION_CLIP = 1.0 - 1e-6
 
 
 def _is_none(x: Any) -> bool:
     return x is None
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def path_str(path: tuple) -> str:
-    """A tree path (from ``jax.tree_util``) as a "/"-joined string."""
-    return "/".join(_key_name(k) for k in path)
 
 
 # ----------------------------------------------------------------------------- dormant neurons
@@ -213,7 +203,7 @@ def layer_norms(tree: Any) -> dict[str, jax.Array]:
     return {
         path_str(path): jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
         for path, x in flat
-        if _key_name(path[-1]) == "kernel"
+        if key_name(path[-1]) == "kernel"
     }
 
 

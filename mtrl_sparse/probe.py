@@ -16,6 +16,7 @@ import jax
 from mtrl_sparse.agents.net_state import apply_masks, masked_params
 from mtrl_sparse.agents.networks import NeuronLayer
 from mtrl_sparse.agents.sac import SAC, SACState, gaussian_tanh_sample
+from mtrl_sparse.agents.tree_paths import get_path
 from mtrl_sparse.plasticity import (
     actor_log_prob_fn,
     alive_neurons,
@@ -27,20 +28,12 @@ from mtrl_sparse.plasticity import (
 )
 
 
-def _at(tree: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if tree is None:
-            return None
-        tree = tree[key]
-    return tree
-
-
 def _network_metrics(
     name: str, activations: Any, layers: tuple[NeuronLayer, ...], masks: Any, tau: float,
     delta: float,
 ) -> dict[str, jax.Array]:
-    hidden = [_at(activations, layer.activation) for layer in layers]
-    alive = [alive_neurons(_at(masks, (*layer.incoming, "kernel")), h.shape[-1])
+    hidden = [get_path(activations, layer.activation) for layer in layers]
+    alive = [alive_neurons(get_path(masks, (*layer.incoming, "kernel")), h.shape[-1])
              for layer, h in zip(layers, hidden, strict=True)]
     fraction, _ = dormant_fraction(hidden, tau, alive)
     return {f"plasticity/{name}/dormant_fraction": fraction,

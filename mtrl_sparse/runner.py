@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import make_sac
+from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
 from mtrl_sparse.config import ConfigError, TrainConfig, differing_fields, validate
 from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
@@ -117,8 +118,7 @@ def _method_state_row(state: TrainState) -> dict[str, Any]:
         for path, value in jax.tree_util.tree_flatten_with_path(jax.device_get(method_state))[0]:
             value = np.asarray(value)
             if value.ndim == 0:
-                keys = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-                row[f"{network}/{keys}"] = value.item()
+                row[f"{network}/{path_str(path)}"] = value.item()
     return row
 
 
@@ -215,6 +215,13 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
     if resume:
         start_step = checkpointer.latest_step()
         state, meta = checkpointer.restore(start_step, learner.abstract_state())
+        if start_step >= config.total_env_steps:  # the run is complete: nothing to add
+            for resource in (checkpointer, env, eval_env):
+                resource.close()
+            last_eval = meta["last_eval"]
+            return RunResult(run_dir=run_dir, env_steps=start_step,
+                             updates=int(state.agent.step), task_names=spec.task_names,
+                             final_success=None if last_eval is None else np.asarray(last_eval))
         truncate_metrics(run_dir, start_step)
         env.set_rng_state(meta["env_rng_state"])
         successes = _TrainingSuccess(spec, meta["train_success"])

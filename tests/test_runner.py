@@ -48,6 +48,15 @@ def test_run_directory_layout_and_provenance(smoke_run):
     assert result.env_steps == config.total_env_steps
 
 
+def test_resuming_a_finished_run_changes_nothing(smoke_run):
+    config, result = smoke_run
+    metrics = (result.run_dir / "metrics.jsonl").read_bytes()
+    again = train(config, resume=True)
+    assert (again.env_steps, again.updates) == (result.env_steps, result.updates)
+    np.testing.assert_array_equal(again.final_success, result.final_success)
+    assert (result.run_dir / "metrics.jsonl").read_bytes() == metrics
+
+
 def test_metrics_rows(smoke_run):
     config, result = smoke_run
     rows = read_metrics(result.run_dir)

@@ -11,11 +11,14 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from method_options import options_firing_every_update
 
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import NetworkSetup, SACConfig, bellman_target, make_sac
+from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.dense import dense
+from mtrl_sparse.methods.registry import METHODS, build_network
 from mtrl_sparse.methods.static import static_sparse
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 3, 5, 2, 12
@@ -108,6 +111,48 @@ def test_mask_invariant_holds_after_every_update(method, distribution, sparsity,
     else:
         assert float(metrics["actor_sparsity"]) == 0.0
     assert int(state.step) == updates
+
+
+# Compositions covering every registered method; every event fires at every update.
+COMPOSITIONS = ("gmp+redo+weight_decay", "set+reset+layernorm", "rigl+redo", "static+reset",
+                "redo+reset")
+
+
+def test_the_compositions_cover_every_method():
+    covered = {part for name in COMPOSITIONS for part in name.split("+")}
+    assert set(METHODS) - {"dense"} <= covered
+
+
+@functools.cache
+def jitted_method_sac(name: str):
+    """init(key, sparsity) and update(...) of SAC whose networks both run ``name``."""
+
+    def build(sparsity):
+        settings = NetworkMethodSettings(name, sparsity, "erk", total_updates=4)
+        setup = build_network(settings, options_firing_every_update())
+        return make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, setup, setup)
+
+    sparse = any(METHODS[part].kind == "sparsity" for part in name.split("+"))
+    init = jax.jit(lambda key, sparsity: build(sparsity).init(key))
+    update = jax.jit(lambda state, batch, task_ids, key: build(0.5 if sparse else 0.0).update(
+        state, batch, task_ids, key))
+    return init, update, sparse
+
+
+@settings(max_examples=12, deadline=None)
+@given(name=st.sampled_from(COMPOSITIONS), sparsity=st.floats(0.05, 0.98),
+       seed=st.integers(0, 2**20), updates=st.integers(1, 4))
+def test_every_method_keeps_the_mask_invariant_through_its_events(name, sparsity, seed, updates):
+    init, update, sparse = jitted_method_sac(name)
+    state = init(jax.random.PRNGKey(seed), sparsity if sparse else 0.0)
+    for i in range(updates):
+        batch, task_ids = random_batch(jax.random.PRNGKey(seed + i))
+        state, metrics = update(state, batch, task_ids, jax.random.PRNGKey(i))
+        for net in (state.actor, state.critic):
+            assert_mask_invariant(net)
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in metrics.values())
+    if not sparse:
+        assert float(metrics["actor_sparsity"]) == 0.0
 
 
 def test_dense_state_holds_no_masks():

@@ -12,39 +12,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from method_options import options_firing_every_update
 
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, SACState, make_sac
 from mtrl_sparse.methods.base import NetworkMethodSettings
-from mtrl_sparse.methods.registry import METHODS, MethodOptions, build_network
+from mtrl_sparse.methods.registry import METHODS, build_network
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 2, 4, 2, 8
 TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)
 SEEDS, SPARSITIES = (0, 1), (0.5, 0.9)
 
 
-def options_with_every_interval_one() -> MethodOptions:
-    """Method options whose events fire at every update, so that one update exercises them."""
-    values = {}
-    for entry in METHODS.values():
-        if entry.options is None:
-            continue
-        defaults = entry.options()
-        changes = {f: 1 for f in ("prune_every_updates", "update_every_updates",
-                                  "recycle_every_updates", "reset_every_updates")
-                   if hasattr(defaults, f)}
-        for f in ("start_fraction",):
-            if hasattr(defaults, f):
-                changes[f] = 0.0
-        values[entry.name] = type(defaults)(**{**defaults.__dict__, **changes})
-    return MethodOptions(**values)
-
-
 @functools.cache
 def sac_for(method: str):
     def build(sparsity):
         settings = NetworkMethodSettings(method, sparsity, "erk", total_updates=4)
-        setup = build_network(settings, options_with_every_interval_one())
+        setup = build_network(settings, options_firing_every_update())
         return make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, setup, setup)
     return build
 
@@ -61,10 +45,17 @@ def batch_for(seed: int) -> tuple[Transition, jax.Array]:
     return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
 
 
-SPARSE_METHODS = [name for name, entry in METHODS.items() if entry.kind == "sparsity"]
+# Every method with events, in compositions (set shares rigl's code but for the grow scores).
+VMAPPED_METHODS = ["static", "gmp+redo", "rigl+reset"]
 
 
-@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_the_vmapped_methods_cover_every_method_with_events():
+    covered = {part for method in VMAPPED_METHODS for part in method.split("+")}
+    eventful = {n for n, e in METHODS.items() if e.kind in ("sparsity", "plasticity")}
+    assert eventful - {"set"} <= covered
+
+
+@pytest.mark.parametrize("method", VMAPPED_METHODS)
 def test_update_vmapped_over_seeds_and_sparsities_equals_separate_runs(method):
     build = sac_for(method)
     runs = [(seed, sparsity) for seed in SEEDS for sparsity in SPARSITIES]

@@ -35,13 +35,20 @@ class NetworkMethodSettings:
         sparsity: the final target sparsity of the network.
         distribution: per-layer sparsity distribution.
         total_updates: updates of the network over the whole run (for schedules given as
-            fractions of the run).
+            fractions of the run); None where no schedule needs it.
     """
 
     name: str
     sparsity: float
     distribution: Distribution = "erk"
-    total_updates: int = 1
+    total_updates: int | None = None
+
+    def run_updates(self, method: str) -> int:
+        """``total_updates``, or ``ValueError`` for a scheduled method built without it."""
+        if self.total_updates is None or self.total_updates <= 0:
+            raise ValueError(f"{method} schedules by fractions of the run and needs the run's "
+                             f"total updates (> 0); got {self.total_updates}")
+        return self.total_updates
 
 
 def unchanged(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:

@@ -72,8 +72,9 @@ def check_gmp_options(options: GMPOptions) -> None:
 def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
     """GMP toward ``settings.sparsity`` (may be traced) over ``settings.total_updates``."""
     check_gmp_options(options)
-    t_start = options.start_fraction * settings.total_updates
-    t_end = options.end_fraction * settings.total_updates
+    total_updates = settings.run_updates("gmp")
+    t_start = options.start_fraction * total_updates
+    t_end = options.end_fraction * total_updates
     every = options.prune_every_updates
     first_event = max(math.ceil(t_start / every) * every, every)
     last_event = max(math.ceil(t_end / every) * every, first_event)  # reaches s_f

@@ -22,11 +22,22 @@ from mtrl_sparse.agents.sac import NetworkSetup
 from mtrl_sparse.methods.base import Method, NetworkMethodSettings
 from mtrl_sparse.methods.compose import compose
 from mtrl_sparse.methods.dense import dense
+from mtrl_sparse.methods.gmp import GMPOptions, check_gmp_options, gmp
+from mtrl_sparse.methods.redo import ReDoOptions, check_redo_options, redo
 from mtrl_sparse.methods.regularizers import (
     WeightDecayOptions,
+    check_weight_decay_options,
     layernorm,
     weight_decay,
     weight_decay_optimizer,
+)
+from mtrl_sparse.methods.reset import ResetOptions, check_reset_options, reset
+from mtrl_sparse.methods.sparse_evolution import (
+    RigLOptions,
+    SETOptions,
+    check_evolution_options,
+    rigl,
+    sparse_evolution_set,
 )
 from mtrl_sparse.methods.static import static_sparse
 from mtrl_sparse.methods.topology import DISTRIBUTIONS
@@ -36,6 +47,10 @@ Kind = Literal["dense", "sparsity", "plasticity", "regularizer"]
 
 def _no_optimizer(options: Any) -> tuple[tuple, tuple]:
     return (), ()
+
+
+def _no_check(options: Any) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class MethodEntry:
         layer_norm: the method asks the agent builder for LayerNorm in the network.
         optimizer: options -> (gradient transforms before Adam, update transforms after Adam).
         parameters: flags it reads besides its options, with their meaning.
+        check: options -> None; raises ``ValueError`` (one line) for options that cannot run.
     """
 
     name: str
@@ -64,6 +80,7 @@ class MethodEntry:
     layer_norm: bool = False
     optimizer: Callable[[Any], tuple[tuple, tuple]] = _no_optimizer
     parameters: tuple[tuple[str, str], ...] = ()
+    check: Callable[[Any], None] = _no_check
 
 
 _SPARSITY = ("--sparsity", "final fraction of maskable weights that are masked, in (0, 1)")
@@ -88,6 +105,55 @@ METHODS: dict[str, MethodEntry] = {
             parameters=(_SPARSITY, _DISTRIBUTION),
         ),
         MethodEntry(
+            name="gmp",
+            kind="sparsity",
+            description="gradual magnitude pruning from dense to --sparsity on a cubic schedule",
+            source="Zhu & Gupta 2017 (arXiv 1710.01878); Todorov et al. 2025 (settings)",
+            build=gmp,
+            options=GMPOptions,
+            parameters=(_SPARSITY,),
+            check=check_gmp_options,
+        ),
+        MethodEntry(
+            name="set",
+            kind="sparsity",
+            description="sparse evolutionary training: drop smallest weights, regrow at random",
+            source="Mocanu et al. 2018 (Nature Communications 9, 2383)",
+            build=sparse_evolution_set,
+            options=SETOptions,
+            parameters=(_SPARSITY, _DISTRIBUTION),
+            check=lambda o: check_evolution_options(o, "set"),
+        ),
+        MethodEntry(
+            name="rigl",
+            kind="sparsity",
+            description="drop smallest weights, regrow where the dense gradient is largest",
+            source="Evci et al. 2020, Rigging the Lottery (ICML, arXiv 1911.11134)",
+            build=rigl,
+            options=RigLOptions,
+            parameters=(_SPARSITY, _DISTRIBUTION),
+            check=lambda o: check_evolution_options(o, "rigl"),
+        ),
+        MethodEntry(
+            name="reset",
+            kind="plasticity",
+            description="re-initialise the output layer every N updates, at most K times",
+            source="Nikishin et al. 2022, The Primacy Bias in Deep RL (ICML, arXiv 2205.07802)",
+            build=reset,
+            options=ResetOptions,
+            check=check_reset_options,
+        ),
+        MethodEntry(
+            name="redo",
+            kind="plasticity",
+            description="recycle dormant neurons: re-init incoming, zero outgoing weights",
+            source="Sokar et al. 2023, The Dormant Neuron Phenomenon in Deep RL (ICML, "
+                   "arXiv 2302.12902)",
+            build=redo,
+            options=ReDoOptions,
+            check=check_redo_options,
+        ),
+        MethodEntry(
             name="weight_decay",
             kind="regularizer",
             description="weight decay (coupled L2 as PyTorch's Adam by default; decoupled option)",
@@ -95,6 +161,7 @@ METHODS: dict[str, MethodEntry] = {
             build=weight_decay,
             options=WeightDecayOptions,
             optimizer=weight_decay_optimizer,
+            check=check_weight_decay_options,
         ),
         MethodEntry(
             name="layernorm",
@@ -165,6 +232,18 @@ def check_method(name: str, sparsity: float, network: str = "network") -> list[M
     return members
 
 
+def check_options(members: list[MethodEntry], options: Any) -> None:
+    """Each member's own check of its options; ``MethodError`` naming the flag group."""
+    for entry in members:
+        if entry.options is None:
+            continue
+        try:
+            entry.check(getattr(options, entry.name))
+        except ValueError as error:
+            flag = f"--methods.{entry.name}".replace("_", "-")
+            raise MethodError(f"{flag}: {error}") from None
+
+
 def build_network(
     settings: NetworkMethodSettings, options: Any = None, network: str = "network"
 ) -> NetworkSetup:
@@ -175,6 +254,7 @@ def build_network(
         )
     options = MethodOptions() if options is None else options
     members = check_method(settings.name, settings.sparsity, network)
+    check_options(members, options)
 
     def member_options(entry: MethodEntry) -> Any:
         return getattr(options, entry.name) if entry.options is not None else None

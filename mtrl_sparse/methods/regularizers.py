@@ -33,6 +33,12 @@ class WeightDecayOptions:
     decoupled (AdamW: wd * w added to Adam's update, then scaled by the learning rate)."""
 
 
+def check_weight_decay_options(options: WeightDecayOptions) -> None:
+    """ValueError (one line) for a negative coefficient."""
+    if options.coefficient < 0:
+        raise ValueError(f"weight_decay coefficient must be >= 0; got {options.coefficient}")
+
+
 def weight_decay(settings: NetworkMethodSettings, options: WeightDecayOptions) -> Method:
     del settings, options
     return dense()  # no masks, no events: the network is built differently

@@ -92,7 +92,7 @@ def sparse_evolution(
     the candidates for regrowth (a tree congruent with the params)."""
     check_evolution_options(options, name)
     every = options.update_every_updates
-    t_end = options.end_fraction * settings.total_updates
+    t_end = options.end_fraction * settings.run_updates(name)
     last_event = math.floor(t_end / every) * every
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:

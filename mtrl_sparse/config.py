@@ -11,7 +11,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
@@ -76,8 +76,15 @@ class NetworkMethodConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """A multi-task SAC run on Meta-World, with a sparsity method per network."""
+class RunConfig:
+    """What every run has, whatever its agent: budget, seed, methods, intervals, run directory.
+
+    Each agent's config extends it (``TrainConfig`` for SAC on Meta-World) and says how many
+    updates each of its networks makes over the run (``total_updates``), which schedules read.
+    """
+
+    AGENT: ClassVar[str] = ""
+    NETWORKS: ClassVar[tuple[str, ...]] = ("actor", "critic")
 
     total_env_steps: Annotated[int, tyro.conf.arg(aliases=("--total-steps",))] = 20_000_000
     """Run budget in env steps (transitions summed over all training envs)."""
@@ -92,21 +99,11 @@ class TrainConfig:
     actor: NetworkMethodConfig = field(default_factory=NetworkMethodConfig)
     """Method override for the actor."""
     critic: NetworkMethodConfig = field(default_factory=NetworkMethodConfig)
-    """Method override for the twin critics."""
-    env: EnvConfig = field(default_factory=EnvConfig)
-    """Environment settings."""
-    sac: SACConfig = field(default_factory=SACConfig)
-    """Agent hyperparameters."""
+    """Method override for the critic(s)."""
     methods: MethodOptions = field(default_factory=MethodOptions)
     """Hyperparameters of the sparsity and plasticity methods (used where a network runs them)."""
     plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
     """Plasticity metrics: dormant neurons, effective rank, Fisher trace, norms, sparsity."""
-    warmup_env_steps: int = 40_000
-    """Env steps of uniformly random actions before the first update."""
-    updates_per_vector_step: int = 1
-    """Gradient updates after each vector step once warm-up is over."""
-    buffer_capacity: int = 1_000_000
-    """Replay capacity in transitions, shared equally by the tasks."""
     eval_every_env_steps: int = 200_000
     """Evaluate every this many env steps (and always at the end)."""
     log_every_env_steps: int = 10_000
@@ -120,29 +117,93 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
 
-    def total_updates(self) -> int:
-        """Gradient updates of each network over the whole run (at least 1)."""
+    def total_updates(self, network: str) -> int:
+        """Gradient updates of ``network`` over the whole run (at least 1)."""
+        raise NotImplementedError
+
+    def network_methods(self) -> dict[str, NetworkMethodSettings]:
+        """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
+        overrides = {"actor": self.actor, "critic": self.critic}
+        return {
+            name: NetworkMethodSettings(
+                name=overrides[name].method if overrides[name].method is not None
+                else self.method,
+                sparsity=overrides[name].sparsity if overrides[name].sparsity is not None
+                else self.sparsity,
+                distribution=self.distribution,
+                total_updates=self.total_updates(name),
+            )
+            for name in self.NETWORKS
+        }
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """A multi-task SAC run on Meta-World, with a sparsity method per network."""
+
+    AGENT: ClassVar[str] = "sac"
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment settings."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """Agent hyperparameters."""
+    warmup_env_steps: int = 40_000
+    """Env steps of uniformly random actions before the first update."""
+    updates_per_vector_step: int = 1
+    """Gradient updates after each vector step once warm-up is over."""
+    buffer_capacity: int = 1_000_000
+    """Replay capacity in transitions, shared equally by the tasks."""
+
+    def total_updates(self, network: str = "actor") -> int:
+        """Gradient updates of each network over the whole run (at least 1); SAC's actor and
+        critics update together."""
+        del network
         tasks = metaworld_task_names(self.env.benchmark, self.env.task)
         vector_steps = max(self.total_env_steps - self.warmup_env_steps, 0) // (
             len(tasks) * self.env.envs_per_task)
         return max(1, vector_steps * self.updates_per_vector_step)
 
-    def network_methods(self) -> dict[str, NetworkMethodSettings]:
-        """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
-        total_updates = self.total_updates()
-        return {
-            name: NetworkMethodSettings(
-                name=override.method if override.method is not None else self.method,
-                sparsity=override.sparsity if override.sparsity is not None else self.sparsity,
-                distribution=self.distribution,
-                total_updates=total_updates,
-            )
-            for name, override in (("actor", self.actor), ("critic", self.critic))
-        }
+
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {TrainConfig.AGENT: TrainConfig}
+"""Config class of each agent, by the name ``config.json`` stores."""
 
 
-def validate(config: TrainConfig) -> None:
+def validate(config: RunConfig) -> None:
     """Raise ``ConfigError`` (one line) for the first problem found."""
+    if isinstance(config, TrainConfig):
+        _validate_sac(config)
+    _validate_common(config)
+
+
+def check_positive(values: dict[str, int]) -> None:
+    """``ConfigError`` naming the first flag whose value is not a positive integer."""
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+
+
+def _validate_common(config: RunConfig) -> None:
+    if config.distribution not in DISTRIBUTIONS:
+        raise ConfigError(
+            f"unknown distribution {config.distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}"
+        )
+    for network, settings in config.network_methods().items():
+        try:
+            check_options(check_method(settings.name, settings.sparsity, network), config.methods)
+        except MethodError as error:
+            raise ConfigError(str(error)) from None
+    check_positive({
+        "total_env_steps": config.total_env_steps,
+        "eval_every_env_steps": config.eval_every_env_steps,
+        "log_every_env_steps": config.log_every_env_steps,
+        "checkpoint_every_env_steps": config.checkpoint_every_env_steps,
+        "keep_checkpoints": config.keep_checkpoints,
+    })
+    if config.plasticity.every_updates < 0 or config.plasticity.batch_size <= 0:
+        raise ConfigError("--plasticity.every-updates must be >= 0 and --plasticity.batch-size > 0")
+
+
+def _validate_sac(config: TrainConfig) -> None:
     env = config.env
     if env.benchmark not in METAWORLD_BENCHMARKS:
         raise ConfigError(
@@ -158,16 +219,7 @@ def validate(config: TrainConfig) -> None:
         num_tasks = len(metaworld_task_names(env.benchmark, env.task))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if config.distribution not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"unknown distribution {config.distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}"
-        )
-    for network, settings in config.network_methods().items():
-        try:
-            check_options(check_method(settings.name, settings.sparsity, network), config.methods)
-        except MethodError as error:
-            raise ConfigError(str(error)) from None
-    positive = {
+    check_positive({
         "total_env_steps": config.total_env_steps,
         "env.envs_per_task": env.envs_per_task,
         "env.max_episode_steps": env.max_episode_steps,
@@ -176,16 +228,7 @@ def validate(config: TrainConfig) -> None:
         "sac.batch_size": config.sac.batch_size,
         "updates_per_vector_step": config.updates_per_vector_step,
         "buffer_capacity": config.buffer_capacity,
-        "eval_every_env_steps": config.eval_every_env_steps,
-        "log_every_env_steps": config.log_every_env_steps,
-        "checkpoint_every_env_steps": config.checkpoint_every_env_steps,
-        "keep_checkpoints": config.keep_checkpoints,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
-    if config.plasticity.every_updates < 0 or config.plasticity.batch_size <= 0:
-        raise ConfigError("--plasticity.every-updates must be >= 0 and --plasticity.batch-size > 0")
+    })
     if config.warmup_env_steps < 0:
         raise ConfigError(f"--warmup-env-steps must be >= 0; got {config.warmup_env_steps}")
     if config.sac.batch_size % num_tasks:
@@ -202,7 +245,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("--sac.hidden-sizes needs one or more positive widths")
 
 
-def to_dict(config: TrainConfig) -> dict[str, Any]:
+def to_dict(config: RunConfig) -> dict[str, Any]:
     """A JSON-ready nested dict of every field."""
     return dataclasses.asdict(config)
 
@@ -235,7 +278,7 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
-def differing_fields(a: TrainConfig, b: TrainConfig) -> list[str]:
+def differing_fields(a: RunConfig, b: RunConfig) -> list[str]:
     """Dotted names of the fields where ``a`` and ``b`` differ."""
     flat_a, flat_b = _flatten(to_dict(a)), _flatten(to_dict(b))
     return [name for name in flat_a if flat_a[name] != flat_b.get(name)]

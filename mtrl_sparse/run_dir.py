@@ -26,7 +26,7 @@ from typing import Any
 import jax
 from tensorboardX import SummaryWriter
 
-from mtrl_sparse.config import TrainConfig, from_dict, to_dict
+from mtrl_sparse.config import CONFIG_CLASSES, RunConfig, from_dict, to_dict
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -59,10 +59,15 @@ def _nearest_existing_parent(path: Path) -> Path:
     return path
 
 
-def read_config(run_dir: Path) -> TrainConfig:
-    """The config stored in a run directory."""
+def read_config(run_dir: Path) -> RunConfig:
+    """The config stored in a run directory, as its agent's config class."""
     with open(run_dir / CONFIG_FILE) as f:
-        return from_dict(json.load(f)["config"])
+        stored = json.load(f)
+    agent = stored.get("agent", "sac")
+    if agent not in CONFIG_CLASSES:
+        raise RunDirError(f"{run_dir} holds a run of agent {agent!r}; this version knows "
+                          f"{', '.join(CONFIG_CLASSES)}")
+    return from_dict(stored["config"], CONFIG_CLASSES[agent])
 
 
 def read_preset(run_dir: Path) -> str | None:
@@ -71,9 +76,11 @@ def read_preset(run_dir: Path) -> str | None:
         return json.load(f).get("preset")
 
 
-def write_config(run_dir: Path, config: TrainConfig, preset: str | None) -> None:
-    """Write ``config.json`` atomically: the resolved config and the run's provenance."""
-    payload = {"config": to_dict(config), "preset": preset, "provenance": provenance()}
+def write_config(run_dir: Path, config: RunConfig, preset: str | None) -> None:
+    """Write ``config.json`` atomically: the agent, the resolved config, the preset it started
+    from and the run's provenance."""
+    payload = {"agent": config.AGENT, "config": to_dict(config), "preset": preset,
+               "provenance": provenance()}
     tmp = run_dir / (CONFIG_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)

@@ -1,8 +1,18 @@
 """The multi-task vector environment interface every backend implements.
 
-A backend runs ``num_envs`` environments, each bound to one task for its whole life. Envs are laid
-out task-major: env ``e`` runs task ``env_task_ids[e]``, and every task has the same number of
-copies (``envs_per_task``), so env ``e`` runs task ``e // envs_per_task``.
+A backend runs ``num_envs`` environments. How an env gets its task is the spec's ``task_sampling``:
+
+- ``"fixed"`` (Meta-World): each env is bound to one task for its whole life. Envs are laid out
+  task-major: env ``e`` runs task ``env_task_ids[e]``, and every task has the same number of copies
+  (``envs_per_task``), so env ``e`` runs task ``e // envs_per_task`` and ``num_envs`` is
+  ``num_tasks * envs_per_task``.
+- ``"per_episode"`` (MiniGrid): each of the ``workers`` envs draws a task at every reset, so an env
+  has no fixed task (``envs_per_task`` is 0 and ``env_task_ids`` raises) and ``num_envs`` is
+  ``workers``.
+
+Either way ``current_task_ids()`` gives the task of every env's current episode; it changes only at
+a reset. Tasks may have different time limits (``max_steps_per_task``); ``max_episode_steps`` is
+the largest of them.
 
 Autoreset convention (the same for every backend): **explicit reset**. ``step`` never resets.
 It returns the true next observation of every env, together with ``terminated`` / ``truncated``
@@ -13,7 +23,8 @@ produces no transition and counts nothing.
 
 Because nothing is reset behind the caller's back, the caller can snapshot the environments' random
 state (``get_rng_state``) between the end of an episode and the next reset; restoring it
-(``set_rng_state``) and then resetting reproduces the following episodes exactly.
+(``set_rng_state``) and then resetting reproduces the following episodes exactly (task draws
+included).
 """
 
 from __future__ import annotations
@@ -33,8 +44,13 @@ class MultiTaskEnvSpec:
         obs_shape: shape of one observation (without the env axis).
         action_dim: continuous: size of the action vector; discrete: number of actions.
         action_kind: ``"continuous"`` (actions in [-1, 1]) or ``"discrete"``.
-        envs_per_task: copies of each task in the vector.
-        max_episode_steps: the time limit of an episode (truncation).
+        envs_per_task: ``"fixed"``: copies of each task in the vector (>= 1); ``"per_episode"``: 0.
+        max_episode_steps: the longest time limit of an episode (truncation), over all tasks.
+        task_sampling: ``"fixed"`` (an env keeps one task) or ``"per_episode"`` (an env draws a
+            task at every reset); see the module docstring.
+        workers: ``"per_episode"``: the number of envs (>= 1); ``"fixed"``: 0.
+        max_steps_per_task: the time limit of each task; its maximum is ``max_episode_steps``.
+            Empty (the default): every task has ``max_episode_steps``.
     """
 
     task_names: tuple[str, ...]
@@ -43,6 +59,33 @@ class MultiTaskEnvSpec:
     action_kind: Literal["continuous", "discrete"]
     envs_per_task: int
     max_episode_steps: int
+    task_sampling: Literal["fixed", "per_episode"] = "fixed"
+    workers: int = 0
+    max_steps_per_task: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.task_sampling == "fixed":
+            if self.envs_per_task < 1 or self.workers != 0:
+                raise ValueError("task_sampling 'fixed' needs envs_per_task >= 1 and workers == 0")
+        elif self.task_sampling == "per_episode":
+            if self.workers < 1 or self.envs_per_task != 0:
+                raise ValueError(
+                    "task_sampling 'per_episode' needs workers >= 1 and envs_per_task == 0"
+                )
+        else:
+            raise ValueError(f"unknown task_sampling {self.task_sampling!r}")
+        if not self.max_steps_per_task:  # frozen: the default is filled in once, here
+            object.__setattr__(
+                self, "max_steps_per_task", (self.max_episode_steps,) * self.num_tasks
+            )
+        if (
+            len(self.max_steps_per_task) != self.num_tasks
+            or max(self.max_steps_per_task) != self.max_episode_steps
+        ):
+            raise ValueError(
+                f"max_steps_per_task {self.max_steps_per_task} must have one entry per task and "
+                f"its maximum must be max_episode_steps ({self.max_episode_steps})"
+            )
 
     @property
     def num_tasks(self) -> int:
@@ -50,11 +93,21 @@ class MultiTaskEnvSpec:
 
     @property
     def num_envs(self) -> int:
+        if self.task_sampling == "per_episode":
+            return self.workers
         return self.num_tasks * self.envs_per_task
 
     @property
     def env_task_ids(self) -> np.ndarray:
-        """Task id of every env, shape (num_envs,), int32, task-major."""
+        """Task id of every env, shape (num_envs,), int32, task-major (``"fixed"`` only).
+
+        Raises:
+            ValueError: with ``"per_episode"`` sampling, where envs have no fixed task (use the
+                env's ``current_task_ids()``).
+        """
+        if self.task_sampling != "fixed":
+            raise ValueError("envs have no fixed task with per-episode task sampling; "
+                             "use the env's current_task_ids()")
         return np.repeat(np.arange(self.num_tasks, dtype=np.int32), self.envs_per_task)
 
 
@@ -78,7 +131,7 @@ class StepResult:
 
 
 class MultiTaskVectorEnv(Protocol):
-    """A batch of task-bound environments with explicit resets (see module docstring)."""
+    """A batch of multi-task environments with explicit resets (see module docstring)."""
 
     spec: MultiTaskEnvSpec
 
@@ -92,6 +145,10 @@ class MultiTaskVectorEnv(Protocol):
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every env; continuous actions (num_envs, action_dim), discrete (num_envs,)."""
+        ...
+
+    def current_task_ids(self) -> np.ndarray:
+        """Task id of every env's current episode, (num_envs,) int32; changes only at a reset."""
         ...
 
     def get_rng_state(self) -> Any:

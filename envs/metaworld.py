@@ -232,6 +232,10 @@ class MetaWorldVectorEnv:
             success=np.asarray(info["success"]).astype(np.bool_),
         )
 
+    def current_task_ids(self) -> np.ndarray:
+        """Task id of every env, (num_envs,) int32: the fixed ``spec.env_task_ids``."""
+        return self.spec.env_task_ids
+
     def get_rng_state(self) -> dict[str, Any]:
         """JSON-serialisable random state of every sub-env: ``{"envs": [entry, ...]}``, where an
         entry holds the ``CheckpointWrapper`` id and the checkpoint's RNG states (not the tasks,

@@ -7,12 +7,14 @@ initialisation of the reference paper's code; biases start at zero.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mtrl_sparse.agents.tree_paths import get_path
 
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -25,6 +27,21 @@ def task_one_hot(task_ids: jax.Array, num_tasks: int) -> jax.Array:
 def select_task_head(all_heads: jax.Array, task_ids: jax.Array) -> jax.Array:
     """(B, T, O) outputs of every head, (B,) task ids -> (B, O) output of each sample's head."""
     return jnp.take_along_axis(all_heads, task_ids[:, None, None], axis=1)[:, 0]
+
+
+def sown_activations(net: nn.Module) -> Callable[..., Any]:
+    """``activations(variables, *inputs)``: the ``intermediates`` ``net`` sows on ``inputs``.
+
+    Each sown value is unwrapped from Flax's one-element tuple, so the result is keyed like the
+    ``activation`` paths of the network's ``NeuronLayer``s, e.g. ``{"mlp": {"hidden_0_out": x}}``.
+    """
+
+    def activations(variables: Any, *inputs: jax.Array) -> Any:
+        _, state = net.apply(variables, *inputs, mutable=["intermediates"])
+        return jax.tree.map(lambda sown: sown[0], state["intermediates"],
+                            is_leaf=lambda x: isinstance(x, tuple))
+
+    return activations
 
 
 class NeuronLayer(NamedTuple):
@@ -50,6 +67,23 @@ def mlp_neuron_layers(prefix: tuple[str, ...], num_hidden: int) -> tuple[NeuronL
                     activation=(*prefix, f"{names[i]}_out"))
         for i in range(num_hidden)
     )
+
+
+def check_neuron_layers(variables: Any, layers: Sequence[NeuronLayer]) -> None:
+    """ValueError unless each layer's outgoing kernel holds its neurons on axis -2.
+
+    ``variables`` may hold arrays or shapes (``jax.eval_shape`` of the network's init). A layer's
+    neurons are the last axis of its incoming kernel; neuron methods zero the rows
+    ``outgoing_kernel[..., i, :]``, which is only right if that axis -2 has the same length.
+    """
+    for layer in layers:
+        incoming = get_path(variables, (*layer.incoming, "kernel")).shape
+        outgoing = get_path(variables, (*layer.outgoing, "kernel")).shape
+        if len(outgoing) < 2 or outgoing[-2] != incoming[-1]:
+            raise ValueError(
+                f"neuron layer {'/'.join(layer.incoming)}: {incoming[-1]} neurons, but the "
+                f"outgoing kernel {'/'.join(layer.outgoing)} has shape {outgoing} (its axis -2 "
+                "must index those neurons)")
 
 
 class MultiHeadMLP(nn.Module):

@@ -24,10 +24,8 @@ import optax
 from flax import struct
 
 from mtrl_sparse.agents.net_state import (
-    MaskMethod,
     NetState,
     apply_gradients,
-    apply_masks,
     create_net_state,
     masked_params,
     network_sparsity,
@@ -37,7 +35,9 @@ from mtrl_sparse.agents.networks import (
     NeuronLayer,
     TwinCritic,
     mlp_neuron_layers,
+    sown_activations,
 )
+from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer, masked_gradient_step
 from mtrl_sparse.agents.replay_buffer import Transition
 
 
@@ -126,10 +126,6 @@ def gaussian_tanh_sample(
     return jnp.tanh(u), jnp.sum(gauss_logp - squash, axis=-1)
 
 
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
-
-
 def bellman_target(
     rewards: jax.Array, terminated: jax.Array, soft_next_value: jax.Array, gamma: float,
     clip: float,
@@ -141,37 +137,6 @@ def bellman_target(
     """
     target = rewards + gamma * (1.0 - terminated) * soft_next_value
     return jnp.clip(target, -clip, clip)
-
-
-class NetworkSetup(NamedTuple):
-    """How one network is built: its mask method and what that method declares as data.
-
-    Attributes:
-        method: the mask method (``init`` / ``transform``) of the network.
-        layer_norm: LayerNorm after each hidden linear layer, before the activation.
-        gradient_transforms: optax transforms applied to the (clipped) gradient before Adam,
-            e.g. coupled L2 weight decay.
-        update_transforms: optax transforms applied to Adam's update before the learning rate,
-            e.g. decoupled weight decay.
-    """
-
-    method: MaskMethod
-    layer_norm: bool = False
-    gradient_transforms: tuple[optax.GradientTransformation, ...] = ()
-    update_transforms: tuple[optax.GradientTransformation, ...] = ()
-
-
-def make_optimizer(
-    learning_rate: float, max_grad_norm: float, setup: NetworkSetup
-) -> optax.GradientTransformation:
-    """clip -> setup's gradient transforms -> Adam -> setup's update transforms -> learning rate."""
-    return optax.chain(
-        optax.clip_by_global_norm(max_grad_norm),
-        *setup.gradient_transforms,
-        optax.scale_by_adam(),
-        *setup.update_transforms,
-        optax.scale_by_learning_rate(learning_rate),
-    )
 
 
 def make_sac(
@@ -266,25 +231,8 @@ def make_sac(
         # Per-task temperature loss, averaged over the batch (each task holds an equal share).
         return -jnp.mean(log_alpha[task_ids] * jax.lax.stop_gradient(logp + target_entropy))
 
-    def activations_of(net):
-        def activations(weights, *inputs):
-            _, variables = net.apply(weights, *inputs, mutable=["intermediates"])
-            return jax.tree.map(lambda sown: sown[0], variables["intermediates"],
-                                is_leaf=lambda x: isinstance(x, tuple))
-        return activations
-
-    actor_activations = activations_of(actor_net)
-    critic_activations = activations_of(critic_net)
-
-    def gradient_step(net_state, loss_fn, tx, setup, step, key, context, *args):
-        """Value and gradient w.r.t. the effective weights, an optimizer step, the method."""
-        (_, aux), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            masked_params(net_state), *args)
-        grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
-        net_state = apply_gradients(net_state, grads, tx)
-        context = {**context, "grads": grads, "dense_grads": dense_grads, "optimizer": tx}
-        net_state = setup.method.transform(net_state, step, key, context)
-        return net_state, (aux, _global_norm(grads))
+    actor_activations = sown_activations(actor_net)
+    critic_activations = sown_activations(critic_net)
 
     def update(state: SACState, batch: Transition, task_ids: jax.Array, key: jax.Array):
         """One gradient step of critics, actor and temperatures, then the target update.
@@ -300,8 +248,8 @@ def make_sac(
             "activations": lambda w: critic_activations(w, batch.obs, batch.actions, task_ids),
             "neuron_layers": critic_layers,
         }
-        critic_state, (critic_info, critic_grad_norm) = gradient_step(
-            state.critic, critic_loss_fn, critic_tx, critic, step, k_critic_method,
+        critic_state, critic_info, critic_grad_norm = masked_gradient_step(
+            state.critic, critic_loss_fn, critic_tx, critic.method, step, k_critic_method,
             critic_context, state, batch, task_ids, k_critic)
         state = state.replace(critic=critic_state)
 
@@ -310,9 +258,9 @@ def make_sac(
             "activations": lambda w: actor_activations(w, batch.obs, task_ids),
             "neuron_layers": actor_layers,
         }
-        actor_state, ((logp, actor_info), actor_grad_norm) = gradient_step(
-            state.actor, actor_loss_fn, actor_tx, actor, step, k_actor_method, actor_context,
-            state, batch, task_ids, k_actor)
+        actor_state, (logp, actor_info), actor_grad_norm = masked_gradient_step(
+            state.actor, actor_loss_fn, actor_tx, actor.method, step, k_actor_method,
+            actor_context, state, batch, task_ids, k_actor)
 
         alpha_loss, alpha_grads = jax.value_and_grad(alpha_loss_fn)(
             state.log_alpha.params, logp, task_ids

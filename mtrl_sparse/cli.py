@@ -139,6 +139,11 @@ def _print_summary(result, out) -> None:
     print(f"metrics:       {run_dir / METRICS_FILE}", file=out)
     print(f"tensorboard:   tensorboard --logdir {run_dir / TB_DIR}", file=out)
     print(f"env steps: {result.env_steps}, updates: {result.updates}", file=out)
+    if result.final_normalized_return is not None:
+        print(f"final normalised return: {np.mean(result.final_normalized_return):.3f}",
+              file=out)
+        for name, value in zip(result.task_names, result.final_normalized_return, strict=True):
+            print(f"  {name:<28} {value:.2f}", file=out)
     if result.final_success is not None:
         print(f"final success rate: {np.mean(result.final_success):.3f}", file=out)
         for name, rate in zip(result.task_names, result.final_success, strict=True):

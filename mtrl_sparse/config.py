@@ -15,8 +15,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
+from mtrl_sparse.agents.ppo import PPOConfig, updates_per_rollout
 from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
+from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS
 from mtrl_sparse.methods.registry import (
     MethodError,
     MethodOptions,
@@ -164,7 +166,53 @@ class TrainConfig(RunConfig):
         return max(1, vector_steps * self.updates_per_vector_step)
 
 
-CONFIG_CLASSES: dict[str, type[RunConfig]] = {TrainConfig.AGENT: TrainConfig}
+@dataclass(frozen=True)
+class MiniGridEnvConfig:
+    """Which MiniGrid task set to train on and how it is vectorised."""
+
+    benchmark: Literal["MT3", "MT5", "MT7"] = "MT3"
+    """MiniGrid task set of the reference paper; a task is drawn uniformly per episode."""
+    num_envs: int = 8
+    """Training env workers (a rollout of rollout-env-steps is split evenly among them)."""
+    vector_strategy: Literal["sync", "async"] = "sync"
+    """sync (this process; the faster on 2 cores) or async (worker processes)."""
+    eval_envs: int = 8
+    """Evaluation env workers, stepped together."""
+    eval_episodes_per_task: int = 25
+    """Evaluation episodes per task: the first this many started on each task count."""
+    eval_deterministic: bool = False
+    """Evaluate with the most likely action instead of a sampled one (greedy MiniGrid policies
+    can loop until the time limit)."""
+
+
+@dataclass(frozen=True)
+class PPOTrainConfig(RunConfig):
+    """A multi-task PPO run on a MiniGrid task set, with a sparsity method per network."""
+
+    AGENT: ClassVar[str] = "ppo"
+
+    total_env_steps: Annotated[int, tyro.conf.arg(aliases=("--total-steps",))] = 400_000
+    """Run budget in env steps (transitions summed over all training envs)."""
+    eval_every_env_steps: int = 100_000
+    """Evaluate every this many env steps (and always at the end)."""
+    log_every_env_steps: int = 10_000
+    """Write a training metrics row after the first rollout past every this many env steps."""
+    env: MiniGridEnvConfig = field(default_factory=MiniGridEnvConfig)
+    """Environment settings."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """Agent hyperparameters (Table 2)."""
+
+    def rollouts(self) -> int:
+        """Rollouts (update calls) over the run: whole rollouts of the budget, at least 1."""
+        return max(1, self.total_env_steps // self.ppo.rollout_env_steps)
+
+    def total_updates(self, network: str) -> int:
+        """Minibatch gradient steps of ``network`` over the whole run."""
+        return max(1, self.rollouts() * updates_per_rollout(self.ppo)[network])
+
+
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {TrainConfig.AGENT: TrainConfig,
+                                              PPOTrainConfig.AGENT: PPOTrainConfig}
 """Config class of each agent, by the name ``config.json`` stores."""
 
 
@@ -172,6 +220,8 @@ def validate(config: RunConfig) -> None:
     """Raise ``ConfigError`` (one line) for the first problem found."""
     if isinstance(config, TrainConfig):
         _validate_sac(config)
+    elif isinstance(config, PPOTrainConfig):
+        _validate_ppo(config)
     _validate_common(config)
 
 
@@ -243,6 +293,32 @@ def _validate_sac(config: TrainConfig) -> None:
         )
     if not config.sac.hidden_sizes or min(config.sac.hidden_sizes) <= 0:
         raise ConfigError("--sac.hidden-sizes needs one or more positive widths")
+
+
+def _validate_ppo(config: PPOTrainConfig) -> None:
+    env, ppo = config.env, config.ppo
+    if env.benchmark not in MINIGRID_BENCHMARKS:
+        raise ConfigError(f"unknown MiniGrid benchmark {env.benchmark!r}; accepted: "
+                          f"{', '.join(MINIGRID_BENCHMARKS)}")
+    check_positive({
+        "total_env_steps": config.total_env_steps,
+        "env.num_envs": env.num_envs,
+        "env.eval_envs": env.eval_envs,
+        "env.eval_episodes_per_task": env.eval_episodes_per_task,
+        "ppo.rollout_env_steps": ppo.rollout_env_steps,
+        "ppo.policy_epochs": ppo.policy_epochs,
+        "ppo.critic_epochs": ppo.critic_epochs,
+    })
+    if ppo.rollout_env_steps % env.num_envs:
+        raise ConfigError(f"--ppo.rollout-env-steps {ppo.rollout_env_steps} is not divisible by "
+                          f"--env.num-envs {env.num_envs}; accepted: divisors of it")
+    for name, size in (("policy", ppo.policy_batch_size), ("critic", ppo.critic_batch_size)):
+        if not 0 < size <= ppo.rollout_env_steps:
+            raise ConfigError(f"--ppo.{name}-batch-size {size} must be in "
+                              f"[1, {ppo.rollout_env_steps}] (--ppo.rollout-env-steps)")
+    if config.total_env_steps < ppo.rollout_env_steps:
+        raise ConfigError(f"--total-env-steps {config.total_env_steps} is below one rollout "
+                          f"({ppo.rollout_env_steps} env steps)")
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

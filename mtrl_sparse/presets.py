@@ -10,18 +10,27 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mtrl_sparse.agents.ppo import PPOConfig
 from mtrl_sparse.agents.sac import SACConfig
-from mtrl_sparse.config import EnvConfig, PlasticityConfig, TrainConfig
+from mtrl_sparse.config import (
+    EnvConfig,
+    MiniGridEnvConfig,
+    PlasticityConfig,
+    PPOTrainConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    config: TrainConfig
+    config: RunConfig
 
 
 _PAPER = TrainConfig()
+_MINIGRID = PPOTrainConfig()
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -64,6 +73,30 @@ PRESETS: dict[str, Preset] = {
                               eval_episodes_per_task=1),
                 sac=SACConfig(hidden_sizes=(32, 32), batch_size=40),
                 plasticity=PlasticityConfig(every_updates=40, batch_size=100),
+                progress=False,
+            ),
+        ),
+        *(
+            Preset(
+                f"minigrid-{benchmark.lower()}",
+                f"MiniGrid {benchmark}, multi-task PPO of the reference paper (Table 2): 400k env "
+                "steps, CNN trunk, 2-layer task heads, 25 eval episodes per task",
+                dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark=benchmark)),
+            )
+            for benchmark in ("MT3", "MT5", "MT7")
+        ),
+        Preset(
+            "minigrid-smoke",
+            "MiniGrid MT3 PPO in seconds, for tests: 3 rollouts of 200 env steps, 2 eval "
+            "episodes per task",
+            dataclasses.replace(
+                _MINIGRID,
+                total_env_steps=600,
+                eval_every_env_steps=400,
+                log_every_env_steps=200,
+                env=MiniGridEnvConfig(num_envs=4, eval_envs=4, eval_episodes_per_task=2),
+                ppo=PPOConfig(rollout_env_steps=200, policy_batch_size=50, critic_batch_size=100,
+                              policy_epochs=2),
                 progress=False,
             ),
         ),

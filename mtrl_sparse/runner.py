@@ -29,7 +29,13 @@ from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import make_sac
 from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
-from mtrl_sparse.config import ConfigError, TrainConfig, differing_fields, validate
+from mtrl_sparse.config import (
+    ConfigError,
+    PPOTrainConfig,
+    TrainConfig,
+    differing_fields,
+    validate,
+)
 from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
 from mtrl_sparse.evaluation import evaluate
 from mtrl_sparse.learner import LOSS_NAMES, Learner, TrainState, make_learner
@@ -65,6 +71,8 @@ class RunResult:
     final_success: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time per part of the loop: env, agent, compile, eval, logging, checkpoint, total."""
+    final_normalized_return: np.ndarray | None = None
+    """MiniGrid runs: the final evaluation's normalised return per task."""
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -205,6 +213,8 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
     ``NonFiniteLossError``.
     """
     validate(config)
+    if isinstance(config, PPOTrainConfig):
+        return _train_ppo(config, resume, preset)
     run_dir = _prepare_run_dir(config, resume, preset)
     env, eval_env = make_envs(config)
     spec = env.spec
@@ -336,6 +346,30 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
         run_dir=run_dir, env_steps=env_steps, updates=int(state.agent.step),
         task_names=spec.task_names,
         final_success=None if last_eval is None else np.asarray(last_eval), seconds=seconds,
+    )
+
+
+def _train_ppo(config: PPOTrainConfig, resume: bool, preset: str | None) -> RunResult:
+    """Multi-task PPO on MiniGrid (``mtrl_sparse.ppo_runner``); no resume yet."""
+    from mtrl_sparse.ppo_runner import train_ppo
+
+    if resume:
+        raise RunDirError("--resume is not available for PPO runs yet (they checkpoint at the "
+                          "end only); start a new run")
+    run_dir = _prepare_run_dir(config, resume, preset)
+    try:
+        summary = train_ppo(config, run_dir)
+    except FloatingPointError as error:
+        raise NonFiniteLossError(str(error)) from None
+    state, last_eval = summary["state"], summary["last_eval"]
+    task_names = tuple(k.split("/", 2)[2] for k in last_eval if k.startswith("eval/success/"))
+    return RunResult(
+        run_dir=run_dir, env_steps=summary["env_steps"], updates=int(state.actor_step),
+        task_names=task_names,
+        final_success=np.array([last_eval[f"eval/success/{t}"] for t in task_names]),
+        seconds=summary["seconds"],
+        final_normalized_return=np.array([last_eval[f"eval/normalized_return/{t}"]
+                                          for t in task_names]),
     )
 
 

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from mtrl_sparse.agents.net_state import apply_gradients, create_net_state
-from mtrl_sparse.agents.sac import SACConfig, make_optimizer, make_sac
+from mtrl_sparse.agents.optim import make_optimizer
+from mtrl_sparse.agents.sac import SACConfig, make_sac
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.registry import MethodError, MethodOptions, build_network
 from mtrl_sparse.methods.regularizers import WeightDecayOptions

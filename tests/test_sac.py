@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from method_options import options_firing_every_update
 
 from mtrl_sparse.agents.net_state import NetState
+from mtrl_sparse.agents.optim import NetworkSetup
 from mtrl_sparse.agents.replay_buffer import Transition
-from mtrl_sparse.agents.sac import NetworkSetup, SACConfig, bellman_target, make_sac
+from mtrl_sparse.agents.sac import SACConfig, bellman_target, make_sac
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.dense import dense
 from mtrl_sparse.methods.registry import METHODS, build_network

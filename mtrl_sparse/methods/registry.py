@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import optax
 
-from mtrl_sparse.agents.sac import NetworkSetup
+from mtrl_sparse.agents.optim import NetworkSetup
 from mtrl_sparse.methods.base import Method, NetworkMethodSettings
 from mtrl_sparse.methods.compose import compose
 from mtrl_sparse.methods.dense import dense

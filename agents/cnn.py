@@ -1,0 +1,176 @@
+"""MiniGrid networks: a small CNN trunk and two-layer heads per task (PPO's actor and critic).
+
+Settings of Todorov et al. 2025 ("Sparsity-Driven Plasticity in Multi-Task Reinforcement
+Learning", Table 2): Conv2D channels [16, 32, 64] with 2x2 kernels and activations [ReLU, ReLU,
+Tanh]; per task two linear layers of 128 hidden units with output activations [Tanh, Linear].
+What the paper leaves unstated follows the common MiniGrid actor-critic convention: no padding
+and a 2x2 max-pool after the first convolution (an option), so that a 7x7x3 image gives a
+1x1x64 = 64-d embedding. The observation is the raw integer image as float; the task id is read
+by the heads only.
+
+Every weight is a Flax ``kernel`` leaf, so every one is maskable (convolution kernels included),
+and every hidden layer is a ``NeuronLayer`` that neuron-level methods (ReDo) can recycle. Those
+methods zero a neuron's outgoing weights as the rows ``[..., i, :]`` of the next kernel, so every
+kernel that reads a layer keeps that layer's units on its axis -2:
+- a convolution kernel (kh, kw, C_in, C_out) reads the previous layer's channels on axis -2;
+- the first head layer contracts the trunk's feature map (h, w, C) with a kernel kept in shape
+  (h, w, C, T * U) (the same function as flattening, then a dense layer), so the last conv's
+  channels stay on axis -2 whatever the map size (1x1 with pooling, 4x4 without);
+- the per-task output layer reads the T * U head units through a (T * U, O) kernel.
+``mtrl_sparse.agents.networks.check_neuron_layers`` asserts this when an agent is built.
+
+Initialisation as PyTorch's layers (uniform in +-1/sqrt(fan_in), fan_in of one task's layer for
+the heads), biases at zero.
+
+Shapes: ``B`` batch, ``T`` tasks, ``U`` hidden units of one task's head, ``O`` outputs of one
+head, ``A`` actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtrl_sparse.agents.networks import NeuronLayer, task_one_hot, torch_linear_init
+
+CONV_ACTIVATIONS = (nn.relu, nn.relu, nn.tanh)
+"""Activation after each convolution (Table 2)."""
+
+
+def per_task_torch_init(num_tasks: int) -> nn.initializers.Initializer:
+    """Initialiser of a stacked (T * U, O) kernel: PyTorch's ``nn.Linear(U, O)`` init per task."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        bound = 1.0 / jnp.sqrt(shape[0] // num_tasks)
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class MiniGridCNN(nn.Module):
+    """Conv 16 (2x2, VALID) ReLU -> [MaxPool 2x2] -> Conv 32 (2x2) ReLU -> Conv 64 (2x2) Tanh.
+
+    (B, H, W, C) image -> (B, h, w, 64) feature map (7x7 input: 1x1 with pooling, 4x4 without).
+    With ``layer_norm``, a LayerNorm over channels (``norm_i``) follows each convolution, before
+    its activation. Each convolution's output after its activation (before pooling) is sown as an
+    ``intermediates`` variable ``conv_i_out``, (B, h_i, w_i, C_i).
+    """
+
+    channels: Sequence[int] = (16, 32, 64)
+    kernel_size: int = 2
+    pooling: bool = True
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = image.astype(jnp.float32)
+        for i, (width, activation) in enumerate(zip(self.channels, CONV_ACTIVATIONS, strict=True)):
+            x = nn.Conv(width, (self.kernel_size, self.kernel_size), padding="VALID",
+                        kernel_init=torch_linear_init, name=f"conv_{i}")(x)
+            if self.layer_norm:
+                x = nn.LayerNorm(name=f"norm_{i}")(x)
+            x = activation(x)
+            self.sow("intermediates", f"conv_{i}_out", x)
+            if i == 0 and self.pooling:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return x
+
+
+class TaskOutputs(nn.Module):
+    """The output layers of all task heads, stacked: kernel (T * U, O), bias (T, O).
+
+    Task ``t``'s layer is ``kernel[t * U:(t + 1) * U]`` and ``bias[t]``. (B, T * U) head units,
+    zero outside each sample's own task, (B,) task ids -> (B, O).
+    """
+
+    num_tasks: int
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, own_units: jax.Array, task_ids: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", per_task_torch_init(self.num_tasks),
+                            (own_units.shape[-1], self.out_dim))
+        bias = self.param("bias", nn.initializers.zeros, (self.num_tasks, self.out_dim))
+        return own_units @ kernel + bias[task_ids]
+
+
+class TaskHeads(nn.Module):
+    """Per task, two linear layers with output activations [Tanh, Linear] on a shared embedding.
+
+    ``head_hidden`` maps the features (B, ...) to all heads' units at once, (B, T * U), its
+    kernel contracting every non-batch axis of the features; with ``layer_norm``, a LayerNorm
+    per task over its U units (``head_norm``) precedes the tanh. The tanh units of every head on
+    every sample are sown as ``head_hidden_out`` (B, T * U): the embedding is shared, so each head
+    unit is measured on the whole batch (its dormancy stays defined when a batch holds no sample of
+    its task). ``heads`` then reads only each sample's own task's U units.
+    (B, ...) features, (B,) task ids -> (B, O).
+    """
+
+    num_tasks: int
+    hidden_dim: int
+    out_dim: int
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, features: jax.Array, task_ids: jax.Array) -> jax.Array:
+        batch, units = features.shape[0], self.num_tasks * self.hidden_dim
+        h = nn.DenseGeneral(units, axis=tuple(range(1, features.ndim)),
+                            kernel_init=torch_linear_init, name="head_hidden")(features)
+        if self.layer_norm:
+            per_task = h.reshape(batch, self.num_tasks, self.hidden_dim)
+            h = nn.LayerNorm(feature_axes=(-2, -1), name="head_norm")(per_task).reshape(batch, -1)
+        h = nn.tanh(h)
+        self.sow("intermediates", "head_hidden_out", h)
+        own = jnp.repeat(task_one_hot(task_ids, self.num_tasks), self.hidden_dim, axis=-1)
+        return TaskOutputs(self.num_tasks, self.out_dim, name="heads")(h * own, task_ids)
+
+
+class PPOActor(nn.Module):
+    """Policy: CNN trunk (``trunk``) and per-task heads (``task_heads``) -> logits (B, A)."""
+
+    num_tasks: int
+    num_actions: int
+    head_hidden_dim: int = 128
+    channels: Sequence[int] = (16, 32, 64)
+    pooling: bool = True
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, image: jax.Array, task_ids: jax.Array) -> jax.Array:
+        features = MiniGridCNN(self.channels, pooling=self.pooling, layer_norm=self.layer_norm,
+                               name="trunk")(image)
+        return TaskHeads(self.num_tasks, self.head_hidden_dim, self.num_actions, self.layer_norm,
+                         name="task_heads")(features, task_ids)
+
+
+class PPOCritic(nn.Module):
+    """State value: its own CNN trunk (``trunk``) and per-task heads (``task_heads``) -> (B,)."""
+
+    num_tasks: int
+    head_hidden_dim: int = 128
+    channels: Sequence[int] = (16, 32, 64)
+    pooling: bool = True
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, image: jax.Array, task_ids: jax.Array) -> jax.Array:
+        features = MiniGridCNN(self.channels, pooling=self.pooling, layer_norm=self.layer_norm,
+                               name="trunk")(image)
+        return TaskHeads(self.num_tasks, self.head_hidden_dim, 1, self.layer_norm,
+                         name="task_heads")(features, task_ids)[:, 0]
+
+
+def cnn_heads_neuron_layers(num_convs: int = 3) -> tuple[NeuronLayer, ...]:
+    """The hidden layers of ``PPOActor`` / ``PPOCritic``: each convolution (channels are the
+    neurons), then the head units (T * U neurons)."""
+    modules = [("trunk", f"conv_{i}") for i in range(num_convs)]
+    modules += [("task_heads", "head_hidden"), ("task_heads", "heads")]
+    return tuple(
+        NeuronLayer(incoming=("params", *modules[i]), outgoing=("params", *modules[i + 1]),
+                    activation=(modules[i][0], f"{modules[i][1]}_out"))
+        for i in range(num_convs + 1)
+    )

@@ -1,0 +1,96 @@
+"""How every agent trains one masked network: its setup, its optimizer and one gradient step.
+
+A network is built from a ``NetworkSetup``: the mask method that runs on it and what that method
+declares as data (LayerNorm in the network, optax transforms around Adam). ``make_optimizer``
+turns the setup into the network's optax chain. ``masked_gradient_step`` is the step every agent
+takes for each of its networks:
+
+1. value and gradient of the loss with respect to the effective weights ``params * masks``;
+2. the gradient with respect to ``params`` by the chain rule (zero where masked);
+3. one optimizer step, after which the params are masked again (``apply_gradients``);
+4. the method's ``transform(net_state, step, key, context)`` with the network's update count.
+
+The agents (SAC, PPO) differ only in their losses and in what they put in ``context``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtrl_sparse.agents.net_state import (
+    MaskMethod,
+    NetState,
+    apply_gradients,
+    apply_masks,
+    masked_params,
+)
+
+
+class NetworkSetup(NamedTuple):
+    """How one network is built: its mask method and what that method declares as data.
+
+    Attributes:
+        method: the mask method (``init`` / ``transform``) of the network.
+        layer_norm: LayerNorm after each hidden linear layer, before the activation.
+        gradient_transforms: optax transforms applied to the (clipped) gradient before Adam,
+            e.g. coupled L2 weight decay.
+        update_transforms: optax transforms applied to Adam's update before the learning rate,
+            e.g. decoupled weight decay.
+    """
+
+    method: MaskMethod
+    layer_norm: bool = False
+    gradient_transforms: tuple[optax.GradientTransformation, ...] = ()
+    update_transforms: tuple[optax.GradientTransformation, ...] = ()
+
+
+def make_optimizer(
+    learning_rate: float, max_grad_norm: float, setup: NetworkSetup
+) -> optax.GradientTransformation:
+    """clip -> setup's gradient transforms -> Adam -> setup's update transforms -> learning rate."""
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        *setup.gradient_transforms,
+        optax.scale_by_adam(),
+        *setup.update_transforms,
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """Euclidean norm of all leaves of ``tree`` together, () float."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
+
+
+def masked_gradient_step(
+    net_state: NetState,
+    loss_fn: Callable[..., tuple[jax.Array, Any]],
+    tx: optax.GradientTransformation,
+    method: MaskMethod,
+    step: jax.Array,
+    key: jax.Array,
+    context: dict,
+    *args: Any,
+) -> tuple[NetState, Any, jax.Array]:
+    """One gradient step of a masked network followed by its method's transform.
+
+    ``loss_fn(weights, *args) -> (loss, aux)`` takes the effective weights ``params * masks``.
+    ``step`` is the network's update count after this step (the unit of method schedules).
+    The method's ``context`` is ``context`` plus ``grads`` (w.r.t. the params, zero where masked),
+    ``dense_grads`` (w.r.t. the effective weights, defined everywhere: what RigL grows by) and
+    ``optimizer`` (``tx``).
+
+    Returns the new network state, ``aux`` and the global norm of ``grads`` (before clipping).
+    """
+    (_, aux), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        masked_params(net_state), *args)
+    grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
+    net_state = apply_gradients(net_state, grads, tx)
+    context = {**context, "grads": grads, "dense_grads": dense_grads, "optimizer": tx}
+    net_state = method.transform(net_state, step, key, context)
+    return net_state, aux, global_norm(grads)

@@ -1,0 +1,266 @@
+"""The multi-task PPO training loop on MiniGrid: rollouts on the host envs, one jitted update each.
+
+One iteration collects a rollout of ``ppo.rollout_env_steps`` env steps (``T = rollout / num_envs``
+vector steps of the ``num_envs`` workers) with the jitted ``act``, then calls the jitted
+``update`` once (GAE, the critic's and the actor's epochs of minibatches). Envs follow the explicit
+reset convention: an env whose episode ended is reset before the next vector step; a truncated
+episode bootstraps from the value of its true final observation (``truncation_values``).
+
+Evaluation (every ``eval_every_env_steps`` and at the end) runs on separate envs seeded apart
+from training, with the sampled policy by default, until the first ``eval_episodes_per_task``
+episodes started on every task have ended; each episode's normalised return is its return over
+the best achievable return of its own layout (``envs.minigrid_optimal``). The loop never names a
+sparsity method. A checkpoint (orbax, the agent state) is written at the end of the run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from mtrl_sparse.agents.net_state import NetState
+from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo
+from mtrl_sparse.agents.tree_paths import path_str
+from mtrl_sparse.checkpointing import Checkpointer
+from mtrl_sparse.config import PPOTrainConfig
+from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
+from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.run_dir import MetricsLogger
+
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def make_run_ppo(config: PPOTrainConfig, env: MiniGridVectorEnv) -> PPO:
+    """The agent of a run: networks built from the run's methods."""
+    networks = {name: build_network(settings, config.methods, name)
+                for name, settings in config.network_methods().items()}
+    spec = env.spec
+    return make_ppo(config.ppo, spec.num_tasks, spec.obs_shape, spec.action_dim,
+                    networks["actor"], networks["critic"])
+
+
+def method_state_row(networks: dict[str, NetState]) -> dict[str, Any]:
+    """Scalar leaves of each network's method state, as ``<network>/<method>/<name>``."""
+    row = {}
+    for network, net in networks.items():
+        flat = jax.tree_util.tree_flatten_with_path(jax.device_get(net.method_state))[0]
+        for path, value in flat:
+            value = np.asarray(value)
+            if value.ndim == 0:
+                row[f"{network}/{path_str(path)}"] = value.item()
+    return row
+
+
+class EpisodeStats:
+    """Returns and successes of the training episodes that ended since the last row, per task."""
+
+    def __init__(self, num_tasks: int, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.ended: list[list[tuple[float, bool]]] = [[] for _ in range(num_tasks)]
+
+    def record(self, task_ids: np.ndarray, rewards: np.ndarray, done: np.ndarray,
+               success: np.ndarray) -> None:
+        self.returns += rewards
+        for env in np.flatnonzero(done):
+            self.ended[task_ids[env]].append((float(self.returns[env]), bool(success[env])))
+            self.returns[env] = 0.0
+
+    def pop_row(self, task_names: tuple[str, ...]) -> dict[str, float]:
+        episodes = [e for per_task in self.ended for e in per_task]
+        row = {}
+        if episodes:
+            row["train/return"] = float(np.mean([r for r, _ in episodes]))
+            row["train/success_rate"] = float(np.mean([s for _, s in episodes]))
+            row["train/episodes"] = len(episodes)
+        for name, per_task in zip(task_names, self.ended, strict=True):
+            if per_task:
+                row[f"train/return/{name}"] = float(np.mean([r for r, _ in per_task]))
+        self.ended = [[] for _ in self.ended]
+        return row
+
+
+def collect_rollout(
+    act: Any, value: Any, state: PPOState, env: MiniGridVectorEnv, obs: np.ndarray,
+    key: jax.Array, horizon: int, stats: EpisodeStats,
+) -> tuple[Rollout, np.ndarray]:
+    """``horizon`` vector steps with the current policy; returns the rollout and the next obs."""
+    num_envs = env.spec.num_envs
+    fields = {name: [] for name in ("obs", "task_ids", "actions", "log_probs", "values",
+                                    "rewards", "terminated", "truncated", "truncation_values")}
+    for t in range(horizon):
+        task_ids = env.current_task_ids()
+        actions, log_probs, values = act(state, obs, task_ids, jax.random.fold_in(key, t))
+        actions = np.asarray(actions)
+        step = env.step(actions)
+        cut = step.truncated & ~step.terminated
+        truncation_values = np.zeros(num_envs, np.float32)
+        if cut.any():  # bootstrap through the time limit from the true final observation
+            truncation_values = np.where(cut, np.asarray(value(state, step.obs, task_ids)), 0.0)
+        for name, array in (("obs", obs), ("task_ids", task_ids), ("actions", actions),
+                            ("log_probs", log_probs), ("values", values),
+                            ("rewards", step.reward), ("terminated", step.terminated),
+                            ("truncated", step.truncated),
+                            ("truncation_values", truncation_values)):
+            fields[name].append(np.asarray(array))
+        done = step.terminated | step.truncated
+        stats.record(task_ids, step.reward, done, step.success)
+        obs = env.reset_done(done) if done.any() else step.obs
+    last_values = value(state, obs, env.current_task_ids())
+    rollout = Rollout(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in fields.items()},
+                      last_values=jnp.asarray(last_values, jnp.float32))
+    return rollout, obs
+
+
+def evaluate_ppo(
+    act: Any, state: PPOState, env: MiniGridVectorEnv, episodes_per_task: int, key: jax.Array,
+    deterministic: bool,
+) -> dict[str, float]:
+    """Normalised return and success of the first ``episodes_per_task`` episodes started on each
+    task; the env's random state is restored afterwards, so every evaluation sees the same
+    episodes. Returns an ``eval/...`` row."""
+    rng_state = env.get_rng_state()
+    spec = env.spec
+    obs = env.reset()
+    started = np.zeros(spec.num_tasks, int)
+    episode_index = np.zeros(spec.num_envs, int)  # per env: its episode's rank on its task
+    best = np.zeros(spec.num_envs)
+    returns = np.zeros(spec.num_envs)
+    results: list[dict[int, tuple[float, bool]]] = [{} for _ in range(spec.num_tasks)]
+
+    def start(envs: np.ndarray) -> None:
+        tasks, best_returns = env.current_task_ids(), env.episode_best_returns()
+        for e in envs:
+            episode_index[e] = started[tasks[e]]
+            started[tasks[e]] += 1
+            best[e], returns[e] = best_returns[e], 0.0
+
+    def complete() -> bool:
+        return all(all(i in r for i in range(episodes_per_task)) for r in results)
+
+    start(np.arange(spec.num_envs))
+    t = 0
+    while not complete():
+        tasks = env.current_task_ids()
+        actions, _, _ = act(state, obs, tasks, jax.random.fold_in(key, t), deterministic)
+        step = env.step(np.asarray(actions))
+        returns += step.reward
+        done = step.terminated | step.truncated
+        for e in np.flatnonzero(done):
+            if episode_index[e] < episodes_per_task and np.isfinite(best[e]):
+                results[tasks[e]][int(episode_index[e])] = (returns[e] / best[e],
+                                                            bool(step.success[e]))
+            elif episode_index[e] < episodes_per_task:  # an unsolvable layout: not counted
+                results[tasks[e]][int(episode_index[e])] = (np.nan, bool(step.success[e]))
+        if done.any():
+            obs = env.reset_done(done)
+            start(np.flatnonzero(done))
+        else:
+            obs = step.obs
+        t += 1
+    env.set_rng_state(rng_state)
+
+    row: dict[str, float] = {}
+    per_task_norm, per_task_success = [], []
+    for name, per_task in zip(spec.task_names, results, strict=True):
+        chosen = [per_task[i] for i in range(episodes_per_task)]
+        norm = float(np.nanmean([r for r, _ in chosen]))
+        success = float(np.mean([s for _, s in chosen]))
+        row[f"eval/normalized_return/{name}"] = norm
+        row[f"eval/success/{name}"] = success
+        per_task_norm.append(norm)
+        per_task_success.append(success)
+    row["eval/normalized_return"] = float(np.mean(per_task_norm))
+    row["eval/success_rate"] = float(np.mean(per_task_success))
+    return row
+
+
+def _crossed(now: int, before: int, every: int) -> bool:
+    return now // every > before // every
+
+
+def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
+    """Train multi-task PPO as ``config`` says into the prepared ``run_dir``.
+
+    Returns a summary: env steps, updates per network, the final evaluation row and wall-clock
+    seconds per part of the loop.
+    """
+    env_cfg = config.env
+    env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.num_envs, config.seed,
+                            env_cfg.vector_strategy)
+    eval_env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.eval_envs,
+                                 config.seed + EVAL_SEED_OFFSET, env_cfg.vector_strategy,
+                                 compute_optimal=True)
+    spec = env.spec
+    ppo = make_run_ppo(config, env)
+    act = jax.jit(ppo.act, static_argnames="deterministic")
+    value = jax.jit(ppo.value)
+    update = jax.jit(ppo.update, donate_argnums=0)
+    key = jax.random.PRNGKey(config.seed)
+    key, init_key = jax.random.split(key)
+    state = jax.jit(ppo.init)(init_key)
+    horizon = config.ppo.rollout_env_steps // spec.num_envs
+    logger = MetricsLogger(run_dir, {}, purge_step=None)
+    stats = EpisodeStats(spec.num_tasks, spec.num_envs)
+    seconds = dict.fromkeys(("rollout", "update", "eval", "logging", "checkpoint"), 0.0)
+    bar = tqdm(total=config.rollouts() * config.ppo.rollout_env_steps, unit="step",
+               unit_scale=True, dynamic_ncols=True, disable=not config.progress,
+               desc="env steps")
+    env_steps, last_eval = 0, None
+    t_start = t_interval = time.perf_counter()
+    steps_interval = 0
+    try:
+        obs = env.reset()
+        for rollout_index in range(config.rollouts()):
+            key, k_rollout, k_update, k_eval = jax.random.split(key, 4)
+            t0 = time.perf_counter()
+            rollout, obs = collect_rollout(act, value, state, env, obs, k_rollout, horizon,
+                                           stats)
+            t1 = time.perf_counter()
+            state, metrics = update(state, rollout, k_update)
+            metrics = jax.device_get(metrics)
+            t2 = time.perf_counter()
+            seconds["rollout"] += t1 - t0
+            seconds["update"] += t2 - t1
+            before, env_steps = env_steps, env_steps + config.ppo.rollout_env_steps
+            bar.update(config.ppo.rollout_env_steps)
+            last = rollout_index == config.rollouts() - 1
+            if _crossed(env_steps, before, config.log_every_env_steps) or last:
+                now = time.perf_counter()
+                row = {"step": env_steps, "updates": int(state.actor_step),
+                       "critic_updates": int(state.critic_step),
+                       **{k: float(v) for k, v in metrics.items()},
+                       **method_state_row({"actor": state.actor, "critic": state.critic}),
+                       **stats.pop_row(spec.task_names),
+                       "time/env_steps_per_s": (env_steps - steps_interval) / (now - t_interval),
+                       "time/elapsed_s": now - t_start}
+                if not all(np.isfinite(row[k]) for k in ("policy_loss", "value_loss")):
+                    raise FloatingPointError(
+                        f"non-finite loss at env step {env_steps} (policy_loss "
+                        f"{row['policy_loss']}, value_loss {row['value_loss']}); run stopped")
+                logger.write(row)
+                t_interval, steps_interval = now, env_steps
+                bar.set_postfix({"return": f"{row.get('train/return', float('nan')):.2f}"})
+                seconds["logging"] += time.perf_counter() - now
+            if _crossed(env_steps, before, config.eval_every_env_steps) or last:
+                t0 = time.perf_counter()
+                last_eval = evaluate_ppo(act, state, eval_env, env_cfg.eval_episodes_per_task,
+                                         k_eval, env_cfg.eval_deterministic)
+                seconds["eval"] += time.perf_counter() - t0
+                logger.write({"step": env_steps, **last_eval, "time/eval_s": seconds["eval"]})
+        t0 = time.perf_counter()
+        checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
+        checkpointer.save(env_steps, state, {"env_steps": env_steps, "last_eval": last_eval})
+        checkpointer.close()
+        seconds["checkpoint"] = time.perf_counter() - t0
+    finally:
+        bar.close()
+        logger.close()
+        env.close()
+        eval_env.close()
+    seconds["total"] = time.perf_counter() - t_start
+    return {"env_steps": env_steps, "state": state, "last_eval": last_eval, "seconds": seconds}

@@ -23,14 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo
-from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.methods.registry import build_network
-from mtrl_sparse.run_dir import MetricsLogger
+from mtrl_sparse.run_dir import MetricsLogger, method_state_row
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -42,18 +40,6 @@ def make_run_ppo(config: PPOTrainConfig, env: MiniGridVectorEnv) -> PPO:
     spec = env.spec
     return make_ppo(config.ppo, spec.num_tasks, spec.obs_shape, spec.action_dim,
                     networks["actor"], networks["critic"])
-
-
-def method_state_row(networks: dict[str, NetState]) -> dict[str, Any]:
-    """Scalar leaves of each network's method state, as ``<network>/<method>/<name>``."""
-    row = {}
-    for network, net in networks.items():
-        flat = jax.tree_util.tree_flatten_with_path(jax.device_get(net.method_state))[0]
-        for path, value in flat:
-            value = np.asarray(value)
-            if value.ndim == 0:
-                row[f"{network}/{path_str(path)}"] = value.item()
-    return row
 
 
 class EpisodeStats:

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from tensorboardX import SummaryWriter
 
+from mtrl_sparse.agents.net_state import NetState
+from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.config import CONFIG_CLASSES, RunConfig, from_dict, to_dict
 
 CONFIG_FILE = "config.json"
@@ -169,3 +172,15 @@ class MetricsLogger:
     def close(self) -> None:
         self._jsonl.close()
         self._tb.close()
+
+
+def method_state_row(networks: dict[str, NetState]) -> dict[str, Any]:
+    """Scalar leaves of each network's method state, as ``<network>/<method>/<name>``."""
+    row = {}
+    for network, net in networks.items():
+        flat = jax.tree_util.tree_flatten_with_path(jax.device_get(net.method_state))[0]
+        for path, value in flat:
+            value = np.asarray(value)
+            if value.ndim == 0:
+                row[f"{network}/{path_str(path)}"] = value.item()
+    return row

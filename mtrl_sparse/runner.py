@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import make_sac
-from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
 from mtrl_sparse.config import (
     ConfigError,
@@ -48,6 +47,7 @@ from mtrl_sparse.run_dir import (
     MetricsLogger,
     RunDirError,
     check_new_run_dir,
+    method_state_row,
     read_config,
     truncate_metrics,
     write_config,
@@ -120,14 +120,7 @@ def _scalar_row(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _method_state_row(state: TrainState) -> dict[str, Any]:
     """Scalar leaves of each network's method state, as ``<network>/<method>/<name>``."""
-    row = {}
-    for network in ("actor", "critic"):
-        method_state = getattr(state.agent, network).method_state
-        for path, value in jax.tree_util.tree_flatten_with_path(jax.device_get(method_state))[0]:
-            value = np.asarray(value)
-            if value.ndim == 0:
-                row[f"{network}/{path_str(path)}"] = value.item()
-    return row
+    return method_state_row({"actor": state.agent.actor, "critic": state.agent.critic})
 
 
 class _TrainingSuccess:

@@ -386,6 +386,9 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
     import json
 
     config = read_config(run_dir)
+    if isinstance(config, PPOTrainConfig):
+        raise RunDirError("eval of PPO runs is not available yet; the run's final evaluation "
+                          f"is in {run_dir / METRICS_FILE}")
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints)
     available = checkpointer.steps()
     if not available:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mtrl_sparse.cli import main
+from mtrl_sparse.presets import PRESETS
 
 SMOKE = ["train", "--preset", "mt10-smoke"]
 
@@ -60,6 +61,12 @@ def assert_usage_error(capsys, args: list[str], *needles: str) -> str:
         ([*SMOKE, "--method", "reset", "--methods.reset.max-resets", "-1"],
          ["--methods.reset", "max_resets"]),
         ([*SMOKE, "--total-steps", "0"], ["total-env-steps", "positive"]),
+        (["train", "--preset", "minigrid-smoke", "--env.num-envs", "3"],
+         ["rollout-env-steps 200", "not divisible", "--env.num-envs 3"]),
+        (["train", "--preset", "minigrid-smoke", "--env.benchmark", "MT4"], ["MT4", "MT3"]),
+        (["train", "--preset", "minigrid-smoke", "--ppo.policy-batch-size", "500"],
+         ["policy-batch-size 500"]),
+        (["train", "--preset", "minigrid-smoke", "--method", "gmp"], ["needs a sparsity"]),
         ([*SMOKE, "--total-steps", "-5"], ["total-env-steps", "positive"]),
         ([*SMOKE, "--total-steps", "many"], ["total-steps", "many"]),
         ([*SMOKE, "--sac.batch-size", "45"], ["45", "not divisible", "10 tasks"]),
@@ -124,11 +131,20 @@ def test_eval_of_a_missing_run_is_a_usage_error(capsys, tmp_path):
     assert_usage_error(capsys, ["eval", "--run-dir", str(tmp_path / "none")], "holds no run")
 
 
+def test_eval_of_a_ppo_run_is_a_usage_error(capsys, tmp_path):
+    run_dir = tmp_path / "ppo"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"agent": "ppo", "config": {}, "preset": null}')
+    assert_usage_error(capsys, ["eval", "--run-dir", str(run_dir)], "PPO")
+
+
 def test_presets_and_methods_list_one_line_each(capsys):
     code, out, _ = run_cli(capsys, ["presets"])
     assert code == 0
     names = [line.split()[0] for line in out.strip().splitlines()]
-    assert names == ["mt10-paper", "mt10-quick", "mt10-smoke"]
+    assert names == list(PRESETS)
+    assert {"mt10-paper", "mt10-quick", "mt10-smoke", "minigrid-mt3", "minigrid-mt5",
+            "minigrid-mt7"} <= set(names)
     code, out, _ = run_cli(capsys, ["methods"])
     assert code == 0
     assert [line.split()[0] for line in out.strip().splitlines()][:2] == ["dense", "static"]

@@ -1,0 +1,78 @@
+"""Multi-task PPO on MiniGrid against its env-only floor, measured in one process.
+
+1. The env-only floor: the preset's vector env setup (same benchmark, workers, strategy, seed)
+   stepped with uniformly random actions for the preset's whole budget of env steps, resets
+   included.
+2. The unchanged preset from process start to exit: ``mtrl-sparse train --preset NAME`` in a
+   subprocess (imports, compilation, evaluation and checkpoint included).
+
+Prints both wall times and their ratio (target: the run <= 2x the floor, and <= 5 minutes on 2
+cores for ``minigrid-mt3``).
+
+Usage: python bench/ppo_minigrid.py [--preset minigrid-mt3] [--method dense] [--sparsity 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
+from mtrl_sparse.presets import get_preset
+
+
+def env_floor_seconds(benchmark: str, num_envs: int, strategy: str, seed: int,
+                      env_steps: int) -> float:
+    """Wall time of ``env_steps`` random-action env steps through the training env setup."""
+    env = MiniGridVectorEnv(benchmark, num_envs, seed, strategy)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    env.reset()
+    for _ in range(env_steps // num_envs):
+        step = env.step(rng.integers(0, env.spec.action_dim, num_envs))
+        done = step.terminated | step.truncated
+        if done.any():
+            env.reset_done(done)
+    seconds = time.perf_counter() - start
+    env.close()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="minigrid-mt3")
+    parser.add_argument("--method", default="dense")
+    parser.add_argument("--sparsity", default="0")
+    args = parser.parse_args()
+    config = get_preset(args.preset).config
+    env_steps = config.rollouts() * config.ppo.rollout_env_steps
+
+    floor = env_floor_seconds(config.env.benchmark, config.env.num_envs,
+                              config.env.vector_strategy, config.seed, env_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "mtrl_sparse.cli", "train", "--preset", args.preset,
+                   "--method", args.method, "--sparsity", args.sparsity,
+                   "--run-dir", str(Path(tmp) / "run"), "--no-progress"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        run = time.perf_counter() - start
+
+    print(f"PPO on MiniGrid {config.env.benchmark} ({args.preset}, method {args.method}, "
+          f"sparsity {args.sparsity}): {env_steps} env steps, {config.env.num_envs} "
+          f"{config.env.vector_strategy} env workers")
+    print(f"  env-only floor (random actions): {floor:8.1f} s = {env_steps / floor:,.0f} "
+          "env-steps/s")
+    print(f"  whole run, process start to exit: {run:7.1f} s = {env_steps / run:,.0f} env-steps/s")
+    verdict = "PASS" if run <= 2 * floor else "FAIL"
+    print(f"  run / floor: {run / floor:.2f} (target <= 2: {verdict}); "
+          f"run <= 5 min: {'PASS' if run <= 300 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -218,11 +218,18 @@ CONFIG_CLASSES: dict[str, type[RunConfig]] = {TrainConfig.AGENT: TrainConfig,
 
 def validate(config: RunConfig) -> None:
     """Raise ``ConfigError`` (one line) for the first problem found."""
+    check_positive({
+        "total_env_steps": config.total_env_steps,
+        "eval_every_env_steps": config.eval_every_env_steps,
+        "log_every_env_steps": config.log_every_env_steps,
+        "checkpoint_every_env_steps": config.checkpoint_every_env_steps,
+        "keep_checkpoints": config.keep_checkpoints,
+    })
     if isinstance(config, TrainConfig):
         _validate_sac(config)
     elif isinstance(config, PPOTrainConfig):
         _validate_ppo(config)
-    _validate_common(config)
+    _validate_methods(config)
 
 
 def check_positive(values: dict[str, int]) -> None:
@@ -232,7 +239,8 @@ def check_positive(values: dict[str, int]) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
 
 
-def _validate_common(config: RunConfig) -> None:
+def _validate_methods(config: RunConfig) -> None:
+    """Each network's method, sparsity, distribution and options; the plasticity probe."""
     if config.distribution not in DISTRIBUTIONS:
         raise ConfigError(
             f"unknown distribution {config.distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}"
@@ -242,13 +250,6 @@ def _validate_common(config: RunConfig) -> None:
             check_options(check_method(settings.name, settings.sparsity, network), config.methods)
         except MethodError as error:
             raise ConfigError(str(error)) from None
-    check_positive({
-        "total_env_steps": config.total_env_steps,
-        "eval_every_env_steps": config.eval_every_env_steps,
-        "log_every_env_steps": config.log_every_env_steps,
-        "checkpoint_every_env_steps": config.checkpoint_every_env_steps,
-        "keep_checkpoints": config.keep_checkpoints,
-    })
     if config.plasticity.every_updates < 0 or config.plasticity.batch_size <= 0:
         raise ConfigError("--plasticity.every-updates must be >= 0 and --plasticity.batch-size > 0")
 
@@ -270,7 +271,6 @@ def _validate_sac(config: TrainConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     check_positive({
-        "total_env_steps": config.total_env_steps,
         "env.envs_per_task": env.envs_per_task,
         "env.max_episode_steps": env.max_episode_steps,
         "env.eval_envs_per_task": env.eval_envs_per_task,
@@ -301,7 +301,6 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
         raise ConfigError(f"unknown MiniGrid benchmark {env.benchmark!r}; accepted: "
                           f"{', '.join(MINIGRID_BENCHMARKS)}")
     check_positive({
-        "total_env_steps": config.total_env_steps,
         "env.num_envs": env.num_envs,
         "env.eval_envs": env.eval_envs,
         "env.eval_episodes_per_task": env.eval_episodes_per_task,

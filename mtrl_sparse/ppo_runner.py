@@ -28,7 +28,7 @@ from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.methods.registry import build_network
-from mtrl_sparse.run_dir import MetricsLogger, method_state_row
+from mtrl_sparse.run_dir import MetricsLogger, crossed, method_state_row, scalar_row
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -165,15 +165,11 @@ def evaluate_ppo(
     return row
 
 
-def _crossed(now: int, before: int, every: int) -> bool:
-    return now // every > before // every
-
-
 def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
     """Train multi-task PPO as ``config`` says into the prepared ``run_dir``.
 
-    Returns a summary: env steps, updates per network, the final evaluation row and wall-clock
-    seconds per part of the loop.
+    Returns a summary: env steps, the final state, the final evaluation row, the task names and
+    wall-clock seconds per part of the loop.
     """
     env_cfg = config.env
     env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.num_envs, config.seed,
@@ -207,19 +203,18 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
             rollout, obs = collect_rollout(act, value, state, env, obs, k_rollout, horizon,
                                            stats)
             t1 = time.perf_counter()
-            state, metrics = update(state, rollout, k_update)
-            metrics = jax.device_get(metrics)
+            state, metrics = jax.block_until_ready(update(state, rollout, k_update))
             t2 = time.perf_counter()
             seconds["rollout"] += t1 - t0
             seconds["update"] += t2 - t1
             before, env_steps = env_steps, env_steps + config.ppo.rollout_env_steps
             bar.update(config.ppo.rollout_env_steps)
             last = rollout_index == config.rollouts() - 1
-            if _crossed(env_steps, before, config.log_every_env_steps) or last:
+            if crossed(env_steps, before, config.log_every_env_steps) or last:
                 now = time.perf_counter()
                 row = {"step": env_steps, "updates": int(state.actor_step),
                        "critic_updates": int(state.critic_step),
-                       **{k: float(v) for k, v in metrics.items()},
+                       **scalar_row(metrics),
                        **method_state_row({"actor": state.actor, "critic": state.critic}),
                        **stats.pop_row(spec.task_names),
                        "time/env_steps_per_s": (env_steps - steps_interval) / (now - t_interval),
@@ -232,7 +227,7 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
                 t_interval, steps_interval = now, env_steps
                 bar.set_postfix({"return": f"{row.get('train/return', float('nan')):.2f}"})
                 seconds["logging"] += time.perf_counter() - now
-            if _crossed(env_steps, before, config.eval_every_env_steps) or last:
+            if crossed(env_steps, before, config.eval_every_env_steps) or last:
                 t0 = time.perf_counter()
                 last_eval = evaluate_ppo(act, state, eval_env, env_cfg.eval_episodes_per_task,
                                          k_eval, env_cfg.eval_deterministic)
@@ -249,4 +244,5 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
         env.close()
         eval_env.close()
     seconds["total"] = time.perf_counter() - t_start
-    return {"env_steps": env_steps, "state": state, "last_eval": last_eval, "seconds": seconds}
+    return {"env_steps": env_steps, "state": state, "last_eval": last_eval, "seconds": seconds,
+            "task_names": spec.task_names}

@@ -184,3 +184,17 @@ def method_state_row(networks: dict[str, NetState]) -> dict[str, Any]:
             if value.ndim == 0:
                 row[f"{network}/{path_str(path)}"] = value.item()
     return row
+
+
+def crossed(now: int, before: int, interval: int) -> bool:
+    """Whether a counter going from ``before`` to ``now`` passed a multiple of ``interval``."""
+    return now // interval > before // interval
+
+
+def scalar_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics fetched from the device as JSON values: floats, or lists for arrays."""
+    row: dict[str, Any] = {}
+    for name, value in jax.device_get(metrics).items():
+        value = np.asarray(value)
+        row[name] = value.tolist() if value.ndim else float(value)
+    return row

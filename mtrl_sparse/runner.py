@@ -47,8 +47,10 @@ from mtrl_sparse.run_dir import (
     MetricsLogger,
     RunDirError,
     check_new_run_dir,
+    crossed,
     method_state_row,
     read_config,
+    scalar_row,
     truncate_metrics,
     write_config,
 )
@@ -104,18 +106,6 @@ def make_run_learner(config: TrainConfig, env: MetaWorldVectorEnv) -> Learner:
                    networks["actor"], networks["critic"])
     return make_learner(sac, spec, config.buffer_capacity, config.updates_per_vector_step,
                         config.plasticity)
-
-
-def _crossed(now: int, before: int, interval: int) -> bool:
-    return now // interval > before // interval
-
-
-def _scalar_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name, value in jax.device_get(metrics).items():
-        value = np.asarray(value)
-        row[name] = value.tolist() if value.ndim else float(value)
-    return row
 
 
 def _method_state_row(state: TrainState) -> dict[str, Any]:
@@ -280,12 +270,12 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
             finished = env_steps >= config.total_env_steps and at_boundary
 
             t0 = time.perf_counter()
-            if _crossed(env_steps, before, config.log_every_env_steps) or finished:
+            if crossed(env_steps, before, config.log_every_env_steps) or finished:
                 _check_finite(state, config, spec.num_envs)
                 now = time.perf_counter()
                 updates = int(state.agent.step)
                 interval_s = max(now - t_interval, 1e-9)
-                row = {"step": env_steps, "updates": updates, **_scalar_row(last_metrics),
+                row = {"step": env_steps, "updates": updates, **scalar_row(last_metrics),
                        **_method_state_row(state),
                        **successes.pop_row(spec.task_names),
                        "time/env_steps_per_s": (env_steps - steps_interval_start) / interval_s,
@@ -296,11 +286,11 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
                 bar.set_postfix(postfix)
                 t_interval, steps_interval_start, updates_interval_start = now, env_steps, updates
             every = config.plasticity.every_updates
-            if every and _crossed(updates_done, updates_before, every):
-                logger.write({"step": env_steps, **_scalar_row(learner.probe(state))})
+            if every and crossed(updates_done, updates_before, every):
+                logger.write({"step": env_steps, **scalar_row(learner.probe(state))})
             seconds["logging"] += time.perf_counter() - t0
 
-            if _crossed(env_steps, before, config.eval_every_env_steps) or finished:
+            if crossed(env_steps, before, config.eval_every_env_steps) or finished:
                 t0 = time.perf_counter()
                 success, returns = evaluate(learner.greedy_act, state.agent, eval_env,
                                             config.env.eval_episodes_per_task, eval_rng_state)
@@ -311,7 +301,7 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
                 postfix["eval success"] = f"{np.mean(last_eval):.2f}"
                 bar.set_postfix(postfix)
 
-            checkpoint_due |= _crossed(env_steps, before, config.checkpoint_every_env_steps)
+            checkpoint_due |= crossed(env_steps, before, config.checkpoint_every_env_steps)
             if (checkpoint_due and at_boundary) or finished:
                 t0 = time.perf_counter()
                 checkpointer.save(env_steps, state, {
@@ -354,8 +344,7 @@ def _train_ppo(config: PPOTrainConfig, resume: bool, preset: str | None) -> RunR
         summary = train_ppo(config, run_dir)
     except FloatingPointError as error:
         raise NonFiniteLossError(str(error)) from None
-    state, last_eval = summary["state"], summary["last_eval"]
-    task_names = tuple(k.split("/", 2)[2] for k in last_eval if k.startswith("eval/success/"))
+    state, last_eval, task_names = summary["state"], summary["last_eval"], summary["task_names"]
     return RunResult(
         run_dir=run_dir, env_steps=summary["env_steps"], updates=int(state.actor_step),
         task_names=task_names,

@@ -11,15 +11,14 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from method_options import options_firing_every_update
+from method_options import sac_firing_every_update
 
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.optim import NetworkSetup
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, bellman_target, make_sac
-from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.dense import dense
-from mtrl_sparse.methods.registry import METHODS, build_network
+from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.methods.static import static_sparse
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 3, 5, 2, 12
@@ -129,9 +128,7 @@ def jitted_method_sac(name: str):
     """init(key, sparsity) and update(...) of SAC whose networks both run ``name``."""
 
     def build(sparsity):
-        settings = NetworkMethodSettings(name, sparsity, "erk", total_updates=4)
-        setup = build_network(settings, options_firing_every_update())
-        return make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, setup, setup)
+        return sac_firing_every_update(name, sparsity, TINY, NUM_TASKS, OBS_DIM, ACTION_DIM)
 
     sparse = any(METHODS[part].kind == "sparsity" for part in name.split("+"))
     init = jax.jit(lambda key, sparsity: build(sparsity).init(key))

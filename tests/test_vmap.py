@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from method_options import options_firing_every_update
+from method_options import sac_firing_every_update
 
 from mtrl_sparse.agents.replay_buffer import Transition
-from mtrl_sparse.agents.sac import SACConfig, SACState, make_sac
-from mtrl_sparse.methods.base import NetworkMethodSettings
-from mtrl_sparse.methods.registry import METHODS, build_network
+from mtrl_sparse.agents.sac import SACConfig, SACState
+from mtrl_sparse.methods.registry import METHODS
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 2, 4, 2, 8
 TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)
@@ -26,11 +25,8 @@ SEEDS, SPARSITIES = (0, 1), (0.5, 0.9)
 
 @functools.cache
 def sac_for(method: str):
-    def build(sparsity):
-        settings = NetworkMethodSettings(method, sparsity, "erk", total_updates=4)
-        setup = build_network(settings, options_firing_every_update())
-        return make_sac(TINY, NUM_TASKS, OBS_DIM, ACTION_DIM, setup, setup)
-    return build
+    return functools.partial(sac_firing_every_update, method, config=TINY, num_tasks=NUM_TASKS,
+                             obs_dim=OBS_DIM, action_dim=ACTION_DIM)
 
 
 def batch_for(seed: int) -> tuple[Transition, jax.Array]:

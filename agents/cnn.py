@@ -51,6 +51,45 @@ def per_task_torch_init(num_tasks: int) -> nn.initializers.Initializer:
     return init
 
 
+def kernel_patches(x: jax.Array, size: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H - size + 1, W - size + 1, size * size * C): each output position's
+    ``size`` x ``size`` input window, flattened in the order of a (kh, kw, C, ...) kernel."""
+    height, width = x.shape[1] - size + 1, x.shape[2] - size + 1
+    return jnp.concatenate([x[:, i:i + height, j:j + width]
+                            for i in range(size) for j in range(size)], axis=-1)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H // 2, W // 2, C): max over non-overlapping 2x2 windows (an odd last
+    row or column is dropped, as a VALID pool does)."""
+    batch, height, width, channels = x.shape
+    x = x[:, :height // 2 * 2, :width // 2 * 2]
+    return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+
+
+class PatchConv(nn.Module):
+    """A VALID, stride-1 convolution computed as one matrix product over the input's windows.
+
+    The same function and parameters as ``nn.Conv(features, (size, size), padding="VALID")``
+    (``kernel`` (size, size, C_in, C_out), ``bias`` (C_out)), so masks and checkpoints see a
+    convolution kernel; written as windows @ kernel because XLA's CPU convolutions on these tiny
+    maps are about three times slower inside PPO's minibatch loop (bench/ppo_minigrid.py).
+    (B, H, W, C_in) -> (B, H - size + 1, W - size + 1, C_out).
+    """
+
+    features: int
+    size: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        kernel = self.param("kernel", torch_linear_init,
+                            (self.size, self.size, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        windows = kernel_patches(x, self.size)
+        return windows @ kernel.reshape(-1, self.features) + bias
+
+
 class MiniGridCNN(nn.Module):
     """Conv 16 (2x2, VALID) ReLU -> [MaxPool 2x2] -> Conv 32 (2x2) ReLU -> Conv 64 (2x2) Tanh.
 
@@ -69,14 +108,13 @@ class MiniGridCNN(nn.Module):
     def __call__(self, image: jax.Array) -> jax.Array:
         x = image.astype(jnp.float32)
         for i, (width, activation) in enumerate(zip(self.channels, CONV_ACTIVATIONS, strict=True)):
-            x = nn.Conv(width, (self.kernel_size, self.kernel_size), padding="VALID",
-                        kernel_init=torch_linear_init, name=f"conv_{i}")(x)
+            x = PatchConv(width, self.kernel_size, name=f"conv_{i}")(x)
             if self.layer_norm:
                 x = nn.LayerNorm(name=f"norm_{i}")(x)
             x = activation(x)
             self.sow("intermediates", f"conv_{i}_out", x)
             if i == 0 and self.pooling:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         return x
 
 

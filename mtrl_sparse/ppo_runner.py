@@ -1,10 +1,11 @@
 """The multi-task PPO training loop on MiniGrid: rollouts on the host envs, one jitted update each.
 
 One iteration collects a rollout of ``ppo.rollout_env_steps`` env steps (``T = rollout / num_envs``
-vector steps of the ``num_envs`` workers) with the jitted ``act``, then calls the jitted
-``update`` once (GAE, the critic's and the actor's epochs of minibatches). Envs follow the explicit
-reset convention: an env whose episode ended is reset before the next vector step; a truncated
-episode bootstraps from the value of its true final observation (``truncation_values``).
+vector steps of the ``num_envs`` workers) with the jitted policy (one call per vector step), then
+calls the jitted ``update`` once (GAE, the critic's and the actor's epochs of minibatches). Envs
+follow the explicit reset convention: an env whose episode ended is reset before the next vector
+step; a truncated episode bootstraps from the value of its true final observation
+(``truncation_values``).
 
 Evaluation (every ``eval_every_env_steps`` and at the end) runs on separate envs seeded apart
 from training, with the sampled policy by default, until the first ``eval_episodes_per_task``
@@ -70,41 +71,61 @@ class EpisodeStats:
         return row
 
 
+def make_policy_step(ppo: PPO) -> Any:
+    """``policy_step(state, obs, task_ids, key, t, deterministic=False)``: ``ppo.act`` with the
+    key of vector step ``t`` folded in on the device, jitted; one dispatch per vector step."""
+
+    def policy_step(state: PPOState, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
+                    t: jax.Array, deterministic: bool = False):
+        return ppo.act(state, obs, task_ids, jax.random.fold_in(key, t), deterministic)
+
+    return jax.jit(policy_step, static_argnames="deterministic")
+
+
 def collect_rollout(
-    act: Any, value: Any, state: PPOState, env: MiniGridVectorEnv, obs: np.ndarray,
+    policy_step: Any, value: Any, state: PPOState, env: MiniGridVectorEnv, obs: np.ndarray,
     key: jax.Array, horizon: int, stats: EpisodeStats,
 ) -> tuple[Rollout, np.ndarray]:
-    """``horizon`` vector steps with the current policy; returns the rollout and the next obs."""
+    """``horizon`` vector steps with the current policy; returns the rollout and the next obs.
+
+    Per vector step the host makes one policy call and fetches only the actions; log-probs and
+    values stay on the device until the rollout is stacked.
+    """
     num_envs = env.spec.num_envs
-    fields = {name: [] for name in ("obs", "task_ids", "actions", "log_probs", "values",
-                                    "rewards", "terminated", "truncated", "truncation_values")}
+    host = {name: [] for name in ("obs", "task_ids", "actions", "rewards", "terminated",
+                                  "truncated", "truncation_values")}
+    log_probs, values = [], []
+    no_truncation = np.zeros(num_envs, np.float32)
     for t in range(horizon):
         task_ids = env.current_task_ids()
-        actions, log_probs, values = act(state, obs, task_ids, jax.random.fold_in(key, t))
+        actions, step_log_probs, step_values = policy_step(state, obs, task_ids, key, t)
         actions = np.asarray(actions)
         step = env.step(actions)
         cut = step.truncated & ~step.terminated
-        truncation_values = np.zeros(num_envs, np.float32)
+        truncation_values = no_truncation
         if cut.any():  # bootstrap through the time limit from the true final observation
-            truncation_values = np.where(cut, np.asarray(value(state, step.obs, task_ids)), 0.0)
+            truncation_values = np.where(cut, np.asarray(value(state, step.obs, task_ids)),
+                                         0.0).astype(np.float32)
         for name, array in (("obs", obs), ("task_ids", task_ids), ("actions", actions),
-                            ("log_probs", log_probs), ("values", values),
                             ("rewards", step.reward), ("terminated", step.terminated),
                             ("truncated", step.truncated),
                             ("truncation_values", truncation_values)):
-            fields[name].append(np.asarray(array))
+            host[name].append(array)
+        log_probs.append(step_log_probs)
+        values.append(step_values)
         done = step.terminated | step.truncated
         stats.record(task_ids, step.reward, done, step.success)
         obs = env.reset_done(done) if done.any() else step.obs
     last_values = value(state, obs, env.current_task_ids())
-    rollout = Rollout(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in fields.items()},
+    rollout = Rollout(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in host.items()},
+                      log_probs=jnp.stack(log_probs), values=jnp.stack(values),
                       last_values=jnp.asarray(last_values, jnp.float32))
     return rollout, obs
 
 
 def evaluate_ppo(
-    act: Any, state: PPOState, env: MiniGridVectorEnv, episodes_per_task: int, key: jax.Array,
-    deterministic: bool,
+    policy_step: Any, state: PPOState, env: MiniGridVectorEnv, episodes_per_task: int,
+    key: jax.Array, deterministic: bool,
 ) -> dict[str, float]:
     """Normalised return and success of the first ``episodes_per_task`` episodes started on each
     task; the env's random state is restored afterwards, so every evaluation sees the same
@@ -132,7 +153,7 @@ def evaluate_ppo(
     t = 0
     while not complete():
         tasks = env.current_task_ids()
-        actions, _, _ = act(state, obs, tasks, jax.random.fold_in(key, t), deterministic)
+        actions, _, _ = policy_step(state, obs, tasks, key, t, deterministic)
         step = env.step(np.asarray(actions))
         returns += step.reward
         done = step.terminated | step.truncated
@@ -179,7 +200,7 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
                                  compute_optimal=True)
     spec = env.spec
     ppo = make_run_ppo(config, env)
-    act = jax.jit(ppo.act, static_argnames="deterministic")
+    policy_step = make_policy_step(ppo)
     value = jax.jit(ppo.value)
     update = jax.jit(ppo.update, donate_argnums=0)
     key = jax.random.PRNGKey(config.seed)
@@ -200,7 +221,7 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
         for rollout_index in range(config.rollouts()):
             key, k_rollout, k_update, k_eval = jax.random.split(key, 4)
             t0 = time.perf_counter()
-            rollout, obs = collect_rollout(act, value, state, env, obs, k_rollout, horizon,
+            rollout, obs = collect_rollout(policy_step, value, state, env, obs, k_rollout, horizon,
                                            stats)
             t1 = time.perf_counter()
             state, metrics = jax.block_until_ready(update(state, rollout, k_update))
@@ -229,8 +250,9 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
                 seconds["logging"] += time.perf_counter() - now
             if crossed(env_steps, before, config.eval_every_env_steps) or last:
                 t0 = time.perf_counter()
-                last_eval = evaluate_ppo(act, state, eval_env, env_cfg.eval_episodes_per_task,
-                                         k_eval, env_cfg.eval_deterministic)
+                last_eval = evaluate_ppo(policy_step, state, eval_env,
+                                         env_cfg.eval_episodes_per_task, k_eval,
+                                         env_cfg.eval_deterministic)
                 seconds["eval"] += time.perf_counter() - t0
                 logger.write({"step": env_steps, **last_eval, "time/eval_s": seconds["eval"]})
         t0 = time.perf_counter()

@@ -7,14 +7,16 @@ import dataclasses
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_sac import assert_mask_invariant
 
+from mtrl_sparse.agents.cnn import PatchConv, max_pool_2x2
 from mtrl_sparse.agents.net_state import NetState, default_maskable, masked_params
-from mtrl_sparse.agents.networks import check_neuron_layers
+from mtrl_sparse.agents.networks import check_neuron_layers, torch_linear_init
 from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer
 from mtrl_sparse.agents.ppo import (
     PPOConfig,
@@ -453,3 +455,22 @@ def test_redo_recycles_conv_channels_and_head_units_at_the_right_positions(pooli
     for leaf, want in zip(jax.tree.leaves(after.params), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(np.asarray(leaf), want)
     assert int(after.method_state["recycled_last"]) == sum(int(jnp.sum(d)) for d in dormant)
+
+
+@pytest.mark.parametrize(("size", "shape"), [(2, (3, 7, 7, 3)), (3, (2, 6, 5, 4))])
+def test_patch_conv_is_flax_conv_with_the_same_parameters(size, shape):
+    image = jax.random.normal(jax.random.PRNGKey(1), shape)
+    conv = nn.Conv(5, (size, size), padding="VALID", kernel_init=torch_linear_init)
+    patch = PatchConv(5, size)
+    variables = conv.init(jax.random.PRNGKey(0), image)
+    assert jax.tree.map(jnp.shape, patch.init(jax.random.PRNGKey(0), image)) == jax.tree.map(
+        jnp.shape, variables)
+    variables = jax.tree.map(lambda x: x + jax.random.normal(jax.random.PRNGKey(2), x.shape),
+                             variables)  # a nonzero bias too
+    np.testing.assert_allclose(patch.apply(variables, image), conv.apply(variables, image),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_2x2_is_flax_max_pool():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
@@ -25,6 +26,7 @@ from mtrl_sparse.methods.registry import (
     NetworkMethodSettings,
     check_method,
     check_options,
+    scale_intervals,
 )
 from mtrl_sparse.methods.topology import DISTRIBUTIONS
 
@@ -75,6 +77,10 @@ class NetworkMethodConfig:
     """Method of this network; None: the top-level --method."""
     sparsity: float | None = None
     """Final target sparsity of this network; None: the top-level --sparsity."""
+    interval_scale: float = 1.0
+    """Multiplies every interval of this network's methods (--methods.*.*-every-updates, in
+    updates of this network), e.g. 1/56 for the PPO critic, which makes 1 update per rollout
+    against the actor's 56, so that both networks prune on the same env steps."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class RunConfig:
                 else self.sparsity,
                 distribution=self.distribution,
                 total_updates=self.total_updates(name),
+                interval_scale=overrides[name].interval_scale,
             )
             for name in self.NETWORKS
         }
@@ -247,11 +254,31 @@ def _validate_methods(config: RunConfig) -> None:
         )
     for network, settings in config.network_methods().items():
         try:
-            check_options(check_method(settings.name, settings.sparsity, network), config.methods)
+            members = check_method(settings.name, settings.sparsity, network)
+            check_options(members, config.methods)
         except MethodError as error:
             raise ConfigError(str(error)) from None
+        if not settings.interval_scale > 0:
+            raise ConfigError(f"--{network}.interval-scale must be > 0; got "
+                              f"{settings.interval_scale}")
+        if any(m.name == "gmp" for m in members):
+            _check_gmp_fires(network, settings, config.methods.gmp)
     if config.plasticity.every_updates < 0 or config.plasticity.batch_size <= 0:
         raise ConfigError("--plasticity.every-updates must be >= 0 and --plasticity.batch-size > 0")
+
+
+def _check_gmp_fires(network: str, settings: NetworkMethodSettings, options: Any) -> None:
+    """GMP reaches its target at its first pruning event at or after t_end; a network whose
+    interval puts that event after the run's last update would end below its target (or stay
+    dense) without a word."""
+    every = scale_intervals(options, settings.interval_scale).prune_every_updates
+    total = settings.total_updates
+    last_event = max(math.ceil(options.end_fraction * total / every), 1) * every
+    if last_event > total:
+        raise ConfigError(
+            f"gmp on the {network} prunes every {every} of its updates, so it would reach the "
+            f"final sparsity at update {last_event}, after the {total} updates it makes in this "
+            f"run; lower --methods.gmp.prune-every-updates or --{network}.interval-scale")
 
 
 def _validate_sac(config: TrainConfig) -> None:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from mtrl_sparse.agents.ppo import PPOConfig
+from mtrl_sparse.agents.ppo import PPOConfig, updates_per_rollout
 from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.config import (
     EnvConfig,
     MiniGridEnvConfig,
+    NetworkMethodConfig,
     PlasticityConfig,
     PPOTrainConfig,
     RunConfig,
     TrainConfig,
 )
+from mtrl_sparse.methods.gmp import GMPOptions
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,23 @@ class Preset:
 
 
 _PAPER = TrainConfig()
-_MINIGRID = PPOTrainConfig()
+
+
+def _minigrid_paper() -> PPOTrainConfig:
+    """Table 2 (the defaults of ``PPOTrainConfig`` and ``PPOConfig``) with the paper's MiniGrid
+    pruning interval: GMP every 500 actor updates, and the critic's intervals scaled by its share
+    of updates (1 per rollout against the actor's 56), so both networks prune on the same env
+    steps (about every 18k)."""
+    config = PPOTrainConfig()
+    per_rollout = updates_per_rollout(config.ppo)
+    return dataclasses.replace(
+        config,
+        methods=dataclasses.replace(config.methods, gmp=GMPOptions(prune_every_updates=500)),
+        critic=NetworkMethodConfig(interval_scale=per_rollout["critic"] / per_rollout["actor"]),
+    )
+
+
+_MINIGRID = _minigrid_paper()
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -97,6 +115,9 @@ PRESETS: dict[str, Preset] = {
                 env=MiniGridEnvConfig(num_envs=4, eval_envs=4, eval_episodes_per_task=2),
                 ppo=PPOConfig(rollout_env_steps=200, policy_batch_size=50, critic_batch_size=100,
                               policy_epochs=2),
+                methods=dataclasses.replace(_MINIGRID.methods,
+                                            gmp=GMPOptions(prune_every_updates=4)),
+                critic=NetworkMethodConfig(interval_scale=0.25),  # 2 of the actor's 8 per rollout
                 progress=False,
             ),
         ),

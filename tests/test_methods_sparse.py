@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from mtrl_sparse.agents.net_state import NetState, apply_gradients, apply_masks, create_net_state
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.gmp import GMPOptions, cubic_sparsity, gmp
+from mtrl_sparse.methods.registry import MethodOptions, build_network
 from mtrl_sparse.methods.sparse_evolution import (
     RigLOptions,
     SETOptions,
@@ -340,3 +341,17 @@ def test_vmapped_over_sparsities_and_keys_equals_separate_calls(method):
 def test_options_without_a_schedule_are_refused_at_build(build_bad):
     with pytest.raises(ValueError, match="must|needs"):
         build_bad(NetworkMethodSettings("gmp", 0.5, "erk", TOTAL_UPDATES))
+
+
+@pytest.mark.parametrize(("scale", "prunes_at_step_2"), [(1.0, False), (0.5, True)])
+def test_interval_scale_reaches_the_built_method(scale, prunes_at_step_2):
+    """A network's interval scale multiplies its methods' ``*every_updates`` options."""
+    options = MethodOptions(gmp=GMPOptions(prune_every_updates=4, start_fraction=0.0))
+    network = NetworkMethodSettings("gmp", 0.5, "erk", total_updates=10, interval_scale=scale)
+    setup = build_network(network, options)
+    params = {"dense": {"kernel": jax.random.normal(jax.random.PRNGKey(0), (8, 8))}}
+    tx = optax.adam(1e-3)
+    state = create_net_state(params, tx, setup.method, jax.random.PRNGKey(1))
+    state = setup.method.transform(state, jnp.asarray(2), jax.random.PRNGKey(2),
+                                   {"optimizer": tx})
+    assert bool(jnp.any(~state.masks["dense"]["kernel"])) == prunes_at_step_2

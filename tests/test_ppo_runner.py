@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mtrl_sparse.cli import main
-from mtrl_sparse.config import NetworkMethodConfig
+from mtrl_sparse.config import NetworkMethodConfig, validate
 from mtrl_sparse.methods.gmp import GMPOptions
 from mtrl_sparse.methods.redo import ReDoOptions
-from mtrl_sparse.methods.registry import MethodOptions
+from mtrl_sparse.methods.registry import MethodOptions, scale_intervals
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_config, read_metrics
 from mtrl_sparse.runner import train
@@ -83,3 +83,20 @@ def test_methods_apply_to_ppo_conv_kernels_included(tmp_path):
     assert rows[-1]["actor/redo/recycled_total"] > 0
     assert all(r["critic_sparsity"] == pytest.approx(0.8, abs=0.01) for r in rows)
     assert np.all(np.isfinite([r["policy_loss"] for r in rows]))
+
+
+def test_minigrid_presets_prune_both_networks_on_the_same_env_steps():
+    """The paper's GMP every 500 updates, with the critic's intervals scaled by its share of
+    updates: both networks reach the final sparsity, at nearly the same env step."""
+    config = dataclasses.replace(get_preset("minigrid-mt3").config, method="gmp+redo",
+                                 sparsity=0.95)
+    validate(config)
+    settings = config.network_methods()
+    every = {name: scale_intervals(config.methods.gmp, s.interval_scale).prune_every_updates
+             for name, s in settings.items()}
+    assert every == {"actor": 500, "critic": 9}
+    assert scale_intervals(config.methods.redo, settings["critic"].interval_scale).every_updates \
+        == round(config.methods.redo.every_updates / 56)
+    per_rollout = {"actor": 56, "critic": 1}
+    env_steps_between_events = {name: every[name] / per_rollout[name] * 2000 for name in every}
+    assert abs(env_steps_between_events["actor"] / env_steps_between_events["critic"] - 1) < 0.05

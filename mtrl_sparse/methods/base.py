@@ -36,12 +36,16 @@ class NetworkMethodSettings:
         distribution: per-layer sparsity distribution.
         total_updates: updates of the network over the whole run (for schedules given as
             fractions of the run); None where no schedule needs it.
+        interval_scale: multiplies every interval of the network's methods (the option fields
+            named ``*every_updates``), for a network that makes far fewer updates than another
+            (PPO's critic); the scaled interval is rounded and at least 1.
     """
 
     name: str
     sparsity: float
     distribution: Distribution = "erk"
     total_updates: int | None = None
+    interval_scale: float = 1.0
 
     def run_updates(self, method: str) -> int:
         """``total_updates``, or ``ValueError`` for a scheduled method built without it."""

@@ -244,6 +244,20 @@ def check_options(members: list[MethodEntry], options: Any) -> None:
             raise MethodError(f"{flag}: {error}") from None
 
 
+INTERVAL_SUFFIX = "every_updates"
+"""Option fields whose name ends so are intervals in updates (scaled by ``interval_scale``)."""
+
+
+def scale_intervals(options: Any, scale: float) -> Any:
+    """``options`` (a method's options dataclass) with each ``*every_updates`` field multiplied by
+    ``scale``, rounded, at least 1; unchanged for ``scale == 1``."""
+    if scale == 1.0:
+        return options
+    return dataclasses.replace(options, **{
+        f.name: max(1, round(getattr(options, f.name) * scale))
+        for f in dataclasses.fields(options) if f.name.endswith(INTERVAL_SUFFIX)})
+
+
 def build_network(
     settings: NetworkMethodSettings, options: Any = None, network: str = "network"
 ) -> NetworkSetup:
@@ -257,7 +271,9 @@ def build_network(
     check_options(members, options)
 
     def member_options(entry: MethodEntry) -> Any:
-        return getattr(options, entry.name) if entry.options is not None else None
+        if entry.options is None:
+            return None
+        return scale_intervals(getattr(options, entry.name), settings.interval_scale)
 
     gradient_transforms: list[optax.GradientTransformation] = []
     update_transforms: list[optax.GradientTransformation] = []

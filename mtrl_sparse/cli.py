@@ -41,6 +41,7 @@ commands:
   eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
   presets   list the presets
   methods   list the sparsity and plasticity methods; methods NAME shows one
+  report    IQM of final scores with bootstrap CIs over runs: report DIR [DIR ...]
 """
 
 
@@ -56,6 +57,21 @@ class EvalArgs:
     """The run directory."""
     step: int | None = None
     """Env step of the checkpoint to evaluate; None: the latest."""
+
+
+@dataclass(frozen=True)
+class ReportArgs:
+    """Aggregate finished runs: IQM of the final per-task scores per group of runs (runs that
+    differ only in their seed form one group), with a stratified-bootstrap interval (rliable)."""
+
+    run_dirs: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories, or directories holding runs one level below."""
+    reps: int = 2000
+    """Bootstrap replications."""
+    confidence: float = 0.95
+    """Coverage of the interval, in (0, 1)."""
+    seed: int = 0
+    """Seed of the bootstrap (the same seed gives the same interval)."""
 
 
 def _tyro_parse(cls, args: list[str], default, prog: str):
@@ -183,6 +199,22 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_report(args: list[str]) -> int:
+    from mtrl_sparse.report import ReportError, aggregate, find_runs, markdown_table
+
+    parsed = _tyro_parse(ReportArgs, args, None, "mtrl-sparse report")
+    if parsed.reps <= 0 or not 0.0 < parsed.confidence < 1.0:
+        raise UsageError(f"--reps must be > 0 and --confidence in (0, 1); got {parsed.reps} "
+                         f"and {parsed.confidence}")
+    try:
+        runs = find_runs([Path(d) for d in parsed.run_dirs])
+        score, results = aggregate(runs, parsed.reps, parsed.confidence, parsed.seed)
+    except (ReportError, RunDirError) as error:
+        raise UsageError(str(error)) from None
+    print(markdown_table(score, results, parsed.confidence))
+    return 0
+
+
 def cmd_presets(args: list[str]) -> int:
     if args:
         raise UsageError(f"presets takes no arguments; got {' '.join(args)}")
@@ -235,7 +267,8 @@ def cmd_methods(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "methods": cmd_methods}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets,
+            "methods": cmd_methods, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

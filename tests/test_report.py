@@ -1,0 +1,79 @@
+"""`mtrl-sparse report`: runs grouped by what differs, IQM and a stratified-bootstrap interval."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_cli_errors import assert_usage_error, run_cli
+
+from mtrl_sparse.presets import get_preset
+from mtrl_sparse.report import aggregate, find_runs
+from mtrl_sparse.run_dir import METRICS_FILE, write_config
+
+TASKS = ("LavaGapS7-v0", "RedBlueDoors-6x6-v0", "MemoryS11-v0")
+
+
+def fake_run(path: Path, method: str, sparsity: float, seed: int, scores: list[float]) -> Path:
+    """A run directory as training leaves it: config.json and metrics rows ending in an eval."""
+    path.mkdir(parents=True)
+    config = dataclasses.replace(get_preset("minigrid-smoke").config, method=method,
+                                 sparsity=sparsity, seed=seed, run_dir=str(path))
+    write_config(path, config, "minigrid-smoke")
+    rows = [{"step": 200, "policy_loss": 0.1},
+            {"step": 400, "eval/normalized_return": 0.0,
+             **{f"eval/normalized_return/{t}": 0.0 for t in TASKS}},
+            {"step": 600, "eval/normalized_return": float(np.mean(scores)),
+             **{f"eval/normalized_return/{t}": s for t, s in zip(TASKS, scores, strict=True)}}]
+    (path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def study(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = {"dense": rng.uniform(0.5, 0.9, (5, 3)), "gmp": rng.uniform(0.2, 0.6, (5, 3))}
+    for seed in range(5):
+        fake_run(tmp_path / f"dense-s{seed}", "dense", 0.0, seed, list(scores["dense"][seed]))
+        fake_run(tmp_path / f"gmp-s{seed}", "gmp", 0.95, seed, list(scores["gmp"][seed]))
+    return tmp_path, scores
+
+
+def test_groups_by_differing_fields_and_gives_the_iqm_with_an_interval(study):
+    root, scores = study
+    score, results = aggregate(find_runs([root]), reps=500)
+    assert score == "eval/normalized_return"
+    by_label = {r.label: r for r in results}
+    assert set(by_label) == {"method=dense sparsity=0.0", "method=gmp sparsity=0.95"}
+    for method, label in (("dense", "method=dense sparsity=0.0"),
+                          ("gmp", "method=gmp sparsity=0.95")):
+        result = by_label[label]
+        assert (result.runs, result.tasks) == (5, 3)
+        # the interquartile mean of all 15 final scores (Agarwal et al. 2021)
+        assert result.iqm == pytest.approx(stats.trim_mean(scores[method], 0.25, axis=None))
+        assert result.mean == pytest.approx(scores[method].mean())
+        assert result.ci_low <= result.iqm <= result.ci_high
+        assert result.ci_low >= scores[method].min() and result.ci_high <= scores[method].max()
+    again = aggregate(find_runs([root]), reps=500)[1]
+    assert again == results  # the bootstrap is seeded
+
+
+def test_cli_prints_a_markdown_table(capsys, study):
+    root, _ = study
+    code, out, _ = run_cli(capsys, ["report", str(root), "--reps", "200"])
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("| group | runs | tasks | IQM eval/normalized_return | 95% CI")
+    assert len(lines) == 4 and "method=gmp sparsity=0.95 | 5 | 3 |" in out
+
+
+def test_bad_report_input_is_one_line_exit_2(capsys, tmp_path):
+    assert_usage_error(capsys, ["report", str(tmp_path)], "is not a run directory")
+    fake_run(tmp_path / "r", "dense", 0.0, 0, [0.1, 0.2, 0.3])
+    (tmp_path / "r" / METRICS_FILE).write_text(json.dumps({"step": 1, "policy_loss": 0.0}) + "\n")
+    assert_usage_error(capsys, ["report", str(tmp_path / "r")], "no evaluation row")
+    assert_usage_error(capsys, ["report", str(tmp_path / "r"), "--reps", "0"], "--reps")

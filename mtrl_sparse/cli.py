@@ -192,7 +192,12 @@ def cmd_eval(args: list[str]) -> int:
         step, result = evaluate_run(run_dir, parsed.step)
     except RunDirError as error:
         raise UsageError(str(error)) from None
-    print(f"checkpoint at env step {step}: success rate {np.mean(result.final_success):.3f}")
+    print(f"checkpoint at env step {step}:")
+    if result.final_normalized_return is not None:
+        print(f"normalised return {np.mean(result.final_normalized_return):.3f}")
+        for name, value in zip(result.task_names, result.final_normalized_return, strict=True):
+            print(f"  {name:<28} {value:.2f}")
+    print(f"success rate {np.mean(result.final_success):.3f}")
     for name, rate in zip(result.task_names, result.final_success, strict=True):
         print(f"  {name:<28} {rate:.2f}")
     print(f"written to {run_dir / 'eval' / f'step_{step}.json'}")

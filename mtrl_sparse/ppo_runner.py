@@ -186,6 +186,34 @@ def evaluate_ppo(
     return row
 
 
+def make_eval_env(config: PPOTrainConfig) -> MiniGridVectorEnv:
+    """The evaluation envs of a run: seeded apart from training, optimal returns computed."""
+    return MiniGridVectorEnv(config.env.benchmark, config.env.eval_envs,
+                             config.seed + EVAL_SEED_OFFSET, config.env.vector_strategy,
+                             compute_optimal=True)
+
+
+def evaluate_ppo_checkpoint(config: PPOTrainConfig, checkpointer: Checkpointer, step: int,
+                            deterministic: bool | None = None) -> tuple[dict[str, float], int]:
+    """The evaluation row and the actor's update count of the checkpoint at env step ``step``:
+    the run's own evaluation settings and episodes (the same layouts as its logged evaluations),
+    actions sampled with a key of its own unless ``deterministic`` (None: the run's
+    ``eval_deterministic``)."""
+    eval_env = make_eval_env(config)
+    try:
+        ppo = make_run_ppo(config, eval_env)
+        abstract = jax.eval_shape(ppo.init, jax.random.PRNGKey(0))
+        state, _ = checkpointer.restore(step, abstract)
+        deterministic = config.env.eval_deterministic if deterministic is None else deterministic
+        row = evaluate_ppo(make_policy_step(ppo), state, eval_env,
+                           config.env.eval_episodes_per_task,
+                           jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
+                           deterministic)
+        return row, int(state.actor_step)
+    finally:
+        eval_env.close()
+
+
 def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
     """Train multi-task PPO as ``config`` says into the prepared ``run_dir``.
 
@@ -195,9 +223,7 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
     env_cfg = config.env
     env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.num_envs, config.seed,
                             env_cfg.vector_strategy)
-    eval_env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.eval_envs,
-                                 config.seed + EVAL_SEED_OFFSET, env_cfg.vector_strategy,
-                                 compute_optimal=True)
+    eval_env = make_eval_env(config)
     spec = env.spec
     ppo = make_run_ppo(config, env)
     policy_step = make_policy_step(ppo)

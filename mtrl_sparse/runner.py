@@ -15,6 +15,7 @@ that a resumed run replays. A run ends at the first episode boundary at or after
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -372,12 +373,7 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
 
     Writes ``eval/step_<N>.json`` in the run directory and returns (step, result).
     """
-    import json
-
     config = read_config(run_dir)
-    if isinstance(config, PPOTrainConfig):
-        raise RunDirError("eval of PPO runs is not available yet; the run's final evaluation "
-                          f"is in {run_dir / METRICS_FILE}")
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints)
     available = checkpointer.steps()
     if not available:
@@ -389,6 +385,8 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
             f"no checkpoint at step {step} in {run_dir}; available: "
             f"{', '.join(map(str, available))}"
         )
+    if isinstance(config, PPOTrainConfig):
+        return step, _evaluate_ppo_run(run_dir, config, checkpointer, step)
     env, eval_env = make_envs(config)
     try:
         learner = make_run_learner(config, env)
@@ -407,6 +405,24 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
     (out / f"step_{step}.json").write_text(json.dumps(result, indent=2))
     return step, RunResult(run_dir=run_dir, env_steps=step, updates=int(state.agent.step),
                            task_names=env.spec.task_names, final_success=success)
+
+
+def _evaluate_ppo_run(run_dir: Path, config: PPOTrainConfig, checkpointer: Checkpointer,
+                      step: int) -> RunResult:
+    from mtrl_sparse.ppo_runner import evaluate_ppo_checkpoint
+
+    try:
+        row, updates = evaluate_ppo_checkpoint(config, checkpointer, step)
+    finally:
+        checkpointer.close()
+    tasks = [k.removeprefix("eval/success/") for k in row if k.startswith("eval/success/")]
+    out = run_dir / EVAL_DIR
+    out.mkdir(exist_ok=True)
+    (out / f"step_{step}.json").write_text(json.dumps({"step": step, **row}, indent=2))
+    return RunResult(
+        run_dir=run_dir, env_steps=step, updates=updates, task_names=tuple(tasks),
+        final_success=np.array([row[f"eval/success/{t}"] for t in tasks]),
+        final_normalized_return=np.array([row[f"eval/normalized_return/{t}"] for t in tasks]))
 
 
 __all__ = ["train", "evaluate_run", "RunResult", "NonFiniteLossError", "METRICS_FILE", "TB_DIR"]

@@ -137,11 +137,11 @@ def test_eval_of_a_missing_run_is_a_usage_error(capsys, tmp_path):
     assert_usage_error(capsys, ["eval", "--run-dir", str(tmp_path / "none")], "holds no run")
 
 
-def test_eval_of_a_ppo_run_is_a_usage_error(capsys, tmp_path):
+def test_eval_of_a_ppo_run_without_checkpoint_is_a_usage_error(capsys, tmp_path):
     run_dir = tmp_path / "ppo"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"agent": "ppo", "config": {}, "preset": null}')
-    assert_usage_error(capsys, ["eval", "--run-dir", str(run_dir)], "PPO")
+    assert_usage_error(capsys, ["eval", "--run-dir", str(run_dir)], "no checkpoint")
 
 
 def test_presets_and_methods_list_one_line_each(capsys):

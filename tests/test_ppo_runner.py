@@ -56,6 +56,18 @@ def test_resume_of_a_ppo_run_is_a_usage_error(cli_run, capsys):
     assert (cli_run / "metrics.jsonl").read_bytes() == before
 
 
+def test_eval_of_a_ppo_checkpoint_writes_its_scores_and_repeats_exactly(cli_run, capsys):
+    results = []
+    for _ in range(2):
+        assert main(["eval", "--run-dir", str(cli_run)]) == 0
+        out = capsys.readouterr().out
+        assert "checkpoint at env step 600" in out and "normalised return" in out
+        results.append(json.loads((cli_run / "eval" / "step_600.json").read_text()))
+    assert results[0] == results[1] and results[0]["step"] == 600
+    for task in TASKS:
+        assert 0.0 <= results[0][f"eval/normalized_return/{task}"] <= 1.0 + 1e-6
+
+
 def test_same_seed_same_numbers(cli_run, tmp_path):
     result = train(dataclasses.replace(SMOKE, run_dir=str(tmp_path / "again")))
     first, second = read_metrics(cli_run), read_metrics(result.run_dir)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import pickle
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -142,6 +143,18 @@ class _Worker:
             "task_envs": [env.np_random.bit_generator.state for env in self.envs],
         }
 
+    def get_state(self) -> bytes:
+        """Everything the worker's future depends on, mid-episode included: its task envs (grid,
+        agent, step count, generators), its task generator, current task and optimal steps."""
+        return pickle.dumps((self.envs, self.task_rng, self.task_id, self.optimal))
+
+    def set_state(self, state: bytes) -> None:
+        """Restore a ``get_state`` snapshot (of a worker of the same task set)."""
+        envs, task_rng, task_id, optimal = pickle.loads(state)
+        if [type(e) for e in envs] != [type(e) for e in self.envs]:
+            raise ValueError("env state does not match this worker's task set")
+        self.envs, self.task_rng, self.task_id, self.optimal = envs, task_rng, task_id, optimal
+
     def set_rng_state(self, state: dict[str, Any]) -> None:
         """Restore a ``get_rng_state`` snapshot; affects the following resets."""
         if len(state["task_envs"]) != len(self.envs):
@@ -221,6 +234,13 @@ class _WorkerBlock:
     def set_rng_state(self, states: list[dict[str, Any]]) -> None:
         for w, state in zip(self.workers, states, strict=True):
             w.set_rng_state(state)
+
+    def get_state(self) -> list[bytes]:
+        return [w.get_state() for w in self.workers]
+
+    def set_state(self, states: list[bytes]) -> None:
+        for w, state in zip(self.workers, states, strict=True):
+            w.set_state(state)
 
 
 def _serve(conn: Connection, block_args: tuple) -> None:
@@ -461,6 +481,30 @@ class MiniGridVectorEnv:
         if len(workers) != self.spec.num_envs:
             raise ValueError(f"RNG state has {len(workers)} workers, this env {self.spec.num_envs}")
         self._blocks.call("set_rng_state", [(workers[rows],) for rows in self._rows])
+
+    def get_state(self) -> bytes:
+        """A snapshot of the whole vector, episodes in progress included (pickled MiniGrid envs
+        and generators; for checkpoints of the same code version): ``set_state`` of it on an
+        env built with the same benchmark and ``num_envs`` continues exactly from here."""
+        blocks = self._blocks.call("get_state")
+        return pickle.dumps({
+            "workers": [worker for block in blocks for worker in block],
+            "arrays": {name: self._arrays[name].copy()
+                       for name in ("images", "task_ids", "optimal")},
+            "ended": self._ended.copy(),
+        })
+
+    def set_state(self, state: bytes) -> np.ndarray:
+        """Restore a ``get_state`` snapshot; returns the current observations (as ``reset``)."""
+        snapshot = pickle.loads(state)
+        workers = snapshot["workers"]
+        if len(workers) != self.spec.num_envs:
+            raise ValueError(f"env state has {len(workers)} workers, this env {self.spec.num_envs}")
+        self._blocks.call("set_state", [(workers[rows],) for rows in self._rows])
+        for name, array in snapshot["arrays"].items():
+            self._arrays[name][:] = array
+        self._ended = snapshot["ended"].copy()
+        return self._arrays["images"].astype(np.float32)
 
     def close(self) -> None:
         """Stop the worker processes (``"async"``)."""

@@ -16,6 +16,7 @@ sparsity method. A checkpoint (orbax, the agent state) is written at the end of 
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -29,7 +30,13 @@ from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.methods.registry import build_network
-from mtrl_sparse.run_dir import MetricsLogger, crossed, method_state_row, scalar_row
+from mtrl_sparse.run_dir import (
+    MetricsLogger,
+    crossed,
+    method_state_row,
+    scalar_row,
+    truncate_metrics,
+)
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -56,6 +63,15 @@ class EpisodeStats:
         for env in np.flatnonzero(done):
             self.ended[task_ids[env]].append((float(self.returns[env]), bool(success[env])))
             self.returns[env] = 0.0
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready state (for checkpoints): running returns and the episodes not yet rowed."""
+        return {"returns": self.returns.tolist(), "ended": self.ended}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore a ``dump``."""
+        self.returns = np.asarray(state["returns"], dtype=np.float64)
+        self.ended = [[(float(r), bool(s)) for r, s in per_task] for per_task in state["ended"]]
 
     def pop_row(self, task_names: tuple[str, ...]) -> dict[str, float]:
         episodes = [e for per_task in self.ended for e in per_task]
@@ -214,8 +230,9 @@ def evaluate_ppo_checkpoint(config: PPOTrainConfig, checkpointer: Checkpointer, 
         eval_env.close()
 
 
-def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
-    """Train multi-task PPO as ``config`` says into the prepared ``run_dir``.
+def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dict[str, Any]:
+    """Train multi-task PPO as ``config`` says into the prepared ``run_dir``; with ``resume``,
+    continue from its latest checkpoint (the same numbers as an uninterrupted run).
 
     Returns a summary: env steps, the final state, the final evaluation row, the task names and
     wall-clock seconds per part of the loop.
@@ -229,26 +246,35 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
     policy_step = make_policy_step(ppo)
     value = jax.jit(ppo.value)
     update = jax.jit(ppo.update, donate_argnums=0)
-    key = jax.random.PRNGKey(config.seed)
-    key, init_key = jax.random.split(key)
-    state = jax.jit(ppo.init)(init_key)
-    horizon = config.ppo.rollout_env_steps // spec.num_envs
-    logger = MetricsLogger(run_dir, {}, purge_step=None)
+    checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
     stats = EpisodeStats(spec.num_tasks, spec.num_envs)
-    seconds = dict.fromkeys(("rollout", "update", "eval", "logging", "checkpoint"), 0.0)
-    bar = tqdm(total=config.rollouts() * config.ppo.rollout_env_steps, unit="step",
-               unit_scale=True, dynamic_ncols=True, disable=not config.progress,
-               desc="env steps")
-    env_steps, last_eval = 0, None
-    t_start = t_interval = time.perf_counter()
-    steps_interval = 0
-    try:
+    key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    if resume:
+        env_steps = checkpointer.latest_step()
+        state, meta = checkpointer.restore(env_steps, jax.eval_shape(ppo.init, init_key))
+        key = jnp.asarray(meta["key"], dtype=key.dtype)
+        obs = env.set_state(base64.b64decode(meta["env_state"]))
+        stats.load(meta["episode_stats"])
+        last_eval = meta["last_eval"]
+        truncate_metrics(run_dir, env_steps)
+    else:
+        env_steps, state, last_eval = 0, jax.jit(ppo.init)(init_key), None
         obs = env.reset()
-        for rollout_index in range(config.rollouts()):
+    horizon = config.ppo.rollout_env_steps // spec.num_envs
+    logger = MetricsLogger(run_dir, {}, purge_step=env_steps or None)
+    seconds = dict.fromkeys(("rollout", "update", "eval", "logging", "checkpoint"), 0.0)
+    bar = tqdm(total=config.rollouts() * config.ppo.rollout_env_steps, initial=env_steps,
+               unit="step", unit_scale=True, dynamic_ncols=True, disable=not config.progress,
+               desc="env steps")
+    t_start = t_interval = time.perf_counter()
+    steps_interval = env_steps
+    try:
+        first = env_steps // config.ppo.rollout_env_steps
+        for rollout_index in range(first, config.rollouts()):
             key, k_rollout, k_update, k_eval = jax.random.split(key, 4)
             t0 = time.perf_counter()
-            rollout, obs = collect_rollout(policy_step, value, state, env, obs, k_rollout, horizon,
-                                           stats)
+            rollout, obs = collect_rollout(policy_step, value, state, env, obs, k_rollout,
+                                           horizon, stats)
             t1 = time.perf_counter()
             state, metrics = jax.block_until_ready(update(state, rollout, k_update))
             t2 = time.perf_counter()
@@ -281,13 +307,16 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any) -> dict[str, Any]:
                                          env_cfg.eval_deterministic)
                 seconds["eval"] += time.perf_counter() - t0
                 logger.write({"step": env_steps, **last_eval, "time/eval_s": seconds["eval"]})
-        t0 = time.perf_counter()
-        checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
-        checkpointer.save(env_steps, state, {"env_steps": env_steps, "last_eval": last_eval})
-        checkpointer.close()
-        seconds["checkpoint"] = time.perf_counter() - t0
+            if crossed(env_steps, before, config.checkpoint_every_env_steps) or last:
+                t0 = time.perf_counter()
+                checkpointer.save(env_steps, state, {
+                    "env_steps": env_steps, "key": np.asarray(key).tolist(),
+                    "env_state": base64.b64encode(env.get_state()).decode("ascii"),
+                    "episode_stats": stats.dump(), "last_eval": last_eval})
+                seconds["checkpoint"] += time.perf_counter() - t0
     finally:
         bar.close()
+        checkpointer.close()
         logger.close()
         env.close()
         eval_env.close()

@@ -334,15 +334,12 @@ def train(config: TrainConfig, *, resume: bool = False, preset: str | None = Non
 
 
 def _train_ppo(config: PPOTrainConfig, resume: bool, preset: str | None) -> RunResult:
-    """Multi-task PPO on MiniGrid (``mtrl_sparse.ppo_runner``); no resume yet."""
+    """Multi-task PPO on MiniGrid (``mtrl_sparse.ppo_runner``)."""
     from mtrl_sparse.ppo_runner import train_ppo
 
-    if resume:
-        raise RunDirError("--resume is not available for PPO runs yet (they checkpoint at the "
-                          "end only); start a new run")
     run_dir = _prepare_run_dir(config, resume, preset)
     try:
-        summary = train_ppo(config, run_dir)
+        summary = train_ppo(config, run_dir, resume)
     except FloatingPointError as error:
         raise NonFiniteLossError(str(error)) from None
     state, last_eval, task_names = summary["state"], summary["last_eval"], summary["task_names"]

@@ -48,6 +48,11 @@ def _rollout(env: MiniGridVectorEnv, actions: np.ndarray) -> dict[str, np.ndarra
     """Reset, then step through ``actions`` (T, num_envs), resetting finished envs after every
     step; returns the stacked observations, rewards, flags and task ids (leading axis T)."""
     env.reset()
+    return _continue(env, actions)
+
+
+def _continue(env: MiniGridVectorEnv, actions: np.ndarray) -> dict[str, np.ndarray]:
+    """``_rollout`` without the first reset: from wherever the envs are."""
     out = {"obs": [], "reward": [], "terminated": [], "truncated": [], "task": []}
     for action in actions:
         out["task"].append(env.current_task_ids())
@@ -262,6 +267,34 @@ def test_rng_snapshot_restore_reproduces_following_episodes():
         fresh.close()
     with pytest.raises(ValueError, match="workers"):
         MiniGridVectorEnv("MT7", num_envs=2, seed=0).set_rng_state(state)
+
+
+def test_full_snapshot_continues_episodes_in_progress_exactly():
+    """A snapshot taken mid-episode (not at a reset) continues identically in the same env after
+    it moved on and in a fresh env of another strategy; it carries the current observations."""
+    warmup, actions = _random_actions(37, 3, seed=5), _random_actions(120, 3, seed=6)
+    env = MiniGridVectorEnv("MT7", num_envs=3, seed=12, compute_optimal=True)
+    _rollout(env, warmup)
+    state, obs = env.get_state(), env.step(np.zeros(3, int)).obs
+    optimal = env.episode_optimal_steps()
+    env.reset_done(np.ones(3, bool))
+    env.set_state(state)
+    assert np.array_equal(env.step(np.zeros(3, int)).obs, obs)
+    np.testing.assert_array_equal(env.episode_optimal_steps(), optimal)
+    env.set_state(state)
+    following = _continue(env, actions)
+    assert (following["terminated"] | following["truncated"]).sum() >= 1  # a reset crossed
+    fresh = MiniGridVectorEnv("MT7", num_envs=3, seed=0, vector_strategy="async",
+                              compute_optimal=True)
+    try:
+        fresh.set_state(state)
+        _assert_same_rollout(following, _continue(fresh, actions))
+    finally:
+        fresh.close()
+    with pytest.raises(ValueError, match="workers"):
+        MiniGridVectorEnv("MT7", num_envs=2, seed=0).set_state(state)
+    with pytest.raises(ValueError, match="task set"):
+        MiniGridVectorEnv("MT3", num_envs=3, seed=0).set_state(state)
 
 
 # --- shortest solutions and normalised return ------------------------------------------------

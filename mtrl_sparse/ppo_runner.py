@@ -25,11 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo
+from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import (
     MetricsLogger,
     crossed,
@@ -246,6 +247,9 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
     policy_step = make_policy_step(ppo)
     value = jax.jit(ppo.value)
     update = jax.jit(ppo.update, donate_argnums=0)
+    plasticity = config.plasticity
+    probe = jax.jit(make_ppo_probe(ppo, plasticity.dormant_tau, plasticity.srank_delta))
+    actor_updates_per_rollout = updates_per_rollout(config.ppo)["actor"]
     checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
     stats = EpisodeStats(spec.num_tasks, spec.num_envs)
     key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -300,6 +304,17 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
                 t_interval, steps_interval = now, env_steps
                 bar.set_postfix({"return": f"{row.get('train/return', float('nan')):.2f}"})
                 seconds["logging"] += time.perf_counter() - now
+            actor_updates = (rollout_index + 1) * actor_updates_per_rollout
+            if plasticity.every_updates and crossed(
+                    actor_updates, actor_updates - actor_updates_per_rollout,
+                    plasticity.every_updates):
+                t0 = time.perf_counter()
+                obs_batch, task_batch = (x.reshape(-1, *x.shape[2:])[:plasticity.batch_size]
+                                         for x in (rollout.obs, rollout.task_ids))
+                logger.write({"step": env_steps, "updates": actor_updates,
+                              **scalar_row(probe(state, obs_batch, task_batch,
+                                                 jax.random.fold_in(k_eval, 1)))})
+                seconds["logging"] += time.perf_counter() - t0
             if crossed(env_steps, before, config.eval_every_env_steps) or last:
                 t0 = time.perf_counter()
                 last_eval = evaluate_ppo(policy_step, state, eval_env,

@@ -45,6 +45,7 @@ def _minigrid_paper() -> PPOTrainConfig:
         config,
         methods=dataclasses.replace(config.methods, gmp=GMPOptions(prune_every_updates=500)),
         critic=NetworkMethodConfig(interval_scale=per_rollout["critic"] / per_rollout["actor"]),
+        plasticity=PlasticityConfig(every_updates=20 * per_rollout["actor"]),  # every 40k steps
     )
 
 
@@ -118,6 +119,7 @@ PRESETS: dict[str, Preset] = {
                 methods=dataclasses.replace(_MINIGRID.methods,
                                             gmp=GMPOptions(prune_every_updates=4)),
                 critic=NetworkMethodConfig(interval_scale=0.25),  # 2 of the actor's 8 per rollout
+                plasticity=PlasticityConfig(every_updates=16, batch_size=100),
                 progress=False,
             ),
         ),

@@ -1,9 +1,10 @@
-"""Plasticity probe of a SAC agent: the metrics of ``mtrl_sparse.plasticity`` on recent data.
+"""Plasticity probes of the agents: the metrics of ``mtrl_sparse.plasticity`` on recent data.
 
 Per network (the actor, each critic): dormant-neuron fraction over alive neurons of the hidden
 layers at ``dormant_tau``, effective rank (srank) of the last hidden layer, weight norm and
 per-layer sparsity; for the actor, the Fisher trace of the policy with actions sampled from it and
-held fixed. Measured on the most recent transitions of the replay buffer, outside the update.
+held fixed. Measured outside the update: SAC on the most recent transitions of the replay buffer,
+PPO on the latest rollout.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from mtrl_sparse.agents.net_state import apply_masks, masked_params
 from mtrl_sparse.agents.networks import NeuronLayer
+from mtrl_sparse.agents.ppo import PPO, PPOState, categorical_log_prob
 from mtrl_sparse.agents.sac import SAC, SACState, gaussian_tanh_sample
 from mtrl_sparse.agents.tree_paths import get_path
 from mtrl_sparse.plasticity import (
@@ -66,6 +69,44 @@ def make_sac_probe(
         metrics["plasticity/actor/fisher_trace"] = fisher_trace(
             log_prob, agent.actor.params, batch.obs, task_ids, actions, fisher_chunk)
 
+        for name, net in (("actor", agent.actor), ("critic", agent.critic)):
+            metrics[f"plasticity/{name}/weight_norm"] = global_norm(net.params)
+            for path, value in layer_sparsity(net.masks).items():
+                metrics[f"plasticity/{name}/sparsity/{path}"] = value
+        return metrics
+
+    return probe
+
+
+def make_ppo_probe(
+    ppo: PPO, dormant_tau: float, srank_delta: float, fisher_chunk: int = 64
+) -> Callable[[PPOState, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
+    """``probe(agent, obs, task_ids, key) -> {metric name: scalar}`` for multi-task PPO (jit it).
+
+    On (B, H, W, C) observations and (B,) task ids of the latest rollout: per network, the
+    dormant fraction over its hidden layers (convolution channels and head units) and the srank
+    of its last hidden layer (the head units), weight norm and per-layer sparsity; for the actor,
+    the Fisher trace of the categorical policy with actions sampled from it and held fixed.
+    """
+
+    def probe(agent: PPOState, obs: jax.Array, task_ids: jax.Array, key: jax.Array):
+        actor_w, critic_w = masked_params(agent.actor), masked_params(agent.critic)
+        metrics = _network_metrics(
+            "actor", ppo.actor_activations(actor_w, obs, task_ids), ppo.neuron_layers["actor"],
+            agent.actor.masks, dormant_tau, srank_delta)
+        metrics.update(_network_metrics(
+            "critic", ppo.critic_activations(critic_w, obs, task_ids),
+            ppo.neuron_layers["critic"], agent.critic.masks, dormant_tau, srank_delta))
+
+        actions = jax.random.categorical(key, ppo.actor_logits(actor_w, obs, task_ids))
+
+        def log_prob(params: Any, one_obs: jax.Array, task_id: jax.Array, action: jax.Array):
+            logits = ppo.actor_logits(apply_masks(params, agent.actor.masks), one_obs[None],
+                                      jnp.asarray(task_id)[None])
+            return categorical_log_prob(logits, action[None])[0]
+
+        metrics["plasticity/actor/fisher_trace"] = fisher_trace(
+            log_prob, agent.actor.params, obs, task_ids, actions, fisher_chunk)
         for name, net in (("actor", agent.actor), ("critic", agent.critic)):
             metrics[f"plasticity/{name}/weight_norm"] = global_norm(net.params)
             for path, value in layer_sparsity(net.masks).items():

@@ -6,15 +6,21 @@ import dataclasses
 import json
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtrl_sparse.agents.net_state import apply_masks, masked_params
 from mtrl_sparse.cli import main
 from mtrl_sparse.config import NetworkMethodConfig, validate
+from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.methods.gmp import GMPOptions
 from mtrl_sparse.methods.redo import ReDoOptions
 from mtrl_sparse.methods.registry import MethodOptions, scale_intervals
+from mtrl_sparse.ppo_runner import make_run_ppo
 from mtrl_sparse.presets import get_preset
+from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import read_config, read_metrics
 from mtrl_sparse.runner import train
 
@@ -47,6 +53,14 @@ def test_cli_run_writes_the_agent_metrics_and_evaluations(cli_run):
             assert 0.0 <= row[f"eval/normalized_return/{task}"] <= 1.0 + 1e-6
             assert 0.0 <= row[f"eval/success/{task}"] <= 1.0
     assert (cli_run / "checkpoints").is_dir()
+    probe_rows = [r for r in rows if "plasticity/actor/dormant_fraction" in r]
+    assert [(r["step"], r["updates"]) for r in probe_rows] == [(400, 16)]  # every 16 updates
+    for network in ("actor", "critic"):
+        row = probe_rows[0]
+        assert 0.0 <= row[f"plasticity/{network}/dormant_fraction"] <= 1.0
+        assert row[f"plasticity/{network}/srank"] >= 1
+        assert row[f"plasticity/{network}/weight_norm"] > 0
+    assert probe_rows[0]["plasticity/actor/fisher_trace"] > 0
 
 
 def _without_wall_clock(rows: list[dict]) -> list[dict]:
@@ -81,6 +95,27 @@ def test_eval_of_a_ppo_checkpoint_writes_its_scores_and_repeats_exactly(cli_run,
     assert results[0] == results[1] and results[0]["step"] == 600
     for task in TASKS:
         assert 0.0 <= results[0][f"eval/normalized_return/{task}"] <= 1.0 + 1e-6
+
+
+def test_ppo_probe_fisher_trace_is_the_mean_per_sample_squared_score():
+    env = MiniGridVectorEnv("MT3", 4, 0)
+    ppo = make_run_ppo(dataclasses.replace(SMOKE, method="static", sparsity=0.5), env)
+    state = ppo.init(jax.random.PRNGKey(0))
+    obs, tasks = jnp.asarray(env.reset()), jnp.asarray(env.current_task_ids())
+    env.close()
+    key = jax.random.PRNGKey(1)
+    metrics = make_ppo_probe(ppo, 0.001, 0.01, fisher_chunk=3)(state, obs, tasks, key)
+    actions = jax.random.categorical(key, ppo.actor_logits(masked_params(state.actor), obs, tasks))
+
+    def log_prob(params, i):
+        logits = ppo.actor_logits(apply_masks(params, state.actor.masks), obs[i:i + 1],
+                                  tasks[i:i + 1])
+        return jax.nn.log_softmax(logits)[0, actions[i]]
+
+    squared = [sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(
+        jax.grad(log_prob)(state.actor.params, i))) for i in range(4)]
+    assert float(metrics["plasticity/actor/fisher_trace"]) == pytest.approx(np.mean(squared),
+                                                                           rel=1e-4)
 
 
 def test_same_seed_same_numbers(cli_run, tmp_path):

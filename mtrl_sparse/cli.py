@@ -155,6 +155,9 @@ def _print_summary(result, out) -> None:
     print(f"metrics:       {run_dir / METRICS_FILE}", file=out)
     print(f"tensorboard:   tensorboard --logdir {run_dir / TB_DIR}", file=out)
     print(f"env steps: {result.env_steps}, updates: {result.updates}", file=out)
+    if result.seconds:
+        parts = ", ".join(f"{name} {value:.1f} s" for name, value in result.seconds.items())
+        print(f"wall time: {parts}", file=out)
     if result.final_normalized_return is not None:
         print(f"final normalised return: {np.mean(result.final_normalized_return):.3f}",
               file=out)

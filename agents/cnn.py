@@ -22,12 +22,21 @@ kernel that reads a layer keeps that layer's units on its axis -2:
 Initialisation as PyTorch's layers (uniform in +-1/sqrt(fan_in), fan_in of one task's layer for
 the heads), biases at zero.
 
+Architectures (``mtrl_sparse.agents.networks.Architecture``): ``mh`` is the above, one CNN
+``trunk`` per network. ``moe`` / ``moore`` replace the trunk with k CNNs ``expert_0 ..
+expert_{k-1}`` of the same shape, each on the image alone; their flattened feature maps (k
+vectors of d = h * w * 64) are mixed per task by the linear ``task_encoder`` (orthonormalised
+first for ``moore``), ``tanh`` of the mix is the d-vector the task heads read (the head's
+kernel is then (d, T * U)). Each expert's convolutions but the last are neuron layers; the last
+one's channels are mixed across experts, so no single kernel reads them.
+
 Shapes: ``B`` batch, ``T`` tasks, ``U`` hidden units of one task's head, ``O`` outputs of one
-head, ``A`` actions.
+head, ``A`` actions, ``k`` experts, ``d`` representation size.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +44,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.networks import NeuronLayer, task_one_hot, torch_linear_init
+from mtrl_sparse.agents.networks import (
+    ARCHITECTURES,
+    REPRESENTATION_OUT,
+    Architecture,
+    NeuronLayer,
+    mix_experts,
+    task_encoder,
+    task_one_hot,
+    torch_linear_init,
+)
 
 CONV_ACTIVATIONS = (nn.relu, nn.relu, nn.tanh)
 """Activation after each convolution (Table 2)."""
@@ -167,8 +185,36 @@ class TaskHeads(nn.Module):
         return TaskOutputs(self.num_tasks, self.out_dim, name="heads")(h * own, task_ids)
 
 
+def task_head_features(net: nn.Module, image: jax.Array, task_ids: jax.Array) -> jax.Array:
+    """What the task heads of ``net`` (a ``PPOActor`` or ``PPOCritic``, inside its ``__call__``)
+    read, built by the architecture ``net.arch``.
+
+    ``mh``: the feature map (B, h, w, C) of one ``MiniGridCNN`` named ``trunk``. ``moe`` /
+    ``moore``: ``net.num_experts`` ``MiniGridCNN``s ``expert_j``, each map flattened to d, mixed
+    by the ``task_encoder`` of the one-hot task, tanh: (B, d), sown in ``net`` as
+    ``representation_out``.
+    """
+    def cnn(name: str) -> MiniGridCNN:
+        return MiniGridCNN(net.channels, pooling=net.pooling, layer_norm=net.layer_norm,
+                           name=name)
+
+    if net.arch == "mh":
+        return cnn("trunk")(image)
+    if net.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {net.arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+    batch = image.shape[0]
+    experts = jnp.stack([cnn(f"expert_{j}")(image).reshape(batch, -1)
+                         for j in range(net.num_experts)], axis=1)
+    weights = task_encoder(net.num_experts)(task_one_hot(task_ids, net.num_tasks))
+    representation = mix_experts(experts, weights, orthogonal=net.arch == "moore")
+    net.sow("intermediates", REPRESENTATION_OUT, representation)
+    return representation
+
+
 class PPOActor(nn.Module):
-    """Policy: CNN trunk (``trunk``) and per-task heads (``task_heads``) -> logits (B, A)."""
+    """Policy: a CNN representation of ``arch`` (``mh``: ``trunk``; ``moe`` / ``moore``:
+    ``expert_j`` and ``task_encoder``, see ``task_head_features``) and per-task heads
+    (``task_heads``) -> logits (B, A)."""
 
     num_tasks: int
     num_actions: int
@@ -176,28 +222,31 @@ class PPOActor(nn.Module):
     channels: Sequence[int] = (16, 32, 64)
     pooling: bool = True
     layer_norm: bool = False
+    arch: Architecture = "mh"
+    num_experts: int = 3
 
     @nn.compact
     def __call__(self, image: jax.Array, task_ids: jax.Array) -> jax.Array:
-        features = MiniGridCNN(self.channels, pooling=self.pooling, layer_norm=self.layer_norm,
-                               name="trunk")(image)
+        features = task_head_features(self, image, task_ids)
         return TaskHeads(self.num_tasks, self.head_hidden_dim, self.num_actions, self.layer_norm,
                          name="task_heads")(features, task_ids)
 
 
 class PPOCritic(nn.Module):
-    """State value: its own CNN trunk (``trunk``) and per-task heads (``task_heads``) -> (B,)."""
+    """State value: its own CNN representation of ``arch`` (as ``PPOActor``'s) and per-task heads
+    (``task_heads``) -> (B,)."""
 
     num_tasks: int
     head_hidden_dim: int = 128
     channels: Sequence[int] = (16, 32, 64)
     pooling: bool = True
     layer_norm: bool = False
+    arch: Architecture = "mh"
+    num_experts: int = 3
 
     @nn.compact
     def __call__(self, image: jax.Array, task_ids: jax.Array) -> jax.Array:
-        features = MiniGridCNN(self.channels, pooling=self.pooling, layer_norm=self.layer_norm,
-                               name="trunk")(image)
+        features = task_head_features(self, image, task_ids)
         return TaskHeads(self.num_tasks, self.head_hidden_dim, 1, self.layer_norm,
                          name="task_heads")(features, task_ids)[:, 0]
 
@@ -212,3 +261,44 @@ def cnn_heads_neuron_layers(num_convs: int = 3) -> tuple[NeuronLayer, ...]:
                     activation=(modules[i][0], f"{modules[i][1]}_out"))
         for i in range(num_convs + 1)
     )
+
+
+def expert_cnn_heads_neuron_layers(num_experts: int, num_convs: int = 3) -> tuple[NeuronLayer, ...]:
+    """The hidden layers of a ``moe`` / ``moore`` ``PPOActor`` / ``PPOCritic``: in each expert
+    ``expert_j``, every convolution but the last (channels are the neurons), then the head units.
+
+    An expert's last convolution is mixed with the other experts' (and orthonormalised for
+    MOORE), so no single kernel reads its channels: it is not a neuron layer.
+    """
+    experts = tuple(
+        NeuronLayer(incoming=("params", f"expert_{j}", f"conv_{i}"),
+                    outgoing=("params", f"expert_{j}", f"conv_{i + 1}"),
+                    activation=(f"expert_{j}", f"conv_{i}_out"))
+        for j in range(num_experts)
+        for i in range(num_convs - 1)
+    )
+    heads = NeuronLayer(incoming=("params", "task_heads", "head_hidden"),
+                        outgoing=("params", "task_heads", "heads"),
+                        activation=("task_heads", "head_hidden_out"))
+    return (*experts, heads)
+
+
+def cnn_neuron_layers(
+    arch: Architecture, num_experts: int, num_convs: int = 3
+) -> tuple[NeuronLayer, ...]:
+    """The neuron layers of a ``PPOActor`` / ``PPOCritic`` of architecture ``arch``."""
+    if arch == "mh":
+        return cnn_heads_neuron_layers(num_convs)
+    return expert_cnn_heads_neuron_layers(num_experts, num_convs)
+
+
+def cnn_feature_size(
+    obs_shape: tuple[int, ...], channels: Sequence[int], pooling: bool
+) -> int:
+    """Size d of the flattened ``MiniGridCNN`` feature map of one (H, W, C) observation (what a
+    ``moe`` / ``moore`` expert gives), from shapes only (nothing is computed)."""
+    cnn = MiniGridCNN(tuple(channels), pooling=pooling)
+    image = jax.ShapeDtypeStruct((1, *obs_shape), jnp.float32)
+    variables = jax.eval_shape(cnn.init, jax.random.PRNGKey(0), image)
+    out = jax.eval_shape(cnn.apply, variables, image)
+    return int(math.prod(out.shape[1:]))

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from mtrl_sparse.agents.networks import TASK_ENCODER
+
 Params = Any  # a pytree of arrays
 Masks = Any  # the tree of ``params`` with bool arrays or None leaves
 
@@ -74,13 +76,15 @@ def masked_params(state: NetState) -> Params:
 def default_maskable(params: Params, exclude_modules: tuple[str, ...] = ()) -> Any:
     """Which leaves may be masked by default: every weight matrix and convolution kernel.
 
-    Flax names those leaves ``kernel``; biases, normalisation scales and any leaf under a module
-    whose name is in ``exclude_modules`` (e.g. an MoE task encoder) are never masked.
+    Flax names those leaves ``kernel``; biases, normalisation scales, every leaf under a module
+    named ``TASK_ENCODER`` (the MoE / MOORE task encoder, always) and any leaf under a module
+    whose name is in ``exclude_modules`` are never masked.
     """
+    excluded = {TASK_ENCODER, *exclude_modules}
 
     def leaf_is_maskable(path: tuple, leaf: jax.Array) -> bool:
         names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        if any(n in exclude_modules for n in names):
+        if any(n in excluded for n in names):
             return False
         return names[-1] == "kernel" and leaf.ndim >= 2
 

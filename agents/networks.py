@@ -1,6 +1,17 @@
-"""Multi-task networks: a shared trunk with one output head per task.
+"""Multi-task networks: a representation of the input, then one output head per task.
 
-Shapes: ``B`` batch, ``T`` tasks, ``D`` input features, ``O`` outputs of one head.
+Three architectures (``Architecture``) build the representation the task heads read:
+- ``mh`` (multi-head): a shared trunk on [features, one-hot task] (``MultiHeadMLP``);
+- ``moe`` (mixture of experts): k task-agnostic experts on the features alone, mixed per task
+  by a linear ``task_encoder`` of the one-hot task: ``tanh(sum_k w_k(task) * expert_k(x))``;
+- ``moore`` (mixture of orthogonal experts, Hendawy et al. 2024, "Multi-Task Reinforcement
+  Learning with Mixture of Orthogonal Experts", ICLR): as ``moe``, with the k expert outputs of
+  each sample made orthonormal (``orthonormalize``) before the mix.
+The task encoder is never masked (``mtrl_sparse.agents.net_state.default_maskable`` skips every
+leaf under a module named ``TASK_ENCODER``).
+
+Shapes: ``B`` batch, ``T`` tasks, ``D`` input features, ``O`` outputs of one head, ``k`` experts,
+``d`` representation size.
 Kernels are initialised as PyTorch's ``nn.Linear`` does (uniform in +-1/sqrt(fan_in)), the
 initialisation of the reference paper's code; biases start at zero.
 """
@@ -8,7 +19,7 @@ initialisation of the reference paper's code; biases start at zero.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +28,15 @@ import jax.numpy as jnp
 from mtrl_sparse.agents.tree_paths import get_path
 
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+Architecture = Literal["mh", "moe", "moore"]
+"""How a network builds the representation its task heads read (see the module docstring)."""
+ARCHITECTURES: tuple[str, ...] = ("mh", "moe", "moore")
+
+TASK_ENCODER = "task_encoder"
+"""Module name of the linear map one-hot task -> expert mixing weights (never masked)."""
+REPRESENTATION_OUT = "representation_out"
+"""``intermediates`` name of the mixed representation (B, d) of ``moe`` / ``moore`` networks."""
 
 
 def task_one_hot(task_ids: jax.Array, num_tasks: int) -> jax.Array:
@@ -27,6 +47,48 @@ def task_one_hot(task_ids: jax.Array, num_tasks: int) -> jax.Array:
 def select_task_head(all_heads: jax.Array, task_ids: jax.Array) -> jax.Array:
     """(B, T, O) outputs of every head, (B,) task ids -> (B, O) output of each sample's head."""
     return jnp.take_along_axis(all_heads, task_ids[:, None, None], axis=1)[:, 0]
+
+
+def orthonormalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Gram-Schmidt over the expert axis: (B, k, d) -> (B, k, d), per sample k orthonormal rows.
+
+    MOORE's orthogonal representation (Hendawy et al. 2024, "Multi-Task Reinforcement Learning
+    with Mixture of Orthogonal Experts", ICLR): row ``i`` of the result is ``x[:, i]`` minus its
+    projections on the rows before it, normalised, so rows ``0..i`` span what ``x[:, 0..i]``
+    spans and the result is what classical Gram-Schmidt gives in exact arithmetic. Computed as
+    modified Gram-Schmidt with one re-orthogonalisation pass ("twice is enough": orthogonal to
+    working precision even for nearly dependent rows) and the safe norm ``sqrt(|r|^2 + eps^2)``
+    (``eps`` in the units of ``x``): a residual ``r`` much longer than ``eps`` comes out of unit
+    length (relative error ``(eps / |r|)^2 / 2``); an all-zero expert comes out zero and a row
+    (numerically) in the span of the previous ones comes out shorter than 1, never NaN, with
+    finite gradients. Needs ``k <= d`` to give k orthonormal rows.
+    """
+    basis: list[jax.Array] = []
+    for i in range(x.shape[-2]):
+        residual = x[..., i, :]
+        for _ in range(2):
+            for q in basis:
+                residual = residual - jnp.sum(q * residual, axis=-1, keepdims=True) * q
+        norm = jnp.sqrt(jnp.sum(jnp.square(residual), axis=-1, keepdims=True) + eps**2)
+        basis.append(residual / norm)
+    return jnp.stack(basis, axis=-2)
+
+
+def mix_experts(expert_outputs: jax.Array, mixing_weights: jax.Array,
+                orthogonal: bool) -> jax.Array:
+    """(B, k, d) expert outputs, (B, k) mixing weights -> (B, d) ``tanh(sum_k w_k * e_k)``.
+
+    With ``orthogonal`` (MOORE), the k outputs of each sample are first made orthonormal.
+    """
+    if orthogonal:
+        expert_outputs = orthonormalize(expert_outputs)
+    return jnp.tanh(jnp.einsum("bk,bkd->bd", mixing_weights, expert_outputs))
+
+
+def task_encoder(num_experts: int) -> nn.Dense:
+    """The linear task encoder, one-hot task (B, T) -> mixing weights (B, k): one kernel (T, k),
+    no bias and no softmax (as MOORE's code). Create it inside a module's ``__call__``."""
+    return nn.Dense(num_experts, use_bias=False, kernel_init=torch_linear_init, name=TASK_ENCODER)
 
 
 def sown_activations(net: nn.Module) -> Callable[..., Any]:
@@ -67,6 +129,37 @@ def mlp_neuron_layers(prefix: tuple[str, ...], num_hidden: int) -> tuple[NeuronL
                     activation=(*prefix, f"{names[i]}_out"))
         for i in range(num_hidden)
     )
+
+
+def expert_mlp_neuron_layers(
+    prefix: tuple[str, ...], num_experts: int, num_layers: int
+) -> tuple[NeuronLayer, ...]:
+    """The hidden layers of the ``ExpertMLP``s ``expert_0 .. expert_{k-1}`` of the
+    ``MixtureOfExpertsMLP`` at ``prefix``: every layer of each expert but its last.
+
+    An expert's last layer is linear and its units are mixed with the other experts' (and, for
+    MOORE, orthonormalised), so no single kernel reads them: it is not a neuron layer, and
+    neither is the mixed representation (the heads read it, but it has no incoming kernel).
+    """
+    return tuple(
+        NeuronLayer(incoming=("params", *prefix, f"expert_{j}", f"hidden_{i}"),
+                    outgoing=("params", *prefix, f"expert_{j}", f"hidden_{i + 1}"),
+                    activation=(*prefix, f"expert_{j}", f"hidden_{i}_out"))
+        for j in range(num_experts)
+        for i in range(num_layers - 1)
+    )
+
+
+def multi_task_mlp_layers(
+    arch: Architecture, prefix: tuple[str, ...], num_layers: int, num_experts: int
+) -> tuple[tuple[NeuronLayer, ...], tuple[str, ...]]:
+    """(neuron layers, activation path of the representation the heads read) of the
+    ``multi_task_mlp`` at module path ``prefix``: for ``mh`` its last hidden layer, for
+    ``moe`` / ``moore`` the mixed representation (``REPRESENTATION_OUT``)."""
+    if arch == "mh":
+        return mlp_neuron_layers(prefix, num_layers), (*prefix, f"hidden_{num_layers - 1}_out")
+    return (expert_mlp_neuron_layers(prefix, num_experts, num_layers),
+            (*prefix, REPRESENTATION_OUT))
 
 
 def check_neuron_layers(variables: Any, layers: Sequence[NeuronLayer]) -> None:
@@ -116,8 +209,82 @@ class MultiHeadMLP(nn.Module):
         return select_task_head(heads.reshape(x.shape[0], self.num_tasks, self.head_dim), task_ids)
 
 
+class ExpertMLP(nn.Module):
+    """One task-agnostic expert: Dense layers ``hidden_0 .. hidden_{n-1}`` of ``hidden_sizes``,
+    ReLU after each but the last, which is linear: (B, D) -> (B, d = hidden_sizes[-1]).
+
+    With ``layer_norm``, a LayerNorm (``norm_i``) precedes each ReLU. Each ReLU layer's output is
+    sown as ``hidden_i_out``.
+    """
+
+    hidden_sizes: Sequence[int]
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        last = len(self.hidden_sizes) - 1
+        for i, width in enumerate(self.hidden_sizes):
+            x = nn.Dense(width, kernel_init=torch_linear_init, name=f"hidden_{i}")(x)
+            if i < last:
+                if self.layer_norm:
+                    x = nn.LayerNorm(name=f"norm_{i}")(x)
+                x = nn.relu(x)
+                self.sow("intermediates", f"hidden_{i}_out", x)
+        return x
+
+
+class MixtureOfExpertsMLP(nn.Module):
+    """``num_experts`` ``ExpertMLP``s on the features (not the task), mixed per task, and the
+    linear heads of ``MultiHeadMLP``.
+
+    Experts ``expert_0 .. expert_{k-1}`` map (B, D) to (B, k, d); the ``task_encoder`` maps the
+    one-hot task to (B, k) weights; the representation ``tanh(sum_k w_k * expert_k)`` (B, d),
+    with the experts orthonormalised first if ``orthogonal`` (MOORE), is sown as
+    ``representation_out`` and read by ``heads`` (one Dense of ``T * O`` outputs).
+    """
+
+    hidden_sizes: Sequence[int]
+    num_tasks: int
+    head_dim: int
+    num_experts: int
+    orthogonal: bool = False
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, features: jax.Array, task_ids: jax.Array) -> jax.Array:
+        """(B, D) features, (B,) task ids -> (B, O)."""
+        experts = jnp.stack([
+            ExpertMLP(self.hidden_sizes, self.layer_norm, name=f"expert_{j}")(features)
+            for j in range(self.num_experts)
+        ], axis=1)
+        weights = task_encoder(self.num_experts)(task_one_hot(task_ids, self.num_tasks))
+        representation = mix_experts(experts, weights, self.orthogonal)
+        self.sow("intermediates", REPRESENTATION_OUT, representation)
+        heads = nn.Dense(
+            self.num_tasks * self.head_dim, kernel_init=torch_linear_init, name="heads"
+        )(representation)
+        return select_task_head(
+            heads.reshape(features.shape[0], self.num_tasks, self.head_dim), task_ids)
+
+
+def multi_task_mlp(
+    arch: Architecture, hidden_sizes: Sequence[int], num_tasks: int, head_dim: int,
+    layer_norm: bool, num_experts: int, name: str,
+) -> nn.Module:
+    """The multi-task MLP of ``arch`` named ``name``: ``MultiHeadMLP`` for ``mh``,
+    ``MixtureOfExpertsMLP`` (orthogonal for ``moore``) otherwise; called on (features, task ids).
+    """
+    if arch == "mh":
+        return MultiHeadMLP(hidden_sizes, num_tasks, head_dim, layer_norm, name=name)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+    return MixtureOfExpertsMLP(hidden_sizes, num_tasks, head_dim, num_experts,
+                               orthogonal=arch == "moore", layer_norm=layer_norm, name=name)
+
+
 class GaussianActor(nn.Module):
-    """Multi-head policy network: per task, the mean and log-std of a diagonal Gaussian.
+    """Multi-task policy network ``mlp`` (of ``arch``): per task, the mean and log-std of a
+    diagonal Gaussian.
 
     Returns ``(mean, log_std)``, each (B, A); ``log_std`` is clipped to ``log_std_bounds``.
     """
@@ -127,17 +294,21 @@ class GaussianActor(nn.Module):
     action_dim: int
     log_std_bounds: tuple[float, float] = (-20.0, 2.0)
     layer_norm: bool = False
+    arch: Architecture = "mh"
+    num_experts: int = 4
 
     @nn.compact
     def __call__(self, obs: jax.Array, task_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = MultiHeadMLP(self.hidden_sizes, self.num_tasks, 2 * self.action_dim,
-                           self.layer_norm, name="mlp")(obs, task_ids)
+        out = multi_task_mlp(self.arch, self.hidden_sizes, self.num_tasks, 2 * self.action_dim,
+                             self.layer_norm, self.num_experts, name="mlp")(obs, task_ids)
         mean, log_std = jnp.split(out, 2, axis=-1)
         return mean, jnp.clip(log_std, *self.log_std_bounds)
 
 
 class TwinCritic(nn.Module):
-    """Two independent multi-head Q networks ``q1`` and ``q2`` on [obs, action, one-hot task].
+    """Two independent multi-task Q networks ``q1`` and ``q2`` (of ``arch``) on [obs, action] and
+    the task (``mh``: the one-hot task joins the trunk's input; ``moe`` / ``moore``: it only
+    mixes the experts).
 
     Returns Q values of shape (2, B).
     """
@@ -145,13 +316,15 @@ class TwinCritic(nn.Module):
     hidden_sizes: Sequence[int]
     num_tasks: int
     layer_norm: bool = False
+    arch: Architecture = "mh"
+    num_experts: int = 4
 
     @nn.compact
     def __call__(self, obs: jax.Array, actions: jax.Array, task_ids: jax.Array) -> jax.Array:
         features = jnp.concatenate([obs, actions], axis=-1)
         qs = [
-            MultiHeadMLP(self.hidden_sizes, self.num_tasks, 1, self.layer_norm, name=name)(
-                features, task_ids)[:, 0]
+            multi_task_mlp(self.arch, self.hidden_sizes, self.num_tasks, 1, self.layer_norm,
+                           self.num_experts, name=name)(features, task_ids)[:, 0]
             for name in ("q1", "q2")
         ]
         return jnp.stack(qs)

@@ -5,6 +5,8 @@ estimation (GAE, Schulman et al. 2016, arXiv 1506.02438), in the multi-task form
 al. 2025 ("Sparsity-Driven Plasticity in Multi-Task Reinforcement Learning", Table 2): a CNN trunk
 on the 7x7x3 image and two-layer heads per task (``mtrl_sparse.agents.cnn``). Actor and critic
 have separate trunks, separate optimizers and their own epochs and minibatch sizes.
+``PPOConfig.arch`` swaps each trunk for a mixture of CNN experts (``moe``) or of orthogonal
+experts (``moore``, Hendawy et al. 2024).
 
 One ``update`` consumes one rollout, all inside one jit:
 1. GAE over the rollout (a reverse ``lax.scan`` over time), advantages and returns;
@@ -28,14 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+import tyro
 from flax import struct
 
-from mtrl_sparse.agents.cnn import PPOActor, PPOCritic, cnn_heads_neuron_layers
+from mtrl_sparse.agents.cnn import PPOActor, PPOCritic, cnn_feature_size, cnn_neuron_layers
 from mtrl_sparse.agents.net_state import (
     MaskMethod,
     NetState,
@@ -43,7 +46,13 @@ from mtrl_sparse.agents.net_state import (
     masked_params,
     network_sparsity,
 )
-from mtrl_sparse.agents.networks import NeuronLayer, check_neuron_layers, sown_activations
+from mtrl_sparse.agents.networks import (
+    ARCHITECTURES,
+    Architecture,
+    NeuronLayer,
+    check_neuron_layers,
+    sown_activations,
+)
 from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer, masked_gradient_step
 
 # ----------------------------------------------------------------------------- configuration
@@ -86,6 +95,31 @@ class PPOConfig:
     """Channels of the three 2x2 convolutions (activations ReLU, ReLU, Tanh)."""
     head_hidden_dim: int = 128
     """Hidden units of each task's head, actor and critic alike (activation Tanh)."""
+    arch: Annotated[Architecture, tyro.conf.arg(aliases=("--arch",))] = "mh"
+    """Architecture of actor and critic: mh (one CNN trunk, a head per task), moe (num-experts
+    task-agnostic CNNs, flattened and mixed per task by a linear task encoder, tanh), moore (moe
+    with the experts orthonormalised per sample, Hendawy et al. 2024)."""
+    num_experts: Annotated[int, tyro.conf.arg(aliases=("--num-experts",))] = 3
+    """Experts k of moe / moore (count, >= 1; at most the flattened CNN feature size for moore);
+    unused by mh."""
+
+
+def check_architecture(config: PPOConfig, obs_shape: tuple[int, ...]) -> None:
+    """ValueError (one line) unless ``config``'s architecture can be built on ``obs_shape``:
+    a known ``arch``, ``num_experts`` >= 1 and, for ``moore``, ``num_experts`` <= the flattened
+    CNN feature size d (no more orthonormal vectors than dimensions)."""
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.arch!r}; accepted: "
+                         f"{', '.join(ARCHITECTURES)}")
+    if config.num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1 (1: a single expert scaled per task); "
+                         f"got {config.num_experts}")
+    if config.arch == "moore":
+        size = cnn_feature_size(obs_shape, config.conv_channels, config.cnn_pooling)
+        if config.num_experts > size:
+            raise ValueError(f"arch moore orthonormalises {config.num_experts} experts in {size} "
+                             "dimensions (the flattened CNN features); accepted: num_experts <= "
+                             f"{size}")
 
 
 def minibatches_per_epoch(num_samples: int, batch_size: int) -> int:
@@ -355,13 +389,16 @@ def make_ppo(
     ``activations(weights)`` (hidden activations of the network on this minibatch given its
     effective weights, keyed like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
     """
+    check_architecture(config, obs_shape)
     actor_net = PPOActor(num_tasks, num_actions, config.head_hidden_dim, config.conv_channels,
-                         config.cnn_pooling, actor_setup.layer_norm)
+                         config.cnn_pooling, actor_setup.layer_norm, config.arch,
+                         config.num_experts)
     critic_net = PPOCritic(num_tasks, config.head_hidden_dim, config.conv_channels,
-                           config.cnn_pooling, critic_setup.layer_norm)
+                           config.cnn_pooling, critic_setup.layer_norm, config.arch,
+                           config.num_experts)
     actor_tx = make_optimizer(config.actor_lr, config.max_grad_norm, actor_setup)
     critic_tx = make_optimizer(config.critic_lr, config.max_grad_norm, critic_setup)
-    layers = cnn_heads_neuron_layers(len(config.conv_channels))
+    layers = cnn_neuron_layers(config.arch, config.num_experts, len(config.conv_channels))
 
     dummy_obs = jnp.zeros((1, *obs_shape), jnp.float32)
     dummy_task = jnp.zeros((1,), jnp.int32)

@@ -4,6 +4,8 @@ The multi-task SAC of Yu et al. 2020 (Meta-World) in the multi-head form used by
 2025 ("Sparsity-Driven Plasticity in Multi-Task Reinforcement Learning", Table 3): a shared ReLU
 trunk on [observation, one-hot task] with one head per task, twin critics, one learned temperature
 per task, target-Q clipping and gradient-norm clipping. Haarnoja et al. 2018 for SAC itself.
+``SACConfig.arch`` swaps the shared trunk for a mixture of experts (``moe``) or of orthogonal
+experts (``moore``, Hendawy et al. 2024) in actor and critics alike (``agents/networks.py``).
 
 Everything here is pure: ``init``, ``act`` and ``update`` are jit-compiled once by the caller.
 The agent never names a sparsity method: it is handed one ``MaskMethod`` per network and calls its
@@ -16,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+import tyro
 from flax import struct
 
 from mtrl_sparse.agents.net_state import (
@@ -31,10 +34,13 @@ from mtrl_sparse.agents.net_state import (
     network_sparsity,
 )
 from mtrl_sparse.agents.networks import (
+    ARCHITECTURES,
+    Architecture,
     GaussianActor,
     NeuronLayer,
     TwinCritic,
-    mlp_neuron_layers,
+    check_neuron_layers,
+    multi_task_mlp_layers,
     sown_activations,
 )
 from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer, masked_gradient_step
@@ -71,6 +77,13 @@ class SACConfig:
     """Upper bound of the policy's log standard deviation."""
     target_entropy_scale: float = 1.0
     """Target entropy per task is -target_entropy_scale * action_dim."""
+    arch: Annotated[Architecture, tyro.conf.arg(aliases=("--arch",))] = "mh"
+    """Architecture of actor and critics: mh (shared trunk on [input, one-hot task], a head per
+    task), moe (num-experts task-agnostic MLPs of hidden-sizes, mixed per task by a linear task
+    encoder, tanh), moore (moe with the experts orthonormalised per sample, Hendawy et al. 2024)."""
+    num_experts: Annotated[int, tyro.conf.arg(aliases=("--num-experts",))] = 4
+    """Experts k of moe / moore (count, >= 1; at most the last hidden size for moore); unused by
+    mh."""
 
 
 class SACState(struct.PyTreeNode):
@@ -98,7 +111,10 @@ class SAC(NamedTuple):
     ``actor_activations(weights, obs, task_ids)`` and
     ``critic_activations(weights, obs, actions, task_ids)`` return the hidden activations, keyed
     like the ``activation`` paths of ``neuron_layers[network]`` (``weights`` are effective
-    weights, i.e. ``masked_params`` of the network).
+    weights, i.e. ``masked_params`` of the network). ``representations[network]`` are the
+    activation paths of the representation (B, d) each head reads, one per multi-task MLP of
+    the network (actor: ``mlp``; critic: ``q1``, ``q2``): the last hidden layer for ``mh``, the
+    mixed experts for ``moe`` / ``moore``.
     """
 
     init: Callable
@@ -109,6 +125,7 @@ class SAC(NamedTuple):
     actor_activations: Callable
     critic_activations: Callable
     neuron_layers: dict[str, tuple[NeuronLayer, ...]]
+    representations: dict[str, tuple[tuple[str, ...], ...]]
 
 
 def gaussian_tanh_sample(
@@ -139,6 +156,31 @@ def bellman_target(
     return jnp.clip(target, -clip, clip)
 
 
+def check_architecture(config: SACConfig) -> None:
+    """ValueError (one line) unless ``config``'s architecture can be built.
+
+    ``moe`` / ``moore`` need two or more hidden sizes (an expert's last layer is its linear
+    output, so one layer would leave the experts without hidden neurons) and ``num_experts``
+    >= 1; ``moore`` needs ``num_experts`` <= the representation size ``hidden_sizes[-1]`` (no
+    more orthonormal vectors than dimensions).
+    """
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.arch!r}; accepted: "
+                         f"{', '.join(ARCHITECTURES)}")
+    if config.num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1 (1: a single expert scaled per task); "
+                         f"got {config.num_experts}")
+    if config.arch == "mh":
+        return
+    if len(config.hidden_sizes) < 2:
+        raise ValueError(f"arch {config.arch} needs two or more hidden sizes (each expert's "
+                         f"last layer is its linear output); got {config.hidden_sizes}")
+    if config.arch == "moore" and config.num_experts > config.hidden_sizes[-1]:
+        raise ValueError(f"arch moore orthonormalises {config.num_experts} experts in "
+                         f"{config.hidden_sizes[-1]} dimensions (the last hidden size); "
+                         "accepted: num_experts <= that size")
+
+
 def make_sac(
     config: SACConfig,
     num_tasks: int,
@@ -157,16 +199,21 @@ def make_sac(
     of the network on this update's batch given its effective weights ``params * masks``, keyed
     like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
     """
+    check_architecture(config)
     actor_net = GaussianActor(config.hidden_sizes, num_tasks, action_dim,
-                              (config.log_std_min, config.log_std_max), actor.layer_norm)
-    critic_net = TwinCritic(config.hidden_sizes, num_tasks, critic.layer_norm)
+                              (config.log_std_min, config.log_std_max), actor.layer_norm,
+                              config.arch, config.num_experts)
+    critic_net = TwinCritic(config.hidden_sizes, num_tasks, critic.layer_norm, config.arch,
+                            config.num_experts)
     actor_tx = make_optimizer(config.actor_lr, config.max_grad_norm, actor)
     critic_tx = make_optimizer(config.critic_lr, config.max_grad_norm, critic)
     alpha_tx = optax.adam(config.alpha_lr)
     target_entropy = -config.target_entropy_scale * action_dim
-    num_hidden = len(config.hidden_sizes)
-    actor_layers = mlp_neuron_layers(("mlp",), num_hidden)
-    critic_layers = mlp_neuron_layers(("q1",), num_hidden) + mlp_neuron_layers(("q2",), num_hidden)
+    layers = {prefix: multi_task_mlp_layers(config.arch, (prefix,), len(config.hidden_sizes),
+                                            config.num_experts)
+              for prefix in ("mlp", "q1", "q2")}
+    actor_layers = layers["mlp"][0]
+    critic_layers = layers["q1"][0] + layers["q2"][0]
 
     dummy_obs = jnp.zeros((1, obs_dim), jnp.float32)
     dummy_act = jnp.zeros((1, action_dim), jnp.float32)
@@ -177,6 +224,9 @@ def make_sac(
 
     def init_critic_params(key):
         return critic_net.init(key, dummy_obs, dummy_act, dummy_task)
+
+    check_neuron_layers(jax.eval_shape(init_actor_params, jax.random.PRNGKey(0)), actor_layers)
+    check_neuron_layers(jax.eval_shape(init_critic_params, jax.random.PRNGKey(0)), critic_layers)
 
     def init(key: jax.Array) -> SACState:
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
@@ -290,4 +340,6 @@ def make_sac(
         actor_activations=actor_activations,
         critic_activations=critic_activations,
         neuron_layers={"actor": actor_layers, "critic": critic_layers},
+        representations={"actor": (layers["mlp"][1],),
+                         "critic": (layers["q1"][1], layers["q2"][1])},
     )

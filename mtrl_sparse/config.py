@@ -16,10 +16,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
+from mtrl_sparse.agents.cnn import cnn_feature_size
 from mtrl_sparse.agents.ppo import PPOConfig, updates_per_rollout
 from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
 from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS
+from mtrl_sparse.envs.minigrid import OBS_SHAPE as MINIGRID_OBS_SHAPE
 from mtrl_sparse.methods.registry import (
     MethodError,
     MethodOptions,
@@ -320,6 +322,24 @@ def _validate_sac(config: TrainConfig) -> None:
         )
     if not config.sac.hidden_sizes or min(config.sac.hidden_sizes) <= 0:
         raise ConfigError("--sac.hidden-sizes needs one or more positive widths")
+    sac = config.sac
+    if sac.arch != "mh" and len(sac.hidden_sizes) < 2:
+        raise ConfigError(f"--arch {sac.arch} needs two or more --sac.hidden-sizes (each "
+                          f"expert's last layer is its linear output); got {sac.hidden_sizes}")
+    _validate_experts(sac.arch, sac.num_experts, sac.hidden_sizes[-1],
+                      "the last --sac.hidden-sizes width")
+
+
+def _validate_experts(arch: str, num_experts: int, representation_size: int, what: str) -> None:
+    """``--num-experts`` is a count >= 1 (1 is accepted: a single expert that the task encoder
+    scales per task); MOORE cannot orthonormalise more experts than the representation has
+    dimensions (``representation_size``, described by ``what``)."""
+    if num_experts < 1:
+        raise ConfigError(f"--num-experts must be >= 1 (1 is accepted: one expert scaled per "
+                          f"task); got {num_experts}")
+    if arch == "moore" and num_experts > representation_size:
+        raise ConfigError(f"--arch moore needs --num-experts <= {representation_size} ({what}: "
+                          f"no more orthonormal experts than dimensions); got {num_experts}")
 
 
 def _validate_ppo(config: PPOTrainConfig) -> None:
@@ -345,6 +365,9 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
     if config.total_env_steps < ppo.rollout_env_steps:
         raise ConfigError(f"--total-env-steps {config.total_env_steps} is below one rollout "
                           f"({ppo.rollout_env_steps} env steps)")
+    feature_size = (cnn_feature_size(MINIGRID_OBS_SHAPE, ppo.conv_channels, ppo.cnn_pooling)
+                    if ppo.arch == "moore" else 0)
+    _validate_experts(ppo.arch, ppo.num_experts, feature_size, "the flattened CNN features")
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

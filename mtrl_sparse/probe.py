@@ -1,7 +1,8 @@
 """Plasticity probes of the agents: the metrics of ``mtrl_sparse.plasticity`` on recent data.
 
 Per network (the actor, each critic): dormant-neuron fraction over alive neurons of the hidden
-layers at ``dormant_tau``, effective rank (srank) of the last hidden layer, weight norm and
+layers at ``dormant_tau``, effective rank (srank) of the representation the heads read (the last
+hidden layer of ``mh``, the mixed experts of ``moe`` / ``moore``), weight norm and
 per-layer sparsity; for the actor, the Fisher trace of the policy with actions sampled from it and
 held fixed. Measured outside the update: SAC on the most recent transitions of the replay buffer,
 PPO on the latest rollout.
@@ -32,15 +33,16 @@ from mtrl_sparse.plasticity import (
 
 
 def _network_metrics(
-    name: str, activations: Any, layers: tuple[NeuronLayer, ...], masks: Any, tau: float,
-    delta: float,
+    name: str, activations: Any, layers: tuple[NeuronLayer, ...], representation: tuple[str, ...],
+    masks: Any, tau: float, delta: float,
 ) -> dict[str, jax.Array]:
     hidden = [get_path(activations, layer.activation) for layer in layers]
     alive = [alive_neurons(get_path(masks, (*layer.incoming, "kernel")), h.shape[-1])
              for layer, h in zip(layers, hidden, strict=True)]
     fraction, _ = dormant_fraction(hidden, tau, alive)
     return {f"plasticity/{name}/dormant_fraction": fraction,
-            f"plasticity/{name}/srank": effective_rank(hidden[-1], delta)}
+            f"plasticity/{name}/srank": effective_rank(get_path(activations, representation),
+                                                       delta)}
 
 
 def make_sac_probe(
@@ -51,16 +53,22 @@ def make_sac_probe(
         q: tuple(layer for layer in sac.neuron_layers["critic"] if layer.incoming[1] == q)
         for q in ("q1", "q2")
     }
+    (actor_representation,) = sac.representations["actor"]
+    critic_representations = {q: next(path for path in sac.representations["critic"]
+                                      if path[0] == q)
+                              for q in ("q1", "q2")}
 
     def probe(agent: SACState, batch: Any, task_ids: jax.Array, key: jax.Array):
         actor_w, critic_w = masked_params(agent.actor), masked_params(agent.critic)
         metrics = _network_metrics(
             "actor", sac.actor_activations(actor_w, batch.obs, task_ids),
-            sac.neuron_layers["actor"], agent.actor.masks, dormant_tau, srank_delta)
+            sac.neuron_layers["actor"], actor_representation, agent.actor.masks, dormant_tau,
+            srank_delta)
         critic_acts = sac.critic_activations(critic_w, batch.obs, batch.actions, task_ids)
         for q, layers in critic_layers.items():
             metrics.update(_network_metrics(f"critic_{q}", critic_acts, layers,
-                                            agent.critic.masks, dormant_tau, srank_delta))
+                                            critic_representations[q], agent.critic.masks,
+                                            dormant_tau, srank_delta))
 
         mean, log_std = sac.actor_distribution(actor_w, batch.obs, task_ids)
         actions, _ = gaussian_tanh_sample(mean, log_std, key)

@@ -99,12 +99,13 @@ def make_ppo_probe(
 
     def probe(agent: PPOState, obs: jax.Array, task_ids: jax.Array, key: jax.Array):
         actor_w, critic_w = masked_params(agent.actor), masked_params(agent.critic)
-        metrics = _network_metrics(
-            "actor", ppo.actor_activations(actor_w, obs, task_ids), ppo.neuron_layers["actor"],
-            agent.actor.masks, dormant_tau, srank_delta)
-        metrics.update(_network_metrics(
-            "critic", ppo.critic_activations(critic_w, obs, task_ids),
-            ppo.neuron_layers["critic"], agent.critic.masks, dormant_tau, srank_delta))
+        metrics = {}
+        for name, activations, net in (
+                ("actor", ppo.actor_activations(actor_w, obs, task_ids), agent.actor),
+                ("critic", ppo.critic_activations(critic_w, obs, task_ids), agent.critic)):
+            layers = ppo.neuron_layers[name]
+            metrics.update(_network_metrics(name, activations, layers, layers[-1].activation,
+                                            net.masks, dormant_tau, srank_delta))
 
         actions = jax.random.categorical(key, ppo.actor_logits(actor_w, obs, task_ids))
 

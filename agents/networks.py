@@ -39,6 +39,21 @@ REPRESENTATION_OUT = "representation_out"
 """``intermediates`` name of the mixed representation (B, d) of ``moe`` / ``moore`` networks."""
 
 
+def check_experts(arch: str, num_experts: int, representation_size: int, what: str) -> None:
+    """ValueError (one line) unless ``arch`` is known, ``num_experts`` >= 1 and, for
+    ``moore``, ``num_experts`` <= ``representation_size`` (no more orthonormal vectors than
+    dimensions); ``what`` names the representation in the message."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1 (1: a single expert scaled per task); "
+                         f"got {num_experts}")
+    if arch == "moore" and num_experts > representation_size:
+        raise ValueError(f"arch moore orthonormalises {num_experts} experts in "
+                         f"{representation_size} dimensions ({what}); accepted: num_experts <= "
+                         f"{representation_size}")
+
+
 def task_one_hot(task_ids: jax.Array, num_tasks: int) -> jax.Array:
     """(B,) int -> (B, T) float32 one-hot task encoding."""
     return jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)

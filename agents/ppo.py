@@ -47,9 +47,9 @@ from mtrl_sparse.agents.net_state import (
     network_sparsity,
 )
 from mtrl_sparse.agents.networks import (
-    ARCHITECTURES,
     Architecture,
     NeuronLayer,
+    check_experts,
     check_neuron_layers,
     sown_activations,
 )
@@ -108,18 +108,9 @@ def check_architecture(config: PPOConfig, obs_shape: tuple[int, ...]) -> None:
     """ValueError (one line) unless ``config``'s architecture can be built on ``obs_shape``:
     a known ``arch``, ``num_experts`` >= 1 and, for ``moore``, ``num_experts`` <= the flattened
     CNN feature size d (no more orthonormal vectors than dimensions)."""
-    if config.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {config.arch!r}; accepted: "
-                         f"{', '.join(ARCHITECTURES)}")
-    if config.num_experts < 1:
-        raise ValueError(f"num_experts must be >= 1 (1: a single expert scaled per task); "
-                         f"got {config.num_experts}")
-    if config.arch == "moore":
-        size = cnn_feature_size(obs_shape, config.conv_channels, config.cnn_pooling)
-        if config.num_experts > size:
-            raise ValueError(f"arch moore orthonormalises {config.num_experts} experts in {size} "
-                             "dimensions (the flattened CNN features); accepted: num_experts <= "
-                             f"{size}")
+    check_experts(config.arch, config.num_experts,
+                  cnn_feature_size(obs_shape, config.conv_channels, config.cnn_pooling),
+                  "the flattened CNN features")
 
 
 def minibatches_per_epoch(num_samples: int, batch_size: int) -> int:

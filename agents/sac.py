@@ -34,11 +34,11 @@ from mtrl_sparse.agents.net_state import (
     network_sparsity,
 )
 from mtrl_sparse.agents.networks import (
-    ARCHITECTURES,
     Architecture,
     GaussianActor,
     NeuronLayer,
     TwinCritic,
+    check_experts,
     check_neuron_layers,
     multi_task_mlp_layers,
     sown_activations,
@@ -164,21 +164,11 @@ def check_architecture(config: SACConfig) -> None:
     >= 1; ``moore`` needs ``num_experts`` <= the representation size ``hidden_sizes[-1]`` (no
     more orthonormal vectors than dimensions).
     """
-    if config.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {config.arch!r}; accepted: "
-                         f"{', '.join(ARCHITECTURES)}")
-    if config.num_experts < 1:
-        raise ValueError(f"num_experts must be >= 1 (1: a single expert scaled per task); "
-                         f"got {config.num_experts}")
-    if config.arch == "mh":
-        return
-    if len(config.hidden_sizes) < 2:
+    check_experts(config.arch, config.num_experts, config.hidden_sizes[-1] if config.hidden_sizes
+                  else 0, "the last hidden size")
+    if config.arch != "mh" and len(config.hidden_sizes) < 2:
         raise ValueError(f"arch {config.arch} needs two or more hidden sizes (each expert's "
                          f"last layer is its linear output); got {config.hidden_sizes}")
-    if config.arch == "moore" and config.num_experts > config.hidden_sizes[-1]:
-        raise ValueError(f"arch moore orthonormalises {config.num_experts} experts in "
-                         f"{config.hidden_sizes[-1]} dimensions (the last hidden size); "
-                         "accepted: num_experts <= that size")
 
 
 def make_sac(

@@ -45,6 +45,16 @@ def _network_metrics(
                                                        delta)}
 
 
+def _norms_and_sparsity(networks: dict[str, Any]) -> dict[str, jax.Array]:
+    """Per network state: ``plasticity/<net>/weight_norm`` and ``.../sparsity/<layer path>``."""
+    metrics = {}
+    for name, net in networks.items():
+        metrics[f"plasticity/{name}/weight_norm"] = global_norm(net.params)
+        for path, value in layer_sparsity(net.masks).items():
+            metrics[f"plasticity/{name}/sparsity/{path}"] = value
+    return metrics
+
+
 def make_sac_probe(
     sac: SAC, dormant_tau: float, srank_delta: float, fisher_chunk: int = 64
 ) -> Callable[[SACState, Any, jax.Array, jax.Array], dict[str, jax.Array]]:
@@ -77,11 +87,7 @@ def make_sac_probe(
         metrics["plasticity/actor/fisher_trace"] = fisher_trace(
             log_prob, agent.actor.params, batch.obs, task_ids, actions, fisher_chunk)
 
-        for name, net in (("actor", agent.actor), ("critic", agent.critic)):
-            metrics[f"plasticity/{name}/weight_norm"] = global_norm(net.params)
-            for path, value in layer_sparsity(net.masks).items():
-                metrics[f"plasticity/{name}/sparsity/{path}"] = value
-        return metrics
+        return {**metrics, **_norms_and_sparsity({"actor": agent.actor, "critic": agent.critic})}
 
     return probe
 
@@ -116,10 +122,6 @@ def make_ppo_probe(
 
         metrics["plasticity/actor/fisher_trace"] = fisher_trace(
             log_prob, agent.actor.params, obs, task_ids, actions, fisher_chunk)
-        for name, net in (("actor", agent.actor), ("critic", agent.critic)):
-            metrics[f"plasticity/{name}/weight_norm"] = global_norm(net.params)
-            for path, value in layer_sparsity(net.masks).items():
-                metrics[f"plasticity/{name}/sparsity/{path}"] = value
-        return metrics
+        return {**metrics, **_norms_and_sparsity({"actor": agent.actor, "critic": agent.critic})}
 
     return probe

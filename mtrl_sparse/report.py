@@ -23,8 +23,10 @@ from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_metrics
 
 SCORES = ("eval/normalized_return", "eval/success")
 """Score prefixes, the first one a run logs wins: per task ``<prefix>/<task>``."""
-IGNORED_FIELDS = ("seed", "run_dir", "progress")
-"""Fields whose values never split runs into groups."""
+IGNORED_FIELDS = ("seed", "run_dir", "progress", "log_every_env_steps",
+                  "checkpoint_every_env_steps", "keep_checkpoints", "plasticity")
+"""Fields (or field groups) whose values never split runs into groups: the seed, and what only
+decides what is logged or saved, never the numbers a run computes."""
 
 
 class ReportError(ValueError):
@@ -73,8 +75,9 @@ def final_scores(run_dir: Path) -> tuple[str, dict[str, float]]:
 
 
 def group_labels(run_dirs: list[Path]) -> list[str]:
-    """Each run's label: ``field=value`` for the config fields that differ between runs
-    (seeds aside), or the method name when none do."""
+    """Each run's label: ``field=value`` for the config fields that differ between runs (seeds
+    and logging aside; a method's options only for runs that use that method), or the method
+    name when none do."""
     configs = [read_config(d) for d in run_dirs]
     varying: list[str] = []
     for other in configs[1:]:
@@ -84,7 +87,11 @@ def group_labels(run_dirs: list[Path]) -> list[str]:
     labels = []
     for config in configs:
         flat = _flat(to_dict(config))
-        labels.append(" ".join(f"{n}={flat[n]}" for n in varying) if varying else config.method)
+        used = {part for s in config.network_methods().values() for part in s.name.split("+")}
+        relevant = [n for n in flat if n in varying  # in the config's field order
+                    and not (n.startswith("methods.") and n.split(".")[1] not in used)]
+        labels.append(" ".join(f"{n}={flat[n]}" for n in relevant) if relevant
+                      else config.method)
     return labels
 
 

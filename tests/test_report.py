@@ -18,11 +18,12 @@ from mtrl_sparse.run_dir import METRICS_FILE, write_config
 TASKS = ("LavaGapS7-v0", "RedBlueDoors-6x6-v0", "MemoryS11-v0")
 
 
-def fake_run(path: Path, method: str, sparsity: float, seed: int, scores: list[float]) -> Path:
+def fake_run(path: Path, method: str, sparsity: float, seed: int, scores: list[float],
+             **changes) -> Path:
     """A run directory as training leaves it: config.json and metrics rows ending in an eval."""
     path.mkdir(parents=True)
     config = dataclasses.replace(get_preset("minigrid-smoke").config, method=method,
-                                 sparsity=sparsity, seed=seed, run_dir=str(path))
+                                 sparsity=sparsity, seed=seed, run_dir=str(path), **changes)
     write_config(path, config, "minigrid-smoke")
     rows = [{"step": 200, "policy_loss": 0.1},
             {"step": 400, "eval/normalized_return": 0.0,
@@ -60,6 +61,22 @@ def test_groups_by_differing_fields_and_gives_the_iqm_with_an_interval(study):
         assert result.ci_low >= scores[method].min() and result.ci_high <= scores[method].max()
     again = aggregate(find_runs([root]), reps=500)[1]
     assert again == results  # the bootstrap is seeded
+
+
+def test_options_of_unused_methods_and_logging_fields_do_not_split_groups(tmp_path):
+    smoke = get_preset("minigrid-smoke").config
+    global_gmp = dataclasses.replace(smoke.methods, gmp=dataclasses.replace(
+        smoke.methods.gmp, scope="global"))
+    fake_run(tmp_path / "dense-a", "dense", 0.0, 0, [0.5, 0.6, 0.7])
+    fake_run(tmp_path / "dense-b", "dense", 0.0, 1, [0.6, 0.6, 0.7], methods=global_gmp,
+             plasticity=dataclasses.replace(smoke.plasticity, every_updates=0),
+             log_every_env_steps=400)
+    fake_run(tmp_path / "gmp-a", "gmp", 0.9, 0, [0.2, 0.3, 0.4])
+    fake_run(tmp_path / "gmp-b", "gmp", 0.9, 0, [0.2, 0.3, 0.4], methods=global_gmp)
+    labels = {r.label: r.runs for r in aggregate(find_runs([tmp_path]), reps=100)[1]}
+    assert labels == {"method=dense sparsity=0.0": 2,
+                      "method=gmp sparsity=0.9 methods.gmp.scope=layer": 1,
+                      "method=gmp sparsity=0.9 methods.gmp.scope=global": 1}
 
 
 def test_cli_prints_a_markdown_table(capsys, study):

@@ -45,7 +45,7 @@ def _minigrid_paper() -> PPOTrainConfig:
         config,
         methods=dataclasses.replace(config.methods, gmp=GMPOptions(prune_every_updates=500)),
         critic=NetworkMethodConfig(interval_scale=per_rollout["critic"] / per_rollout["actor"]),
-        plasticity=PlasticityConfig(every_updates=20 * per_rollout["actor"]),  # every 40k steps
+        plasticity=PlasticityConfig(every_updates=50 * per_rollout["actor"]),  # every 100k steps
     )
 
 

@@ -344,6 +344,9 @@ class PPO(NamedTuple):
     ``act(state, obs, task_ids, key, deterministic=False) -> (actions, log_probs, values)``;
     ``value(state, obs, task_ids) -> (B,)`` (truncation and rollout-end bootstraps);
     ``update(state, rollout, key) -> (state, metrics)``.
+    ``acting_weights(state) -> weights`` (the networks' effective weights), ``act_with(weights,
+    obs, task_ids, key, deterministic=False)`` and ``value_with(weights, obs, task_ids)``: the same
+    acting with the weights computed once (a host loop's per-step calls carry only them).
     ``actor_logits(weights, obs, task_ids) -> (B, A)``, ``critic_values(weights, obs, task_ids)
     -> (B,)`` and ``actor_activations`` / ``critic_activations(weights, obs, task_ids)`` (the
     sown hidden activations, keyed like the ``activation`` paths of ``neuron_layers[network]``)
@@ -356,6 +359,9 @@ class PPO(NamedTuple):
     value: Callable
     update: Callable
     config: PPOConfig
+    acting_weights: Callable
+    act_with: Callable
+    value_with: Callable
     actor_logits: Callable
     critic_values: Callable
     actor_activations: Callable
@@ -417,23 +423,39 @@ def make_ppo(
             critic_step=jnp.zeros((), jnp.int32),
         )
 
+    def acting_weights(state: PPOState) -> dict:
+        """The effective weights ``{"actor": ..., "critic": ...}`` (params * masks) acting reads:
+        computed once per rollout, so that each vector step's call carries only these."""
+        return {"actor": masked_params(state.actor), "critic": masked_params(state.critic)}
+
+    def value_with(weights: dict, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
+        """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> (B,) state values."""
+        return critic_net.apply(weights["critic"], obs, task_ids)
+
+    def act_with(
+        weights: dict, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
+        deterministic: bool = False,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> actions (B,) int32, their
+        log-probs (B,), values (B,). Actions are sampled from the policy, or its most likely
+        action if ``deterministic`` (a Python bool: jit with ``static_argnames``)."""
+        logits = actor_net.apply(weights["actor"], obs, task_ids)
+        if deterministic:
+            actions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            actions = jax.random.categorical(key, logits).astype(jnp.int32)
+        return actions, categorical_log_prob(logits, actions), value_with(weights, obs, task_ids)
+
     def value(state: PPOState, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
         """(B, H, W, C) obs, (B,) task ids -> (B,) state values."""
-        return critic_net.apply(masked_params(state.critic), obs, task_ids)
+        return value_with(acting_weights(state), obs, task_ids)
 
     def act(
         state: PPOState, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
         deterministic: bool = False,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(B, H, W, C) obs, (B,) task ids -> actions (B,) int32, their log-probs (B,), values
-        (B,). Actions are sampled from the policy, or its most likely action if
-        ``deterministic`` (a Python bool: jit with ``static_argnames="deterministic"``)."""
-        logits = actor_net.apply(masked_params(state.actor), obs, task_ids)
-        if deterministic:
-            actions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        else:
-            actions = jax.random.categorical(key, logits).astype(jnp.int32)
-        return actions, categorical_log_prob(logits, actions), value(state, obs, task_ids)
+        """``act_with`` on the state's effective weights."""
+        return act_with(acting_weights(state), obs, task_ids, key, deterministic)
 
     def actor_loss_fn(weights, minibatch):
         logits = actor_net.apply(weights, minibatch["obs"], minibatch["task_ids"])
@@ -510,6 +532,7 @@ def make_ppo(
 
     return PPO(
         init=init, act=act, value=value, update=update, config=config,
+        acting_weights=acting_weights, act_with=act_with, value_with=value_with,
         actor_logits=actor_net.apply, critic_values=critic_net.apply,
         actor_activations=actor_activations, critic_activations=critic_activations,
         init_params={"actor": init_actor_params, "critic": init_critic_params},

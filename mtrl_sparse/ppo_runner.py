@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
+from mtrl_sparse.agents.ppo import PPO, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
@@ -89,21 +89,23 @@ class EpisodeStats:
 
 
 def make_policy_step(ppo: PPO) -> Any:
-    """``policy_step(state, obs, task_ids, key, t, deterministic=False)``: ``ppo.act`` with the
-    key of vector step ``t`` folded in on the device, jitted; one dispatch per vector step."""
+    """``policy_step(weights, obs, task_ids, key, t, deterministic=False)``: ``ppo.act_with``
+    on ``ppo.acting_weights`` with the key of vector step ``t`` folded in on the device, jitted;
+    one dispatch per vector step."""
 
-    def policy_step(state: PPOState, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
+    def policy_step(weights: Any, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
                     t: jax.Array, deterministic: bool = False):
-        return ppo.act(state, obs, task_ids, jax.random.fold_in(key, t), deterministic)
+        return ppo.act_with(weights, obs, task_ids, jax.random.fold_in(key, t), deterministic)
 
     return jax.jit(policy_step, static_argnames="deterministic")
 
 
 def collect_rollout(
-    policy_step: Any, value: Any, state: PPOState, env: MiniGridVectorEnv, obs: np.ndarray,
+    policy_step: Any, value: Any, weights: Any, env: MiniGridVectorEnv, obs: np.ndarray,
     key: jax.Array, horizon: int, stats: EpisodeStats,
 ) -> tuple[Rollout, np.ndarray]:
-    """``horizon`` vector steps with the current policy; returns the rollout and the next obs.
+    """``horizon`` vector steps with the policy of ``weights`` (``ppo.acting_weights`` of the
+    state); returns the rollout and the next obs.
 
     Per vector step the host makes one policy call and fetches only the actions; log-probs and
     values stay on the device until the rollout is stacked.
@@ -115,13 +117,13 @@ def collect_rollout(
     no_truncation = np.zeros(num_envs, np.float32)
     for t in range(horizon):
         task_ids = env.current_task_ids()
-        actions, step_log_probs, step_values = policy_step(state, obs, task_ids, key, t)
+        actions, step_log_probs, step_values = policy_step(weights, obs, task_ids, key, t)
         actions = np.asarray(actions)
         step = env.step(actions)
         cut = step.truncated & ~step.terminated
         truncation_values = no_truncation
         if cut.any():  # bootstrap through the time limit from the true final observation
-            truncation_values = np.where(cut, np.asarray(value(state, step.obs, task_ids)),
+            truncation_values = np.where(cut, np.asarray(value(weights, step.obs, task_ids)),
                                          0.0).astype(np.float32)
         for name, array in (("obs", obs), ("task_ids", task_ids), ("actions", actions),
                             ("rewards", step.reward), ("terminated", step.terminated),
@@ -133,7 +135,7 @@ def collect_rollout(
         done = step.terminated | step.truncated
         stats.record(task_ids, step.reward, done, step.success)
         obs = env.reset_done(done) if done.any() else step.obs
-    last_values = value(state, obs, env.current_task_ids())
+    last_values = value(weights, obs, env.current_task_ids())
     rollout = Rollout(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in host.items()},
                       log_probs=jnp.stack(log_probs), values=jnp.stack(values),
                       last_values=jnp.asarray(last_values, jnp.float32))
@@ -141,7 +143,7 @@ def collect_rollout(
 
 
 def evaluate_ppo(
-    policy_step: Any, state: PPOState, env: MiniGridVectorEnv, episodes_per_task: int,
+    policy_step: Any, weights: Any, env: MiniGridVectorEnv, episodes_per_task: int,
     key: jax.Array, deterministic: bool,
 ) -> dict[str, float]:
     """Normalised return and success of the first ``episodes_per_task`` episodes started on each
@@ -170,7 +172,7 @@ def evaluate_ppo(
     t = 0
     while not complete():
         tasks = env.current_task_ids()
-        actions, _, _ = policy_step(state, obs, tasks, key, t, deterministic)
+        actions, _, _ = policy_step(weights, obs, tasks, key, t, deterministic)
         step = env.step(np.asarray(actions))
         returns += step.reward
         done = step.terminated | step.truncated
@@ -222,7 +224,7 @@ def evaluate_ppo_checkpoint(config: PPOTrainConfig, checkpointer: Checkpointer, 
         abstract = jax.eval_shape(ppo.init, jax.random.PRNGKey(0))
         state, _ = checkpointer.restore(step, abstract)
         deterministic = config.env.eval_deterministic if deterministic is None else deterministic
-        row = evaluate_ppo(make_policy_step(ppo), state, eval_env,
+        row = evaluate_ppo(make_policy_step(ppo), ppo.acting_weights(state), eval_env,
                            config.env.eval_episodes_per_task,
                            jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
                            deterministic)
@@ -245,7 +247,8 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
     spec = env.spec
     ppo = make_run_ppo(config, env)
     policy_step = make_policy_step(ppo)
-    value = jax.jit(ppo.value)
+    value = jax.jit(ppo.value_with)
+    acting_weights = jax.jit(ppo.acting_weights)
     update = jax.jit(ppo.update, donate_argnums=0)
     plasticity = config.plasticity
     probe = jax.jit(make_ppo_probe(ppo, plasticity.dormant_tau, plasticity.srank_delta))
@@ -277,8 +280,8 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
         for rollout_index in range(first, config.rollouts()):
             key, k_rollout, k_update, k_eval = jax.random.split(key, 4)
             t0 = time.perf_counter()
-            rollout, obs = collect_rollout(policy_step, value, state, env, obs, k_rollout,
-                                           horizon, stats)
+            rollout, obs = collect_rollout(policy_step, value, acting_weights(state), env, obs,
+                                           k_rollout, horizon, stats)
             t1 = time.perf_counter()
             state, metrics = jax.block_until_ready(update(state, rollout, k_update))
             t2 = time.perf_counter()
@@ -317,7 +320,7 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
                 seconds["logging"] += time.perf_counter() - t0
             if crossed(env_steps, before, config.eval_every_env_steps) or last:
                 t0 = time.perf_counter()
-                last_eval = evaluate_ppo(policy_step, state, eval_env,
+                last_eval = evaluate_ppo(policy_step, acting_weights(state), eval_env,
                                          env_cfg.eval_episodes_per_task, k_eval,
                                          env_cfg.eval_deterministic)
                 seconds["eval"] += time.perf_counter() - t0

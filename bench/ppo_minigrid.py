@@ -2,7 +2,7 @@
 
 1. The env-only floor: the preset's vector env setup (same benchmark, workers, strategy, seed)
    stepped with uniformly random actions for the preset's whole budget of env steps, resets
-   included.
+   included; timed before and after the run, and averaged.
 2. The unchanged preset from process start to exit: ``mtrl-sparse train --preset NAME`` in a
    subprocess (imports, compilation, evaluation and checkpoint included).
 
@@ -72,21 +72,26 @@ def main() -> None:
     config = get_preset(args.preset).config
     env_steps = config.rollouts() * config.ppo.rollout_env_steps
 
-    floor = env_floor_seconds(config.env.benchmark, config.env.num_envs,
-                              config.env.vector_strategy, config.seed, env_steps)
+    def floor_seconds() -> float:
+        return env_floor_seconds(config.env.benchmark, config.env.num_envs,
+                                 config.env.vector_strategy, config.seed, env_steps)
+
+    floor_before = floor_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         run, output = timed_run(args, Path(tmp) / "run", {})
         if args.warm_cache:  # a first run fills JAX's persistent compilation cache, then time one
             cache = {"JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "jax-cache")}
             timed_run(args, Path(tmp) / "fill", cache)
             warm, _ = timed_run(args, Path(tmp) / "warm", cache)
+    floor_after = floor_seconds()  # the host's speed drifts: the floor is timed on both sides
+    floor = (floor_before + floor_after) / 2
     parts = [line for line in output.splitlines() if line.startswith("wall time:")]
 
     print(f"PPO on MiniGrid {config.env.benchmark} ({args.preset}, method {args.method}, "
           f"sparsity {args.sparsity}): {env_steps} env steps, {config.env.num_envs} "
           f"{config.env.vector_strategy} env workers")
     print(f"  env-only floor (random actions): {floor:8.1f} s = {env_steps / floor:,.0f} "
-          "env-steps/s")
+          f"env-steps/s (mean of {floor_before:.1f} s before and {floor_after:.1f} s after)")
     print(f"  whole run, process start to exit: {run:7.1f} s = {env_steps / run:,.0f} env-steps/s")
     if parts:  # the loop's own breakdown (rollout includes env stepping; update includes its
         # compilation; the rest of the run is imports, setup and compilation of the policy)

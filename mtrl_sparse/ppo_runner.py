@@ -102,24 +102,28 @@ def make_policy_step(ppo: PPO) -> Any:
 
 def collect_rollout(
     policy_step: Any, value: Any, weights: Any, env: MiniGridVectorEnv, obs: np.ndarray,
-    key: jax.Array, horizon: int, stats: EpisodeStats,
+    key: jax.Array, horizon: int, stats: EpisodeStats, seconds: dict[str, float] | None = None,
 ) -> tuple[Rollout, np.ndarray]:
     """``horizon`` vector steps with the policy of ``weights`` (``ppo.acting_weights`` of the
     state); returns the rollout and the next obs.
 
     Per vector step the host makes one policy call and fetches only the actions; log-probs and
-    values stay on the device until the rollout is stacked.
+    values stay on the device until the rollout is stacked. The time spent inside the envs
+    (steps and resets) is added to ``seconds["env"]`` if ``seconds`` is given.
     """
     num_envs = env.spec.num_envs
     host = {name: [] for name in ("obs", "task_ids", "actions", "rewards", "terminated",
                                   "truncated", "truncation_values")}
     log_probs, values = [], []
     no_truncation = np.zeros(num_envs, np.float32)
+    env_time = 0.0
     for t in range(horizon):
         task_ids = env.current_task_ids()
         actions, step_log_probs, step_values = policy_step(weights, obs, task_ids, key, t)
         actions = np.asarray(actions)
+        t_env = time.perf_counter()
         step = env.step(actions)
+        env_time += time.perf_counter() - t_env
         cut = step.truncated & ~step.terminated
         truncation_values = no_truncation
         if cut.any():  # bootstrap through the time limit from the true final observation
@@ -134,11 +138,18 @@ def collect_rollout(
         values.append(step_values)
         done = step.terminated | step.truncated
         stats.record(task_ids, step.reward, done, step.success)
-        obs = env.reset_done(done) if done.any() else step.obs
+        if done.any():
+            t_env = time.perf_counter()
+            obs = env.reset_done(done)
+            env_time += time.perf_counter() - t_env
+        else:
+            obs = step.obs
     last_values = value(weights, obs, env.current_task_ids())
     rollout = Rollout(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in host.items()},
                       log_probs=jnp.stack(log_probs), values=jnp.stack(values),
                       last_values=jnp.asarray(last_values, jnp.float32))
+    if seconds is not None:
+        seconds["env"] = seconds.get("env", 0.0) + env_time
     return rollout, obs
 
 
@@ -270,6 +281,7 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
     horizon = config.ppo.rollout_env_steps // spec.num_envs
     logger = MetricsLogger(run_dir, {}, purge_step=env_steps or None)
     seconds = dict.fromkeys(("rollout", "update", "eval", "logging", "checkpoint"), 0.0)
+    env_seconds = {"env": 0.0}  # of the rollouts' time, inside the training envs
     bar = tqdm(total=config.rollouts() * config.ppo.rollout_env_steps, initial=env_steps,
                unit="step", unit_scale=True, dynamic_ncols=True, disable=not config.progress,
                desc="env steps")
@@ -281,7 +293,7 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
             key, k_rollout, k_update, k_eval = jax.random.split(key, 4)
             t0 = time.perf_counter()
             rollout, obs = collect_rollout(policy_step, value, acting_weights(state), env, obs,
-                                           k_rollout, horizon, stats)
+                                           k_rollout, horizon, stats, env_seconds)
             t1 = time.perf_counter()
             state, metrics = jax.block_until_ready(update(state, rollout, k_update))
             t2 = time.perf_counter()
@@ -339,5 +351,6 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
         env.close()
         eval_env.close()
     seconds["total"] = time.perf_counter() - t_start
+    seconds = {"rollout": seconds.pop("rollout"), "rollout_in_env": env_seconds["env"], **seconds}
     return {"env_steps": env_steps, "state": state, "last_eval": last_eval, "seconds": seconds,
             "task_names": spec.task_names}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
@@ -22,6 +21,7 @@ from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
 from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS
 from mtrl_sparse.envs.minigrid import OBS_SHAPE as MINIGRID_OBS_SHAPE
+from mtrl_sparse.methods.gmp import gmp_event_updates
 from mtrl_sparse.methods.registry import (
     MethodError,
     MethodOptions,
@@ -273,9 +273,9 @@ def _check_gmp_fires(network: str, settings: NetworkMethodSettings, options: Any
     """GMP reaches its target at its first pruning event at or after t_end; a network whose
     interval puts that event after the run's last update would end below its target (or stay
     dense) without a word."""
-    every = scale_intervals(options, settings.interval_scale).prune_every_updates
-    total = settings.total_updates
-    last_event = max(math.ceil(options.end_fraction * total / every), 1) * every
+    scaled = scale_intervals(options, settings.interval_scale)
+    every, total = scaled.prune_every_updates, settings.total_updates
+    _, last_event = gmp_event_updates(scaled, total)
     if last_event > total:
         raise ConfigError(
             f"gmp on the {network} prunes every {every} of its updates, so it would reach the "

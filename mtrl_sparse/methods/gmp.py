@@ -69,6 +69,15 @@ def check_gmp_options(options: GMPOptions) -> None:
         raise ValueError(f"gmp scope must be 'layer' or 'global'; got {options.scope!r}")
 
 
+def gmp_event_updates(options: GMPOptions, total_updates: int) -> tuple[int, int]:
+    """The updates of GMP's first and last pruning events: multiples of ``prune_every_updates``,
+    the first at or after t_start, the last at or after t_end (where s_f is reached)."""
+    every = options.prune_every_updates
+    first = max(math.ceil(options.start_fraction * total_updates / every) * every, every)
+    last = max(math.ceil(options.end_fraction * total_updates / every) * every, first)
+    return first, last
+
+
 def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
     """GMP toward ``settings.sparsity`` (may be traced) over ``settings.total_updates``."""
     check_gmp_options(options)
@@ -76,8 +85,7 @@ def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
     t_start = options.start_fraction * total_updates
     t_end = options.end_fraction * total_updates
     every = options.prune_every_updates
-    first_event = max(math.ceil(t_start / every) * every, every)
-    last_event = max(math.ceil(t_end / every) * every, first_event)  # reaches s_f
+    first_event, last_event = gmp_event_updates(options, total_updates)
     prune = prune_layers if options.scope == "layer" else prune_globally
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:

@@ -405,8 +405,14 @@ def _dataclass_in(hint: Any) -> type | None:
 
 def differing_fields(a: RunConfig, b: RunConfig) -> list[str]:
     """Dotted names of the fields where ``a`` and ``b`` differ."""
-    flat_a, flat_b = _flatten(to_dict(a)), _flatten(to_dict(b))
+    flat_a, flat_b = flat_fields(a), flat_fields(b)
     return [name for name in flat_a if flat_a[name] != flat_b.get(name)]
+
+
+def flat_fields(config: RunConfig) -> dict[str, Any]:
+    """Every field of ``config`` by dotted name (``methods.gmp.scope``), in field order, with
+    JSON values (tuples as lists)."""
+    return _flatten(to_dict(config))
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtrl_sparse.config import differing_fields, to_dict
+from mtrl_sparse.config import differing_fields, flat_fields
 from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_metrics
 
 SCORES = ("eval/normalized_return", "eval/success")
@@ -86,23 +86,13 @@ def group_labels(run_dirs: list[Path]) -> list[str]:
                 varying.append(name)
     labels = []
     for config in configs:
-        flat = _flat(to_dict(config))
+        flat = flat_fields(config)
         used = {part for s in config.network_methods().values() for part in s.name.split("+")}
         relevant = [n for n in flat if n in varying  # in the config's field order
                     and not (n.startswith("methods.") and n.split(".")[1] not in used)]
         labels.append(" ".join(f"{n}={flat[n]}" for n in relevant) if relevant
                       else config.method)
     return labels
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def aggregate(run_dirs: list[Path], reps: int = 2000, confidence: float = 0.95,

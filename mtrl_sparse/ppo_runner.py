@@ -102,14 +102,14 @@ def make_policy_step(ppo: PPO) -> Any:
 
 def collect_rollout(
     policy_step: Any, value: Any, weights: Any, env: MiniGridVectorEnv, obs: np.ndarray,
-    key: jax.Array, horizon: int, stats: EpisodeStats, seconds: dict[str, float] | None = None,
-) -> tuple[Rollout, np.ndarray]:
+    key: jax.Array, horizon: int, stats: EpisodeStats,
+) -> tuple[Rollout, np.ndarray, float]:
     """``horizon`` vector steps with the policy of ``weights`` (``ppo.acting_weights`` of the
-    state); returns the rollout and the next obs.
+    state); returns the rollout, the next obs and the seconds spent inside the envs (steps and
+    resets).
 
     Per vector step the host makes one policy call and fetches only the actions; log-probs and
-    values stay on the device until the rollout is stacked. The time spent inside the envs
-    (steps and resets) is added to ``seconds["env"]`` if ``seconds`` is given.
+    values stay on the device until the rollout is stacked.
     """
     num_envs = env.spec.num_envs
     host = {name: [] for name in ("obs", "task_ids", "actions", "rewards", "terminated",
@@ -148,9 +148,7 @@ def collect_rollout(
     rollout = Rollout(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in host.items()},
                       log_probs=jnp.stack(log_probs), values=jnp.stack(values),
                       last_values=jnp.asarray(last_values, jnp.float32))
-    if seconds is not None:
-        seconds["env"] = seconds.get("env", 0.0) + env_time
-    return rollout, obs
+    return rollout, obs, env_time
 
 
 def evaluate_ppo(
@@ -280,8 +278,8 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
         obs = env.reset()
     horizon = config.ppo.rollout_env_steps // spec.num_envs
     logger = MetricsLogger(run_dir, {}, purge_step=env_steps or None)
-    seconds = dict.fromkeys(("rollout", "update", "eval", "logging", "checkpoint"), 0.0)
-    env_seconds = {"env": 0.0}  # of the rollouts' time, inside the training envs
+    seconds = dict.fromkeys(("rollout", "rollout_in_env", "update", "eval", "logging",
+                             "checkpoint"), 0.0)  # rollout_in_env: of rollout, inside the envs
     bar = tqdm(total=config.rollouts() * config.ppo.rollout_env_steps, initial=env_steps,
                unit="step", unit_scale=True, dynamic_ncols=True, disable=not config.progress,
                desc="env steps")
@@ -292,12 +290,13 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
         for rollout_index in range(first, config.rollouts()):
             key, k_rollout, k_update, k_eval = jax.random.split(key, 4)
             t0 = time.perf_counter()
-            rollout, obs = collect_rollout(policy_step, value, acting_weights(state), env, obs,
-                                           k_rollout, horizon, stats, env_seconds)
+            rollout, obs, env_time = collect_rollout(policy_step, value, acting_weights(state),
+                                                     env, obs, k_rollout, horizon, stats)
             t1 = time.perf_counter()
             state, metrics = jax.block_until_ready(update(state, rollout, k_update))
             t2 = time.perf_counter()
             seconds["rollout"] += t1 - t0
+            seconds["rollout_in_env"] += env_time
             seconds["update"] += t2 - t1
             before, env_steps = env_steps, env_steps + config.ppo.rollout_env_steps
             bar.update(config.ppo.rollout_env_steps)
@@ -351,6 +350,5 @@ def train_ppo(config: PPOTrainConfig, run_dir: Any, resume: bool = False) -> dic
         env.close()
         eval_env.close()
     seconds["total"] = time.perf_counter() - t_start
-    seconds = {"rollout": seconds.pop("rollout"), "rollout_in_env": env_seconds["env"], **seconds}
     return {"env_steps": env_steps, "state": state, "last_eval": last_eval, "seconds": seconds,
             "task_names": spec.task_names}

@@ -37,6 +37,7 @@ from mtrl_sparse.config import (
     validate,
 )
 from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
+from mtrl_sparse.envs.minigrid import minigrid_task_names
 from mtrl_sparse.evaluation import evaluate
 from mtrl_sparse.learner import LOSS_NAMES, Learner, TrainState, make_learner
 from mtrl_sparse.methods.registry import build_network
@@ -342,13 +343,18 @@ def _train_ppo(config: PPOTrainConfig, resume: bool, preset: str | None) -> RunR
         summary = train_ppo(config, run_dir, resume)
     except FloatingPointError as error:
         raise NonFiniteLossError(str(error)) from None
-    state, last_eval, task_names = summary["state"], summary["last_eval"], summary["task_names"]
+    return _ppo_result(run_dir, summary["env_steps"], int(summary["state"].actor_step),
+                       summary["task_names"], summary["last_eval"], summary["seconds"])
+
+
+def _ppo_result(run_dir: Path, env_steps: int, updates: int, task_names: tuple[str, ...],
+                eval_row: dict[str, float], seconds: dict[str, float] | None = None) -> RunResult:
+    """A PPO run's ``RunResult``: per-task success and normalised return of an evaluation row."""
     return RunResult(
-        run_dir=run_dir, env_steps=summary["env_steps"], updates=int(state.actor_step),
-        task_names=task_names,
-        final_success=np.array([last_eval[f"eval/success/{t}"] for t in task_names]),
-        seconds=summary["seconds"],
-        final_normalized_return=np.array([last_eval[f"eval/normalized_return/{t}"]
+        run_dir=run_dir, env_steps=env_steps, updates=updates, task_names=task_names,
+        final_success=np.array([eval_row[f"eval/success/{t}"] for t in task_names]),
+        seconds=seconds or {},
+        final_normalized_return=np.array([eval_row[f"eval/normalized_return/{t}"]
                                           for t in task_names]),
     )
 
@@ -412,14 +418,10 @@ def _evaluate_ppo_run(run_dir: Path, config: PPOTrainConfig, checkpointer: Check
         row, updates = evaluate_ppo_checkpoint(config, checkpointer, step)
     finally:
         checkpointer.close()
-    tasks = [k.removeprefix("eval/success/") for k in row if k.startswith("eval/success/")]
     out = run_dir / EVAL_DIR
     out.mkdir(exist_ok=True)
     (out / f"step_{step}.json").write_text(json.dumps({"step": step, **row}, indent=2))
-    return RunResult(
-        run_dir=run_dir, env_steps=step, updates=updates, task_names=tuple(tasks),
-        final_success=np.array([row[f"eval/success/{t}"] for t in tasks]),
-        final_normalized_return=np.array([row[f"eval/normalized_return/{t}"] for t in tasks]))
+    return _ppo_result(run_dir, step, updates, minigrid_task_names(config.env.benchmark), row)
 
 
 __all__ = ["train", "evaluate_run", "RunResult", "NonFiniteLossError", "METRICS_FILE", "TB_DIR"]

@@ -186,7 +186,7 @@ class TaskHeads(nn.Module):
 
 
 def task_head_features(net: nn.Module, image: jax.Array, task_ids: jax.Array) -> jax.Array:
-    """What the task heads of ``net`` (a ``PPOActor`` or ``PPOCritic``, inside its ``__call__``)
+    """What the task heads of ``net`` (a ``CNNTaskNetwork``, inside its ``__call__``)
     read, built by the architecture ``net.arch``.
 
     ``mh``: the feature map (B, h, w, C) of one ``MiniGridCNN`` named ``trunk``. ``moe`` /
@@ -211,13 +211,15 @@ def task_head_features(net: nn.Module, image: jax.Array, task_ids: jax.Array) ->
     return representation
 
 
-class PPOActor(nn.Module):
-    """Policy: a CNN representation of ``arch`` (``mh``: ``trunk``; ``moe`` / ``moore``:
-    ``expert_j`` and ``task_encoder``, see ``task_head_features``) and per-task heads
-    (``task_heads``) -> logits (B, A)."""
+class CNNTaskNetwork(nn.Module):
+    """PPO's actor (``out_dim`` = actions: logits) or critic (``out_dim`` = 1: the value): a CNN
+    representation of ``arch`` (``mh``: ``trunk``; ``moe`` / ``moore``: ``expert_j`` and
+    ``task_encoder``, see ``task_head_features``) and per-task heads (``task_heads``).
+    (B, H, W, C) image, (B,) task ids -> (B, out_dim). Actor and critic are separate instances
+    with their own parameters."""
 
     num_tasks: int
-    num_actions: int
+    out_dim: int
     head_hidden_dim: int = 128
     channels: Sequence[int] = (16, 32, 64)
     pooling: bool = True
@@ -228,31 +230,12 @@ class PPOActor(nn.Module):
     @nn.compact
     def __call__(self, image: jax.Array, task_ids: jax.Array) -> jax.Array:
         features = task_head_features(self, image, task_ids)
-        return TaskHeads(self.num_tasks, self.head_hidden_dim, self.num_actions, self.layer_norm,
+        return TaskHeads(self.num_tasks, self.head_hidden_dim, self.out_dim, self.layer_norm,
                          name="task_heads")(features, task_ids)
 
 
-class PPOCritic(nn.Module):
-    """State value: its own CNN representation of ``arch`` (as ``PPOActor``'s) and per-task heads
-    (``task_heads``) -> (B,)."""
-
-    num_tasks: int
-    head_hidden_dim: int = 128
-    channels: Sequence[int] = (16, 32, 64)
-    pooling: bool = True
-    layer_norm: bool = False
-    arch: Architecture = "mh"
-    num_experts: int = 3
-
-    @nn.compact
-    def __call__(self, image: jax.Array, task_ids: jax.Array) -> jax.Array:
-        features = task_head_features(self, image, task_ids)
-        return TaskHeads(self.num_tasks, self.head_hidden_dim, 1, self.layer_norm,
-                         name="task_heads")(features, task_ids)[:, 0]
-
-
 def cnn_heads_neuron_layers(num_convs: int = 3) -> tuple[NeuronLayer, ...]:
-    """The hidden layers of ``PPOActor`` / ``PPOCritic``: each convolution (channels are the
+    """The hidden layers of ``CNNTaskNetwork``: each convolution (channels are the
     neurons), then the head units (T * U neurons)."""
     modules = [("trunk", f"conv_{i}") for i in range(num_convs)]
     modules += [("task_heads", "head_hidden"), ("task_heads", "heads")]
@@ -264,7 +247,7 @@ def cnn_heads_neuron_layers(num_convs: int = 3) -> tuple[NeuronLayer, ...]:
 
 
 def expert_cnn_heads_neuron_layers(num_experts: int, num_convs: int = 3) -> tuple[NeuronLayer, ...]:
-    """The hidden layers of a ``moe`` / ``moore`` ``PPOActor`` / ``PPOCritic``: in each expert
+    """The hidden layers of a ``moe`` / ``moore`` ``CNNTaskNetwork``: in each expert
     ``expert_j``, every convolution but the last (channels are the neurons), then the head units.
 
     An expert's last convolution is mixed with the other experts' (and orthonormalised for
@@ -286,7 +269,7 @@ def expert_cnn_heads_neuron_layers(num_experts: int, num_convs: int = 3) -> tupl
 def cnn_neuron_layers(
     arch: Architecture, num_experts: int, num_convs: int = 3
 ) -> tuple[NeuronLayer, ...]:
-    """The neuron layers of a ``PPOActor`` / ``PPOCritic`` of architecture ``arch``."""
+    """The neuron layers of a ``CNNTaskNetwork`` of architecture ``arch``."""
     if arch == "mh":
         return cnn_heads_neuron_layers(num_convs)
     return expert_cnn_heads_neuron_layers(num_experts, num_convs)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ import optax
 import tyro
 from flax import struct
 
-from mtrl_sparse.agents.cnn import PPOActor, PPOCritic, cnn_feature_size, cnn_neuron_layers
+from mtrl_sparse.agents.cnn import CNNTaskNetwork, cnn_feature_size, cnn_neuron_layers
 from mtrl_sparse.agents.net_state import (
     MaskMethod,
     NetState,
@@ -387,12 +387,16 @@ def make_ppo(
     effective weights, keyed like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
     """
     check_architecture(config, obs_shape)
-    actor_net = PPOActor(num_tasks, num_actions, config.head_hidden_dim, config.conv_channels,
-                         config.cnn_pooling, actor_setup.layer_norm, config.arch,
-                         config.num_experts)
-    critic_net = PPOCritic(num_tasks, config.head_hidden_dim, config.conv_channels,
-                           config.cnn_pooling, critic_setup.layer_norm, config.arch,
-                           config.num_experts)
+    def network(out_dim: int, setup: NetworkSetup) -> CNNTaskNetwork:
+        return CNNTaskNetwork(num_tasks, out_dim, config.head_hidden_dim, config.conv_channels,
+                              config.cnn_pooling, setup.layer_norm, config.arch,
+                              config.num_experts)
+
+    actor_net, critic_net = network(num_actions, actor_setup), network(1, critic_setup)
+
+    def critic_values(weights: Any, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
+        """Effective critic weights, (B, H, W, C) obs, (B,) task ids -> (B,) state values."""
+        return critic_net.apply(weights, obs, task_ids)[:, 0]
     actor_tx = make_optimizer(config.actor_lr, config.max_grad_norm, actor_setup)
     critic_tx = make_optimizer(config.critic_lr, config.max_grad_norm, critic_setup)
     layers = cnn_neuron_layers(config.arch, config.num_experts, len(config.conv_channels))
@@ -430,7 +434,7 @@ def make_ppo(
 
     def value_with(weights: dict, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
         """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> (B,) state values."""
-        return critic_net.apply(weights["critic"], obs, task_ids)
+        return critic_values(weights["critic"], obs, task_ids)
 
     def act_with(
         weights: dict, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
@@ -464,7 +468,7 @@ def make_ppo(
                            config.normalize_advantages)
 
     def critic_loss_fn(weights, minibatch):
-        values = critic_net.apply(weights, minibatch["obs"], minibatch["task_ids"])
+        values = critic_values(weights, minibatch["obs"], minibatch["task_ids"])
         loss = value_loss(values, minibatch["returns"])
         return loss, {"value_loss": loss}
 
@@ -533,7 +537,7 @@ def make_ppo(
     return PPO(
         init=init, act=act, value=value, update=update, config=config,
         acting_weights=acting_weights, act_with=act_with, value_with=value_with,
-        actor_logits=actor_net.apply, critic_values=critic_net.apply,
+        actor_logits=actor_net.apply, critic_values=critic_values,
         actor_activations=actor_activations, critic_activations=critic_activations,
         init_params={"actor": init_actor_params, "critic": init_critic_params},
         neuron_layers={"actor": layers, "critic": layers},

@@ -30,12 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-import tyro
 from flax import struct
 
 from mtrl_sparse.agents.cnn import CNNTaskNetwork, cnn_feature_size, cnn_neuron_layers
@@ -95,11 +94,11 @@ class PPOConfig:
     """Channels of the three 2x2 convolutions (activations ReLU, ReLU, Tanh)."""
     head_hidden_dim: int = 128
     """Hidden units of each task's head, actor and critic alike (activation Tanh)."""
-    arch: Annotated[Architecture, tyro.conf.arg(aliases=("--arch",))] = "mh"
+    arch: Architecture = "mh"
     """Architecture of actor and critic: mh (one CNN trunk, a head per task), moe (num-experts
     task-agnostic CNNs, flattened and mixed per task by a linear task encoder, tanh), moore (moe
     with the experts orthonormalised per sample, Hendawy et al. 2024)."""
-    num_experts: Annotated[int, tyro.conf.arg(aliases=("--num-experts",))] = 3
+    num_experts: int = 3
     """Experts k of moe / moore (count, >= 1; at most the flattened CNN feature size for moore);
     unused by mh."""
 

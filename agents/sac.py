@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-import tyro
 from flax import struct
 
 from mtrl_sparse.agents.net_state import (
@@ -77,11 +76,11 @@ class SACConfig:
     """Upper bound of the policy's log standard deviation."""
     target_entropy_scale: float = 1.0
     """Target entropy per task is -target_entropy_scale * action_dim."""
-    arch: Annotated[Architecture, tyro.conf.arg(aliases=("--arch",))] = "mh"
+    arch: Architecture = "mh"
     """Architecture of actor and critics: mh (shared trunk on [input, one-hot task], a head per
     task), moe (num-experts task-agnostic MLPs of hidden-sizes, mixed per task by a linear task
     encoder, tanh), moore (moe with the experts orthonormalised per sample, Hendawy et al. 2024)."""
-    num_experts: Annotated[int, tyro.conf.arg(aliases=("--num-experts",))] = 4
+    num_experts: int = 4
     """Experts k of moe / moore (count, >= 1; at most the last hidden size for moore); unused by
     mh."""
 

@@ -93,8 +93,9 @@ def main() -> None:
     print(f"  env-only floor (random actions): {floor:8.1f} s = {env_steps / floor:,.0f} "
           f"env-steps/s (mean of {floor_before:.1f} s before and {floor_after:.1f} s after)")
     print(f"  whole run, process start to exit: {run:7.1f} s = {env_steps / run:,.0f} env-steps/s")
-    if parts:  # the loop's own breakdown (rollout includes env stepping; update includes its
-        # compilation; the rest of the run is imports, setup and compilation of the policy)
+    if parts:  # the loop's own breakdown (env: inside the envs; agent: policy calls, updates
+        # and their bookkeeping; compile: the first update; the rest of the run is imports,
+        # setup and compilation of the policy)
         print(f"  run's {parts[0]}")
     if args.warm_cache:
         print(f"  with a warm compilation cache:    {warm:7.1f} s (run / floor {warm / floor:.2f})")

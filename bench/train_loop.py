@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mtrl_sparse.presets import PRESETS
 from mtrl_sparse.run_dir import read_metrics
-from mtrl_sparse.runner import train
+from mtrl_sparse.run_loop import train
 
 PARTS = ("env", "agent", "compile", "eval", "logging", "checkpoint")
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from mtrl_sparse.runner import RunResult
+    from mtrl_sparse.run_loop import RunResult
 
 
 def train(config: Any, *, resume: bool = False) -> RunResult:
-    """Train as ``config`` (a ``mtrl_sparse.config.TrainConfig``) says; see ``runner.train``."""
-    from mtrl_sparse.runner import train as run
+    """Train as ``config`` (a ``mtrl_sparse.config.TrainConfig``) says; see ``run_loop.train``."""
+    from mtrl_sparse.run_loop import train as run
 
     return run(config, resume=resume)

@@ -37,7 +37,8 @@ from mtrl_sparse.run_dir import (
 USAGE = """usage: mtrl-sparse COMMAND [OPTIONS]
 
 commands:
-  train     train multi-task SAC (mtrl-sparse train --help lists every option)
+  train     train an agent on a preset: multi-task SAC on Meta-World, multi-task PPO on
+            MiniGrid (mtrl-sparse train --help lists every option)
   eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
   presets   list the presets
   methods   list the sparsity and plasticity methods; methods NAME shows one
@@ -74,12 +75,12 @@ class ReportArgs:
     """Seed of the bootstrap (the same seed gives the same interval)."""
 
 
-def _tyro_parse(cls, args: list[str], default, prog: str):
+def _tyro_parse(cls, args: list[str], default, prog: str, description: str | None = None):
     """tyro.cli, with its multi-line error panel folded into one ``UsageError`` line."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(cls, args=args, default=default, prog=prog)
+            return tyro.cli(cls, args=args, default=default, prog=prog, description=description)
     except SystemExit as exit_:
         if exit_.code in (0, None):
             sys.stderr.write(captured.getvalue())
@@ -117,6 +118,35 @@ def _pop_flag(args: list[str], name: str) -> tuple[str | None, list[str]]:
     return value, rest
 
 
+FLAG_ALIASES = {"--total-steps": "--total-env-steps", "--arch": "--{agent}.arch",
+                "--num-experts": "--{agent}.num-experts"}
+"""Short flags of ``train``: ``{agent}`` is the agent of the preset (sac, ppo)."""
+
+
+def expand_aliases(args: list[str], agent: str) -> list[str]:
+    """``args`` with every ``FLAG_ALIASES`` flag (``--arch X`` or ``--arch=X``) spelt in full."""
+    expanded = []
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        if flag in FLAG_ALIASES:
+            arg = FLAG_ALIASES[flag].format(agent=agent) + equals + value
+        expanded.append(arg)
+    return expanded
+
+
+def _with_aliases_named(message: str, args: list[str], agent: str) -> str:
+    """``message`` with each full flag the user gave by its short alias named as given."""
+    for short, full in FLAG_ALIASES.items():
+        if any(arg.partition("=")[0] == short for arg in args):
+            message = message.replace(full.format(agent=agent), f"{short}")
+    return message
+
+
+def _alias_help(agent: str) -> str:
+    return "short flags: " + ", ".join(
+        f"{short} = {full.format(agent=agent)}" for short, full in FLAG_ALIASES.items())
+
+
 def parse_train_args(args: list[str]) -> tuple[RunConfig, bool, str | None]:
     """(config, resume, preset name) from ``train`` arguments.
 
@@ -143,7 +173,13 @@ def parse_train_args(args: list[str]) -> tuple[RunConfig, bool, str | None]:
         base = read_config(Path(run_dir))
     else:
         base = PRESETS[preset_name or DEFAULT_PRESET].config
-    config = _tyro_parse(type(base), args, base, "mtrl-sparse train")
+    try:
+        config = _tyro_parse(type(base), expand_aliases(args, base.AGENT), base,
+                             "mtrl-sparse train",
+                             description=f"{(type(base).__doc__ or '').strip()} "
+                                         f"({_alias_help(base.AGENT)})")
+    except UsageError as error:
+        raise UsageError(_with_aliases_named(str(error), args, base.AGENT)) from None
     if resume:
         return config, True, read_preset(Path(config.run_dir))
     return config, False, preset_name or DEFAULT_PRESET
@@ -169,8 +205,29 @@ def _print_summary(result, out) -> None:
             print(f"  {name:<28} {rate:.2f}", file=out)
 
 
+METHOD_FLAGS = ("--method", "--sparsity", "--actor.method", "--actor.sparsity",
+                "--critic.method", "--critic.sparsity", "--run-dir", "--preset")
+
+
+def next_commands(args: list[str], config: RunConfig, preset: str | None,
+                  run_dir: Path) -> list[str]:
+    """What a user types after a run: the same run (``args``, the ``train`` arguments) with the
+    other side of the sparse/dense comparison (GMP at 95% after a dense run, dense after a sparse
+    one), then the report that compares the two."""
+    args = [a for a in args if a != "--resume"]
+    for flag in METHOD_FLAGS:
+        _, args = _pop_flag(args, flag)
+    dense = all(m.sparsity == 0 for m in config.network_methods().values())
+    method, sparsity = ("gmp", "0.95") if dense else ("dense", "0")
+    other = run_dir.parent / f"{run_dir.name}-{method}"
+    same = " ".join([*(["--preset", preset] if preset else []), *args])
+    return [f"mtrl-sparse train {same} --method {method} --sparsity {sparsity} "
+            f"--run-dir {other}".replace("  ", " "),
+            f"mtrl-sparse report {run_dir} {other}"]
+
+
 def cmd_train(args: list[str]) -> int:
-    from mtrl_sparse.runner import NonFiniteLossError, train
+    from mtrl_sparse.run_loop import NonFiniteLossError, train
 
     config, resume, preset = parse_train_args(args)
     try:
@@ -181,11 +238,15 @@ def cmd_train(args: list[str]) -> int:
         print(f"mtrl-sparse train: {error}", file=sys.stderr)
         return 1
     _print_summary(result, sys.stdout)
+    print("\nnext: the same run with the other side of the sparse/dense comparison, then the "
+          "report that compares them:")
+    for command in next_commands(args, config, preset, result.run_dir):
+        print(f"  {command}")
     return 0
 
 
 def cmd_eval(args: list[str]) -> int:
-    from mtrl_sparse.runner import evaluate_run
+    from mtrl_sparse.run_loop import evaluate_run
 
     parsed = _tyro_parse(EvalArgs, args, None, "mtrl-sparse eval")
     run_dir = Path(parsed.run_dir)

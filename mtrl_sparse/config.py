@@ -11,9 +11,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
-
-import tyro
+from typing import Any, ClassVar, Literal
 
 from mtrl_sparse.agents.cnn import cnn_feature_size
 from mtrl_sparse.agents.ppo import PPOConfig, updates_per_rollout
@@ -96,7 +94,7 @@ class RunConfig:
     AGENT: ClassVar[str] = ""
     NETWORKS: ClassVar[tuple[str, ...]] = ("actor", "critic")
 
-    total_env_steps: Annotated[int, tyro.conf.arg(aliases=("--total-steps",))] = 20_000_000
+    total_env_steps: int = 20_000_000
     """Run budget in env steps (transitions summed over all training envs)."""
     seed: int = 0
     """Seed of network init, masks, exploration, replay sampling and environments."""
@@ -200,7 +198,7 @@ class PPOTrainConfig(RunConfig):
 
     AGENT: ClassVar[str] = "ppo"
 
-    total_env_steps: Annotated[int, tyro.conf.arg(aliases=("--total-steps",))] = 400_000
+    total_env_steps: int = 400_000
     """Run budget in env steps (transitions summed over all training envs)."""
     eval_every_env_steps: int = 100_000
     """Evaluate every this many env steps (and always at the end)."""

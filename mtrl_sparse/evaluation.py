@@ -1,16 +1,24 @@
-"""Policy evaluation on a separate vector env with several copies of each task.
+"""Evaluation protocols: success rate on fixed-task envs, normalised return on per-episode tasks.
 
-An episode succeeds when the task's success flag was 1 at any of its steps (DESIGN.md,
-Conventions). Each task's copies play their episodes in parallel; the first ``episodes_per_task``
-finished episodes of each task count. Every evaluation starts from the same environment random
-state, so evaluations differ only through the policy (and a resumed run evaluates exactly as an
-uninterrupted one).
+Both run on separate evaluation envs and always start from the same environment random state, so
+evaluations differ only through the policy (and a resumed run evaluates exactly as an
+uninterrupted one). Both return an ``eval/...`` row with per-task fields ``eval/success/<task>``
+and the mean ``eval/success_rate``; an episode succeeds when the task's success flag was 1 at any
+of its steps (DESIGN.md, Conventions).
+
+- ``evaluate_success`` (Meta-World: each env bound to one task, several copies per task): the
+  copies of a task play their episodes in parallel; the first ``episodes_per_task`` finished
+  episodes of each task count. Adds the mean return.
+- ``evaluate_normalized_return`` (MiniGrid: a task drawn per episode): the first
+  ``episodes_per_task`` episodes *started* on each task count (not the first to finish, which
+  would favour short episodes); each episode's return is divided by the best achievable return
+  of its own layout, so 1 is a shortest-path solution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -18,16 +26,23 @@ import numpy as np
 from mtrl_sparse.envs.base import MultiTaskVectorEnv
 
 
-def evaluate(
+class PerEpisodeTaskEnv(MultiTaskVectorEnv, Protocol):
+    """A vector env that draws a task per episode and knows each episode's best return."""
+
+    def episode_best_returns(self) -> np.ndarray: ...
+
+
+def evaluate_success(
     policy: Callable[[Any, jax.Array, jax.Array], jax.Array],
     agent_state: Any,
     env: MultiTaskVectorEnv,
     episodes_per_task: int,
     env_rng_state: Any,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> dict[str, float]:
     """Run ``episodes_per_task`` episodes of every task with ``policy(agent_state, obs, tasks)``.
 
-    Returns (success rate per task, mean episode return per task), float64 (T,) each.
+    Returns ``eval/success_rate``, ``eval/mean_return`` (means over tasks) and
+    ``eval/success/<task>``.
     """
     spec = env.spec
     task_ids = spec.env_task_ids
@@ -60,4 +75,74 @@ def evaluate(
         episodes = episodes[:episodes_per_task]
         success[task] = np.mean([s for s, _ in episodes])
         returns[task] = np.mean([g for _, g in episodes])
-    return success, returns
+    row = {"eval/success_rate": float(np.mean(success)),
+           "eval/mean_return": float(np.mean(returns))}
+    row.update({f"eval/success/{n}": float(s) for n, s in zip(spec.task_names, success,
+                                                                strict=True)})
+    return row
+
+
+def evaluate_normalized_return(
+    policy_step: Callable[..., tuple[jax.Array, Any, Any]], weights: Any,
+    env: PerEpisodeTaskEnv, episodes_per_task: int, key: jax.Array, deterministic: bool,
+) -> dict[str, float]:
+    """Normalised return and success of the first ``episodes_per_task`` episodes started on each
+    task, acting with ``policy_step(weights, obs, task_ids, key, t, deterministic)`` at vector
+    step ``t``; the env's random state is restored afterwards, so every evaluation sees the same
+    episodes. An unsolvable layout (no finite best return) is left out of its task's mean.
+
+    Returns ``eval/normalized_return`` and ``eval/success_rate`` (means over tasks) and
+    ``eval/normalized_return/<task>``, ``eval/success/<task>``.
+    """
+    rng_state = env.get_rng_state()
+    spec = env.spec
+    obs = env.reset()
+    started = np.zeros(spec.num_tasks, int)
+    episode_index = np.zeros(spec.num_envs, int)  # per env: its episode's rank on its task
+    best = np.zeros(spec.num_envs)
+    returns = np.zeros(spec.num_envs)
+    results: list[dict[int, tuple[float, bool]]] = [{} for _ in range(spec.num_tasks)]
+
+    def start(envs: np.ndarray) -> None:
+        tasks, best_returns = env.current_task_ids(), env.episode_best_returns()
+        for e in envs:
+            episode_index[e] = started[tasks[e]]
+            started[tasks[e]] += 1
+            best[e], returns[e] = best_returns[e], 0.0
+
+    def complete() -> bool:
+        return all(all(i in r for i in range(episodes_per_task)) for r in results)
+
+    start(np.arange(spec.num_envs))
+    t = 0
+    while not complete():
+        tasks = env.current_task_ids()
+        actions, _, _ = policy_step(weights, obs, tasks, key, t, deterministic)
+        step = env.step(np.asarray(actions))
+        returns += step.reward
+        done = step.terminated | step.truncated
+        for e in np.flatnonzero(done):
+            if episode_index[e] < episodes_per_task:
+                normalized = returns[e] / best[e] if np.isfinite(best[e]) else np.nan
+                results[tasks[e]][int(episode_index[e])] = (normalized, bool(step.success[e]))
+        if done.any():
+            obs = env.reset_done(done)
+            start(np.flatnonzero(done))
+        else:
+            obs = step.obs
+        t += 1
+    env.set_rng_state(rng_state)
+
+    row: dict[str, float] = {}
+    per_task_norm, per_task_success = [], []
+    for name, per_task in zip(spec.task_names, results, strict=True):
+        chosen = [per_task[i] for i in range(episodes_per_task)]
+        norm = float(np.nanmean([r for r, _ in chosen]))
+        success = float(np.mean([s for _, s in chosen]))
+        row[f"eval/normalized_return/{name}"] = norm
+        row[f"eval/success/{name}"] = success
+        per_task_norm.append(norm)
+        per_task_success.append(success)
+    row["eval/normalized_return"] = float(np.mean(per_task_norm))
+    row["eval/success_rate"] = float(np.mean(per_task_success))
+    return row

@@ -33,7 +33,7 @@ from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.registry import build_network
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
-from mtrl_sparse.runner import train
+from mtrl_sparse.run_loop import train
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH, EXPERTS = 3, 5, 2, 12, 2
 OBS_SHAPE, NUM_ACTIONS = (7, 7, 3), 7

@@ -20,7 +20,7 @@ from mtrl_sparse.methods.reset import ResetOptions
 from mtrl_sparse.methods.sparse_evolution import RigLOptions, SETOptions
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
-from mtrl_sparse.runner import train
+from mtrl_sparse.run_loop import train
 
 SMOKE = get_preset("mt10-smoke").config
 OPTIONS = MethodOptions(

@@ -15,8 +15,8 @@ import pytest
 
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.cli import main
+from mtrl_sparse.off_policy import make_envs, make_run_learner
 from mtrl_sparse.run_dir import read_config, read_metrics
-from mtrl_sparse.runner import make_envs, make_run_learner
 
 ARGS = ["--preset", "mt10-smoke", "--method", "static", "--sparsity", "0.9",
         "--total-steps", "2000", "--checkpoint-every-env-steps", "600", "--eval-every-env-steps",

@@ -9,13 +9,15 @@ import jax
 import numpy as np
 import pytest
 
+from mtrl_sparse.agent_kind import NonFiniteLossError
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.cli import main
 from mtrl_sparse.config import EnvConfig, NetworkMethodConfig
 from mtrl_sparse.envs.metaworld import metaworld_task_names
+from mtrl_sparse.off_policy import make_envs, make_run_learner
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
-from mtrl_sparse.runner import NonFiniteLossError, make_envs, make_run_learner, train
+from mtrl_sparse.run_loop import train
 
 TASKS = metaworld_task_names("MT10")
 SMOKE = get_preset("mt10-smoke").config
@@ -108,7 +110,7 @@ def test_eval_command_reproduces_the_final_evaluation(smoke_run, capsys):
     assert main(["eval", "--run-dir", str(result.run_dir), "--step", "1000"]) == 0
     written = json.loads((result.run_dir / "eval" / "step_1000.json").read_text())
     final_row = [r for r in read_metrics(result.run_dir) if "eval/success_rate" in r][-1]
-    assert written["success_rate"] == final_row["eval/success_rate"]
+    assert written["eval/success_rate"] == final_row["eval/success_rate"]
     assert "success rate" in capsys.readouterr().out
     assert main(["eval", "--run-dir", str(result.run_dir), "--step", "7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,0 +1,155 @@
+"""What the run loop needs from an agent kind, and the bookkeeping every kind shares.
+
+The run loop (``mtrl_sparse.run_loop``) owns the schedule of a run: interval crossings, timing,
+checkpoint cadence, resume rules, evaluation, episode statistics and the run summary. An agent kind
+(off-policy with a replay buffer, ``mtrl_sparse.off_policy``; on-policy with rollouts,
+``mtrl_sparse.on_policy``) supplies the parts that differ, as an object following ``AgentKind``:
+how one iteration advances the run (a vector step and its updates; a rollout and its update), its
+training-row metrics, its plasticity probe, its evaluation protocol and the state a checkpoint
+holds. Kinds are chosen by the config's agent from ``run_loop.AGENT_KINDS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+EVAL_SEED_OFFSET = 1_000_003
+"""Evaluation envs are seeded ``seed + EVAL_SEED_OFFSET``: other episodes of the same tasks."""
+
+
+def eval_env_seed(seed: int) -> int:
+    """The seed of a run's evaluation envs, given the run's seed."""
+    return seed + EVAL_SEED_OFFSET
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss (or an action) became NaN or Inf; the message names the env step and the loss."""
+
+
+@dataclass
+class Iteration:
+    """What one iteration of an agent kind did.
+
+    Attributes:
+        env_steps: env steps it collected (transitions summed over all envs).
+        updates: the kind's update counter after it (host-side count, no device read): gradient
+            steps of the network that plasticity probes are scheduled on (SAC: every network;
+            PPO: the actor).
+        at_boundary: whether the run may checkpoint or end here (SAC: every env just ended its
+            episode; PPO: always, at a rollout's end).
+        seconds: wall time by part: ``env`` (inside the envs), ``agent`` (the agent's jitted calls
+            and their host bookkeeping), ``compile`` (first calls of each compiled variant).
+    """
+
+    env_steps: int
+    updates: int
+    at_boundary: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class EpisodeTracker:
+    """Returns and success of the training episodes that ended since the last metrics row.
+
+    ``record`` is called once per vector step with every env's task, reward, end flag and success
+    flag; an episode succeeds when its success flag was set at any of its steps (DESIGN.md,
+    Conventions). ``pop_row`` gives the ``train/...`` fields of a metrics row and starts over.
+    """
+
+    def __init__(self, task_names: tuple[str, ...], num_envs: int):
+        self.task_names = task_names
+        self.returns = np.zeros(num_envs)
+        self.succeeded = np.zeros(num_envs, bool)
+        self.ended: list[list[tuple[float, bool]]] = [[] for _ in task_names]
+
+    def record(self, task_ids: np.ndarray, rewards: np.ndarray, done: np.ndarray,
+               success: np.ndarray) -> None:
+        """One vector step: (N,) task ids, rewards, episode-end and success flags."""
+        self.returns += rewards
+        self.succeeded |= success
+        for env in np.flatnonzero(done):
+            self.ended[task_ids[env]].append((float(self.returns[env]),
+                                              bool(self.succeeded[env])))
+        self.returns[done] = 0.0
+        self.succeeded[done] = False
+
+    def pop_row(self) -> dict[str, Any]:
+        """``train/episodes``, ``train/return``, ``train/success_rate`` and per task
+        ``train/return/<task>``, ``train/success/<task>`` (None where no episode ended)."""
+        episodes = [e for per_task in self.ended for e in per_task]
+        row: dict[str, Any] = {"train/episodes": len(episodes),
+                               **_episode_means(episodes, "train/return", "train/success_rate")}
+        for name, per_task in zip(self.task_names, self.ended, strict=True):
+            row.update(_episode_means(per_task, f"train/return/{name}", f"train/success/{name}"))
+        self.ended = [[] for _ in self.task_names]
+        return row
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready state for a checkpoint: episodes in progress and those not yet in a row."""
+        return {"returns": self.returns.tolist(), "succeeded": self.succeeded.tolist(),
+                "ended": self.ended}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Restore a ``dump``."""
+        self.returns = np.asarray(saved["returns"], dtype=np.float64)
+        self.succeeded = np.asarray(saved["succeeded"], dtype=bool)
+        self.ended = [[(float(r), bool(s)) for r, s in per_task] for per_task in saved["ended"]]
+
+
+def _episode_means(episodes: list[tuple[float, bool]], return_key: str,
+                   success_key: str) -> dict[str, float | None]:
+    """Mean return and success rate of (return, success) ``episodes``; None for none."""
+    if not episodes:
+        return {return_key: None, success_key: None}
+    return {return_key: float(np.mean([r for r, _ in episodes])),
+            success_key: float(np.mean([s for _, s in episodes]))}
+
+
+class AgentKind(Protocol):
+    """One agent kind's side of a run (see the module docstring). Built from a run config;
+    ``start`` or ``restore`` comes first, then iterations; ``close`` releases the envs."""
+
+    task_names: tuple[str, ...]
+    num_envs: int
+    """Training envs stepped together (the width of ``EpisodeTracker.record``)."""
+    budget_env_steps: int
+    """The run ends at the first boundary at or after this many env steps."""
+    score_name: str
+    """The evaluation row's headline field (``eval/success_rate``, ``eval/normalized_return``)."""
+
+    def start(self) -> None:
+        """A fresh agent state from the config's seed; environments reset."""
+
+    def abstract_state(self) -> Any:
+        """Shapes and dtypes of the checkpointed device state (for restoring)."""
+
+    def restore(self, state: Any, meta: dict[str, Any]) -> None:
+        """Continue from a checkpoint: ``state`` and this kind's part of ``meta``."""
+
+    def iterate(self, episodes: EpisodeTracker) -> Iteration:
+        """Advance the run by one iteration, recording every vector step in ``episodes``."""
+
+    def train_row(self) -> dict[str, Any]:
+        """The agent's fields of a training row (update counts, losses, method states);
+        ``NonFiniteLossError`` if a loss went NaN or Inf."""
+
+    def probe_row(self) -> dict[str, Any]:
+        """A plasticity-metrics row (without ``step``) of the current state."""
+
+    def evaluate(self) -> dict[str, Any]:
+        """The current policy on the evaluation envs: an ``eval/...`` row (without ``step``)."""
+
+    def evaluate_checkpoint(self, state: Any, env_step: int) -> dict[str, Any]:
+        """The evaluation row of a checkpoint's ``state`` saved at ``env_step``, with the run's
+        own evaluation episodes; the state becomes this kind's state."""
+
+    def checkpoint(self) -> tuple[Any, dict[str, Any]]:
+        """(device state, JSON-ready metadata of this kind) for a checkpoint."""
+
+    def updates(self) -> int:
+        """Gradient steps made so far (read from the device state)."""
+
+    def close(self) -> None:
+        """Release the environments."""

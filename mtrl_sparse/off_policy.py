@@ -1,0 +1,177 @@
+"""The off-policy agent kind: multi-task SAC with a replay buffer on Meta-World.
+
+One iteration is one vector step (``num_envs`` env steps): act (uniform random actions during
+warm-up), step the envs, then ``learn`` (insert the transitions into the replay buffer and, once
+warm-up is over, ``updates_per_vector_step`` gradient updates). Envs whose episode ended are reset
+at the start of the next iteration, after the run loop has had its chance to checkpoint, so a
+checkpoint holds the environments' random state before the reset that a resumed run replays.
+Meta-World episodes are synchronised, so every env ends together: that is the boundary where the
+run may checkpoint or end (exact for budgets that are multiples of
+``num_envs * max_episode_steps``).
+
+Evaluation runs ``eval_episodes_per_task`` deterministic episodes per task on separate envs, always
+from the same environment random state (``mtrl_sparse.evaluation.evaluate_success``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from mtrl_sparse.agent_kind import (
+    EpisodeTracker,
+    Iteration,
+    NonFiniteLossError,
+    eval_env_seed,
+)
+from mtrl_sparse.agents.replay_buffer import Transition
+from mtrl_sparse.agents.sac import make_sac
+from mtrl_sparse.config import TrainConfig
+from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
+from mtrl_sparse.evaluation import evaluate_success
+from mtrl_sparse.learner import LOSS_NAMES, Learner, TrainState, make_learner
+from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.run_dir import method_state_row, scalar_row
+
+
+def make_envs(config: TrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorEnv]:
+    """Training and evaluation vector envs of ``config``."""
+    env_cfg = config.env
+    common = dict(task=env_cfg.task, vector_strategy=env_cfg.vector_strategy,
+                  max_episode_steps=env_cfg.max_episode_steps)
+    train_env = MetaWorldVectorEnv(env_cfg.benchmark, envs_per_task=env_cfg.envs_per_task,
+                                   seed=config.seed, **common)
+    eval_env = MetaWorldVectorEnv(env_cfg.benchmark, envs_per_task=env_cfg.eval_envs_per_task,
+                                  seed=eval_env_seed(config.seed), layout_seed=config.seed,
+                                  **common)
+    return train_env, eval_env
+
+
+def make_run_learner(config: TrainConfig, env: MetaWorldVectorEnv) -> Learner:
+    """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner."""
+    spec = env.spec
+    networks = {name: build_network(settings, config.methods, name)
+                for name, settings in config.network_methods().items()}
+    sac = make_sac(config.sac, spec.num_tasks, spec.obs_shape[0], spec.action_dim,
+                   networks["actor"], networks["critic"])
+    return make_learner(sac, spec, config.buffer_capacity, config.updates_per_vector_step,
+                        config.plasticity)
+
+
+class OffPolicyRun:
+    """SAC on Meta-World as the run loop drives it (``mtrl_sparse.agent_kind.AgentKind``)."""
+
+    score_name = "eval/success_rate"
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.env, self.eval_env = make_envs(config)
+        spec = self.env.spec
+        self.task_names = spec.task_names
+        self.num_envs = spec.num_envs
+        self.budget_env_steps = config.total_env_steps
+        self.array_labels = {"alpha": spec.task_names}
+        self.learner = make_run_learner(config, self.env)
+        self.eval_rng_state = self.eval_env.get_rng_state()
+        self.compiled: set[bool] = set()  # variants (warm-up or not) whose first call was timed
+        self.last_metrics: dict[str, jax.Array] = {}
+        self.state: TrainState | None = None
+        self.obs: np.ndarray | None = None
+        self.done: np.ndarray | None = None  # envs to reset before the next step
+        self.env_steps = self.updates_done = 0
+
+    def start(self) -> None:
+        self.state = self.learner.init(self.config.seed)
+        self.obs = self.env.reset()
+
+    def abstract_state(self) -> Any:
+        return self.learner.abstract_state()
+
+    def restore(self, state: TrainState, meta: dict[str, Any]) -> None:
+        self.state = state
+        self.env.set_rng_state(meta["env_rng_state"])
+        self.env_steps, self.updates_done = meta["env_steps"], int(state.agent.step)
+        self.done = np.ones(self.num_envs, bool)  # checkpoints are taken at episode boundaries
+
+    def iterate(self, episodes: EpisodeTracker) -> Iteration:
+        config, env = self.config, self.env
+        t0 = time.perf_counter()
+        if self.done is not None and self.done.any():
+            self.obs = env.reset() if self.done.all() else env.reset_done(self.done)
+        warmup = self.env_steps < config.warmup_env_steps
+        t1 = time.perf_counter()
+        self.state, actions = self.learner.act(self.state, self.obs, warmup)
+        actions = np.asarray(actions)
+        if not np.all(np.isfinite(actions)):
+            self._check_finite()
+            raise NonFiniteLossError(f"non-finite actions at env step {self.env_steps}; "
+                                     "run stopped")
+        t2 = time.perf_counter()
+        step = env.step(actions)
+        t3 = time.perf_counter()
+        transition = Transition(obs=self.obs, actions=actions, rewards=step.reward,
+                                next_obs=step.obs, terminated=step.terminated.astype(np.float32))
+        self.state, metrics = self.learner.learn(self.state, transition, warmup)
+        self.last_metrics = metrics or self.last_metrics
+        agent_seconds = (t2 - t1) + (time.perf_counter() - t3)
+        first_call = warmup not in self.compiled
+        self.compiled.add(warmup)
+
+        self.env_steps += self.num_envs
+        if not warmup:
+            self.updates_done += config.updates_per_vector_step
+        self.done = step.terminated | step.truncated
+        episodes.record(env.spec.env_task_ids, step.reward, self.done, step.success)
+        self.obs = step.obs
+        return Iteration(
+            env_steps=self.num_envs, updates=self.updates_done,
+            at_boundary=bool(self.done.all()),
+            seconds={"env": (t1 - t0) + (t3 - t2),
+                     "compile" if first_call else "agent": agent_seconds})
+
+    def train_row(self) -> dict[str, Any]:
+        self._check_finite()
+        agent = self.state.agent
+        return {"updates": int(agent.step), **scalar_row(self.last_metrics),
+                **method_state_row({"actor": agent.actor, "critic": agent.critic})}
+
+    def probe_row(self) -> dict[str, Any]:
+        return scalar_row(self.learner.probe(self.state))
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_success(self.learner.greedy_act, self.state.agent, self.eval_env,
+                                self.config.env.eval_episodes_per_task, self.eval_rng_state)
+
+    def evaluate_checkpoint(self, state: TrainState, env_step: int) -> dict[str, Any]:
+        """The evaluation row of a checkpoint's state: the run's own evaluation episodes. The
+        checkpoint's state becomes this run's state."""
+        del env_step
+        self.state = state
+        return self.evaluate()
+
+    def checkpoint(self) -> tuple[TrainState, dict[str, Any]]:
+        return self.state, {"env_rng_state": self.env.get_rng_state()}
+
+    def updates(self) -> int:
+        return int(self.state.agent.step)
+
+    def close(self) -> None:
+        self.env.close()
+        self.eval_env.close()
+
+    def _check_finite(self) -> None:
+        """``NonFiniteLossError`` naming the env step, update and loss of the first non-finite
+        loss the learner recorded on the device, if any."""
+        update, which = (int(x) for x in jax.device_get(self.state.first_nonfinite))
+        if update < 0:
+            return
+        config = self.config
+        vector_step = (update - 1) // config.updates_per_vector_step
+        warmup_vector_steps = -(-config.warmup_env_steps // self.num_envs)
+        env_step = (warmup_vector_steps + vector_step + 1) * self.num_envs
+        raise NonFiniteLossError(
+            f"non-finite {LOSS_NAMES[which]} at env step {env_step} (update {update}); "
+            "run stopped")

@@ -1,0 +1,226 @@
+"""The on-policy agent kind: multi-task PPO with rollouts on MiniGrid.
+
+One iteration collects a rollout of ``ppo.rollout_env_steps`` env steps (``T = rollout / num_envs``
+vector steps of the ``num_envs`` workers) with the jitted policy (one call per vector step), then
+calls the jitted ``update`` once (GAE, the critic's and the actor's epochs of minibatches). Envs
+follow the explicit reset convention: an env whose episode ended is reset before the next vector
+step; a truncated episode bootstraps from the value of its true final observation
+(``truncation_values``). Every rollout's end is a boundary where the run may checkpoint or end:
+a checkpoint holds the MiniGrid envs' full state (episodes in progress included).
+
+Evaluation runs on separate envs seeded apart from training, with the sampled policy by default
+(``mtrl_sparse.evaluation.evaluate_normalized_return``).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtrl_sparse.agent_kind import EpisodeTracker, Iteration, NonFiniteLossError, eval_env_seed
+from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
+from mtrl_sparse.config import PPOTrainConfig
+from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
+from mtrl_sparse.evaluation import evaluate_normalized_return
+from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.probe import make_ppo_probe
+from mtrl_sparse.run_dir import method_state_row, scalar_row
+
+
+def make_run_ppo(config: PPOTrainConfig, env: MiniGridVectorEnv) -> PPO:
+    """The agent of a run: networks built from the run's methods."""
+    networks = {name: build_network(settings, config.methods, name)
+                for name, settings in config.network_methods().items()}
+    spec = env.spec
+    return make_ppo(config.ppo, spec.num_tasks, spec.obs_shape, spec.action_dim,
+                    networks["actor"], networks["critic"])
+
+
+def make_policy_step(ppo: PPO) -> Any:
+    """``policy_step(weights, obs, task_ids, key, t, deterministic=False)``: ``ppo.act_with``
+    on ``ppo.acting_weights`` with the key of vector step ``t`` folded in on the device, jitted;
+    one dispatch per vector step."""
+
+    def policy_step(weights: Any, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
+                    t: jax.Array, deterministic: bool = False):
+        return ppo.act_with(weights, obs, task_ids, jax.random.fold_in(key, t), deterministic)
+
+    return jax.jit(policy_step, static_argnames="deterministic")
+
+
+def collect_rollout(
+    policy_step: Any, value: Any, weights: Any, env: MiniGridVectorEnv, obs: np.ndarray,
+    key: jax.Array, horizon: int, episodes: EpisodeTracker,
+) -> tuple[Rollout, np.ndarray, float]:
+    """``horizon`` vector steps with the policy of ``weights`` (``ppo.acting_weights`` of the
+    state); returns the rollout, the next obs and the seconds spent inside the envs (steps and
+    resets).
+
+    Per vector step the host makes one policy call and fetches only the actions; log-probs and
+    values stay on the device until the rollout is stacked.
+    """
+    num_envs = env.spec.num_envs
+    host = {name: [] for name in ("obs", "task_ids", "actions", "rewards", "terminated",
+                                  "truncated", "truncation_values")}
+    log_probs, values = [], []
+    no_truncation = np.zeros(num_envs, np.float32)
+    env_time = 0.0
+    for t in range(horizon):
+        task_ids = env.current_task_ids()
+        actions, step_log_probs, step_values = policy_step(weights, obs, task_ids, key, t)
+        actions = np.asarray(actions)
+        t_env = time.perf_counter()
+        step = env.step(actions)
+        env_time += time.perf_counter() - t_env
+        cut = step.truncated & ~step.terminated
+        truncation_values = no_truncation
+        if cut.any():  # bootstrap through the time limit from the true final observation
+            truncation_values = np.where(cut, np.asarray(value(weights, step.obs, task_ids)),
+                                         0.0).astype(np.float32)
+        for name, array in (("obs", obs), ("task_ids", task_ids), ("actions", actions),
+                            ("rewards", step.reward), ("terminated", step.terminated),
+                            ("truncated", step.truncated),
+                            ("truncation_values", truncation_values)):
+            host[name].append(array)
+        log_probs.append(step_log_probs)
+        values.append(step_values)
+        done = step.terminated | step.truncated
+        episodes.record(task_ids, step.reward, done, step.success)
+        if done.any():
+            t_env = time.perf_counter()
+            obs = env.reset_done(done)
+            env_time += time.perf_counter() - t_env
+        else:
+            obs = step.obs
+    last_values = value(weights, obs, env.current_task_ids())
+    rollout = Rollout(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in host.items()},
+                      log_probs=jnp.stack(log_probs), values=jnp.stack(values),
+                      last_values=jnp.asarray(last_values, jnp.float32))
+    return rollout, obs, env_time
+
+
+class OnPolicyRun:
+    """PPO on MiniGrid as the run loop drives it (``mtrl_sparse.agent_kind.AgentKind``)."""
+
+    score_name = "eval/normalized_return"
+    array_labels: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, config: PPOTrainConfig):
+        self.config = config
+        env_cfg = config.env
+        self.env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.num_envs, config.seed,
+                                     env_cfg.vector_strategy)
+        self.eval_env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.eval_envs,
+                                          eval_env_seed(config.seed), env_cfg.vector_strategy,
+                                          compute_optimal=True)
+        spec = self.env.spec
+        self.task_names = spec.task_names
+        self.num_envs = spec.num_envs
+        self.rollout_env_steps = config.ppo.rollout_env_steps
+        self.budget_env_steps = config.rollouts() * self.rollout_env_steps
+        self.horizon = self.rollout_env_steps // spec.num_envs
+        self.actor_updates_per_rollout = updates_per_rollout(config.ppo)["actor"]
+        ppo = self.ppo = make_run_ppo(config, self.env)
+        self.policy_step = make_policy_step(ppo)
+        self.value = jax.jit(ppo.value_with)
+        self.acting_weights = jax.jit(ppo.acting_weights)
+        self.update = jax.jit(ppo.update, donate_argnums=0)
+        plasticity = config.plasticity
+        self.probe = jax.jit(make_ppo_probe(ppo, plasticity.dormant_tau, plasticity.srank_delta))
+        self.key, self.init_key = jax.random.split(jax.random.PRNGKey(config.seed))
+        self.eval_key = self.key
+        self.state: PPOState | None = None
+        self.metrics: dict[str, jax.Array] = {}
+        self.rollout: Rollout | None = None
+        self.obs: np.ndarray | None = None
+        self.env_steps = 0
+        self.compiled = False
+
+    def start(self) -> None:
+        self.state = jax.jit(self.ppo.init)(self.init_key)
+        self.obs = self.env.reset()
+
+    def abstract_state(self) -> Any:
+        return jax.eval_shape(self.ppo.init, self.init_key)
+
+    def restore(self, state: PPOState, meta: dict[str, Any]) -> None:
+        self.state = state
+        self.key = jnp.asarray(meta["key"], dtype=self.key.dtype)
+        self.obs = self.env.set_state(base64.b64decode(meta["env_state"]))
+        self.env_steps = meta["env_steps"]
+
+    def iterate(self, episodes: EpisodeTracker) -> Iteration:
+        self.key, k_rollout, k_update, self.eval_key = jax.random.split(self.key, 4)
+        t0 = time.perf_counter()
+        self.rollout, self.obs, env_seconds = collect_rollout(
+            self.policy_step, self.value, self.acting_weights(self.state), self.env, self.obs,
+            k_rollout, self.horizon, episodes)
+        t1 = time.perf_counter()
+        self.state, self.metrics = jax.block_until_ready(
+            self.update(self.state, self.rollout, k_update))
+        t2 = time.perf_counter()
+        update_part = "agent" if self.compiled else "compile"
+        self.compiled = True
+        self.env_steps += self.rollout_env_steps
+        seconds = {"env": env_seconds, "agent": t1 - t0 - env_seconds}
+        seconds[update_part] = seconds.get(update_part, 0.0) + t2 - t1
+        return Iteration(env_steps=self.rollout_env_steps, updates=self._actor_updates(),
+                         at_boundary=True, seconds=seconds)
+
+    def _actor_updates(self) -> int:
+        """Actor updates after the rollouts collected so far (host-side count)."""
+        return self.env_steps // self.rollout_env_steps * self.actor_updates_per_rollout
+
+    def train_row(self) -> dict[str, Any]:
+        state = self.state
+        row = {"updates": int(state.actor_step), "critic_updates": int(state.critic_step),
+               **scalar_row(self.metrics),
+               **method_state_row({"actor": state.actor, "critic": state.critic})}
+        if not all(np.isfinite(row[k]) for k in ("policy_loss", "value_loss")):
+            raise NonFiniteLossError(
+                f"non-finite loss at env step {self.env_steps} (policy_loss "
+                f"{row['policy_loss']}, value_loss {row['value_loss']}); run stopped")
+        return row
+
+    def probe_row(self) -> dict[str, Any]:
+        """Plasticity metrics on the first ``plasticity.batch_size`` samples of the latest
+        rollout."""
+        batch_size = self.config.plasticity.batch_size
+        obs, task_ids = (x.reshape(-1, *x.shape[2:])[:batch_size]
+                         for x in (self.rollout.obs, self.rollout.task_ids))
+        return {"updates": self._actor_updates(),
+                **scalar_row(self.probe(self.state, obs, task_ids,
+                                        jax.random.fold_in(self.eval_key, 1)))}
+
+    def evaluate(self) -> dict[str, Any]:
+        return self._evaluate(self.state, self.eval_key)
+
+    def evaluate_checkpoint(self, state: PPOState, env_step: int) -> dict[str, Any]:
+        """The evaluation row of a checkpoint's state: the run's own evaluation episodes (the
+        same layouts as its logged evaluations), actions sampled with a key of its own. The
+        checkpoint's state becomes this run's state."""
+        self.state = state
+        return self._evaluate(state, jax.random.fold_in(jax.random.PRNGKey(self.config.seed),
+                                                        env_step))
+
+    def _evaluate(self, state: PPOState, key: jax.Array) -> dict[str, Any]:
+        env_cfg = self.config.env
+        return evaluate_normalized_return(self.policy_step, self.acting_weights(state),
+                                          self.eval_env, env_cfg.eval_episodes_per_task, key,
+                                          env_cfg.eval_deterministic)
+
+    def checkpoint(self) -> tuple[PPOState, dict[str, Any]]:
+        return self.state, {"key": np.asarray(self.key).tolist(),
+                            "env_state": base64.b64encode(self.env.get_state()).decode("ascii")}
+
+    def updates(self) -> int:
+        return int(self.state.actor_step)
+
+    def close(self) -> None:
+        self.env.close()
+        self.eval_env.close()

@@ -1,0 +1,278 @@
+"""The run loop: one schedule for every agent kind, and checkpoint evaluation.
+
+Data flows one way: config -> the agent kind of ``config.AGENT`` (``AGENT_KINDS``: envs, agent,
+jitted steps) -> the loop below -> the run directory. The loop never names a method or an agent;
+it owns what every run shares:
+
+- the run directory: created for a new run; on ``--resume`` the stored config, which may differ
+  only by a raised ``total_env_steps`` (``prepare_run_dir``);
+- the schedule: iterations of the agent kind (a vector step, a rollout) until the first boundary
+  at or after the kind's budget; after each, at interval crossings, a training metrics row
+  (``log_every_env_steps``), a plasticity row (``plasticity.every_updates``, in updates), an
+  evaluation (``eval_every_env_steps``; and at the end), and a checkpoint at the first boundary
+  after every ``checkpoint_every_env_steps`` (and at the end);
+- episode statistics of training (``EpisodeTracker``), timing, the progress bar and the summary.
+
+A checkpoint holds the kind's device state and, as JSON: the env step, the last evaluation row,
+the episode statistics and the kind's own metadata (environment states, keys). On resume the rows
+logged after it are dropped and written again, so a resumed run ends with the rows of an
+uninterrupted one.
+
+Metrics fields whose name starts with ``time/`` are wall-clock measurements: ``time/eval_s`` is
+the seconds of the evaluation on its row, ``time/env_steps_per_s`` and ``time/updates_per_s`` the
+rates since the previous training row, ``time/elapsed_s`` the seconds since the loop started.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mtrl_sparse.agent_kind import AgentKind, EpisodeTracker, NonFiniteLossError
+from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
+from mtrl_sparse.config import ConfigError, RunConfig, differing_fields, validate
+from mtrl_sparse.off_policy import OffPolicyRun
+from mtrl_sparse.on_policy import OnPolicyRun
+from mtrl_sparse.run_dir import (
+    CHECKPOINT_DIR,
+    EVAL_DIR,
+    MetricsLogger,
+    RunDirError,
+    check_new_run_dir,
+    crossed,
+    read_config,
+    truncate_metrics,
+    write_config,
+)
+
+AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
+"""The agent kind of each config's ``AGENT``: off-policy with a replay buffer, on-policy with
+rollouts."""
+
+RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress")
+"""Config fields a resumed run may change (``total_env_steps`` only upwards)."""
+
+WALL_TIME_PARTS = ("env", "agent", "compile", "eval", "logging", "checkpoint")
+"""Parts of ``RunResult.seconds`` besides ``total``: inside the envs; the agent's jitted calls
+and their host bookkeeping; first calls of each compiled variant; evaluations; metrics rows and
+plasticity probes; checkpoints."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run (or an evaluated checkpoint) reports."""
+
+    run_dir: Path
+    env_steps: int
+    updates: int
+    task_names: tuple[str, ...]
+    final_success: np.ndarray | None
+    """The last evaluation's success rate per task (None before any evaluation)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time by part (``WALL_TIME_PARTS``) and in ``total``."""
+    final_normalized_return: np.ndarray | None = None
+    """MiniGrid runs: the last evaluation's normalised return per task."""
+
+
+def run_result(run_dir: Path, env_steps: int, updates: int, task_names: tuple[str, ...],
+               eval_row: dict[str, Any] | None, seconds: dict[str, float] | None = None
+               ) -> RunResult:
+    """A ``RunResult`` with the per-task scores of an evaluation row (``eval/...`` fields)."""
+
+    def per_task(score: str) -> np.ndarray | None:
+        if eval_row is None or f"{score}/{task_names[0]}" not in eval_row:
+            return None
+        return np.array([eval_row[f"{score}/{t}"] for t in task_names])
+
+    return RunResult(run_dir=run_dir, env_steps=env_steps, updates=updates,
+                     task_names=task_names, final_success=per_task("eval/success"),
+                     seconds=seconds or {},
+                     final_normalized_return=per_task("eval/normalized_return"))
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    """``runs/<benchmark>-<method>-s<seed>-<timestamp>`` (``mixed`` where the networks differ)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    methods = config.network_methods()
+    label = methods["actor"].name if methods["actor"] == methods["critic"] else "mixed"
+    return Path("runs") / f"{config.env.benchmark.lower()}-{label}-s{config.seed}-{stamp}"
+
+
+def prepare_run_dir(config: RunConfig, resume: bool, preset: str | None) -> Path:
+    """Check (and for a new run create) the run directory; return its path.
+
+    On resume, ``config`` may differ from the stored config only in ``RESUMABLE_FIELDS``, with
+    ``total_env_steps`` not lowered; anything else is a ``ConfigError``.
+    """
+    if not resume:
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        check_new_run_dir(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirError(
+                f"run dir {run_dir} is not writable ({error.strerror or error})"
+            ) from None
+        write_config(run_dir, replace(config, run_dir=str(run_dir)), preset)
+        return run_dir
+    if config.run_dir is None:
+        raise RunDirError("--resume needs --run-dir, the directory of the run to continue")
+    run_dir = Path(config.run_dir)
+    if not has_checkpoint(run_dir / CHECKPOINT_DIR):
+        raise RunDirError(f"cannot resume: {run_dir} holds no checkpoint")
+    stored = read_config(run_dir)
+    differ = [f for f in differing_fields(stored, config) if f not in RESUMABLE_FIELDS]
+    if differ:
+        raise ConfigError(
+            f"--resume continues the stored config; these differ from it: {', '.join(differ)} "
+            "(only --total-steps may be raised)"
+        )
+    if config.total_env_steps < stored.total_env_steps:
+        raise ConfigError(
+            f"--total-steps {config.total_env_steps} is below the run's "
+            f"{stored.total_env_steps}; it may only be raised"
+        )
+    write_config(run_dir, replace(stored, total_env_steps=config.total_env_steps), preset)
+    return run_dir
+
+
+def train(config: RunConfig, *, resume: bool = False, preset: str | None = None) -> RunResult:
+    """Train as ``config`` says (its agent chooses the kind); with ``resume``, continue
+    ``config.run_dir`` from its latest checkpoint.
+
+    Raises ``ConfigError`` / ``RunDirError`` (usage errors, before anything is written) and
+    ``NonFiniteLossError``.
+    """
+    validate(config)
+    run_dir = prepare_run_dir(config, resume, preset)
+    kind = AGENT_KINDS[config.AGENT](config)
+    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints)
+    episodes = EpisodeTracker(kind.task_names, kind.num_envs)
+    try:
+        if not resume:
+            kind.start()
+            return _loop(config, kind, run_dir, checkpointer, episodes, 0, None)
+        start_step = checkpointer.latest_step()
+        state, meta = checkpointer.restore(start_step, kind.abstract_state())
+        kind.restore(state, meta)
+        if start_step >= kind.budget_env_steps:  # the run is complete: nothing to add
+            return run_result(run_dir, start_step, kind.updates(), kind.task_names,
+                              meta["last_eval"])
+        truncate_metrics(run_dir, start_step)
+        episodes.load(meta["episodes"])
+        return _loop(config, kind, run_dir, checkpointer, episodes, start_step,
+                     meta["last_eval"])
+    finally:
+        checkpointer.close()
+        kind.close()
+
+
+def _loop(config: RunConfig, kind: AgentKind, run_dir: Path, checkpointer: Checkpointer,
+          episodes: EpisodeTracker, env_steps: int, last_eval: dict[str, Any] | None
+          ) -> RunResult:
+    """Iterations of ``kind`` from ``env_steps`` to the end of the run (see the module
+    docstring); returns the run's summary."""
+    logger = MetricsLogger(run_dir, kind.array_labels, purge_step=env_steps or None)
+    seconds = dict.fromkeys(WALL_TIME_PARTS, 0.0)
+    bar = tqdm(total=kind.budget_env_steps, initial=env_steps, unit="step", unit_scale=True,
+               dynamic_ncols=True, disable=not config.progress, desc="env steps")
+    postfix: dict[str, str] = {}
+    t_start = t_row = time.perf_counter()
+    updates = updates_at_row = kind.updates()
+    steps_at_row = env_steps
+    checkpoint_due = False
+    every_probe = config.plasticity.every_updates
+    try:
+        while True:
+            iteration = kind.iterate(episodes)
+            for part, value in iteration.seconds.items():
+                seconds[part] += value
+            before, env_steps = env_steps, env_steps + iteration.env_steps
+            updates_before, updates = updates, iteration.updates
+            finished = env_steps >= kind.budget_env_steps and iteration.at_boundary
+            bar.update(iteration.env_steps)
+
+            t0 = time.perf_counter()
+            if crossed(env_steps, before, config.log_every_env_steps) or finished:
+                agent_row = kind.train_row()
+                now = time.perf_counter()
+                interval_s = max(now - t_row, 1e-9)
+                row = {"step": env_steps, **agent_row, **episodes.pop_row(),
+                       "time/env_steps_per_s": (env_steps - steps_at_row) / interval_s,
+                       "time/updates_per_s": (agent_row["updates"] - updates_at_row) / interval_s,
+                       "time/elapsed_s": now - t_start}
+                logger.write(row)
+                t_row, steps_at_row, updates_at_row = now, env_steps, agent_row["updates"]
+                postfix["updates/s"] = f"{row['time/updates_per_s']:.1f}"
+                bar.set_postfix(postfix)
+            if every_probe and crossed(updates, updates_before, every_probe):
+                logger.write({"step": env_steps, **kind.probe_row()})
+            seconds["logging"] += time.perf_counter() - t0
+
+            if crossed(env_steps, before, config.eval_every_env_steps) or finished:
+                t0 = time.perf_counter()
+                last_eval = kind.evaluate()
+                eval_seconds = time.perf_counter() - t0
+                seconds["eval"] += eval_seconds
+                logger.write({"step": env_steps, **last_eval, "time/eval_s": eval_seconds})
+                postfix[kind.score_name.removeprefix("eval/")] = f"{last_eval[kind.score_name]:.2f}"
+                bar.set_postfix(postfix)
+
+            checkpoint_due |= crossed(env_steps, before, config.checkpoint_every_env_steps)
+            if (checkpoint_due and iteration.at_boundary) or finished:
+                t0 = time.perf_counter()
+                state, meta = kind.checkpoint()
+                checkpointer.save(env_steps, state, {
+                    "env_steps": env_steps, "last_eval": last_eval,
+                    "episodes": episodes.dump(), **meta})
+                seconds["checkpoint"] += time.perf_counter() - t0
+                checkpoint_due = False
+            if finished:
+                break
+    finally:
+        bar.close()
+        logger.close()
+    seconds["total"] = time.perf_counter() - t_start
+    return run_result(run_dir, env_steps, kind.updates(), kind.task_names, last_eval, seconds)
+
+
+def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult]:
+    """Evaluate the checkpoint of ``run_dir`` at env step ``step`` (default: the latest) with the
+    run's own evaluation settings and episodes.
+
+    Writes ``eval/step_<N>.json`` (the step and the ``eval/...`` row) in the run directory and
+    returns (step, result).
+    """
+    config = read_config(run_dir)
+    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints)
+    try:
+        available = checkpointer.steps()
+        if not available:
+            raise RunDirError(f"{run_dir} holds no checkpoint to evaluate")
+        step = available[-1] if step is None else step
+        if step not in available:
+            raise RunDirError(f"no checkpoint at step {step} in {run_dir}; available: "
+                              f"{', '.join(map(str, available))}")
+        kind = AGENT_KINDS[config.AGENT](config)
+        try:
+            state, _ = checkpointer.restore(step, kind.abstract_state())
+            row = kind.evaluate_checkpoint(state, step)
+            updates = kind.updates()
+        finally:
+            kind.close()
+    finally:
+        checkpointer.close()
+    out = run_dir / EVAL_DIR
+    out.mkdir(exist_ok=True)
+    (out / f"step_{step}.json").write_text(json.dumps({"step": step, **row}, indent=2))
+    return step, run_result(run_dir, step, updates, kind.task_names, row)
+
+
+__all__ = ["train", "evaluate_run", "RunResult", "NonFiniteLossError", "AGENT_KINDS"]

@@ -5,7 +5,9 @@ batch, shortened to 20,000 env steps with 10,000 of warm-up, one evaluation and 
 and prints:
 
 - env-steps/s in the warm-up phase (random actions, no updates) and in the update phase (one
-  update per vector step), from the run's own metrics rows;
+  update per vector step), from the run's own metrics rows, without compilation and evaluation
+  (each phase's first logging interval, which holds its compilation, is left out, and evaluation
+  time is subtracted from the interval it ran in);
 - the share of wall time spent in env stepping, the agent (acting and updating: ``act`` blocks
   until the previous update finished, so update time lands here), compilation (the first call of
   each jitted step), evaluation, logging and checkpointing, as measured by the runner.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtrl_sparse.presets import PRESETS
@@ -30,19 +33,49 @@ from mtrl_sparse.run_loop import train
 PARTS = ("env", "agent", "compile", "eval", "logging", "checkpoint")
 
 
-def phase_speed(rows: list[dict], in_warmup: bool) -> float:
-    """Env steps per second over the logging intervals of one phase (time-weighted)."""
-    steps = seconds = 0.0
-    previous = 0
+@dataclass
+class Phase:
+    """Env steps, updates and seconds of one phase, summed over its logging intervals."""
+
+    env_steps: float = 0.0
+    updates: float = 0.0
+    seconds: float = 0.0
+
+    def rate(self, amount: float) -> float:
+        return amount / self.seconds if self.seconds > 0 else float("nan")
+
+
+def phase_totals(rows: list[dict], in_warmup: bool) -> Phase:
+    """One phase's logging intervals, without compilation and evaluation.
+
+    An interval's time is its env steps over its ``time/env_steps_per_s``, less the evaluations
+    run inside it: the runner evaluates right after writing a metrics row, so an evaluation's
+    ``time/eval_s`` lands in the next interval (the final one, after the last row, in none). The
+    first interval of each phase is left out: it holds the compilation of the phase's jitted
+    steps (and, for the update phase, may hold warm-up steps).
+    """
+    phase = Phase()
+    previous_step = previous_updates = 0
+    eval_seconds = 0.0
+    seen_first = False
     for row in rows:
+        if "time/eval_s" in row:
+            eval_seconds += row["time/eval_s"]
+            continue
         if "updates" not in row:
             continue
-        interval = row["step"] - previous
-        previous = row["step"]
-        if (row["updates"] == 0) == in_warmup:
-            steps += interval
-            seconds += interval / row["time/env_steps_per_s"]
-    return steps / seconds if seconds else float("nan")
+        steps, updates = row["step"] - previous_step, row["updates"] - previous_updates
+        seconds = steps / row["time/env_steps_per_s"] - eval_seconds
+        previous_step, previous_updates, eval_seconds = row["step"], row["updates"], 0.0
+        if (row["updates"] == 0) != in_warmup:
+            continue
+        if not seen_first:
+            seen_first = True
+            continue
+        phase.env_steps += steps
+        phase.updates += updates
+        phase.seconds += seconds
+    return phase
 
 
 def main() -> None:
@@ -69,16 +102,22 @@ def main() -> None:
         result = train(config)
         rows = read_metrics(result.run_dir)
 
-    warm, learn = phase_speed(rows, True), phase_speed(rows, False)
-    num_envs = config.env.envs_per_task * len(result.task_names)
+    warm_phase, learn_phase = phase_totals(rows, True), phase_totals(rows, False)
+    warm = warm_phase.rate(warm_phase.env_steps)
+    learn = learn_phase.rate(learn_phase.env_steps)
     print(f"SAC training loop, preset {args.preset} ({config.env.benchmark}, "
           f"{config.env.vector_strategy} envs), hidden {config.sac.hidden_sizes}, "
           f"batch {config.sac.batch_size}")
     print(f"  {result.env_steps} env steps ({args.warmup_steps} warm-up), "
           f"{result.updates} updates, {result.seconds['total']:.1f} s in the loop")
-    print(f"  warm-up phase:  {warm:8.0f} env-steps/s")
+    print("  phases (logging intervals; each phase's first interval, with its compilation, and "
+          "evaluation time left out):")
+    print(f"  warm-up phase:  {warm:8.0f} env-steps/s  over {warm_phase.env_steps:.0f} env steps")
     print(f"  update phase:   {learn:8.0f} env-steps/s  "
-          f"({learn / num_envs * config.updates_per_vector_step:.1f} updates/s)")
+          f"({learn_phase.rate(learn_phase.updates):.2f} updates/s) over "
+          f"{learn_phase.env_steps:.0f} env steps")
+    if learn_phase.seconds <= 0:
+        print("    (no update-phase interval after its first: raise --total-steps)")
     print(f"  update phase / warm-up phase speed: {learn / warm:.3f}")
     total = result.seconds["total"]
     print("  share of wall time:")

@@ -1,10 +1,16 @@
 """The device side of a SAC run: the train state and the jit-compiled steps the runner calls.
 
-One vector step of the runner is two dispatches: ``act`` (exploration actions for the current
-observations) and ``learn`` (insert the vector step's transitions into the replay buffer, then
-``updates_per_vector_step`` gradient updates, unless still warming up). Both take the train state
-donated, so the replay buffer inside it is updated in place and never copied. Each is compiled once
-per variant (warm-up and training).
+One vector step of the runner is ``act`` (exploration actions for the current observations) and
+``learn`` (insert the vector step's transitions into the replay buffer, then
+``updates_per_vector_step`` gradient updates, unless still warming up). ``learn`` is two jitted
+dispatches, ``insert`` (the buffer donated, written in place) and ``update`` (agent, rng and
+non-finite record donated; the buffer only read, a constant of the update scan rather than its
+carry). They are separate executables on purpose: compiled as one, XLA fuses the insertion into
+the replay-sampling gathers, which then read the buffer as it was before the in-place write, so
+it keeps full copies of buffer arrays (with the paper's 1M-transition buffer, two copies each of
+``next_obs``, ``rewards`` and ``terminated``, about 330 MB per vector step). ``act`` takes the
+train state donated and returns it unchanged but for the rng (no copy: outputs alias inputs).
+Each step is compiled once per variant (warm-up and training).
 
 A non-finite loss is recorded on the device (update count and which loss) and read by the runner
 at its logging points, so the hot loop has no extra host round trip.
@@ -12,6 +18,7 @@ at its logging points, so the hot loop has no extra host round trip.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -53,11 +60,18 @@ class TrainState(struct.PyTreeNode):
 
 
 class Learner(NamedTuple):
-    """Jit-compiled functions over ``TrainState``; see the module docstring."""
+    """Jit-compiled functions over ``TrainState``; see the module docstring.
+
+    ``learn`` is ``insert`` then (unless warm-up) ``update``; ``insert(buffer, transitions)`` and
+    ``update(agent, rng, first_nonfinite, buffer) -> ((agent, rng, first_nonfinite), metrics)``
+    are exposed for benchmarks and HLO checks.
+    """
 
     init: Callable[[int], TrainState]
     act: Callable[[TrainState, jax.Array, bool], tuple[TrainState, jax.Array]]
     learn: Callable[[TrainState, Transition, bool], tuple[TrainState, dict[str, jax.Array]]]
+    insert: Callable[[ReplayBufferState, Transition], ReplayBufferState]
+    update: Callable[..., tuple[tuple[SACState, jax.Array, jax.Array], dict[str, jax.Array]]]
     greedy_act: Callable[[SACState, jax.Array, jax.Array], jax.Array]
     probe: Callable[[TrainState], dict[str, jax.Array]]
     abstract_state: Callable[[], Any]
@@ -92,8 +106,8 @@ def make_learner(
             actions = sac.act(state.agent, obs, env_task_ids, key)
         return state.replace(rng=rng), actions
 
-    def one_update(carry, _):
-        agent, rng, first_nonfinite, buffer = carry
+    def one_update(buffer: ReplayBufferState, carry, _):
+        agent, rng, first_nonfinite = carry
         rng, sample_key, update_key = jax.random.split(rng, 3)
         batch, task_ids = sample_balanced(buffer, sample_key, samples_per_task)
         agent, metrics = sac.update(agent, batch, task_ids, update_key)
@@ -102,22 +116,32 @@ def make_learner(
         first_nonfinite = jnp.where(
             (first_nonfinite[0] < 0) & ~jnp.all(finite), record, first_nonfinite
         )
-        return (agent, rng, first_nonfinite, buffer), metrics
+        return (agent, rng, first_nonfinite), metrics
+
+    def update(
+        agent: SACState, rng: jax.Array, first_nonfinite: jax.Array, buffer: ReplayBufferState
+    ) -> tuple[tuple[SACState, jax.Array, jax.Array], dict[str, jax.Array]]:
+        """``updates_per_vector_step`` updates on replay samples; the buffer is only read."""
+        carry, metrics = jax.lax.scan(
+            functools.partial(one_update, buffer), (agent, rng, first_nonfinite),
+            length=updates_per_vector_step,
+        )
+        return carry, jax.tree.map(lambda x: x[-1], metrics)
+
+    insert_jit = jax.jit(add_transitions, donate_argnums=0)
+    update_jit = jax.jit(update, donate_argnums=(0, 1, 2))
 
     def learn(
         state: TrainState, transitions: Transition, warmup: bool
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         """Insert one vector step of transitions, then update (unless ``warmup``)."""
-        buffer = add_transitions(state.buffer, transitions)
+        state = state.replace(buffer=insert_jit(state.buffer, transitions))
         if warmup:
-            return state.replace(buffer=buffer), {}
-        carry = (state.agent, state.rng, state.first_nonfinite, buffer)
-        (agent, rng, first_nonfinite, _), metrics = jax.lax.scan(
-            one_update, carry, length=updates_per_vector_step
+            return state, {}
+        (agent, rng, first_nonfinite), last = update_jit(
+            state.agent, state.rng, state.first_nonfinite, state.buffer
         )
-        last = jax.tree.map(lambda x: x[-1], metrics)
-        state = state.replace(agent=agent, buffer=buffer, rng=rng, first_nonfinite=first_nonfinite)
-        return state, last
+        return state.replace(agent=agent, rng=rng, first_nonfinite=first_nonfinite), last
 
     def greedy_act(agent: SACState, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
         return sac.act(agent, obs, task_ids, jax.random.PRNGKey(0), deterministic=True)
@@ -133,7 +157,9 @@ def make_learner(
     return Learner(
         init=jax.jit(init, static_argnums=0),
         act=jax.jit(act, static_argnums=2, donate_argnums=0),
-        learn=jax.jit(learn, static_argnums=2, donate_argnums=0),
+        learn=learn,
+        insert=insert_jit,
+        update=update_jit,
         greedy_act=jax.jit(greedy_act),
         probe=jax.jit(probe),
         abstract_state=lambda: jax.eval_shape(init, 0),

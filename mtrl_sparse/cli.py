@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from mtrl_sparse.config import ConfigError, RunConfig
+from mtrl_sparse.config import ConfigError, RunConfig, with_current_methods
 from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.presets import DEFAULT_PRESET, PRESETS
 from mtrl_sparse.run_dir import (
@@ -121,7 +121,9 @@ def parse_train_args(args: list[str]) -> tuple[RunConfig, bool, str | None]:
     """(config, resume, preset name) from ``train`` arguments.
 
     A new run starts from the preset (default ``mt10-quick``); ``--resume`` starts from the config
-    stored in ``--run-dir``, so that only flags given explicitly can differ from it.
+    stored in ``--run-dir``, so that only flags given explicitly can differ from it. Either is
+    parsed as the config class of the methods registered now (``config_class``), so methods
+    registered after import have their ``--methods.NAME.*`` flags.
     """
     resume = "--resume" in args
     args = [a for a in args if a != "--resume"]
@@ -142,7 +144,7 @@ def parse_train_args(args: list[str]) -> tuple[RunConfig, bool, str | None]:
             )
         base = read_config(Path(run_dir))
     else:
-        base = PRESETS[preset_name or DEFAULT_PRESET].config
+        base = with_current_methods(PRESETS[preset_name or DEFAULT_PRESET].config)
     config = _tyro_parse(type(base), args, base, "mtrl-sparse train")
     if resume:
         return config, True, read_preset(Path(config.run_dir))

@@ -29,7 +29,7 @@ from mtrl_sparse.agents.ppo import PPO, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
-from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import (
     MetricsLogger,

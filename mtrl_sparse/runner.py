@@ -40,7 +40,7 @@ from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
 from mtrl_sparse.envs.minigrid import minigrid_task_names
 from mtrl_sparse.evaluation import evaluate
 from mtrl_sparse.learner import LOSS_NAMES, Learner, TrainState, make_learner
-from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.run_dir import (
     CHECKPOINT_DIR,
     EVAL_DIR,

@@ -151,7 +151,7 @@ def smoke_run(plugin, tmp_path_factory):
 def test_the_plugin_gets_its_flags_and_runs_from_the_cli(smoke_run):
     config = read_config(smoke_run)
     assert getattr(config.methods, NAME) == MagDropOptions(every_updates=10, fraction=0.3)
-    assert config.actor.method == NAME and config.critic.method == f"{NAME}+redo"
+    assert config.method == NAME and config.critic.method == f"{NAME}+redo"
     rows = [r for r in read_metrics(smoke_run) if "actor_sparsity" in r]
     assert rows[-1][f"actor/{NAME}/events"] == EVENTS
     assert rows[-1][f"critic/{NAME}/events"] == EVENTS

@@ -13,14 +13,15 @@ Invariant (asserted by the tests after every kind of update):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mtrl_sparse.agents.networks import TASK_ENCODER
+from mtrl_sparse.agents.networks import TASK_ENCODER, NeuronLayer
+from mtrl_sparse.agents.trees import is_none
 
 Params = Any  # a pytree of arrays
 Masks = Any  # the tree of ``params`` with bool arrays or None leaves
@@ -43,6 +44,39 @@ class NetState(struct.PyTreeNode):
     method_state: Any = None
 
 
+class MethodContext(NamedTuple):
+    """What a method receives from the agent at an update, besides the network state.
+
+    Built by the agents (each network fills the network fields; ``masked_gradient_step`` fills
+    the gradient fields after its optimizer step) and read by the methods; frozen, so a method
+    cannot change what the next member of a composition sees.
+
+    Attributes:
+        optimizer: the network's optax transformation (methods zero its moments where they
+            prune, regrow or re-initialise).
+        grads: gradient of the loss w.r.t. the params, zero where masked (the step's gradient).
+        dense_grads: gradient w.r.t. the effective weights ``params * masks``, defined at masked
+            weights too (what RigL grows by).
+        init_params: ``init_params(key)`` -> a fresh variable tree ``{"params": ...}`` of the
+            network (what Reset and ReDo re-initialise from).
+        activations: ``activations(weights)`` -> the network's sown hidden activations on this
+            update's batch given effective weights, keyed like ``neuron_layers``' ``activation``
+            paths (what ReDo scores neurons by).
+        neuron_layers: the network's hidden layers (incoming / outgoing modules, activation path).
+        batch: the data of this update. SAC: ``(transition, task_ids)``, the replay ``Transition``
+            of the update (B rows) and its (B,) task ids; PPO: the minibatch dict of the step
+            (``obs``, ``task_ids``, ``actions``, ``log_probs``, ``advantages``, ``returns``).
+    """
+
+    optimizer: optax.GradientTransformation | None = None
+    grads: Params = None
+    dense_grads: Params = None
+    init_params: Callable[[jax.Array], Any] | None = None
+    activations: Callable[[Params], Any] | None = None
+    neuron_layers: tuple[NeuronLayer, ...] = ()
+    batch: Any = None
+
+
 class MaskMethod(Protocol):
     """What an agent needs from a sparsity or plasticity method (built in ``mtrl_sparse.methods``).
 
@@ -50,15 +84,11 @@ class MaskMethod(Protocol):
     with a Python bool per leaf saying whether that leaf may be masked.
     ``transform(net_state, step, key, context) -> net_state``: called after every gradient step of
     the network with that network's update count ``step``; pure and jit-compatible. ``context`` is
-    a dict of what the agent measured on the step (e.g. gradients, activations).
+    the ``MethodContext`` of the step (gradients, activations, a fresh initialisation...).
     """
 
     init: Callable[[Params, Any, jax.Array], tuple[Masks, Any]]
-    transform: Callable[[NetState, jax.Array, jax.Array, dict], NetState]
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
+    transform: Callable[[NetState, jax.Array, jax.Array, MethodContext], NetState]
 
 
 def apply_masks(params: Params, masks: Masks) -> Params:
@@ -131,7 +161,7 @@ def zero_moments_where_masked(
     """
     return optax.tree_utils.tree_map_params(
         tx, lambda leaf, m: leaf if m is None else jnp.where(m, leaf, 0), opt_state, masks,
-        is_leaf=_is_none,
+        is_leaf=is_none,
     )
 
 
@@ -145,13 +175,13 @@ def zero_moments_at(
     """
     return optax.tree_utils.tree_map_params(
         tx, lambda leaf, where: leaf if where is None else jnp.where(where, 0, leaf), opt_state,
-        positions, is_leaf=_is_none,
+        positions, is_leaf=is_none,
     )
 
 
 def mask_counts(masks: Masks) -> tuple[jax.Array, int]:
     """(active weights, maskable weights) over the masked leaves of one network."""
-    leaves = [m for m in jax.tree.leaves(masks, is_leaf=_is_none) if m is not None]
+    leaves = [m for m in jax.tree.leaves(masks, is_leaf=is_none) if m is not None]
     if not leaves:
         return jnp.zeros((), jnp.int32), 0
     active = sum(jnp.sum(m, dtype=jnp.int32) for m in leaves)

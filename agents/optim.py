@@ -10,7 +10,7 @@ takes for each of its networks:
 3. one optimizer step, after which the params are masked again (``apply_gradients``);
 4. the method's ``transform(net_state, step, key, context)`` with the network's update count.
 
-The agents (SAC, PPO) differ only in their losses and in what they put in ``context``.
+The agents (SAC, PPO) differ only in their losses and in the ``MethodContext`` they build.
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from mtrl_sparse.agents.net_state import (
     MaskMethod,
+    MethodContext,
     NetState,
     apply_gradients,
     apply_masks,
     masked_params,
 )
+from mtrl_sparse.agents.trees import global_norm
 
 
 class NetworkSetup(NamedTuple):
@@ -62,11 +63,6 @@ def make_optimizer(
     )
 
 
-def global_norm(tree: Any) -> jax.Array:
-    """Euclidean norm of all leaves of ``tree`` together, () float."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
-
-
 def masked_gradient_step(
     net_state: NetState,
     loss_fn: Callable[..., tuple[jax.Array, Any]],
@@ -74,16 +70,16 @@ def masked_gradient_step(
     method: MaskMethod,
     step: jax.Array,
     key: jax.Array,
-    context: dict,
+    context: MethodContext,
     *args: Any,
 ) -> tuple[NetState, Any, jax.Array]:
     """One gradient step of a masked network followed by its method's transform.
 
     ``loss_fn(weights, *args) -> (loss, aux)`` takes the effective weights ``params * masks``.
     ``step`` is the network's update count after this step (the unit of method schedules).
-    The method's ``context`` is ``context`` plus ``grads`` (w.r.t. the params, zero where masked),
-    ``dense_grads`` (w.r.t. the effective weights, defined everywhere: what RigL grows by) and
-    ``optimizer`` (``tx``).
+    The method receives ``context`` (the network fields the agent filled) with its gradient fields
+    set: ``grads`` (w.r.t. the params, zero where masked), ``dense_grads`` (w.r.t. the effective
+    weights, defined everywhere: what RigL grows by) and ``optimizer`` (``tx``).
 
     Returns the new network state, ``aux`` and the global norm of ``grads`` (before clipping).
     """
@@ -91,6 +87,6 @@ def masked_gradient_step(
         masked_params(net_state), *args)
     grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
     net_state = apply_gradients(net_state, grads, tx)
-    context = {**context, "grads": grads, "dense_grads": dense_grads, "optimizer": tx}
+    context = context._replace(grads=grads, dense_grads=dense_grads, optimizer=tx)
     net_state = method.transform(net_state, step, key, context)
     return net_state, aux, global_norm(grads)

@@ -40,6 +40,7 @@ from flax import struct
 from mtrl_sparse.agents.cnn import CNNTaskNetwork, cnn_feature_size, cnn_neuron_layers
 from mtrl_sparse.agents.net_state import (
     MaskMethod,
+    MethodContext,
     NetState,
     create_net_state,
     masked_params,
@@ -307,7 +308,7 @@ def train_on_minibatches(
     loss_fn: Callable,
     tx: optax.GradientTransformation,
     method: MaskMethod,
-    context_of: Callable[[dict], dict],
+    context_of: Callable[[dict], MethodContext],
     samples: dict,
     indices: jax.Array,
     key: jax.Array,
@@ -380,10 +381,11 @@ def make_ppo(
     """Build the pure ``init``, ``act``, ``value`` and ``update`` of multi-task PPO.
 
     After each minibatch gradient step of a network, its method's ``transform`` receives a
-    ``context`` with: ``grads``, ``dense_grads`` and ``optimizer`` (see
+    ``MethodContext`` with: ``grads``, ``dense_grads`` and ``optimizer`` (see
     ``masked_gradient_step``), ``init_params(key)`` (a fresh variable tree of the network),
     ``activations(weights)`` (hidden activations of the network on this minibatch given its
-    effective weights, keyed like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
+    effective weights, keyed like ``neuron_layers``' ``activation`` paths), ``neuron_layers`` and
+    ``batch`` (the minibatch dict).
     """
     check_architecture(config, obs_shape)
     def network(out_dim: int, setup: NetworkSetup) -> CNNTaskNetwork:
@@ -473,11 +475,12 @@ def make_ppo(
 
     def context_of(init_params, activations):
         def context(minibatch):
-            return {
-                "init_params": init_params,
-                "activations": lambda w: activations(w, minibatch["obs"], minibatch["task_ids"]),
-                "neuron_layers": layers,
-            }
+            return MethodContext(
+                init_params=init_params,
+                activations=lambda w: activations(w, minibatch["obs"], minibatch["task_ids"]),
+                neuron_layers=tuple(layers),
+                batch=minibatch,
+            )
         return context
 
     def update(state: PPOState, rollout: Rollout, key: jax.Array) -> tuple[PPOState, dict]:

@@ -26,6 +26,7 @@ import optax
 from flax import struct
 
 from mtrl_sparse.agents.net_state import (
+    MethodContext,
     NetState,
     apply_gradients,
     create_net_state,
@@ -180,13 +181,14 @@ def make_sac(
 ) -> SAC:
     """Build the pure ``init``, ``act`` and ``update`` of multi-task SAC.
 
-    After each network's gradient step, its method's ``transform`` receives a ``context`` with:
+    After each network's gradient step, its method's ``transform`` receives a ``MethodContext``:
     ``grads`` (gradients w.r.t. the params, zero where masked), ``dense_grads`` (gradients w.r.t.
     the effective weights ``params * masks``, defined everywhere: what RigL grows by),
     ``optimizer`` (the network's optax transform), ``init_params(key)`` (a freshly initialised
     variable tree ``{"params": ...}`` of the network), ``activations(weights)`` (hidden activations
     of the network on this update's batch given its effective weights ``params * masks``, keyed
-    like ``neuron_layers``' ``activation`` paths) and ``neuron_layers``.
+    like ``neuron_layers``' ``activation`` paths), ``neuron_layers`` and ``batch`` (the update's
+    ``(transition, task_ids)``).
     """
     check_architecture(config)
     actor_net = GaussianActor(config.hidden_sizes, num_tasks, action_dim,
@@ -282,21 +284,23 @@ def make_sac(
         k_critic, k_actor, k_critic_method, k_actor_method = jax.random.split(key, 4)
         step = state.step + 1
 
-        critic_context = {
-            "init_params": init_critic_params,
-            "activations": lambda w: critic_activations(w, batch.obs, batch.actions, task_ids),
-            "neuron_layers": critic_layers,
-        }
+        critic_context = MethodContext(
+            init_params=init_critic_params,
+            activations=lambda w: critic_activations(w, batch.obs, batch.actions, task_ids),
+            neuron_layers=tuple(critic_layers),
+            batch=(batch, task_ids),
+        )
         critic_state, critic_info, critic_grad_norm = masked_gradient_step(
             state.critic, critic_loss_fn, critic_tx, critic.method, step, k_critic_method,
             critic_context, state, batch, task_ids, k_critic)
         state = state.replace(critic=critic_state)
 
-        actor_context = {
-            "init_params": init_actor_params,
-            "activations": lambda w: actor_activations(w, batch.obs, task_ids),
-            "neuron_layers": actor_layers,
-        }
+        actor_context = MethodContext(
+            init_params=init_actor_params,
+            activations=lambda w: actor_activations(w, batch.obs, task_ids),
+            neuron_layers=tuple(actor_layers),
+            batch=(batch, task_ids),
+        )
         actor_state, (logp, actor_info), actor_grad_norm = masked_gradient_step(
             state.actor, actor_loss_fn, actor_tx, actor.method, step, k_actor_method,
             actor_context, state, batch, task_ids, k_actor)

@@ -6,10 +6,10 @@ update per vector step):
 
 - ``bare update``: the jitted ``sac.update`` with the SAC state donated, on one fixed batch, as
   ``bench/update_throughput.py`` times it: calls dispatched back to back, blocked on once.
-- ``loop, buffer N``: the update phase of the training loop as the runner drives it, per vector
-  step: the learner's ``act`` on the current observations, the actions fetched to the host
-  (``np.asarray``, as the runner does before stepping its envs), then ``learn`` with that vector
-  step's transitions (inserted into the replay buffer, then one update on a replay sample).
+- ``loop, buffer N``: the update phase of the training loop as the off-policy adapter drives it,
+  per vector step: the learner's ``act`` on the current observations, the actions fetched to the
+  host (``np.asarray``, as the adapter does before stepping its envs), then ``learn`` with that
+  vector step's transitions (inserted into the replay buffer, then one update on a replay sample).
   Envs are not stepped: observations, rewards and next observations are random host arrays of the
   envs' shapes. The buffer of ``N`` transitions (the paper's 1M, and 20k) is filled with random
   transitions before timing, so that replay samples spread over all of it, as in a long run.
@@ -40,10 +40,10 @@ import numpy as np
 
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SAC, make_sac
-from mtrl_sparse.config import TrainConfig
+from mtrl_sparse.config import SACTrainConfig
 from mtrl_sparse.envs.base import MultiTaskEnvSpec
-from mtrl_sparse.learner import Learner, TrainState, make_learner
-from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.methods.network import build_network
+from mtrl_sparse.sac_learner import Learner, SACTrainState, make_learner
 
 NUM_TASKS, OBS_DIM, ACTION_DIM = 10, 39, 4
 TARGET = 0.95  # loop update-phase rate / bare update rate
@@ -72,8 +72,8 @@ class Workload:
     run: Callable[[int], float]
 
 
-def paper_sac(config: TrainConfig) -> SAC:
-    """The paper config's SAC, its networks built from the config's methods as the runner does."""
+def paper_sac(config: SACTrainConfig) -> SAC:
+    """The paper config's SAC, its networks built from the config's methods as a run does."""
     networks = {name: build_network(settings, config.methods, name)
                 for name, settings in config.network_methods().items()}
     return make_sac(config.sac, NUM_TASKS, OBS_DIM, ACTION_DIM, networks["actor"],
@@ -90,7 +90,7 @@ def random_transitions(rng: np.random.Generator, n: int) -> Transition:
     )
 
 
-def bare_update(sac: SAC, config: TrainConfig, seed: int) -> Workload:
+def bare_update(sac: SAC, config: SACTrainConfig, seed: int) -> Workload:
     """The donated ``sac.update`` on one fixed batch (as bench/update_throughput.py)."""
     k_init, k_update = jax.random.split(jax.random.key(seed))
     batch = jax.tree.map(jnp.asarray, random_transitions(np.random.default_rng(seed),
@@ -112,7 +112,7 @@ def bare_update(sac: SAC, config: TrainConfig, seed: int) -> Workload:
     return Workload("bare update", run)
 
 
-def full_buffer(state: TrainState, seed: int) -> TrainState:
+def full_buffer(state: SACTrainState, seed: int) -> SACTrainState:
     """``state`` with every ring full of random transitions (samples span the whole buffer)."""
 
     def fill(buffer):
@@ -126,15 +126,15 @@ def full_buffer(state: TrainState, seed: int) -> TrainState:
     return state.replace(buffer=jax.jit(fill, donate_argnums=0)(state.buffer))
 
 
-def loop_learner(sac: SAC, config: TrainConfig, capacity: int) -> Learner:
+def loop_learner(sac: SAC, config: SACTrainConfig, capacity: int) -> Learner:
     spec = MultiTaskEnvSpec(task_names=tuple(f"task{i}" for i in range(NUM_TASKS)),
                             obs_shape=(OBS_DIM,), action_dim=ACTION_DIM,
                             action_kind="continuous", envs_per_task=1, max_episode_steps=500)
     return make_learner(sac, spec, capacity, config.updates_per_vector_step, config.plasticity)
 
 
-def loop_workloads(sac: SAC, config: TrainConfig, capacity: int,
-                   seed: int) -> tuple[Workload, Workload, TrainState, Learner]:
+def loop_workloads(sac: SAC, config: SACTrainConfig, capacity: int,
+                   seed: int) -> tuple[Workload, Workload, SACTrainState, Learner]:
     """The loop's update phase (act, fetch actions, learn) and ``act`` alone, on one state."""
     learner = loop_learner(sac, config, capacity)
     rng = np.random.default_rng(seed)
@@ -172,7 +172,7 @@ def loop_workloads(sac: SAC, config: TrainConfig, capacity: int,
             run_act), state, learner)
 
 
-def buffer_copies(learner: Learner, state: TrainState, capacity: int) -> dict[str, list[str]]:
+def buffer_copies(learner: Learner, state: SACTrainState, capacity: int) -> dict[str, list[str]]:
     """Copies of buffer-sized arrays in the compiled HLO of act, insert and update."""
     obs = jnp.zeros((NUM_TASKS, OBS_DIM))
     new = jax.tree.map(jnp.asarray, random_transitions(np.random.default_rng(0), NUM_TASKS))
@@ -190,7 +190,7 @@ def buffer_copies(learner: Learner, state: TrainState, capacity: int) -> dict[st
 
 def main() -> None:
     args = parse_args()
-    config = TrainConfig()
+    config = SACTrainConfig()
     sac = paper_sac(config)
     print("SAC training loop's update phase versus the bare update (paper config, MT10)")
     print(f"  jax {jax.__version__}, backend {jax.default_backend()}; batch "

@@ -22,6 +22,7 @@ Usage: python bench/method_overhead.py [--rounds 5] [--calls 5] [--methods dense
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -31,18 +32,15 @@ import jax.numpy as jnp
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, make_sac
 from mtrl_sparse.config import PlasticityConfig
-from mtrl_sparse.methods.base import NetworkMethodSettings
-from mtrl_sparse.methods.registry import METHODS, build_network
+from mtrl_sparse.methods.base import INTERVAL_SUFFIX, NetworkMethodSettings
+from mtrl_sparse.methods.network import build_network
+from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.probe import make_sac_probe
 
 NUM_TASKS, OBS_DIM, ACTION_DIM = 10, 39, 4
 TOTAL_UPDATES = 2_000_000  # 20M env steps, 10 envs, one update per vector step
 EVENT_STEP = 200_000
 PLAIN_STEP = 200_001
-
-# Interval (in updates) of each method's events at the paper's settings: for amortising.
-INTERVAL_FIELDS = ("prune_every_updates", "update_every_updates", "every_updates")
-
 
 def event_interval(name: str) -> int | None:
     """Updates between two events of a method (the largest over a composition), or None."""
@@ -52,7 +50,8 @@ def event_interval(name: str) -> int | None:
         if options is None:
             continue
         defaults = options()
-        intervals += [getattr(defaults, f) for f in INTERVAL_FIELDS if hasattr(defaults, f)]
+        intervals += [getattr(defaults, f.name) for f in dataclasses.fields(defaults)
+                      if f.name.endswith(INTERVAL_SUFFIX)]
     return max(intervals) if intervals else None
 
 

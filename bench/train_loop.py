@@ -10,7 +10,7 @@ and prints:
   time is subtracted from the interval it ran in);
 - the share of wall time spent in env stepping, the agent (acting and updating: ``act`` blocks
   until the previous update finished, so update time lands here), compilation (the first call of
-  each jitted step), evaluation, logging and checkpointing, as measured by the runner.
+  each jitted step), evaluation, logging and checkpointing, as measured by the run loop.
 
 The ratio update-phase / warm-up-phase speed tells how much the updates slow the loop down;
 ``--preset mt10-paper`` measures the paper's networks and batch instead (slow on a CPU).
@@ -49,7 +49,7 @@ def phase_totals(rows: list[dict], in_warmup: bool) -> Phase:
     """One phase's logging intervals, without compilation and evaluation.
 
     An interval's time is its env steps over its ``time/env_steps_per_s``, less the evaluations
-    run inside it: the runner evaluates right after writing a metrics row, so an evaluation's
+    run inside it: the run loop evaluates right after writing a metrics row, so an evaluation's
     ``time/eval_s`` lands in the next interval (the final one, after the last row, in none). The
     first interval of each phase is left out: it holds the compilation of the phase's jitted
     steps (and, for the update phase, may hold warm-up steps).

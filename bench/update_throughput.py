@@ -52,7 +52,8 @@ import jax.numpy as jnp
 from mtrl_sparse.agents.net_state import network_sparsity
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, make_sac
-from mtrl_sparse.methods.registry import NetworkMethodSettings, build_network
+from mtrl_sparse.methods.base import NetworkMethodSettings
+from mtrl_sparse.methods.network import build_network
 
 OBS_DIM = 39  # Meta-World observation size
 ACTION_DIM = 4  # Meta-World action size

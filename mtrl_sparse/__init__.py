@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def train(config: Any, *, resume: bool = False) -> RunResult:
-    """Train as ``config`` (a ``mtrl_sparse.config.TrainConfig``) says; see ``run_loop.train``."""
+    """Train as ``config`` (any agent's config, ``mtrl_sparse.config.RunConfig``) says; see
+    ``mtrl_sparse.run_loop.train``."""
     from mtrl_sparse.run_loop import train as run
 
     return run(config, resume=resume)

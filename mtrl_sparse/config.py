@@ -8,6 +8,7 @@ parallel envs; ``updates`` are gradient steps of a network (see DESIGN.md, Conve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -19,16 +20,9 @@ from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
 from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS
 from mtrl_sparse.envs.minigrid import OBS_SHAPE as MINIGRID_OBS_SHAPE
-from mtrl_sparse.methods.gmp import gmp_event_updates
-from mtrl_sparse.methods.registry import (
-    MethodError,
-    MethodOptions,
-    NetworkMethodSettings,
-    check_method,
-    check_options,
-    scale_intervals,
-)
-from mtrl_sparse.methods.topology import DISTRIBUTIONS
+from mtrl_sparse.methods.base import MethodError, NetworkMethodSettings
+from mtrl_sparse.methods.network import check_network
+from mtrl_sparse.methods.registry import MethodOptions, convert_options, method_options_class
 
 
 class ConfigError(ValueError):
@@ -87,7 +81,7 @@ class NetworkMethodConfig:
 class RunConfig:
     """What every run has, whatever its agent: budget, seed, methods, intervals, run directory.
 
-    Each agent's config extends it (``TrainConfig`` for SAC on Meta-World) and says how many
+    Each agent's config extends it (``SACTrainConfig`` for SAC on Meta-World) and says how many
     updates each of its networks makes over the run (``total_updates``), which schedules read.
     """
 
@@ -109,7 +103,8 @@ class RunConfig:
     critic: NetworkMethodConfig = field(default_factory=NetworkMethodConfig)
     """Method override for the critic(s)."""
     methods: MethodOptions = field(default_factory=MethodOptions)
-    """Hyperparameters of the sparsity and plasticity methods (used where a network runs them)."""
+    """Hyperparameters of the sparsity and plasticity methods (used where a network runs them).
+    Its type is the options class of the registered methods: see ``config_class``."""
     plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
     """Plasticity metrics: dormant neurons, effective rank, Fisher trace, norms, sparsity."""
     eval_every_env_steps: int = 200_000
@@ -147,7 +142,7 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(RunConfig):
+class SACTrainConfig(RunConfig):
     """A multi-task SAC run on Meta-World, with a sparsity method per network."""
 
     AGENT: ClassVar[str] = "sac"
@@ -218,9 +213,43 @@ class PPOTrainConfig(RunConfig):
         return max(1, self.rollouts() * updates_per_rollout(self.ppo)[network])
 
 
-CONFIG_CLASSES: dict[str, type[RunConfig]] = {TrainConfig.AGENT: TrainConfig,
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {SACTrainConfig.AGENT: SACTrainConfig,
                                               PPOTrainConfig.AGENT: PPOTrainConfig}
-"""Config class of each agent, by the name ``config.json`` stores."""
+"""Config class of each agent, by the name ``config.json`` stores (with the built-in methods'
+options; ``config_class`` gives the class for the methods registered now)."""
+
+
+def config_class(cls: type[RunConfig]) -> type[RunConfig]:
+    """The config class of ``cls``'s agent whose ``methods`` field holds the options of the
+    methods registered now (``method_options_class()``): ``cls``'s agent class itself while only
+    the built-in methods are registered, else a subclass of it that differs only in the type of
+    ``methods`` (memoised, so one registry state gives one class). The CLI generates its flags
+    from this class, so a method registered after import gets its ``--methods.NAME.*`` flags."""
+    base = CONFIG_CLASSES[cls.AGENT]
+    options = method_options_class()
+    if options is MethodOptions:
+        return base
+    return _with_options(base, options)
+
+
+@functools.cache
+def _with_options(base: type[RunConfig], options: type) -> type[RunConfig]:
+    cls = dataclasses.make_dataclass(
+        base.__name__, [("methods", options, field(default_factory=options))], bases=(base,),
+        frozen=True)
+    cls.__module__, cls.__doc__ = base.__module__, base.__doc__
+    return cls
+
+
+def with_current_methods(config: RunConfig) -> RunConfig:
+    """``config`` as an instance of ``config_class(type(config))``: every field kept, the method
+    options converted (registered methods it lacks get their defaults)."""
+    cls = config_class(type(config))
+    if type(config) is cls:
+        return config
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    values["methods"] = convert_options(config.methods, method_options_class())
+    return cls(**values)
 
 
 def validate(config: RunConfig) -> None:
@@ -232,7 +261,7 @@ def validate(config: RunConfig) -> None:
         "checkpoint_every_env_steps": config.checkpoint_every_env_steps,
         "keep_checkpoints": config.keep_checkpoints,
     })
-    if isinstance(config, TrainConfig):
+    if isinstance(config, SACTrainConfig):
         _validate_sac(config)
     elif isinstance(config, PPOTrainConfig):
         _validate_ppo(config)
@@ -247,41 +276,18 @@ def check_positive(values: dict[str, int]) -> None:
 
 
 def _validate_methods(config: RunConfig) -> None:
-    """Each network's method, sparsity, distribution and options; the plasticity probe."""
-    if config.distribution not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"unknown distribution {config.distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}"
-        )
+    """Each network's method configuration (``check_network``: names, sparsity, distribution,
+    options, interval scale, the methods' run-level checks); the plasticity probe."""
     for network, settings in config.network_methods().items():
         try:
-            members = check_method(settings.name, settings.sparsity, network)
-            check_options(members, config.methods)
+            check_network(settings, config.methods, network)
         except MethodError as error:
             raise ConfigError(str(error)) from None
-        if not settings.interval_scale > 0:
-            raise ConfigError(f"--{network}.interval-scale must be > 0; got "
-                              f"{settings.interval_scale}")
-        if any(m.name == "gmp" for m in members):
-            _check_gmp_fires(network, settings, config.methods.gmp)
     if config.plasticity.every_updates < 0 or config.plasticity.batch_size <= 0:
         raise ConfigError("--plasticity.every-updates must be >= 0 and --plasticity.batch-size > 0")
 
 
-def _check_gmp_fires(network: str, settings: NetworkMethodSettings, options: Any) -> None:
-    """GMP reaches its target at its first pruning event at or after t_end; a network whose
-    interval puts that event after the run's last update would end below its target (or stay
-    dense) without a word."""
-    scaled = scale_intervals(options, settings.interval_scale)
-    every, total = scaled.prune_every_updates, settings.total_updates
-    _, last_event = gmp_event_updates(scaled, total)
-    if last_event > total:
-        raise ConfigError(
-            f"gmp on the {network} prunes every {every} of its updates, so it would reach the "
-            f"final sparsity at update {last_event}, after the {total} updates it makes in this "
-            f"run; lower --methods.gmp.prune-every-updates or --{network}.interval-scale")
-
-
-def _validate_sac(config: TrainConfig) -> None:
+def _validate_sac(config: SACTrainConfig) -> None:
     env = config.env
     if env.benchmark not in METAWORLD_BENCHMARKS:
         raise ConfigError(
@@ -373,7 +379,7 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def from_dict(data: dict[str, Any], cls: type = TrainConfig) -> Any:
+def from_dict(data: dict[str, Any], cls: type = SACTrainConfig) -> Any:
     """Inverse of ``to_dict``: nested dataclasses rebuilt, JSON lists back to tuples."""
     hints = typing.get_type_hints(cls)
     values = {}
@@ -408,7 +414,7 @@ def differing_fields(a: RunConfig, b: RunConfig) -> list[str]:
 
 
 def flat_fields(config: RunConfig) -> dict[str, Any]:
-    """Every field of ``config`` by dotted name (``methods.gmp.scope``), in field order, with
+    """Every field of ``config`` by dotted name (``env.max_episode_steps``), in field order, with
     JSON values (tuples as lists)."""
     return _flatten(to_dict(config))
 

@@ -29,15 +29,15 @@ from mtrl_sparse.agent_kind import (
 )
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import make_sac
-from mtrl_sparse.config import TrainConfig
+from mtrl_sparse.config import SACTrainConfig
 from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
 from mtrl_sparse.evaluation import evaluate_success
-from mtrl_sparse.learner import LOSS_NAMES, Learner, TrainState, make_learner
-from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.run_dir import method_state_row, scalar_row
+from mtrl_sparse.sac_learner import LOSS_NAMES, Learner, SACTrainState, make_learner
 
 
-def make_envs(config: TrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorEnv]:
+def make_envs(config: SACTrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorEnv]:
     """Training and evaluation vector envs of ``config``."""
     env_cfg = config.env
     common = dict(task=env_cfg.task, vector_strategy=env_cfg.vector_strategy,
@@ -50,7 +50,7 @@ def make_envs(config: TrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorE
     return train_env, eval_env
 
 
-def make_run_learner(config: TrainConfig, env: MetaWorldVectorEnv) -> Learner:
+def make_run_learner(config: SACTrainConfig, env: MetaWorldVectorEnv) -> Learner:
     """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner."""
     spec = env.spec
     networks = {name: build_network(settings, config.methods, name)
@@ -66,7 +66,7 @@ class OffPolicyRun:
 
     score_name = "eval/success_rate"
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: SACTrainConfig):
         self.config = config
         self.env, self.eval_env = make_envs(config)
         spec = self.env.spec
@@ -78,7 +78,7 @@ class OffPolicyRun:
         self.eval_rng_state = self.eval_env.get_rng_state()
         self.compiled: set[bool] = set()  # variants (warm-up or not) whose first call was timed
         self.last_metrics: dict[str, jax.Array] = {}
-        self.state: TrainState | None = None
+        self.state: SACTrainState | None = None
         self.obs: np.ndarray | None = None
         self.done: np.ndarray | None = None  # envs to reset before the next step
         self.env_steps = self.updates_done = 0
@@ -90,7 +90,7 @@ class OffPolicyRun:
     def abstract_state(self) -> Any:
         return self.learner.abstract_state()
 
-    def restore(self, state: TrainState, meta: dict[str, Any]) -> None:
+    def restore(self, state: SACTrainState, meta: dict[str, Any]) -> None:
         self.state = state
         self.env.set_rng_state(meta["env_rng_state"])
         self.env_steps, self.updates_done = meta["env_steps"], int(state.agent.step)
@@ -145,14 +145,14 @@ class OffPolicyRun:
         return evaluate_success(self.learner.greedy_act, self.state.agent, self.eval_env,
                                 self.config.env.eval_episodes_per_task, self.eval_rng_state)
 
-    def evaluate_checkpoint(self, state: TrainState, env_step: int) -> dict[str, Any]:
+    def evaluate_checkpoint(self, state: SACTrainState, env_step: int) -> dict[str, Any]:
         """The evaluation row of a checkpoint's state: the run's own evaluation episodes. The
         checkpoint's state becomes this run's state."""
         del env_step
         self.state = state
         return self.evaluate()
 
-    def checkpoint(self) -> tuple[TrainState, dict[str, Any]]:
+    def checkpoint(self) -> tuple[SACTrainState, dict[str, Any]]:
         return self.state, {"env_rng_state": self.env.get_rng_state()}
 
     def updates(self) -> int:

@@ -27,7 +27,7 @@ from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.evaluation import evaluate_normalized_return
-from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import method_state_row, scalar_row
 

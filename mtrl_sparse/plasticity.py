@@ -1,18 +1,17 @@
-"""Plasticity diagnostics: dormant neurons, effective rank, Fisher trace, norms and mask churn.
+"""Plasticity diagnostics: effective rank, Fisher trace and per-layer sparsity.
 
 Every function is pure and jit-compatible (Python control flow only on static structure: list
 lengths, tree structure, shapes), so it can be used inside a jitted update or on a checkpoint.
 
-* Dormant neurons (ReDo, Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL"):
-  neuron ``i`` of a layer has score ``s_i = E_x|h_i(x)| / mean_k E_x|h_k(x)|`` and is
-  ``tau``-dormant when ``s_i <= tau``. In a sparse network a neuron whose incoming weights are all
-  masked is not a neuron at all; it is excluded from the layer mean and from the counts.
+* Dormant neurons live one layer down, in ``mtrl_sparse.agents.neurons`` (the ReDo method uses
+  them too); the network's weight norm and the fraction of mask entries that changed live in
+  ``mtrl_sparse.agents.trees``.
 * Effective rank (Kumar et al. 2021, "Implicit Under-Parameterization Inhibits Data-Efficient
   Deep RL"): ``srank_delta(Phi) = min{k : sum_{i<=k} sigma_i / sum_i sigma_i >= 1 - delta}``.
 * Fisher trace: the trace of the empirical Fisher information of the policy,
   ``Tr F = E_i ||grad_theta log pi(a_i | s_i)||^2`` (the diagonal Fisher of Kirkpatrick et al.
   2017, summed; used as a plasticity / curvature probe by Lyle et al. 2022, 2023).
-* Parameter norms, per-layer sparsity and the fraction of mask entries that changed.
+* Per-layer sparsity.
 
 Shapes: ``B`` batch, ``N`` units of one layer, ``D`` feature size, ``A`` action size.
 Path keys of the dict-valued functions are the "/"-joined tree paths of the leaves, e.g.
@@ -21,87 +20,15 @@ Path keys of the dict-valued functions are the "/"-joined tree paths of the leav
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.tree_paths import key_name, path_str
+from mtrl_sparse.agents.tree_paths import path_str
 
 _ACTION_CLIP = 1.0 - 1e-6
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
-# ----------------------------------------------------------------------------- dormant neurons
-
-
-def alive_neurons(kernel_mask: jax.Array | None, num_units: int) -> jax.Array:
-    """(N,) bool: a unit is alive when at least one of its incoming weights is unmasked.
-
-    ``kernel_mask`` is the mask of the layer's incoming kernel, (in, N) (or a convolution kernel
-    (..., in, N)); None (an unmasked layer) -> every unit alive.
-    """
-    if kernel_mask is None:
-        return jnp.ones((num_units,), bool)
-    return jnp.any(kernel_mask.reshape(-1, kernel_mask.shape[-1]), axis=0)
-
-
-def hidden_alive(mlp_masks: Any, widths: Sequence[int]) -> list[jax.Array]:
-    """Alive units of the hidden layers ``hidden_0 .. hidden_{n-1}`` of a ``MultiHeadMLP``.
-
-    ``mlp_masks`` is the masks subtree of one MLP (``{"hidden_0": {"kernel": ..., ...}, ...}``,
-    or None for a dense network); ``widths`` are the hidden sizes. Returns a list of (N_l,) bool.
-    """
-    alive = []
-    for layer, width in enumerate(widths):
-        layer_masks = None if mlp_masks is None else mlp_masks.get(f"hidden_{layer}")
-        kernel_mask = None if layer_masks is None else layer_masks.get("kernel")
-        alive.append(alive_neurons(kernel_mask, width))
-    return alive
-
-
-def dormant_scores(activations: jax.Array, alive: jax.Array | None = None) -> jax.Array:
-    """ReDo scores of one layer: (B, N) post-activations, (N,) bool alive -> (N,) float32.
-
-    ``s_i = E_x|h_i(x)| / mean over alive k of E_x|h_k(x)|``. When that mean is 0 (a layer whose
-    alive units never fire) every score is 0. Scores of dead (not alive) units are computed the
-    same way but carry no meaning; ``dormant_fraction`` ignores them.
-    """
-    mean_abs = jnp.mean(jnp.abs(activations.astype(jnp.float32)), axis=0)  # (N,)
-    if alive is None:
-        alive = jnp.ones(mean_abs.shape, bool)
-    num_alive = jnp.sum(alive, dtype=jnp.float32)
-    layer_mean = jnp.sum(jnp.where(alive, mean_abs, 0.0)) / jnp.maximum(num_alive, 1.0)
-    positive = layer_mean > 0
-    return jnp.where(positive, mean_abs / jnp.where(positive, layer_mean, 1.0), 0.0)
-
-
-def dormant_fraction(
-    activations: list[jax.Array], tau: float, alive: list[jax.Array] | None = None
-) -> tuple[jax.Array, list[jax.Array]]:
-    """Fraction of tau-dormant units among alive units of the given hidden layers, pooled.
-
-    ``activations[l]`` is (B, N_l), the post-activation outputs of hidden layer ``l`` (the caller
-    leaves out the output layer); ``alive[l]`` is (N_l,) bool (None: every unit alive). A unit is
-    dormant when it is alive and its score is ``<= tau``. Returns (fraction () float32, one (N_l,)
-    bool dormant mask per layer). The fraction is 0.0 when no unit is alive.
-    """
-    if alive is None:
-        alive = [None] * len(activations)
-    if len(alive) != len(activations):
-        raise ValueError(f"{len(activations)} activation layers but {len(alive)} alive masks")
-    dormant, num_dormant, num_alive = [], jnp.zeros(()), jnp.zeros(())
-    for h, a in zip(activations, alive, strict=True):
-        a = jnp.ones((h.shape[-1],), bool) if a is None else a
-        d = a & (dormant_scores(h, a) <= tau)
-        dormant.append(d)
-        num_dormant = num_dormant + jnp.sum(d, dtype=jnp.float32)
-        num_alive = num_alive + jnp.sum(a, dtype=jnp.float32)
-    return num_dormant / jnp.maximum(num_alive, 1.0), dormant
 
 
 # ----------------------------------------------------------------------------- effective rank
@@ -186,53 +113,10 @@ def fisher_trace(
         per_sample_sq_grad_norms(log_prob_fn, params, obs, task_ids, actions, chunk_size))
 
 
-# ----------------------------------------------------------------------------- norms and masks
-
-
-def global_norm(tree: Any) -> jax.Array:
-    """L2 norm over every leaf of ``tree`` (None leaves skipped) -> () float32."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
-
-
-def layer_norms(tree: Any) -> dict[str, jax.Array]:
-    """L2 norm of every ``kernel`` leaf, keyed by its "/"-joined path -> {path: () float32}."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {
-        path_str(path): jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
-        for path, x in flat
-        if key_name(path[-1]) == "kernel"
-    }
+# ----------------------------------------------------------------------------- sparsity
 
 
 def layer_sparsity(masks: Any) -> dict[str, jax.Array]:
     """Masked-out fraction of every masked leaf (None leaves skipped) -> {path: () float32}."""
     flat, _ = jax.tree_util.tree_flatten_with_path(masks)
     return {path_str(path): 1.0 - jnp.mean(m.astype(jnp.float32)) for path, m in flat}
-
-
-def mask_change_fraction(old_masks: Any, new_masks: Any) -> jax.Array:
-    """Fraction of maskable entries whose mask value differs between two mask trees -> ().
-
-    The trees share the structure of the params; a leaf that is None in both is not maskable and
-    is skipped, a leaf that is None in only one counts that None as all True (unmasked). 0.0 when
-    no leaf is masked.
-    """
-    old_leaves = jax.tree.leaves(old_masks, is_leaf=_is_none)
-    new_leaves = jax.tree.leaves(new_masks, is_leaf=_is_none)
-    if len(old_leaves) != len(new_leaves):
-        raise ValueError("mask trees of different structure")
-    changed, total = jnp.zeros((), jnp.float32), 0
-    for old, new in zip(old_leaves, new_leaves, strict=True):
-        if old is None and new is None:
-            continue
-        ref = new if old is None else old
-        old = jnp.ones(ref.shape, bool) if old is None else old
-        new = jnp.ones(ref.shape, bool) if new is None else new
-        changed = changed + jnp.sum(old != new, dtype=jnp.float32)
-        total += ref.size
-    if total == 0:
-        return jnp.zeros((), jnp.float32)
-    return changed / total

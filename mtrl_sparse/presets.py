@@ -2,7 +2,13 @@
 
 Values of ``mt10-paper`` come from Table 3 and Section 4 of Todorov et al. 2025 (TMLR),
 "Sparsity-Driven Plasticity in Multi-Task Reinforcement Learning"; they are the defaults of
-``TrainConfig`` and ``SACConfig`` themselves.
+``SACTrainConfig`` and ``SACConfig`` themselves.
+
+Every method works on every preset with its default options. The method intervals are the paper's
+(GMP every 5,000 updates on MT10, Reset every 100,000, ...), in updates of a network; a preset
+shorter than its paper setting scales them by its length (``scaled_to_paper``: its total updates
+over the paper preset's, through the networks' ``interval_scale``), so that the events happen as
+often per run as in the paper (and GMP reaches its target within the run).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from mtrl_sparse.config import (
     PlasticityConfig,
     PPOTrainConfig,
     RunConfig,
-    TrainConfig,
+    SACTrainConfig,
 )
 from mtrl_sparse.methods.gmp import GMPOptions
 
@@ -31,7 +37,30 @@ class Preset:
     config: RunConfig
 
 
-_PAPER = TrainConfig()
+_PAPER = SACTrainConfig()
+
+
+def paper_interval_scale(config: RunConfig, paper: RunConfig, network: str) -> float:
+    """The length of ``config``'s run relative to ``paper``'s, in updates of ``network``."""
+    return config.total_updates(network) / paper.total_updates(network)
+
+
+def scaled_to_paper(config: RunConfig, paper: RunConfig) -> RunConfig:
+    """``config`` with each network's interval scale set to ``paper_interval_scale``."""
+    scales = {network: paper_interval_scale(config, paper, network) for network in ("actor",
+                                                                                    "critic")}
+    return dataclasses.replace(
+        config,
+        actor=dataclasses.replace(config.actor, interval_scale=scales["actor"]),
+        critic=dataclasses.replace(config.critic, interval_scale=scales["critic"]),
+    )
+
+
+def _scale_note(config: RunConfig) -> str:
+    """The part of a preset's description that states its interval scale."""
+    updates, paper = config.total_updates("actor"), _PAPER.total_updates("actor")
+    return (f"method intervals x {config.actor.interval_scale:.3g} ({updates:,} of the paper's "
+            f"{paper:,} updates)")
 
 
 def _minigrid_paper() -> PPOTrainConfig:
@@ -51,6 +80,33 @@ def _minigrid_paper() -> PPOTrainConfig:
 
 _MINIGRID = _minigrid_paper()
 
+_MT10_QUICK = scaled_to_paper(dataclasses.replace(
+    _PAPER,
+    total_env_steps=100_000,
+    warmup_env_steps=10_000,
+    buffer_capacity=100_000,
+    eval_every_env_steps=50_000,
+    log_every_env_steps=5_000,
+    checkpoint_every_env_steps=50_000,
+    env=EnvConfig(eval_envs_per_task=5, eval_episodes_per_task=5),
+    sac=SACConfig(hidden_sizes=(256, 256, 256), batch_size=640),
+    plasticity=PlasticityConfig(every_updates=3_000),
+), _PAPER)
+
+_MT10_SMOKE = scaled_to_paper(dataclasses.replace(
+    _PAPER,
+    total_env_steps=1_000,
+    warmup_env_steps=200,
+    buffer_capacity=2_000,
+    eval_every_env_steps=400,
+    log_every_env_steps=100,
+    checkpoint_every_env_steps=200,
+    env=EnvConfig(max_episode_steps=20, eval_envs_per_task=1, eval_episodes_per_task=1),
+    sac=SACConfig(hidden_sizes=(32, 32), batch_size=40),
+    plasticity=PlasticityConfig(every_updates=40, batch_size=100),
+    progress=False,
+), _PAPER)
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -63,43 +119,22 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "mt10-quick",
             "Meta-World MT10 for a first look on a CPU: 100k env steps, 3x256, batch 640, "
-            "about 5 minutes on 2 cores",
-            dataclasses.replace(
-                _PAPER,
-                total_env_steps=100_000,
-                warmup_env_steps=10_000,
-                buffer_capacity=100_000,
-                eval_every_env_steps=50_000,
-                log_every_env_steps=5_000,
-                checkpoint_every_env_steps=50_000,
-                env=EnvConfig(eval_envs_per_task=5, eval_episodes_per_task=5),
-                sac=SACConfig(hidden_sizes=(256, 256, 256), batch_size=640),
-                plasticity=PlasticityConfig(every_updates=3_000),
-            ),
+            f"about 5 minutes on 2 cores; {_scale_note(_MT10_QUICK)}",
+            _MT10_QUICK,
         ),
         Preset(
             "mt10-smoke",
-            "Meta-World MT10 in seconds, for tests: 20-step episodes, 2x32 networks, batch 40",
-            dataclasses.replace(
-                _PAPER,
-                total_env_steps=1_000,
-                warmup_env_steps=200,
-                buffer_capacity=2_000,
-                eval_every_env_steps=400,
-                log_every_env_steps=100,
-                checkpoint_every_env_steps=200,
-                env=EnvConfig(max_episode_steps=20, eval_envs_per_task=1,
-                              eval_episodes_per_task=1),
-                sac=SACConfig(hidden_sizes=(32, 32), batch_size=40),
-                plasticity=PlasticityConfig(every_updates=40, batch_size=100),
-                progress=False,
-            ),
+            "Meta-World MT10 in seconds, for tests: 20-step episodes, 2x32 networks, batch 40; "
+            f"{_scale_note(_MT10_SMOKE)}",
+            _MT10_SMOKE,
         ),
         *(
             Preset(
                 f"minigrid-{benchmark.lower()}",
                 f"MiniGrid {benchmark}, multi-task PPO of the reference paper (Table 2): 400k env "
-                "steps, CNN trunk, 2-layer task heads, 25 eval episodes per task",
+                "steps, CNN trunk, 2-layer task heads, 25 eval episodes per task; GMP every 500 "
+                "actor updates (the paper's), the critic's intervals x 1/56 (its share of "
+                "updates)",
                 dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark=benchmark)),
             )
             for benchmark in ("MT3", "MT5", "MT7")
@@ -107,7 +142,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "minigrid-smoke",
             "MiniGrid MT3 PPO in seconds, for tests: 3 rollouts of 200 env steps, 2 eval "
-            "episodes per task",
+            "episodes per task; GMP every 4 actor updates, the critic's intervals x 0.25 (its "
+            "share of updates)",
             dataclasses.replace(
                 _MINIGRID,
                 total_env_steps=600,

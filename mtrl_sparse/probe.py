@@ -1,4 +1,5 @@
-"""Plasticity probes of the agents: the metrics of ``mtrl_sparse.plasticity`` on recent data.
+"""Plasticity probes of the agents: the metrics of ``mtrl_sparse.plasticity`` (and the neuron
+measures of ``mtrl_sparse.agents.neurons``) on recent data.
 
 Per network (the actor, each critic): dormant-neuron fraction over alive neurons of the hidden
 layers at ``dormant_tau``, effective rank (srank) of the representation the heads read (the last
@@ -18,18 +19,12 @@ import jax.numpy as jnp
 
 from mtrl_sparse.agents.net_state import apply_masks, masked_params
 from mtrl_sparse.agents.networks import NeuronLayer
+from mtrl_sparse.agents.neurons import alive_neurons, dormant_fraction
 from mtrl_sparse.agents.ppo import PPO, PPOState, categorical_log_prob
 from mtrl_sparse.agents.sac import SAC, SACState, gaussian_tanh_sample
 from mtrl_sparse.agents.tree_paths import get_path
-from mtrl_sparse.plasticity import (
-    actor_log_prob_fn,
-    alive_neurons,
-    dormant_fraction,
-    effective_rank,
-    fisher_trace,
-    global_norm,
-    layer_sparsity,
-)
+from mtrl_sparse.agents.trees import global_norm
+from mtrl_sparse.plasticity import actor_log_prob_fn, effective_rank, fisher_trace, layer_sparsity
 
 
 def _network_metrics(

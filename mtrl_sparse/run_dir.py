@@ -29,7 +29,7 @@ from tensorboardX import SummaryWriter
 
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.tree_paths import path_str
-from mtrl_sparse.config import CONFIG_CLASSES, RunConfig, from_dict, to_dict
+from mtrl_sparse.config import CONFIG_CLASSES, RunConfig, config_class, from_dict, to_dict
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -63,14 +63,16 @@ def _nearest_existing_parent(path: Path) -> Path:
 
 
 def read_config(run_dir: Path) -> RunConfig:
-    """The config stored in a run directory, as its agent's config class."""
+    """The config stored in a run directory, as its agent's config class with the options of the
+    methods registered now (``config_class``; options of a method no longer registered are
+    dropped)."""
     with open(run_dir / CONFIG_FILE) as f:
         stored = json.load(f)
     agent = stored.get("agent", "sac")
     if agent not in CONFIG_CLASSES:
         raise RunDirError(f"{run_dir} holds a run of agent {agent!r}; this version knows "
                           f"{', '.join(CONFIG_CLASSES)}")
-    return from_dict(stored["config"], CONFIG_CLASSES[agent])
+    return from_dict(stored["config"], config_class(CONFIG_CLASSES[agent]))
 
 
 def read_preset(run_dir: Path) -> str | None:

@@ -4,26 +4,49 @@ and tiny SACs whose networks run a method with them."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from mtrl_sparse.agents.sac import SAC, SACConfig, make_sac
-from mtrl_sparse.methods.base import NetworkMethodSettings
-from mtrl_sparse.methods.registry import METHODS, MethodOptions, build_network
+from mtrl_sparse.methods.base import INTERVAL_SUFFIX, NetworkMethodSettings
+from mtrl_sparse.methods.network import build_network
+from mtrl_sparse.methods.registry import METHODS, method_options_class
 
-INTERVAL_FIELDS = ("prune_every_updates", "update_every_updates", "every_updates")
+
+def interval_fields(options: type) -> tuple[str, ...]:
+    """The interval fields of a method's options class (the registry's ``INTERVAL_SUFFIX``)."""
+    return tuple(f.name for f in dataclasses.fields(options) if f.name.endswith(INTERVAL_SUFFIX))
 
 
-def options_firing_every_update() -> MethodOptions:
-    """Defaults of every method's options with intervals 1 and schedules starting at update 0."""
+def options_firing_every_update() -> Any:
+    """Defaults of every registered method's options (the current ``method_options_class()``)
+    with intervals 1 and schedules starting at update 0."""
     values = {}
     for entry in METHODS.values():
         if entry.options is None:
             continue
         defaults = entry.options()
-        changes = {f: 1 for f in INTERVAL_FIELDS if hasattr(defaults, f)}
+        changes = {f: 1 for f in interval_fields(entry.options)}
         if hasattr(defaults, "start_fraction"):
             changes["start_fraction"] = 0.0
         values[entry.name] = dataclasses.replace(defaults, **changes)
-    return MethodOptions(**values)
+    return method_options_class()(**values)
+
+
+def covering_compositions() -> tuple[str, ...]:
+    """Compositions, derived from the registry's kinds, in which every registered method except
+    ``dense`` appears: each sparsity method with one plasticity method and one regulariser in
+    turn, and every plasticity method together on a dense network."""
+    def of(kind: str) -> list[str]:
+        return [name for name, entry in METHODS.items() if entry.kind == kind]
+
+    plasticity, regularizers = of("plasticity"), of("regularizer")
+    compositions = [
+        "+".join([sparse,
+                  *([plasticity[i % len(plasticity)]] if plasticity else []),
+                  *([regularizers[i % len(regularizers)]] if regularizers else [])])
+        for i, sparse in enumerate(of("sparsity"))
+    ]
+    return (*compositions, *(["+".join(plasticity)] if plasticity else []))
 
 
 def sac_firing_every_update(

@@ -30,7 +30,7 @@ from mtrl_sparse.agents.sac import SACConfig, make_sac
 from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.cli import parse_train_args
 from mtrl_sparse.methods.base import NetworkMethodSettings
-from mtrl_sparse.methods.registry import build_network
+from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.run_loop import train

@@ -48,12 +48,13 @@ def test_the_runs_cover_every_method_with_events():
 @pytest.fixture(scope="module", params=list(RUNS))
 def run_rows(request, tmp_path_factory):
     actor, critic = RUNS[request.param]
-    sparsity = {name: 0.9 if any(m in name for m in ("gmp", "set", "rigl")) else 0.0
+    sparsity = {name: 0.9 if any(METHODS[m].kind == "sparsity" for m in name.split("+")) else 0.0
                 for name in (actor, critic)}
+    # The intervals of OPTIONS as given (interval scale 1, not the preset's scale to its length).
     config = dataclasses.replace(
         SMOKE, methods=OPTIONS, plasticity=dataclasses.replace(SMOKE.plasticity, every_updates=0),
-        actor=NetworkMethodConfig(method=actor, sparsity=sparsity[actor]),
-        critic=NetworkMethodConfig(method=critic, sparsity=sparsity[critic]),
+        actor=NetworkMethodConfig(method=actor, sparsity=sparsity[actor], interval_scale=1.0),
+        critic=NetworkMethodConfig(method=critic, sparsity=sparsity[critic], interval_scale=1.0),
         run_dir=str(tmp_path_factory.mktemp("methods") / "run"),
     )
     assert config.total_updates() == 80

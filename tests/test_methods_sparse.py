@@ -21,10 +21,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtrl_sparse.agents.net_state import NetState, apply_gradients, apply_masks, create_net_state
+from mtrl_sparse.agents.net_state import (
+    MethodContext,
+    NetState,
+    apply_gradients,
+    apply_masks,
+    create_net_state,
+)
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.gmp import GMPOptions, cubic_sparsity, gmp
-from mtrl_sparse.methods.registry import MethodOptions, build_network
+from mtrl_sparse.methods.network import build_network, check_network
+from mtrl_sparse.methods.registry import MethodOptions
 from mtrl_sparse.methods.sparse_evolution import (
     RigLOptions,
     SETOptions,
@@ -105,8 +112,8 @@ def programs(method: str, tree: int):
         return state
 
     def transform(state: NetState, step: jax.Array, key: jax.Array, dense_grads) -> NetState:
-        context = {"grads": apply_masks(dense_grads, state.masks), "dense_grads": dense_grads,
-                   "optimizer": TX}
+        context = MethodContext(grads=apply_masks(dense_grads, state.masks),
+                                dense_grads=dense_grads, optimizer=TX)
         # Built at another sparsity: the transform must read the target from the state.
         return build(method, 0.5, tree).transform(state, step, key, context)
 
@@ -332,15 +339,18 @@ def test_vmapped_over_sparsities_and_keys_equals_separate_calls(method):
         np.testing.assert_allclose(sparsities, [0.5, 0.5, 0.9, 0.9], atol=0.01)
 
 
-@pytest.mark.parametrize("build_bad", [
-    lambda s: gmp(s, GMPOptions(start_fraction=0.9, end_fraction=0.5)),
-    lambda s: gmp(s, GMPOptions(prune_every_updates=0)),
-    lambda s: sparse_evolution_set(s, SETOptions(drop_fraction=1.5)),
-    lambda s: rigl(s, RigLOptions(update_every_updates=-1)),
+@pytest.mark.parametrize(("method", "bad"), [
+    ("gmp", GMPOptions(start_fraction=0.9, end_fraction=0.5)),
+    ("gmp", GMPOptions(prune_every_updates=0)),
+    ("set", SETOptions(drop_fraction=1.5)),
+    ("rigl", RigLOptions(update_every_updates=-1)),
 ])
-def test_options_without_a_schedule_are_refused_at_build(build_bad):
+def test_options_without_a_schedule_are_refused(method, bad):
+    # Refused by the one check of a network's methods (config validation calls it; the builders
+    # do not check again).
+    settings = NetworkMethodSettings(method, 0.5, "erk", TOTAL_UPDATES)
     with pytest.raises(ValueError, match="must|needs"):
-        build_bad(NetworkMethodSettings("gmp", 0.5, "erk", TOTAL_UPDATES))
+        check_network(settings, MethodOptions(**{method: bad}))
 
 
 @pytest.mark.parametrize(("scale", "prunes_at_step_2"), [(1.0, False), (0.5, True)])
@@ -353,5 +363,5 @@ def test_interval_scale_reaches_the_built_method(scale, prunes_at_step_2):
     tx = optax.adam(1e-3)
     state = create_net_state(params, tx, setup.method, jax.random.PRNGKey(1))
     state = setup.method.transform(state, jnp.asarray(2), jax.random.PRNGKey(2),
-                                   {"optimizer": tx})
+                                   MethodContext(optimizer=tx))
     assert bool(jnp.any(~state.masks["dense"]["kernel"])) == prunes_at_step_2

@@ -15,7 +15,12 @@ import pytest
 from test_sac import assert_mask_invariant
 
 from mtrl_sparse.agents.cnn import PatchConv, max_pool_2x2
-from mtrl_sparse.agents.net_state import NetState, default_maskable, masked_params
+from mtrl_sparse.agents.net_state import (
+    MethodContext,
+    NetState,
+    default_maskable,
+    masked_params,
+)
 from mtrl_sparse.agents.networks import check_neuron_layers, torch_linear_init
 from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer
 from mtrl_sparse.agents.ppo import (
@@ -32,8 +37,9 @@ from mtrl_sparse.agents.ppo import (
 from mtrl_sparse.agents.tree_paths import get_path
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.gmp import GMPOptions, cubic_sparsity
+from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.methods.redo import ReDoOptions, dormant_neurons, redo
-from mtrl_sparse.methods.registry import MethodOptions, build_network
+from mtrl_sparse.methods.registry import MethodOptions
 
 NUM_TASKS, NUM_ACTIONS, OBS_SHAPE = 2, 7, (7, 7, 3)
 HORIZON, NUM_ENVS = 4, 4  # 16 samples per rollout
@@ -431,10 +437,11 @@ def test_redo_recycles_conv_channels_and_head_units_at_the_right_positions(pooli
     @jax.jit
     def recycle(params, masks, fresh):
         net = NetState(params, masks, tx.init(params), method.init(params, None, None)[1])
-        context = {"activations": lambda w: ppo.actor_activations(w, obs, tasks),
-                   "init_params": lambda key: fresh, "neuron_layers": layers, "optimizer": tx}
+        context = MethodContext(activations=lambda w: ppo.actor_activations(w, obs, tasks),
+                                init_params=lambda key: fresh, neuron_layers=tuple(layers),
+                                optimizer=tx)
         after = method.transform(net, jnp.array(1), jax.random.PRNGKey(0), context)
-        dormant, _ = dormant_neurons(context["activations"](params), masks, layers, 0.99)
+        dormant, _ = dormant_neurons(context.activations(params), masks, layers, 0.99)
         return after, dormant
 
     after, dormant = recycle(params, masks, fresh)

@@ -15,9 +15,10 @@ from mtrl_sparse.agents.net_state import apply_masks, masked_params
 from mtrl_sparse.cli import main
 from mtrl_sparse.config import NetworkMethodConfig, validate
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
+from mtrl_sparse.methods.base import scale_intervals
 from mtrl_sparse.methods.gmp import GMPOptions
 from mtrl_sparse.methods.redo import ReDoOptions
-from mtrl_sparse.methods.registry import MethodOptions, scale_intervals
+from mtrl_sparse.methods.registry import MethodOptions
 from mtrl_sparse.on_policy import make_run_ppo
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.probe import make_ppo_probe

@@ -11,8 +11,9 @@ import pytest
 from mtrl_sparse.agents.net_state import apply_gradients, create_net_state
 from mtrl_sparse.agents.optim import make_optimizer
 from mtrl_sparse.agents.sac import SACConfig, make_sac
-from mtrl_sparse.methods.base import NetworkMethodSettings
-from mtrl_sparse.methods.registry import MethodError, MethodOptions, build_network
+from mtrl_sparse.methods.base import MethodError, NetworkMethodSettings
+from mtrl_sparse.methods.network import build_network, check_network
+from mtrl_sparse.methods.registry import MethodOptions
 from mtrl_sparse.methods.regularizers import WeightDecayOptions
 
 LR = 1e-3
@@ -53,12 +54,14 @@ def test_layernorm_adds_unmasked_norm_parameters():
 
 
 def test_compositions_are_checked():
+    # The one check of a network's methods (config validation calls it; builders do not).
     with pytest.raises(MethodError, match="several sparsity methods"):
-        build_network(NetworkMethodSettings("static+static", 0.5))
+        check_network(NetworkMethodSettings("static+static", 0.5))
     with pytest.raises(MethodError, match="cannot be combined"):
-        build_network(NetworkMethodSettings("dense+weight_decay", 0.0))
+        check_network(NetworkMethodSettings("dense+weight_decay", 0.0))
     with pytest.raises(MethodError, match="dense but sparsity"):
-        build_network(NetworkMethodSettings("weight_decay+layernorm", 0.5))
+        check_network(NetworkMethodSettings("weight_decay+layernorm", 0.5))
+    check_network(NetworkMethodSettings("static+weight_decay+layernorm", 0.5))
     setup = build_network(NetworkMethodSettings("static+weight_decay+layernorm", 0.5))
     assert setup.layer_norm and len(setup.gradient_transforms) == 1
 

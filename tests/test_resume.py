@@ -12,22 +12,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from run_checks import complete_checkpoints, deterministic_rows, final_state
 
-from mtrl_sparse.checkpointing import Checkpointer
 from mtrl_sparse.cli import main
-from mtrl_sparse.off_policy import make_envs, make_run_learner
 from mtrl_sparse.run_dir import read_config, read_metrics
 
 ARGS = ["--preset", "mt10-smoke", "--method", "static", "--sparsity", "0.9",
         "--total-steps", "2000", "--checkpoint-every-env-steps", "600", "--eval-every-env-steps",
         "500"]
-
-
-def complete_checkpoints(run_dir: Path) -> list[int]:
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 def kill_between_checkpoints(run_dir: Path) -> int:
@@ -55,25 +47,6 @@ def kill_between_checkpoints(run_dir: Path) -> int:
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def deterministic_rows(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("time/")}
-            for row in read_metrics(run_dir)]
-
-
-def final_state(run_dir: Path):
-    config = read_config(run_dir)
-    checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
-    env, eval_env = make_envs(config)
-    try:
-        step = checkpointer.latest_step()
-        state, _ = checkpointer.restore(step, make_run_learner(config, env).abstract_state())
-    finally:
-        env.close()
-        eval_env.close()
-        checkpointer.close()
-    return step, jax.device_get(state)
 
 
 def test_sigkilled_run_resumes_to_the_same_metrics_and_params(tmp_path, capsys):

@@ -11,7 +11,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from method_options import sac_firing_every_update
+from method_options import covering_compositions, sac_firing_every_update
 
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.optim import NetworkSetup
@@ -114,8 +114,7 @@ def test_mask_invariant_holds_after_every_update(method, distribution, sparsity,
 
 
 # Compositions covering every registered method; every event fires at every update.
-COMPOSITIONS = ("gmp+redo+weight_decay", "set+reset+layernorm", "rigl+redo", "static+reset",
-                "redo+reset")
+COMPOSITIONS = covering_compositions()
 
 
 def test_the_compositions_cover_every_method():

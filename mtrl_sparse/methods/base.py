@@ -1,21 +1,34 @@
-"""The shape every sparsity or plasticity method has: a pair of pure functions.
+"""The shape every sparsity or plasticity method has, and the registry entry that describes it.
 
 Like an optax ``GradientTransformation``, a method is a ``NamedTuple`` of ``init`` and
-``transform`` (see ``mtrl_sparse.agents.net_state.MaskMethod`` for their signatures). Methods are
-built from configuration by their registry entry (``mtrl_sparse.methods.registry``); the agents
-and training loops only ever see this pair.
+``transform`` (see ``mtrl_sparse.agents.net_state.MaskMethod`` for their signatures). Each method
+module exports its whole ``MethodEntry`` (name, kind, description, source, options and their
+check, builder, what it asks of the agent builder, its run-level check);
+``mtrl_sparse.methods.registry`` collects the entries, and the agents and training loops only ever
+see the ``Method`` pair.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 
-from mtrl_sparse.agents.net_state import NetState
-from mtrl_sparse.methods.topology import Distribution
+from mtrl_sparse.agents.net_state import MethodContext, NetState
+from mtrl_sparse.methods.topology import DISTRIBUTIONS, Distribution
+
+Kind = Literal["dense", "sparsity", "plasticity", "regularizer"]
+KINDS: tuple[str, ...] = ("dense", "sparsity", "plasticity", "regularizer")
+
+INTERVAL_SUFFIX = "every_updates"
+"""Option fields whose name ends so are intervals in updates (scaled by ``interval_scale``)."""
+
+SPARSITY_PARAMETER = ("--sparsity", "final fraction of maskable weights that are masked, in (0, 1)")
+DISTRIBUTION_PARAMETER = ("--distribution",
+                          f"per-layer sparsity distribution, one of {DISTRIBUTIONS}")
 
 
 class Method(NamedTuple):
@@ -23,7 +36,11 @@ class Method(NamedTuple):
     ``transform(net_state, step, key, context) -> net_state``."""
 
     init: Callable[[Any, Any, jax.Array], tuple[Any, Any]]
-    transform: Callable[[NetState, jax.Array, jax.Array, dict], NetState]
+    transform: Callable[[NetState, jax.Array, jax.Array, MethodContext], NetState]
+
+
+class MethodError(ValueError):
+    """A method name or method/sparsity combination that is not accepted (a usage error)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,8 @@ class NetworkMethodSettings:
             fractions of the run); None where no schedule needs it.
         interval_scale: multiplies every interval of the network's methods (the option fields
             named ``*every_updates``), for a network that makes far fewer updates than another
-            (PPO's critic); the scaled interval is rounded and at least 1.
+            (PPO's critic) or a run far shorter than the paper's; the scaled interval is rounded
+            and at least 1.
     """
 
     name: str
@@ -55,7 +73,76 @@ class NetworkMethodSettings:
         return self.total_updates
 
 
-def unchanged(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:
+def unchanged(
+    net_state: NetState, step: jax.Array, key: jax.Array, context: MethodContext
+) -> NetState:
     """The transform of methods without periodic events."""
     del step, key, context
     return net_state
+
+
+def scale_intervals(options: Any, scale: float) -> Any:
+    """``options`` (a method's options dataclass) with each ``*every_updates`` field multiplied by
+    ``scale``, rounded, at least 1; unchanged for ``scale == 1``."""
+    if scale == 1.0:
+        return options
+    return dataclasses.replace(options, **{
+        f.name: max(1, round(getattr(options, f.name) * scale))
+        for f in dataclasses.fields(options) if f.name.endswith(INTERVAL_SUFFIX)})
+
+
+def _no_optimizer(options: Any) -> tuple[tuple, tuple]:
+    return (), ()
+
+
+def _no_check(options: Any) -> None:
+    return None
+
+
+def _no_run_check(settings: NetworkMethodSettings, options: Any, network: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One registered method: everything the framework knows about it.
+
+    Attributes:
+        name: what ``--method`` accepts (and the flag group ``--methods.NAME``).
+        kind: ``sparsity`` methods draw masks and need a sparsity in (0, 1); the others need 0
+            unless composed with a sparsity method.
+        description: one line for ``mtrl-sparse methods``.
+        source: the paper it comes from.
+        build: (settings, options) -> Method; ``options`` are the network's options with its
+            intervals already scaled, and already checked (builders do not check them again).
+        options: the frozen dataclass of its hyperparameters (flags ``--methods.NAME.FIELD``;
+            fields ending in ``INTERVAL_SUFFIX`` are intervals in updates), or None.
+        check: options -> None; raises ``ValueError`` (one line) for options that cannot run.
+        check_run: (settings, scaled options, network name) -> None; raises ``ValueError`` (one
+            line) when the method would silently not do its job within the network's run (e.g.
+            GMP not reaching its target before the last update).
+        layer_norm: the method asks the agent builder for LayerNorm in the network.
+        optimizer: options -> (gradient transforms before Adam, update transforms after Adam).
+        parameters: flags it reads besides its options, with their meaning.
+    """
+
+    name: str
+    kind: Kind
+    description: str
+    source: str
+    build: Callable[[NetworkMethodSettings, Any], Method]
+    options: type | None = None
+    check: Callable[[Any], None] = _no_check
+    check_run: Callable[[NetworkMethodSettings, Any, str], None] = _no_run_check
+    layer_norm: bool = False
+    optimizer: Callable[[Any], tuple[tuple, tuple]] = _no_optimizer
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if not self.name.isidentifier() or "+" in self.name:
+            raise ValueError(f"method name {self.name!r} must be a Python identifier (it names "
+                             "a config field and a flag group)")
+        if self.options is not None and not dataclasses.is_dataclass(self.options):
+            raise ValueError(f"method {self.name!r}: options must be a dataclass")

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from mtrl_sparse.methods.base import Method, unchanged
+from mtrl_sparse.methods.base import Method, MethodEntry, unchanged
 from mtrl_sparse.methods.topology import no_masks
 
 
@@ -18,3 +18,12 @@ def dense() -> Method:
         return no_masks(params), None
 
     return Method(init=init, transform=unchanged)
+
+
+ENTRY = MethodEntry(
+    name="dense",
+    kind="dense",
+    description="no masks: the plain dense network (the baseline)",
+    source="-",
+    build=lambda settings, options: dense(),
+)

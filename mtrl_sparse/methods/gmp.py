@@ -23,12 +23,17 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import NetState
-from mtrl_sparse.methods.base import Method, NetworkMethodSettings
+from mtrl_sparse.agents.net_state import MethodContext, NetState
+from mtrl_sparse.agents.trees import mask_change_fraction
+from mtrl_sparse.methods.base import (
+    SPARSITY_PARAMETER,
+    Method,
+    MethodEntry,
+    NetworkMethodSettings,
+)
 from mtrl_sparse.methods.pruning import (
     all_active_masks,
     install_masks,
-    mask_change_fraction,
     prune_globally,
     prune_layers,
 )
@@ -78,9 +83,25 @@ def gmp_event_updates(options: GMPOptions, total_updates: int) -> tuple[int, int
     return first, last
 
 
+def check_gmp_reaches_target(
+    settings: NetworkMethodSettings, options: GMPOptions, network: str
+) -> None:
+    """GMP reaches its target at its first pruning event at or after t_end; a network whose
+    interval puts that event after the run's last update would end below its target (or stay
+    dense) without a word. ``options`` are the network's (intervals scaled)."""
+    every, total = options.prune_every_updates, settings.total_updates
+    if total is None:
+        return  # no run length to check against (the builder asks for one)
+    _, last_event = gmp_event_updates(options, total)
+    if last_event > total:
+        raise ValueError(
+            f"gmp on the {network} prunes every {every} of its updates, so it would reach the "
+            f"final sparsity at update {last_event}, after the {total} updates it makes in this "
+            f"run; lower --methods.gmp.prune-every-updates or --{network}.interval-scale")
+
+
 def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
     """GMP toward ``settings.sparsity`` (may be traced) over ``settings.total_updates``."""
-    check_gmp_options(options)
     total_updates = settings.run_updates("gmp")
     t_start = options.start_fraction * total_updates
     t_end = options.end_fraction * total_updates
@@ -97,14 +118,16 @@ def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
             "events": jnp.zeros((), jnp.int32),
         }
 
-    def transform(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:
+    def transform(
+        net_state: NetState, step: jax.Array, key: jax.Array, context: MethodContext
+    ) -> NetState:
         del key
 
         def prune_event(state: NetState) -> NetState:
             method_state = state.method_state
             sparsity = cubic_sparsity(step, method_state["target_sparsity"], t_start, t_end)
             masks = prune(state.params, state.masks, sparsity)
-            pruned = install_masks(state, masks, context["optimizer"])
+            pruned = install_masks(state, masks, context.optimizer)
             return pruned.replace(method_state={
                 **method_state,
                 "scheduled_sparsity": sparsity,
@@ -116,3 +139,16 @@ def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
         return jax.lax.cond(is_event, prune_event, lambda state: state, net_state)
 
     return Method(init=init, transform=transform)
+
+
+ENTRY = MethodEntry(
+    name="gmp",
+    kind="sparsity",
+    description="gradual magnitude pruning from dense to --sparsity on a cubic schedule",
+    source="Zhu & Gupta 2017 (arXiv 1710.01878); Todorov et al. 2025 (settings)",
+    build=gmp,
+    options=GMPOptions,
+    check=check_gmp_options,
+    check_run=check_gmp_reaches_target,
+    parameters=(SPARSITY_PARAMETER,),
+)

@@ -23,11 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from mtrl_sparse.agents.net_state import NetState, zero_moments_at
+from mtrl_sparse.agents.trees import is_none
 from mtrl_sparse.methods.topology import keep_top_scores, num_to_keep
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def all_active_masks(params: Any, maskable: Any) -> Any:
@@ -53,7 +50,7 @@ def prune_layers(params: Any, masks: Any, sparsity: jax.Array) -> Any:
                                                                             mask.size))
         return keep & mask
 
-    return jax.tree.map(prune, masks, params, is_leaf=_is_none)
+    return jax.tree.map(prune, masks, params, is_leaf=is_none)
 
 
 def prune_globally(params: Any, masks: Any, sparsity: jax.Array) -> Any:
@@ -61,7 +58,7 @@ def prune_globally(params: Any, masks: Any, sparsity: jax.Array) -> Any:
 
     One magnitude threshold for all masked layers; never regrows.
     """
-    mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
+    mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=is_none)
     weight_leaves = treedef.flatten_up_to(params)
     layers = [(m, w) for m, w in zip(mask_leaves, weight_leaves, strict=True) if m is not None]
     if not layers:
@@ -103,21 +100,12 @@ def drop_and_regrow(params: Any, masks: Any, grow_scores: Any, drop_fraction: ja
                                 dropped) & ~mask
         return kept | grown
 
-    return jax.tree.map(evolve, masks, params, grow_scores, is_leaf=_is_none)
+    return jax.tree.map(evolve, masks, params, grow_scores, is_leaf=is_none)
 
 
 def changed_positions(old: Any, new: Any) -> Any:
     """True where a mask differs (a weight pruned, dropped or grown); None at unmasked leaves."""
-    return jax.tree.map(lambda a, b: None if a is None else a != b, old, new, is_leaf=_is_none)
-
-
-def mask_change_fraction(old: Any, new: Any) -> jax.Array:
-    """Fraction of the maskable weights whose mask differs between ``old`` and ``new``, f32."""
-    changed = [c for c in jax.tree.leaves(changed_positions(old, new)) if c is not None]
-    if not changed:
-        return jnp.zeros((), jnp.float32)
-    total = sum(c.size for c in changed)
-    return sum(jnp.sum(c, dtype=jnp.int32) for c in changed).astype(jnp.float32) / total
+    return jax.tree.map(lambda a, b: None if a is None else a != b, old, new, is_leaf=is_none)
 
 
 def install_masks(
@@ -131,7 +119,7 @@ def install_masks(
     changed = changed_positions(net_state.masks, masks)
     params = jax.tree.map(
         lambda m, c, p: p if m is None else jnp.where(m & ~c, p, jnp.zeros((), p.dtype)),
-        masks, changed, net_state.params, is_leaf=_is_none,
+        masks, changed, net_state.params, is_leaf=is_none,
     )
     opt_state = zero_moments_at(net_state.opt_state, changed, tx)
     return net_state.replace(params=params, masks=masks, opt_state=opt_state)

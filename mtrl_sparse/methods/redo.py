@@ -2,16 +2,16 @@
 
 Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning" (ICML, arXiv
 2302.12902). Every ``every_updates`` updates, the hidden activations of the network on the
-update's batch (``context["activations"]`` of the effective weights) give each neuron ``i`` of a
+update's batch (``context.activations`` of the effective weights) give each neuron ``i`` of a
 hidden layer the score ``s_i = E|h_i| / mean_k E|h_k|``; neuron ``i`` is dormant when it is alive
-and ``s_i <= tau`` (``mtrl_sparse.plasticity``: in a sparse network, a neuron whose incoming
+and ``s_i <= tau`` (``mtrl_sparse.agents.neurons``: in a sparse network, a neuron whose incoming
 weights are all masked is not alive, is left out of the layer mean and is never recycled).
 Defaults: tau = 0.001, every 5,000 updates.
 
 The dormant sets of all layers are computed first, from the same activations. Then, layer by layer
-in the order of ``context["neuron_layers"]``, each dormant neuron is recycled:
+in the order of ``context.neuron_layers``, each dormant neuron is recycled:
 - its incoming kernel column and bias entry take their values from a fresh initialisation of the
-  network (``context["init_params"](key)``), multiplied by the mask (masks are kept);
+  network (``context.init_params(key)``), multiplied by the mask (masks are kept);
 - its outgoing kernel row is set to zero, so the recycled neuron does not change the network's
   output at first;
 - the optimizer moments (every parameter-shaped optimizer leaf: Adam's mu and nu) at exactly these
@@ -31,12 +31,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import NetState, masked_params, zero_moments_at
+from mtrl_sparse.agents.net_state import MethodContext, NetState, masked_params, zero_moments_at
 from mtrl_sparse.agents.networks import NeuronLayer
+from mtrl_sparse.agents.neurons import alive_neurons, dormant_scores
 from mtrl_sparse.agents.tree_paths import get_path, has_path, set_path
-from mtrl_sparse.methods.base import Method, NetworkMethodSettings
+from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
 from mtrl_sparse.methods.topology import no_masks
-from mtrl_sparse.plasticity import alive_neurons, dormant_scores
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,6 @@ def redo(settings: NetworkMethodSettings, options: ReDoOptions) -> Method:
     ``recycled_last`` (neurons recycled at the last event), ``recycled_total`` and
     ``dormant_fraction_last`` (dormant / alive neurons at the last event, pooled over layers)."""
     del settings
-    check_redo_options(options)
     every = options.every_updates
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
@@ -136,19 +135,21 @@ def redo(settings: NetworkMethodSettings, options: ReDoOptions) -> Method:
             "dormant_fraction_last": jnp.zeros((), jnp.float32),
         }
 
-    def transform(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:
-        layers = tuple(context["neuron_layers"])
+    def transform(
+        net_state: NetState, step: jax.Array, key: jax.Array, context: MethodContext
+    ) -> NetState:
+        layers = tuple(context.neuron_layers)
         if not layers:
             raise ValueError("redo needs the network's neuron layers; the context names none")
 
         def recycle_event(state: NetState) -> NetState:
-            activations = context["activations"](masked_params(state))
+            activations = context.activations(masked_params(state))
             dormant, alive = dormant_neurons(activations, state.masks, layers, options.tau)
-            fresh = context["init_params"](key)
+            fresh = context.init_params(key)
             params, positions = state.params, no_masks(state.params)
             for layer, d in zip(layers, dormant, strict=True):
                 params, positions = recycle_layer(params, positions, state.masks, fresh, layer, d)
-            opt_state = zero_moments_at(state.opt_state, positions, context["optimizer"])
+            opt_state = zero_moments_at(state.opt_state, positions, context.optimizer)
             recycled = sum(jnp.sum(d, dtype=jnp.int32) for d in dormant)
             num_alive = sum(jnp.sum(a, dtype=jnp.int32) for a in alive)
             return state.replace(params=params, opt_state=opt_state, method_state={
@@ -163,3 +164,15 @@ def redo(settings: NetworkMethodSettings, options: ReDoOptions) -> Method:
         return jax.lax.cond(is_event, recycle_event, lambda state: state, net_state)
 
     return Method(init=init, transform=transform)
+
+
+ENTRY = MethodEntry(
+    name="redo",
+    kind="plasticity",
+    description="recycle dormant neurons: re-init incoming, zero outgoing weights",
+    source="Sokar et al. 2023, The Dormant Neuron Phenomenon in Deep RL (ICML, "
+           "arXiv 2302.12902)",
+    build=redo,
+    options=ReDoOptions,
+    check=check_redo_options,
+)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import optax
 
-from mtrl_sparse.methods.base import Method, NetworkMethodSettings
+from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
 from mtrl_sparse.methods.dense import dense
 
 
@@ -57,3 +57,24 @@ def weight_decay_optimizer(options: WeightDecayOptions) -> tuple[tuple, tuple]:
 def layernorm(settings: NetworkMethodSettings, options: None) -> Method:
     del settings, options
     return dense()  # no masks, no events: the network is built differently
+
+
+WEIGHT_DECAY_ENTRY = MethodEntry(
+    name="weight_decay",
+    kind="regularizer",
+    description="weight decay (coupled L2 as PyTorch's Adam by default; decoupled option)",
+    source="Todorov et al. 2025 (1e-6 on dense agents); Loshchilov & Hutter 2019 (AdamW)",
+    build=weight_decay,
+    options=WeightDecayOptions,
+    check=check_weight_decay_options,
+    optimizer=weight_decay_optimizer,
+)
+
+LAYERNORM_ENTRY = MethodEntry(
+    name="layernorm",
+    kind="regularizer",
+    description="LayerNorm after each hidden linear layer, before the activation",
+    source="Ba et al. 2016; Lyle et al. 2023 (LayerNorm and plasticity)",
+    build=layernorm,
+    layer_norm=True,
+)

@@ -4,7 +4,7 @@ Nikishin et al. 2022, "The Primacy Bias in Deep Reinforcement Learning" (ICML, a
 settings of Todorov et al. 2025 (arXiv 2508.06871): the output layer only (``heads``), every
 100,000 updates, at most 2 times. At update k x ``every_updates``, k = 1 .. ``max_resets``, every
 parameter leaf under a module named in ``layers`` (kernel and bias) takes its value from a fresh
-initialisation of the network (``context["init_params"](key)``), and the optimizer moments of those
+initialisation of the network (``context.init_params(key)``), and the optimizer moments of those
 leaves (Adam's mu and nu) are zeroed; every other weight and moment is left bit-identical. Adam's
 step count is shared by the whole network and is not reset, so its bias correction no longer
 offsets the zeroed moments: for a steady gradient, a re-initialised leaf's updates reach ~6.5x a
@@ -26,9 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import NetState, zero_moments_at
+from mtrl_sparse.agents.net_state import MethodContext, NetState, zero_moments_at
 from mtrl_sparse.agents.tree_paths import key_name
-from mtrl_sparse.methods.base import Method, NetworkMethodSettings
+from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
 from mtrl_sparse.methods.topology import no_masks
 
 
@@ -92,7 +92,6 @@ def reset(settings: NetworkMethodSettings, options: ResetOptions) -> Method:
     """Re-initialise the ``options.layers`` of the network every ``options.every_updates`` updates,
     at most ``options.max_resets`` times; the state counts the resets done (``resets``)."""
     del settings
-    check_reset_options(options)
     every = options.every_updates
     last_event = options.max_resets * every
 
@@ -100,16 +99,18 @@ def reset(settings: NetworkMethodSettings, options: ResetOptions) -> Method:
         del maskable, key
         return no_masks(params), {"resets": jnp.zeros((), jnp.int32)}
 
-    def transform(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:
+    def transform(
+        net_state: NetState, step: jax.Array, key: jax.Array, context: MethodContext
+    ) -> NetState:
         selected = selected_leaves(net_state.params, options.layers)
 
         def reset_event(state: NetState) -> NetState:
-            variables = context["init_params"](key)
+            variables = context.init_params(key)
             fresh = {collection: variables[collection] for collection in state.params}
             params = reinitialise(state.params, state.masks, fresh, selected)
             positions = jax.tree.map(lambda p, s: jnp.ones(p.shape, bool) if s else None,
                                      state.params, selected)
-            opt_state = zero_moments_at(state.opt_state, positions, context["optimizer"])
+            opt_state = zero_moments_at(state.opt_state, positions, context.optimizer)
             return state.replace(params=params, opt_state=opt_state, method_state={
                 **state.method_state, "resets": state.method_state["resets"] + 1})
 
@@ -117,3 +118,14 @@ def reset(settings: NetworkMethodSettings, options: ResetOptions) -> Method:
         return jax.lax.cond(is_event, reset_event, lambda state: state, net_state)
 
     return Method(init=init, transform=transform)
+
+
+ENTRY = MethodEntry(
+    name="reset",
+    kind="plasticity",
+    description="re-initialise the output layer every N updates, at most K times",
+    source="Nikishin et al. 2022, The Primacy Bias in Deep RL (ICML, arXiv 2205.07802)",
+    build=reset,
+    options=ResetOptions,
+    check=check_reset_options,
+)

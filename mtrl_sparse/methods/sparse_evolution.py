@@ -5,7 +5,7 @@
   9, 2383). Regrowth at uniformly random inactive positions.
 - RigL, Rigging the Lottery: Evci et al. 2020, "Rigging the Lottery: Making All Tickets Winners"
   (ICML, arXiv 1911.11134). Regrowth where the gradient w.r.t. the effective weights
-  (``context["dense_grads"]``) is largest in magnitude; drop fraction decayed by a cosine.
+  (``context.dense_grads``) is largest in magnitude; drop fraction decayed by a cosine.
 
 Both start from a random topology at the target sparsity (per-layer ``uniform`` or ``erk``). Every
 ``update_every_updates`` updates up to ``end_fraction`` of the run, each layer drops the fraction
@@ -25,9 +25,16 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import NetState
-from mtrl_sparse.methods.base import Method, NetworkMethodSettings
-from mtrl_sparse.methods.pruning import drop_and_regrow, install_masks, mask_change_fraction
+from mtrl_sparse.agents.net_state import MethodContext, NetState
+from mtrl_sparse.agents.trees import mask_change_fraction
+from mtrl_sparse.methods.base import (
+    DISTRIBUTION_PARAMETER,
+    SPARSITY_PARAMETER,
+    Method,
+    MethodEntry,
+    NetworkMethodSettings,
+)
+from mtrl_sparse.methods.pruning import drop_and_regrow, install_masks
 from mtrl_sparse.methods.topology import random_masks
 
 DropDecay = Literal["constant", "cosine"]
@@ -86,11 +93,10 @@ def check_evolution_options(options: SETOptions | RigLOptions, name: str) -> Non
 
 def sparse_evolution(
     settings: NetworkMethodSettings, options: SETOptions | RigLOptions, name: str,
-    grow_scores: Callable[[NetState, jax.Array, dict], Any],
+    grow_scores: Callable[[NetState, jax.Array, MethodContext], Any],
 ) -> Method:
     """Random topology, then periodic drop and regrow; ``grow_scores(state, key, context)`` ranks
     the candidates for regrowth (a tree congruent with the params)."""
-    check_evolution_options(options, name)
     every = options.update_every_updates
     t_end = options.end_fraction * settings.run_updates(name)
     last_event = math.floor(t_end / every) * every
@@ -104,13 +110,15 @@ def sparse_evolution(
             "events": jnp.zeros((), jnp.int32),
         }
 
-    def transform(net_state: NetState, step: jax.Array, key: jax.Array, context: dict) -> NetState:
+    def transform(
+        net_state: NetState, step: jax.Array, key: jax.Array, context: MethodContext
+    ) -> NetState:
         def evolve_event(state: NetState) -> NetState:
             zeta = drop_fraction_at(step, options.drop_fraction, options.drop_fraction_decay,
                                     t_end)
             masks = drop_and_regrow(state.params, state.masks, grow_scores(state, key, context),
                                     zeta)
-            evolved = install_masks(state, masks, context["optimizer"])
+            evolved = install_masks(state, masks, context.optimizer)
             return evolved.replace(method_state={
                 **state.method_state,
                 "drop_fraction": zeta,
@@ -124,7 +132,7 @@ def sparse_evolution(
     return Method(init=init, transform=transform)
 
 
-def random_scores(state: NetState, key: jax.Array, context: dict) -> Any:
+def random_scores(state: NetState, key: jax.Array, context: MethodContext) -> Any:
     """Uniform random grow scores on the masked leaves (SET's random regrowth)."""
     del context
     masks, treedef = jax.tree.flatten(state.masks, is_leaf=lambda x: x is None)
@@ -133,10 +141,10 @@ def random_scores(state: NetState, key: jax.Array, context: dict) -> Any:
         None if m is None else jax.random.uniform(next(keys), m.shape) for m in masks])
 
 
-def gradient_scores(state: NetState, key: jax.Array, context: dict) -> Any:
+def gradient_scores(state: NetState, key: jax.Array, context: MethodContext) -> Any:
     """|gradient w.r.t. the effective weights|, defined at inactive weights too (RigL)."""
     del state, key
-    return jax.tree.map(jnp.abs, context["dense_grads"])
+    return jax.tree.map(jnp.abs, context.dense_grads)
 
 
 def sparse_evolution_set(settings: NetworkMethodSettings, options: SETOptions) -> Method:
@@ -147,3 +155,26 @@ def sparse_evolution_set(settings: NetworkMethodSettings, options: SETOptions) -
 def rigl(settings: NetworkMethodSettings, options: RigLOptions) -> Method:
     """RigL at ``settings.sparsity`` (may be traced) with ``settings.distribution``."""
     return sparse_evolution(settings, options, "rigl", gradient_scores)
+
+
+SET_ENTRY = MethodEntry(
+    name="set",
+    kind="sparsity",
+    description="sparse evolutionary training: drop smallest weights, regrow at random",
+    source="Mocanu et al. 2018 (Nature Communications 9, 2383)",
+    build=sparse_evolution_set,
+    options=SETOptions,
+    check=lambda o: check_evolution_options(o, "set"),
+    parameters=(SPARSITY_PARAMETER, DISTRIBUTION_PARAMETER),
+)
+
+RIGL_ENTRY = MethodEntry(
+    name="rigl",
+    kind="sparsity",
+    description="drop smallest weights, regrow where the dense gradient is largest",
+    source="Evci et al. 2020, Rigging the Lottery (ICML, arXiv 1911.11134)",
+    build=rigl,
+    options=RigLOptions,
+    check=lambda o: check_evolution_options(o, "rigl"),
+    parameters=(SPARSITY_PARAMETER, DISTRIBUTION_PARAMETER),
+)

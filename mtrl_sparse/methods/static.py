@@ -11,7 +11,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.methods.base import Method, unchanged
+from mtrl_sparse.methods.base import (
+    DISTRIBUTION_PARAMETER,
+    SPARSITY_PARAMETER,
+    Method,
+    MethodEntry,
+    unchanged,
+)
 from mtrl_sparse.methods.topology import Distribution, random_masks
 
 
@@ -23,3 +29,13 @@ def static_sparse(sparsity: float | jax.Array, distribution: Distribution = "erk
         return masks, {"target_sparsity": jnp.asarray(sparsity, jnp.float32)}
 
     return Method(init=init, transform=unchanged)
+
+
+ENTRY = MethodEntry(
+    name="static",
+    kind="sparsity",
+    description="random sparse topology drawn at init and kept fixed (uniform or ERK)",
+    source="Mocanu et al. 2018 (ERK); Evci et al. 2020 (static baseline)",
+    build=lambda settings, options: static_sparse(settings.sparsity, settings.distribution),
+    parameters=(SPARSITY_PARAMETER, DISTRIBUTION_PARAMETER),
+)

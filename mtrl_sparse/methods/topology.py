@@ -25,16 +25,6 @@ Distribution = Literal["uniform", "erk"]
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "erk")
 
 
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
-def maskable_leaves(params: Any, maskable: Any) -> list[jax.Array]:
-    """The params leaves that ``maskable`` marks True, in tree order."""
-    flags = jax.tree.leaves(maskable)
-    return [p for p, f in zip(jax.tree.leaves(params), flags, strict=True) if f]
-
-
 def layer_densities(
     shapes: list[tuple[int, ...]], sparsity: jax.Array | float, distribution: Distribution
 ) -> jax.Array:

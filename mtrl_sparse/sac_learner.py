@@ -1,6 +1,7 @@
-"""The device side of a SAC run: the train state and the jit-compiled steps the runner calls.
+"""The device side of a SAC run: the train state and the jit-compiled steps the off-policy run
+adapter (``mtrl_sparse.off_policy``) calls.
 
-One vector step of the runner is ``act`` (exploration actions for the current observations) and
+One vector step of the run is ``act`` (exploration actions for the current observations) and
 ``learn`` (insert the vector step's transitions into the replay buffer, then
 ``updates_per_vector_step`` gradient updates, unless still warming up). ``learn`` is two jitted
 dispatches, ``insert`` (the buffer donated, written in place) and ``update`` (agent, rng and
@@ -12,8 +13,8 @@ it keeps full copies of buffer arrays (with the paper's 1M-transition buffer, tw
 train state donated and returns it unchanged but for the rng (no copy: outputs alias inputs).
 Each step is compiled once per variant (warm-up and training).
 
-A non-finite loss is recorded on the device (update count and which loss) and read by the runner
-at its logging points, so the hot loop has no extra host round trip.
+A non-finite loss is recorded on the device (update count and which loss) and read by the run
+adapter at its logging points, so the hot loop has no extra host round trip.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from mtrl_sparse.probe import make_sac_probe
 LOSS_NAMES = ("critic_loss", "actor_loss", "alpha_loss")
 
 
-class TrainState(struct.PyTreeNode):
+class SACTrainState(struct.PyTreeNode):
     """Everything on the device that a checkpoint must hold.
 
     Attributes:
@@ -60,20 +61,20 @@ class TrainState(struct.PyTreeNode):
 
 
 class Learner(NamedTuple):
-    """Jit-compiled functions over ``TrainState``; see the module docstring.
+    """Jit-compiled functions over ``SACTrainState``; see the module docstring.
 
     ``learn`` is ``insert`` then (unless warm-up) ``update``; ``insert(buffer, transitions)`` and
     ``update(agent, rng, first_nonfinite, buffer) -> ((agent, rng, first_nonfinite), metrics)``
     are exposed for benchmarks and HLO checks.
     """
 
-    init: Callable[[int], TrainState]
-    act: Callable[[TrainState, jax.Array, bool], tuple[TrainState, jax.Array]]
-    learn: Callable[[TrainState, Transition, bool], tuple[TrainState, dict[str, jax.Array]]]
+    init: Callable[[int], SACTrainState]
+    act: Callable[[SACTrainState, jax.Array, bool], tuple[SACTrainState, jax.Array]]
+    learn: Callable[[SACTrainState, Transition, bool], tuple[SACTrainState, dict[str, jax.Array]]]
     insert: Callable[[ReplayBufferState, Transition], ReplayBufferState]
     update: Callable[..., tuple[tuple[SACState, jax.Array, jax.Array], dict[str, jax.Array]]]
     greedy_act: Callable[[SACState, jax.Array, jax.Array], jax.Array]
-    probe: Callable[[TrainState], dict[str, jax.Array]]
+    probe: Callable[[SACTrainState], dict[str, jax.Array]]
     abstract_state: Callable[[], Any]
 
 
@@ -86,9 +87,9 @@ def make_learner(
     capacity_per_task = buffer_capacity // spec.num_tasks
     samples_per_task = sac.config.batch_size // spec.num_tasks
 
-    def init(seed: int) -> TrainState:
+    def init(seed: int) -> SACTrainState:
         agent_key, rng = jax.random.split(jax.random.PRNGKey(seed))
-        return TrainState(
+        return SACTrainState(
             agent=sac.init(agent_key),
             buffer=init_replay_buffer(spec.num_tasks, capacity_per_task, spec.obs_shape,
                                       spec.action_dim),
@@ -96,7 +97,7 @@ def make_learner(
             first_nonfinite=jnp.full((2,), -1, jnp.int32),
         )
 
-    def act(state: TrainState, obs: jax.Array, warmup: bool) -> tuple[TrainState, jax.Array]:
+    def act(state: SACTrainState, obs: jax.Array, warmup: bool) -> tuple[SACTrainState, jax.Array]:
         """(N, D) observations -> (N, A) actions: uniform in [-1, 1] in warm-up, else sampled."""
         rng, key = jax.random.split(state.rng)
         if warmup:
@@ -132,8 +133,8 @@ def make_learner(
     update_jit = jax.jit(update, donate_argnums=(0, 1, 2))
 
     def learn(
-        state: TrainState, transitions: Transition, warmup: bool
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        state: SACTrainState, transitions: Transition, warmup: bool
+    ) -> tuple[SACTrainState, dict[str, jax.Array]]:
         """Insert one vector step of transitions, then update (unless ``warmup``)."""
         state = state.replace(buffer=insert_jit(state.buffer, transitions))
         if warmup:
@@ -149,7 +150,7 @@ def make_learner(
     sac_probe = make_sac_probe(sac, plasticity.dormant_tau, plasticity.srank_delta)
     probe_per_task = -(-plasticity.batch_size // spec.num_tasks)
 
-    def probe(state: TrainState) -> dict[str, jax.Array]:
+    def probe(state: SACTrainState) -> dict[str, jax.Array]:
         """Plasticity metrics on the most recent transitions; leaves the state unchanged."""
         batch, task_ids = recent_transitions(state.buffer, probe_per_task)
         return sac_probe(state.agent, batch, task_ids, jax.random.fold_in(state.rng, 1))

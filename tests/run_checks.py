@@ -1,0 +1,38 @@
+"""Reading a finished run back: its checkpoints, its deterministic metric rows, its final state.
+Shared by the resume tests (test_resume, and the plugin test's resume)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from mtrl_sparse.checkpointing import Checkpointer
+from mtrl_sparse.off_policy import make_envs, make_run_learner
+from mtrl_sparse.run_dir import read_config, read_metrics
+
+
+def complete_checkpoints(run_dir: Path) -> list[int]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def deterministic_rows(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith("time/")}
+            for row in read_metrics(run_dir)]
+
+
+def final_state(run_dir: Path):
+    config = read_config(run_dir)
+    checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
+    env, eval_env = make_envs(config)
+    try:
+        step = checkpointer.latest_step()
+        state, _ = checkpointer.restore(step, make_run_learner(config, env).abstract_state())
+    finally:
+        env.close()
+        eval_env.close()
+        checkpointer.close()
+    return step, jax.device_get(state)

@@ -1,0 +1,101 @@
+"""Vmapped SAC runs against separate runs: the check of DESIGN.md's vmap promise, shared by the
+tests of the built-in methods (test_vmap) and of a method registered from outside (plugin test).
+
+Runs that differ only in seed and target sparsity vmap into one program: the step counter is
+shared (unbatched), so event conditions stay real branches; the target sparsity is array data in
+the method state, so it can differ across the vmapped runs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from method_options import sac_firing_every_update
+
+from mtrl_sparse.agents.replay_buffer import Transition
+from mtrl_sparse.agents.sac import SACConfig, SACState
+
+NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 2, 4, 2, 8
+TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)
+SEEDS, SPARSITIES = (0, 1), (0.5, 0.9)
+
+
+def sac_for(method: str):
+    """sparsity -> SAC whose networks run ``method`` with every event at every update."""
+    return functools.partial(sac_firing_every_update, method, config=TINY, num_tasks=NUM_TASKS,
+                             obs_dim=OBS_DIM, action_dim=ACTION_DIM)
+
+
+def batch_for(seed: int) -> tuple[Transition, jax.Array]:
+    k = jax.random.split(jax.random.PRNGKey(100 + seed), 4)
+    batch = Transition(
+        obs=jax.random.normal(k[0], (BATCH, OBS_DIM)),
+        actions=jax.random.uniform(k[1], (BATCH, ACTION_DIM), minval=-1, maxval=1),
+        rewards=jax.random.uniform(k[2], (BATCH,)),
+        next_obs=jax.random.normal(k[3], (BATCH, OBS_DIM)),
+        terminated=jnp.zeros(BATCH),
+    )
+    return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
+
+
+def vmapped_and_separate_runs(method: str) -> tuple[list[SACState], SACState]:
+    """Two updates of SAC running ``method`` (events at every update) for each (seed, target
+    sparsity): run one by one, and vmapped in one program. Returns (separate final states, the
+    vmapped final states)."""
+    build = sac_for(method)
+    runs = [(seed, sparsity) for seed in SEEDS for sparsity in SPARSITIES]
+    # Separate runs: each its own init and two updates (one compilation, sparsity traced).
+    @jax.jit
+    def run_alone(seed, sparsity, batches, tasks):
+        sac = build(sparsity)
+        state = sac.init(jax.random.PRNGKey(seed))
+        for i in range(2):
+            batch = jax.tree.map(lambda x, i=i: x[i], batches)
+            state, _ = sac.update(state, batch, tasks[i], jax.random.PRNGKey(seed + i))
+        return state
+
+    separate = []
+    for seed, sparsity in runs:
+        batches = [batch_for(seed + 10 * i) for i in range(2)]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[b for b, _ in batches])
+        separate.append(run_alone(seed, jnp.float32(sparsity), stacked,
+                                  jnp.stack([t for _, t in batches])))
+
+    # One program: init vmapped over (seed, sparsity), update vmapped with the step unbatched.
+    seeds = jnp.array([s for s, _ in runs])
+    sparsities = jnp.array([p for _, p in runs], jnp.float32)
+    states = jax.vmap(lambda seed, sparsity: build(sparsity).init(jax.random.PRNGKey(seed)))(
+        seeds, sparsities)
+    axes = SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None)
+    states = states.replace(step=states.step[0])
+    update = build(0.5).update  # the transform reads the sparsity from the (batched) state
+    vmapped = jax.jit(jax.vmap(update, in_axes=(axes, 0, 0, 0), out_axes=(axes, 0)))
+    for i in range(2):
+        batches = [batch_for(int(seed) + 10 * i) for seed in seeds]
+        batch = jax.tree.map(lambda *xs: jnp.stack(xs), *[b for b, _ in batches])
+        tasks = jnp.stack([t for _, t in batches])
+        keys = jnp.stack([jax.random.PRNGKey(int(seed) + i) for seed in seeds])
+        states, _ = vmapped(states, batch, tasks, keys)
+    return separate, states
+
+
+def assert_vmapped_equals_separate(method: str) -> list[SACState]:
+    """The vmapped runs of ``method`` end where the separate runs end (params, masks, optimizer
+    and method state); returns the separate final states."""
+    separate, states = vmapped_and_separate_runs(method)
+    for index, single in enumerate(separate):
+        batched = jax.tree.map(lambda x, i=index: x[i], states.replace(step=None))
+        single_leaves = jax.tree.leaves(single.replace(step=None))
+        batched_leaves = jax.tree.leaves(batched)
+        assert len(single_leaves) == len(batched_leaves)
+        for a, b in zip(single_leaves, batched_leaves, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+        masks = jax.tree.leaves(single.actor.masks)
+        np.testing.assert_array_equal(
+            np.concatenate([np.asarray(m).ravel() for m in masks]),
+            np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(batched.actor.masks)]))
+    assert int(states.step) == 2
+    return separate

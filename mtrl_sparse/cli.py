@@ -150,9 +150,9 @@ def _alias_help(agent: str) -> str:
 def parse_train_args(args: list[str]) -> tuple[RunConfig, bool, str | None]:
     """(config, resume, preset name) from ``train`` arguments.
 
-    A new run starts from the preset (default ``mt10-quick``); ``--resume`` starts from the config
-    stored in ``--run-dir``, so that only flags given explicitly can differ from it. Either is
-    parsed as the config class of the methods registered now (``config_class``), so methods
+    A new run starts from the preset (default: ``DEFAULT_PRESET``); ``--resume`` starts from the
+    config stored in ``--run-dir``, so that only flags given explicitly can differ from it. Either
+    is parsed as the config class of the methods registered now (``config_class``), so methods
     registered after import have their ``--methods.NAME.*`` flags.
     """
     resume = "--resume" in args

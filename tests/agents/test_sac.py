@@ -11,7 +11,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from method_options import covering_compositions, sac_firing_every_update
+from support.method_options import covering_compositions, sac_firing_every_update
 
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.optim import NetworkSetup

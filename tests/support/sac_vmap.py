@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from method_options import sac_firing_every_update
+from support.method_options import sac_firing_every_update
 
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, SACState

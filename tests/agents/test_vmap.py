@@ -7,7 +7,7 @@ sparsity is array data in the method state, so it can differ across the vmapped 
 from __future__ import annotations
 
 import pytest
-from sac_vmap import assert_vmapped_equals_separate
+from support.sac_vmap import assert_vmapped_equals_separate
 
 from mtrl_sparse.methods.registry import METHODS
 

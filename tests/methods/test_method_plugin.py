@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from run_checks import complete_checkpoints, deterministic_rows, final_state
-from sac_vmap import assert_vmapped_equals_separate
+from support.run_checks import complete_checkpoints, deterministic_rows, final_state
+from support.sac_vmap import assert_vmapped_equals_separate
 
 from mtrl_sparse.agents.net_state import MethodContext, NetState
 from mtrl_sparse.agents.trees import is_none
@@ -88,7 +88,7 @@ ENTRY = MethodEntry(
     name=NAME,
     kind="sparsity",
     description="drop the smallest-magnitude weights, regrow as many at random (test plugin)",
-    source="tests/test_method_plugin.py",
+    source="tests/methods/test_method_plugin.py",
     build=magdrop,
     options=MagDropOptions,
     check=check_magdrop_options,

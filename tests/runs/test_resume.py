@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from run_checks import complete_checkpoints, deterministic_rows, final_state
+from support.run_checks import complete_checkpoints, deterministic_rows, final_state
 
 from mtrl_sparse.cli import main
 from mtrl_sparse.run_dir import read_config, read_metrics

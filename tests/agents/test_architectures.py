@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from method_options import options_firing_every_update
+from support.method_options import options_firing_every_update
 from test_sac import assert_mask_invariant
 
 from mtrl_sparse.agents.net_state import masked_params

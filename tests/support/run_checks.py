@@ -1,5 +1,5 @@
 """Reading a finished run back: its checkpoints, its deterministic metric rows, its final state.
-Shared by the resume tests (test_resume, and the plugin test's resume)."""
+Shared by the resume tests (runs/test_resume, and the plugin test's resume)."""
 
 from __future__ import annotations
 

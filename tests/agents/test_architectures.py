@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.method_options import options_firing_every_update
-from test_sac import assert_mask_invariant
+from support.invariants import assert_mask_invariant
 
 from mtrl_sparse.agents.net_state import masked_params
 from mtrl_sparse.agents.networks import (

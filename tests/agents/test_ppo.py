@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_sac import assert_mask_invariant
+from support.invariants import assert_mask_invariant, assert_trees_equal, trees_equal
 
 from mtrl_sparse.agents.cnn import PatchConv, max_pool_2x2
 from mtrl_sparse.agents.net_state import (
@@ -219,10 +219,6 @@ def random_rollout(method: str, state, key) -> Rollout:
         last_values=jnp.zeros(NUM_ENVS))
 
 
-def trees_equal(a, b) -> bool:
-    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b)))
-
-
 def test_act_shapes_log_probs_values_and_greedy_actions():
     ppo, init, act, _ = tiny_agent("static")
     state = init(jax.random.PRNGKey(0))
@@ -264,7 +260,7 @@ def test_the_task_id_acts_only_through_its_own_head(network):
     as_task = [jnp.full((3,), t, jnp.int32) for t in range(NUM_TASKS)]
     # The trunk does not see the task; the outputs of different heads differ.
     trunk = [activations(weights, obs, t)["trunk"] for t in as_task]
-    assert trees_equal(*trunk)
+    assert_trees_equal(*trunk)
     outputs = [apply(weights, obs, t) for t in as_task]
     assert not np.allclose(outputs[0], outputs[1])
     # Changing task 1's head changes task 1's outputs only.
@@ -288,9 +284,9 @@ def test_static_update_keeps_the_mask_invariant_with_sparse_conv_kernels():
         state, metrics = update(state, random_rollout("static", state, jax.random.PRNGKey(6 + i)),
                                 jax.random.PRNGKey(i))
         for net in (state.actor, state.critic):
-            assert_mask_invariant(net)
+            assert_mask_invariant(net, sparse=True)
         assert all(np.all(np.isfinite(np.asarray(v))) for v in metrics.values())
-    assert trees_equal(masks_before, (state.actor.masks, state.critic.masks))
+    assert_trees_equal(masks_before, (state.actor.masks, state.critic.masks))
     for network in ("actor", "critic"):
         assert float(metrics[f"{network}_sparsity"]) == pytest.approx(0.7, abs=0.01)
         conv_2 = conv_kernels(getattr(state, network), "params")["conv_2"]
@@ -341,7 +337,7 @@ def test_update_is_deterministic_given_its_key():
     state = init(jax.random.PRNGKey(14))
     rollout = random_rollout("static", state, jax.random.PRNGKey(15))
     first, second = (update(state, rollout, jax.random.PRNGKey(16))[0] for _ in range(2))
-    assert trees_equal(first, second)
+    assert_trees_equal(first, second)
     other = update(state, rollout, jax.random.PRNGKey(17))[0]  # other minibatches
     assert not trees_equal(first.actor.params, other.actor.params)
 
@@ -459,8 +455,7 @@ def test_redo_recycles_conv_channels_and_head_units_at_the_right_positions(pooli
         kernel[..., d] = (fresh_kernel * mask)[..., d]
         bias = get_path(expected, (*layer.incoming, "bias"))
         bias[d] = np.asarray(get_path(fresh, (*layer.incoming, "bias")))[d]
-    for leaf, want in zip(jax.tree.leaves(after.params), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_array_equal(np.asarray(leaf), want)
+    assert_trees_equal(after.params, expected)
     assert int(after.method_state["recycled_last"]) == sum(int(jnp.sum(d)) for d in dormant)
 
 

@@ -7,10 +7,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.invariants import assert_mask_invariant, assert_trees_equal
 from support.method_options import covering_compositions, sac_firing_every_update
 
 from mtrl_sparse.agents.net_state import NetState
@@ -55,37 +55,6 @@ def random_batch(key) -> tuple[Transition, jax.Array]:
     return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
 
 
-def moments_of(net: NetState) -> list:
-    """Every parameter-shaped optimizer leaf tree (Adam's mu and nu) of a network."""
-    found = []
-
-    def visit(node):
-        if isinstance(node, optax.ScaleByAdamState):
-            found.extend([node.mu, node.nu])
-        elif isinstance(node, tuple):
-            for child in node:
-                visit(child)
-
-    visit(net.opt_state)
-    return found
-
-
-def assert_mask_invariant(net: NetState) -> None:
-    """params == params * masks, masks boolean and congruent, moments zero where masked."""
-    param_leaves = jax.tree.leaves(net.params)
-    mask_leaves = jax.tree.leaves(net.masks, is_leaf=lambda x: x is None)
-    assert len(param_leaves) == len(mask_leaves)
-    for moment_tree in moments_of(net):
-        for m, mom in zip(mask_leaves, jax.tree.leaves(moment_tree), strict=True):
-            if m is not None:
-                assert not np.any(np.asarray(mom)[~np.asarray(m)])
-    for p, m in zip(param_leaves, mask_leaves, strict=True):
-        if m is None:
-            continue
-        assert m.dtype == jnp.bool_ and m.shape == p.shape
-        np.testing.assert_array_equal(np.asarray(p), np.asarray(p * m))
-
-
 @settings(max_examples=30, deadline=None)
 @given(method=st.sampled_from(["dense", "static"]),
        distribution=st.sampled_from(["uniform", "erk"]),
@@ -103,9 +72,7 @@ def test_mask_invariant_holds_after_every_update(method, distribution, sparsity,
         assert_mask_invariant(NetState(state.target_critic_params, state.critic.masks, ()))
         assert all(np.all(np.isfinite(np.asarray(v))) for v in metrics.values())
     # static never changes its masks; dense has none.
-    chex_equal = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), masks_before,
-                              (state.actor.masks, state.critic.masks))
-    assert all(jax.tree.leaves(chex_equal))
+    assert_trees_equal(masks_before, (state.actor.masks, state.critic.masks))
     if method == "static":
         assert float(metrics["actor_sparsity"]) == pytest.approx(sparsity, abs=0.02)
     else:
@@ -166,8 +133,8 @@ def test_masked_weights_get_no_gradient_and_stay_zero_under_large_updates():
     batch = batch.replace(rewards=batch.rewards * 1e4)  # large losses, large Adam steps
     for i in range(3):
         state, _ = update(state, batch, task_ids, jax.random.PRNGKey(i))
-    assert_mask_invariant(state.actor)
-    assert_mask_invariant(state.critic)
+    assert_mask_invariant(state.actor, sparse=True)
+    assert_mask_invariant(state.critic, sparse=True)
 
 
 def test_bellman_target_bootstraps_through_truncation_but_not_termination():
@@ -216,5 +183,4 @@ def test_update_is_deterministic():
         state = init(jax.random.PRNGKey(8), 0.8)
         state, _ = update(state, batch, task_ids, jax.random.PRNGKey(9))
         results.append(state)
-    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), *results)
-    assert all(jax.tree.leaves(same))
+    assert_trees_equal(*results)

@@ -20,6 +20,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.invariants import assert_mask_invariant, assert_trees_close, assert_trees_equal
 
 from mtrl_sparse.agents.net_state import (
     MethodContext,
@@ -134,15 +135,9 @@ def layers(state: NetState) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def assert_trees_equal(a, b) -> None:
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def check_invariants(before: NetState, after: NetState) -> dict[str, dict[str, np.ndarray]]:
     """The invariants of every transform; returns the per-layer arrays (with the old mask)."""
+    assert_mask_invariant(after)
     for name, layer in after.masks["params"].items():
         assert layer["bias"] is None
         assert layer["kernel"].dtype == jnp.bool_
@@ -331,8 +326,7 @@ def test_vmapped_over_sparsities_and_keys_equals_separate_calls(method):
                   for s, k, g in zip(states, keys, grads, strict=True)]
         for i, single in enumerate(states):
             one = jax.tree.map(lambda x, i=i: x[i], batched)
-            for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(one), strict=True):
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+            assert_trees_close(single, one, rtol=1e-6, atol=1e-7)
     sparsities = [1 - float(sum(m.sum() for m in jax.tree.leaves(s.masks)))
                   / sum(math.prod(shape) for shape in TREES[0].values()) for s in states]
     if method.startswith("gmp"):  # the two targets really differ in the one program

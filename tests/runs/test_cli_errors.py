@@ -9,24 +9,9 @@ import pytest
 
 from mtrl_sparse.cli import main
 from mtrl_sparse.presets import PRESETS
+from support.cli import assert_usage_error, run_cli
 
 SMOKE = ["train", "--preset", "mt10-smoke"]
-
-
-def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_usage_error(capsys, args: list[str], *needles: str) -> str:
-    code, _, err = run_cli(capsys, args)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from mtrl_sparse.presets import get_preset
 from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import read_config, read_metrics
 from mtrl_sparse.run_loop import train
+from support.run_checks import deterministic_rows, without_wall_clock
 
 SMOKE = get_preset("minigrid-smoke").config
 TASKS = ("MiniGrid-LavaGapS7-v0", "MiniGrid-RedBlueDoors-6x6-v0", "MiniGrid-MemoryS11-v0")
@@ -63,10 +64,6 @@ def test_cli_run_writes_the_agent_metrics_and_evaluations(cli_run):
     assert probe_rows[0]["plasticity/actor/fisher_trace"] > 0
 
 
-def _without_wall_clock(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-
 def test_resume_continues_mid_episode_with_the_same_numbers(tmp_path, capsys):
     """A run resumed from its checkpoint at 400 env steps (episodes in progress, rows after it
     in the metrics) ends exactly as the uninterrupted run; resuming a finished run adds nothing."""
@@ -77,8 +74,7 @@ def test_resume_continues_mid_episode_with_the_same_numbers(tmp_path, capsys):
     shutil.copytree(full, interrupted)
     shutil.rmtree(interrupted / "checkpoints" / "600")  # as if killed before the last save
     assert main(["train", "--resume", "--run-dir", str(interrupted)]) == 0
-    assert _without_wall_clock(read_metrics(interrupted)) == _without_wall_clock(
-        read_metrics(full))
+    assert deterministic_rows(interrupted) == deterministic_rows(full)
     before = (full / "metrics.jsonl").read_bytes()
     assert main(["train", "--resume", "--run-dir", str(full)]) == 0
     assert (full / "metrics.jsonl").read_bytes() == before
@@ -123,7 +119,7 @@ def test_same_seed_same_numbers(cli_run, tmp_path):
     first, second = read_metrics(cli_run), read_metrics(result.run_dir)
     assert len(first) == len(second)
     for a, b in zip(first, second, strict=True):
-        assert _without_wall_clock([a]) == _without_wall_clock([b])
+        assert without_wall_clock([a]) == without_wall_clock([b])
 
 
 def test_methods_apply_to_ppo_conv_kernels_included(tmp_path):

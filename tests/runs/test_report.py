@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from test_cli_errors import assert_usage_error, run_cli
 
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.report import aggregate, find_runs
 from mtrl_sparse.run_dir import METRICS_FILE, write_config
+from support.cli import assert_usage_error, run_cli
 
 TASKS = ("LavaGapS7-v0", "RedBlueDoors-6x6-v0", "MemoryS11-v0")
 

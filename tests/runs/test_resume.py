@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
+from support.invariants import assert_trees_equal
 from support.run_checks import complete_checkpoints, deterministic_rows, final_state
 
 from mtrl_sparse.cli import main
@@ -63,10 +62,7 @@ def test_sigkilled_run_resumes_to_the_same_metrics_and_params(tmp_path, capsys):
     ref_step, ref_state = final_state(reference)
     step, state = final_state(interrupted)
     assert step == ref_step == 2000
-    ref_leaves, leaves = jax.tree.leaves(ref_state), jax.tree.leaves(state)
-    assert len(ref_leaves) == len(leaves)
-    for a, b in zip(ref_leaves, leaves, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_equal(state, ref_state)
 
     # Raising the budget continues the finished run from its final checkpoint.
     assert main(["train", "--resume", "--run-dir", str(interrupted), "--total-steps", "2400"]) == 0

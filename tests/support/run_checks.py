@@ -1,5 +1,5 @@
 """Reading a finished run back: its checkpoints, its deterministic metric rows, its final state.
-Shared by the resume tests (runs/test_resume, and the plugin test's resume)."""
+Shared by the run-level tests (resume, reruns) and the plugin test's resume."""
 
 from __future__ import annotations
 
@@ -19,9 +19,14 @@ def complete_checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
+def without_wall_clock(rows: list[dict]) -> list[dict]:
+    """Metric rows without their wall-clock fields (``time/...``): what a rerun reproduces."""
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
 def deterministic_rows(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("time/")}
-            for row in read_metrics(run_dir)]
+    """The run's metric rows without their wall-clock fields."""
+    return without_wall_clock(read_metrics(run_dir))
 
 
 def final_state(run_dir: Path):

@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from support.invariants import assert_trees_close
 from support.method_options import sac_firing_every_update
 
 from mtrl_sparse.agents.replay_buffer import Transition
@@ -88,11 +89,7 @@ def assert_vmapped_equals_separate(method: str) -> list[SACState]:
     separate, states = vmapped_and_separate_runs(method)
     for index, single in enumerate(separate):
         batched = jax.tree.map(lambda x, i=index: x[i], states.replace(step=None))
-        single_leaves = jax.tree.leaves(single.replace(step=None))
-        batched_leaves = jax.tree.leaves(batched)
-        assert len(single_leaves) == len(batched_leaves)
-        for a, b in zip(single_leaves, batched_leaves, strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+        assert_trees_close(single.replace(step=None), batched, rtol=2e-5, atol=2e-6)
         masks = jax.tree.leaves(single.actor.masks)
         np.testing.assert_array_equal(
             np.concatenate([np.asarray(m).ravel() for m in masks]),

@@ -62,7 +62,7 @@ def gram(q: jax.Array) -> np.ndarray:
 orthonormalize_jit = jax.jit(orthonormalize)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(deadline=None)
 @given(seed=st.integers(0, 2**20), batch=st.integers(1, 3), k=st.integers(1, 4),
        extra=st.integers(0, 4), scale=st.floats(0.1, 100.0))
 def test_orthonormalize_gives_orthonormal_rows_spanning_the_input(seed, batch, k, extra, scale):
@@ -77,7 +77,7 @@ def test_orthonormalize_gives_orthonormal_rows_spanning_the_input(seed, batch, k
         np.testing.assert_allclose(q, classic_gram_schmidt(x), atol=1e-4)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(deadline=None)
 @given(seed=st.integers(0, 2**20), closeness=st.floats(1e-3, 1e-1))
 def test_orthonormalize_stays_orthonormal_on_nearly_dependent_experts(seed, closeness):
     rng = np.random.default_rng(seed)

@@ -34,7 +34,7 @@ def filled_buffer(num_tasks, envs_per_task, capacity_per_task, steps):
     return buffer
 
 
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(num_tasks=st.sampled_from([1, 3, 10]), envs_per_task=st.sampled_from([1, 2]),
        steps=st.integers(1, 12), seed=st.integers(0, 1000))
 def test_sampling_draws_the_same_number_from_every_task_and_only_its_data(

@@ -55,7 +55,7 @@ def random_batch(key) -> tuple[Transition, jax.Array]:
     return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(deadline=None)
 @given(method=st.sampled_from(["dense", "static"]),
        distribution=st.sampled_from(["uniform", "erk"]),
        sparsity=st.floats(0.05, 0.98), seed=st.integers(0, 2**20), updates=st.integers(1, 4))
@@ -103,7 +103,7 @@ def jitted_method_sac(name: str):
     return init, update, sparse
 
 
-@settings(max_examples=12, deadline=None)
+@settings(deadline=None)
 @given(name=st.sampled_from(COMPOSITIONS), sparsity=st.floats(0.05, 0.98),
        seed=st.integers(0, 2**20), updates=st.integers(1, 4))
 def test_every_method_keeps_the_mask_invariant_through_its_events(name, sparsity, seed, updates):

@@ -315,7 +315,7 @@ NEAR_OFTEN_ON = st.tuples(st.integers(0, 5), st.sampled_from((0, -1, 0, 1)))
 # ----------------------------------------------------------------------------- reset
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(config=st.sampled_from(range(len(RESET_CONFIGS))), network=st.sampled_from(NETWORKS),
        sparsity=st.floats(0.3, 0.9), seed=st.integers(0, 2**16), near=st.lists(NEAR, max_size=3))
 def test_reset_reinitialises_the_named_layers_at_most_max_resets_times(
@@ -415,7 +415,7 @@ def redo_expectation(old: Arrays, fresh: dict, layers, dormant) -> tuple[dict, d
     return expected, touched
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(config=st.sampled_from(range(len(REDO_CONFIGS))), network=st.sampled_from(NETWORKS),
        sparsity=st.floats(0.3, 0.9), seed=st.integers(0, 2**16),
        near=st.lists(NEAR_OFTEN_ON, min_size=2, max_size=2),

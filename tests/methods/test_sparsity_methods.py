@@ -192,7 +192,7 @@ def run_steps(method, tree, sparsity, seed, steps):
         state = after
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(tree=st.sampled_from(range(len(TREES))), scope=st.sampled_from(("layer", "global")),
        sparsity=st.floats(0.05, 0.99), seed=st.integers(0, 2**16),
        steps=two_steps(GMP_EVERY, 31, (50, 60, 800, 810)))
@@ -251,14 +251,14 @@ def check_evolution(method, events, tree, sparsity, seed, steps):
                 np.testing.assert_array_equal(np.sort(best), np.flatnonzero(grown))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(tree=st.sampled_from(range(len(TREES))), sparsity=st.floats(0.05, 0.95),
        seed=st.integers(0, 2**16), steps=two_steps(EVOLVE_EVERY, 27, (40, 1000, 1040)))
 def test_set_drops_smallest_and_regrows_randomly_at_constant_density(tree, sparsity, seed, steps):
     check_evolution("set", SET_EVENTS, tree, sparsity, seed, steps)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(tree=st.sampled_from(range(len(TREES))), sparsity=st.floats(0.05, 0.95),
        seed=st.integers(0, 2**16), steps=two_steps(EVOLVE_EVERY, 20, (40, 720, 750, 760)))
 def test_rigl_regrows_the_largest_dense_gradients_at_constant_density(tree, sparsity, seed, steps):

@@ -26,7 +26,7 @@ SHAPE_SETS = (
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(shapes=st.sampled_from(SHAPE_SETS), sparsity=st.floats(0.05, 0.99))
 def test_erk_hits_the_overall_target_and_stays_in_unit_interval(shapes, sparsity):
     densities = np.asarray(layer_densities(shapes, sparsity, "erk"))
@@ -56,7 +56,7 @@ def test_uniform_gives_every_layer_the_target():
     np.testing.assert_allclose(layer_densities(SHAPE_SETS[1], 0.8, "uniform"), 0.2, rtol=1e-6)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(size=st.sampled_from([1, 7, 64, 1000]), fraction=st.floats(0, 1), seed=st.integers(0, 99))
 def test_keep_top_scores_keeps_exactly_k_highest(size, fraction, seed):
     scores = jax.random.normal(jax.random.PRNGKey(seed), (size,))
@@ -75,7 +75,7 @@ def _jitted_random_masks(distribution):
     return jax.jit(lambda p, s, k: random_masks(p, MASKABLE, s, distribution, k))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(sparsity=st.floats(0.0, 0.99), distribution=st.sampled_from(["uniform", "erk"]),
        seed=st.integers(0, 2**16))
 def test_random_masks_count_per_layer_and_skip_unmaskable_leaves(sparsity, distribution, seed):

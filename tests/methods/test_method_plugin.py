@@ -127,6 +127,7 @@ def smoke_run(plugin, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_the_plugin_gets_its_flags_and_runs_from_the_cli(smoke_run):
     config = read_config(smoke_run)
     assert getattr(config.methods, NAME) == MagDropOptions(every_updates=10, fraction=0.3)
@@ -161,6 +162,7 @@ def test_the_plugin_composes_and_vmaps_over_target_sparsities(plugin):
         assert_mask_invariant(state.critic, sparse=True)
 
 
+@pytest.mark.slow
 def test_the_plugin_resumes_from_a_checkpoint_to_the_same_metrics(smoke_run, tmp_path):
     # A copy of the whole run, cut back to its earliest kept checkpoint as a run killed there
     # would be (its later metric rows kept: resuming discards them), resumes to the same end.

@@ -73,6 +73,7 @@ def networks_running(methods: dict[str, str], name: str) -> list[str]:
     return [net for net, method in methods.items() if name in method.split("+")]
 
 
+@pytest.mark.slow
 def test_gmp_sparsity_rises_to_the_target(run_rows):
     methods, rows = run_rows
     for net in networks_running(methods, "gmp"):
@@ -85,6 +86,7 @@ def test_gmp_sparsity_rises_to_the_target(run_rows):
         assert sparsity[-1] == pytest.approx(0.9, abs=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["set", "rigl"])
 def test_drop_and_regrow_changes_masks_at_constant_sparsity(run_rows, name):
     methods, rows = run_rows
@@ -95,6 +97,7 @@ def test_drop_and_regrow_changes_masks_at_constant_sparsity(run_rows, name):
         assert max(sparsity) - min(sparsity) < 1e-6
 
 
+@pytest.mark.slow
 def test_reset_fires_exactly_max_resets_times(run_rows):
     methods, rows = run_rows
     for net in networks_running(methods, "reset"):
@@ -102,6 +105,7 @@ def test_reset_fires_exactly_max_resets_times(run_rows):
         assert resets[0] == 0 and resets[1] == 1 and resets[-1] == 2  # at updates 20 and 40
 
 
+@pytest.mark.slow
 def test_redo_recycles_dormant_neurons(run_rows):
     methods, rows = run_rows
     for net in networks_running(methods, "redo"):

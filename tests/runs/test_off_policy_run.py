@@ -22,6 +22,9 @@ from mtrl_sparse.run_loop import train
 TASKS = metaworld_task_names("MT10")
 SMOKE = get_preset("mt10-smoke").config
 
+# Every test here trains on Meta-World.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):

@@ -37,6 +37,7 @@ def cli_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_cli_run_writes_the_agent_metrics_and_evaluations(cli_run):
     stored = json.loads((cli_run / "config.json").read_text())
     assert stored["agent"] == "ppo" and stored["preset"] == "minigrid-smoke"
@@ -64,6 +65,7 @@ def test_cli_run_writes_the_agent_metrics_and_evaluations(cli_run):
     assert probe_rows[0]["plasticity/actor/fisher_trace"] > 0
 
 
+@pytest.mark.slow
 def test_resume_continues_mid_episode_with_the_same_numbers(tmp_path, capsys):
     """A run resumed from its checkpoint at 400 env steps (episodes in progress, rows after it
     in the metrics) ends exactly as the uninterrupted run; resuming a finished run adds nothing."""
@@ -81,6 +83,7 @@ def test_resume_continues_mid_episode_with_the_same_numbers(tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_eval_of_a_ppo_checkpoint_writes_its_scores_and_repeats_exactly(cli_run, capsys):
     results = []
     for _ in range(2):
@@ -114,6 +117,7 @@ def test_ppo_probe_fisher_trace_is_the_mean_per_sample_squared_score():
                                                                            rel=1e-4)
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(cli_run, tmp_path):
     result = train(dataclasses.replace(SMOKE, run_dir=str(tmp_path / "again")))
     first, second = read_metrics(cli_run), read_metrics(result.run_dir)
@@ -122,6 +126,7 @@ def test_same_seed_same_numbers(cli_run, tmp_path):
         assert without_wall_clock([a]) == without_wall_clock([b])
 
 
+@pytest.mark.slow
 def test_methods_apply_to_ppo_conv_kernels_included(tmp_path):
     # GMP prunes the actor (conv kernels included) every 4 of its 24 updates, ReDo recycles its
     # neurons every 4; the critic is statically sparse.

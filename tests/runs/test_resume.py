@@ -20,6 +20,9 @@ ARGS = ["--preset", "mt10-smoke", "--method", "static", "--sparsity", "0.9",
         "--total-steps", "2000", "--checkpoint-every-env-steps", "600", "--eval-every-env-steps",
         "500"]
 
+# Trains on Meta-World: a whole run, a killed one and its resumptions.
+pytestmark = pytest.mark.slow
+
 
 def kill_between_checkpoints(run_dir: Path) -> int:
     """Start a run in a subprocess; SIGKILL it once a checkpoint exists and later rows were

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.method_options import options_firing_every_update
-from support.invariants import assert_mask_invariant
 
 from mtrl_sparse.agents.net_state import masked_params
 from mtrl_sparse.agents.networks import (
@@ -34,6 +32,8 @@ from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.run_loop import train
+from support.invariants import assert_mask_invariant
+from support.method_options import options_firing_every_update
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH, EXPERTS = 3, 5, 2, 12, 2
 OBS_SHAPE, NUM_ACTIONS = (7, 7, 3), 7

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support.invariants import assert_mask_invariant, assert_trees_equal, trees_equal
 
 from mtrl_sparse.agents.cnn import PatchConv, max_pool_2x2
 from mtrl_sparse.agents.net_state import (
@@ -40,6 +39,7 @@ from mtrl_sparse.methods.gmp import GMPOptions, cubic_sparsity
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.methods.redo import ReDoOptions, dormant_neurons, redo
 from mtrl_sparse.methods.registry import MethodOptions
+from support.invariants import assert_mask_invariant, assert_trees_equal, trees_equal
 
 NUM_TASKS, NUM_ACTIONS, OBS_SHAPE = 2, 7, (7, 7, 3)
 HORIZON, NUM_ENVS = 4, 4  # 16 samples per rollout

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.invariants import assert_mask_invariant, assert_trees_equal
-from support.method_options import covering_compositions, sac_firing_every_update
 
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.optim import NetworkSetup
@@ -20,6 +18,8 @@ from mtrl_sparse.agents.sac import SACConfig, bellman_target, make_sac
 from mtrl_sparse.methods.dense import dense
 from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.methods.static import static_sparse
+from support.invariants import assert_mask_invariant, assert_trees_equal
+from support.method_options import covering_compositions, sac_firing_every_update
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 3, 5, 2, 12
 TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)

@@ -7,9 +7,9 @@ sparsity is array data in the method state, so it can differ across the vmapped 
 from __future__ import annotations
 
 import pytest
-from support.sac_vmap import assert_vmapped_equals_separate
 
 from mtrl_sparse.methods.registry import METHODS
+from support.sac_vmap import assert_vmapped_equals_separate
 
 # Every method with events, in compositions (set shares rigl's code but for the grow scores).
 VMAPPED_METHODS = ["static", "gmp+redo", "rigl+reset"]

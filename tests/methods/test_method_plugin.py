@@ -18,11 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from support.invariants import assert_mask_invariant, assert_trees_equal
-from support.run_checks import complete_checkpoints, deterministic_rows, final_state
-from support.sac_vmap import assert_vmapped_equals_separate
 
 from mtrl_sparse.agents.net_state import MethodContext, NetState
 from mtrl_sparse.agents.trees import is_none
@@ -38,6 +34,9 @@ from mtrl_sparse.methods.pruning import drop_and_regrow, install_masks
 from mtrl_sparse.methods.registry import METHODS, registered
 from mtrl_sparse.methods.topology import random_masks
 from mtrl_sparse.run_dir import read_config, read_metrics
+from support.invariants import assert_mask_invariant, assert_trees_equal
+from support.run_checks import complete_checkpoints, deterministic_rows, final_state
+from support.sac_vmap import assert_vmapped_equals_separate
 
 NAME = "magdrop"
 

@@ -24,12 +24,6 @@ import optax
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from support.invariants import (
-    assert_mask_invariant,
-    assert_trees_close,
-    assert_trees_equal,
-    trees_equal,
-)
 
 from mtrl_sparse.agents.net_state import (
     MethodContext,
@@ -49,6 +43,12 @@ from mtrl_sparse.methods.registry import MethodOptions
 from mtrl_sparse.methods.reset import ResetOptions, reset
 from mtrl_sparse.methods.static import static_sparse
 from mtrl_sparse.methods.topology import no_masks
+from support.invariants import (
+    assert_mask_invariant,
+    assert_trees_close,
+    assert_trees_equal,
+    trees_equal,
+)
 
 TX = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(),
                  optax.scale_by_learning_rate(1e-3))

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support.invariants import assert_mask_invariant
 
 from mtrl_sparse.agents.net_state import apply_gradients, create_net_state
 from mtrl_sparse.agents.optim import make_optimizer
@@ -15,6 +14,7 @@ from mtrl_sparse.methods.base import MethodError, NetworkMethodSettings
 from mtrl_sparse.methods.network import build_network, check_network
 from mtrl_sparse.methods.registry import MethodOptions
 from mtrl_sparse.methods.regularizers import WeightDecayOptions
+from support.invariants import assert_mask_invariant
 
 LR = 1e-3
 

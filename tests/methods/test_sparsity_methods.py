@@ -20,7 +20,6 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.invariants import assert_mask_invariant, assert_trees_close, assert_trees_equal
 
 from mtrl_sparse.agents.net_state import (
     MethodContext,
@@ -39,6 +38,7 @@ from mtrl_sparse.methods.sparse_evolution import (
     rigl,
     sparse_evolution_set,
 )
+from support.invariants import assert_mask_invariant, assert_trees_close, assert_trees_equal
 
 # Two small MLPs (kernel shapes per layer); the second has a tiny first layer, which ERK keeps
 # dense at low sparsity (a layer with nothing to regrow into).

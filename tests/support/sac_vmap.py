@@ -13,11 +13,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from support.invariants import assert_trees_close
-from support.method_options import sac_firing_every_update
 
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, SACState
+from support.invariants import assert_trees_close
+from support.method_options import sac_firing_every_update
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 2, 4, 2, 8
 TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)

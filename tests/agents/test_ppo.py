@@ -200,6 +200,7 @@ def random_obs(key, *batch) -> jax.Array:
     return jax.random.randint(key, (*batch, *OBS_SHAPE), 0, 11).astype(jnp.uint8)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def random_rollout(method: str, state, key) -> Rollout:
     """A rollout collected by the agent's own policy, with rewards and episode ends at random."""
     _, _, act, _ = tiny_agent(method)
@@ -226,11 +227,11 @@ def test_act_shapes_log_probs_values_and_greedy_actions():
     actions, log_probs, values = act(state, obs, task_ids, jax.random.PRNGKey(2))
     assert actions.shape == log_probs.shape == values.shape == (8,)
     assert actions.dtype == jnp.int32 and np.all((actions >= 0) & (actions < NUM_ACTIONS))
-    logits = ppo.actor_logits(masked_params(state.actor), obs, task_ids)
+    logits = jax.jit(ppo.actor_logits)(masked_params(state.actor), obs, task_ids)
     assert logits.shape == (8, NUM_ACTIONS)
     np.testing.assert_allclose(log_probs, jax.nn.log_softmax(logits)[jnp.arange(8), actions],
                                rtol=1e-5)
-    np.testing.assert_allclose(values, ppo.value(state, obs, task_ids), rtol=1e-6)
+    np.testing.assert_allclose(values, jax.jit(ppo.value)(state, obs, task_ids), rtol=1e-6)
     greedy, _, _ = act(state, obs, task_ids, jax.random.PRNGKey(2), deterministic=True)
     np.testing.assert_array_equal(greedy, jnp.argmax(logits, axis=-1))
 
@@ -253,8 +254,8 @@ def shift_task_head(params, task: int, units: int, amount: float):
 def test_the_task_id_acts_only_through_its_own_head(network):
     ppo, init, _, _ = tiny_agent("static")
     state = init(jax.random.PRNGKey(3))
-    apply = ppo.actor_logits if network == "actor" else ppo.critic_values
-    activations = ppo.actor_activations if network == "actor" else ppo.critic_activations
+    apply = jax.jit(ppo.actor_logits if network == "actor" else ppo.critic_values)
+    activations = jax.jit(ppo.actor_activations if network == "actor" else ppo.critic_activations)
     weights = masked_params(getattr(state, network))
     obs = random_obs(jax.random.PRNGKey(4), 3)
     as_task = [jnp.full((3,), t, jnp.int32) for t in range(NUM_TASKS)]
@@ -359,15 +360,16 @@ def test_ppo_learns_a_contextual_bandit_through_its_task_heads():
     best = jnp.array([2, 5])
     task_ids = jnp.broadcast_to(TASKS_OF_ENVS, (HORIZON, NUM_ENVS))
 
+    @jax.jit
     def probability_of_best(state):
         """Per task, the mean probability of the action that task pays for, (T,)."""
         obs = random_obs(jax.random.PRNGKey(99), 64)
         tasks = jnp.arange(64) % NUM_TASKS
         logits = ppo.actor_logits(masked_params(state.actor), obs, tasks)
         p = jax.nn.softmax(logits)[jnp.arange(64), best[tasks]]
-        return np.array([float(jnp.mean(p[tasks == t])) for t in range(NUM_TASKS)])
+        return jnp.stack([jnp.mean(p, where=tasks == t) for t in range(NUM_TASKS)])
 
-    before = probability_of_best(state)
+    before = np.asarray(probability_of_best(state))
     for i in range(25):
         k_obs, k_act, k_update = jax.random.split(jax.random.PRNGKey(100 + i), 3)
         obs = random_obs(k_obs, HORIZON, NUM_ENVS)
@@ -381,7 +383,7 @@ def test_ppo_learns_a_contextual_bandit_through_its_task_heads():
             terminated=jnp.ones(shape, bool), truncated=jnp.zeros(shape, bool),
             truncation_values=jnp.zeros(shape), last_values=jnp.zeros(NUM_ENVS))
         state, _ = update(state, rollout, k_update)
-    after = probability_of_best(state)
+    after = np.asarray(probability_of_best(state))
     # From about uniform (1/7) to a clear preference, in each task for its own action.
     assert np.all(before < 0.2) and np.all(after > 0.4), (before, after)
 

@@ -26,9 +26,14 @@ def vector_step(num_tasks: int, envs_per_task: int, step: int) -> Transition:
                       rewards=task.copy(), next_obs=obs + 1, terminated=np.zeros(n, np.float32))
 
 
+# Compiled once per shape: eager calls would compile each of their operations separately.
+init_buffer = jax.jit(init_replay_buffer, static_argnums=(0, 1, 2, 3))
+add = jax.jit(add_transitions)
+sample = jax.jit(sample_balanced, static_argnames="samples_per_task")
+
+
 def filled_buffer(num_tasks, envs_per_task, capacity_per_task, steps):
-    buffer = init_replay_buffer(num_tasks, capacity_per_task, (3,), 2)
-    add = jax.jit(add_transitions)
+    buffer = init_buffer(num_tasks, capacity_per_task, (3,), 2)
     for step in range(steps):
         buffer = add(buffer, vector_step(num_tasks, envs_per_task, step))
     return buffer
@@ -40,7 +45,7 @@ def filled_buffer(num_tasks, envs_per_task, capacity_per_task, steps):
 def test_sampling_draws_the_same_number_from_every_task_and_only_its_data(
         num_tasks, envs_per_task, steps, seed):
     buffer = filled_buffer(num_tasks, envs_per_task, capacity_per_task=8, steps=steps)
-    batch, task_ids = sample_balanced(buffer, jax.random.PRNGKey(seed), samples_per_task=16)
+    batch, task_ids = sample(buffer, jax.random.PRNGKey(seed), samples_per_task=16)
     task_ids = np.asarray(task_ids)
     assert task_ids.shape == (num_tasks * 16,)
     np.testing.assert_array_equal(np.bincount(task_ids, minlength=num_tasks), 16)
@@ -62,7 +67,7 @@ def test_ring_wraps_and_size_saturates():
 
 def test_sampling_is_uniform_over_filled_slots_only():
     buffer = filled_buffer(num_tasks=1, envs_per_task=1, capacity_per_task=100, steps=4)
-    batch, _ = sample_balanced(buffer, jax.random.PRNGKey(0), samples_per_task=4000)
+    batch, _ = sample(buffer, jax.random.PRNGKey(0), samples_per_task=4000)
     counts = np.bincount(np.asarray(batch.obs)[:, 1].astype(int), minlength=4)
     assert counts.sum() == 4000 and counts.min() > 850  # about 1000 each, never an empty slot
     assert jnp.all(batch.obs[:, 1] < 4)

@@ -25,9 +25,15 @@ NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 3, 5, 2, 12
 TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)
 
 
-@functools.cache
 def jitted_sac(method: str, distribution: str):
-    """init(key, sparsity) and update(state, batch, task_ids, key), compiled once per method.
+    """init(key, sparsity) and update(state, batch, task_ids, key), compiled once per method
+    (and per distribution of a sparse method: a dense network has none)."""
+    return _jitted_sac(method, distribution if method != "dense" else "uniform")
+
+
+@functools.cache
+def _jitted_sac(method: str, distribution: str):
+    """init(key, sparsity) and update(state, batch, task_ids, key) of ``jitted_sac``.
 
     The sparsity is a traced argument (as sweeps need it), so hypothesis examples that vary it
     reuse one compilation.
@@ -43,6 +49,7 @@ def jitted_sac(method: str, distribution: str):
     return init, update
 
 
+@jax.jit
 def random_batch(key) -> tuple[Transition, jax.Array]:
     k = jax.random.split(key, 4)
     batch = Transition(
@@ -167,8 +174,9 @@ def test_act_shapes_bounds_and_per_task_heads():
                    NetworkSetup(dense()))
     obs = jnp.ones((NUM_TASKS, OBS_DIM))
     tasks = jnp.arange(NUM_TASKS)
-    sampled = sac.act(state, obs, tasks, jax.random.PRNGKey(0))
-    greedy = sac.act(state, obs, tasks, jax.random.PRNGKey(0), deterministic=True)
+    act = jax.jit(sac.act, static_argnames="deterministic")
+    sampled = act(state, obs, tasks, jax.random.PRNGKey(0))
+    greedy = act(state, obs, tasks, jax.random.PRNGKey(0), deterministic=True)
     assert sampled.shape == greedy.shape == (NUM_TASKS, ACTION_DIM)
     assert jnp.all(jnp.abs(sampled) <= 1) and jnp.all(jnp.abs(greedy) <= 1)
     # The same observation gives a different action per task: each task reads its own head.

@@ -138,6 +138,7 @@ def test_bad_constructor_arguments_raise(kwargs: dict):
 # ---------------------------------------------------------------------------- MT10
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_spec(mt10: MetaWorldVectorEnv):
     spec = mt10.spec
     assert spec.task_names == MT10_NAMES
@@ -149,6 +150,7 @@ def test_spec(mt10: MetaWorldVectorEnv):
     assert spec.max_episode_steps == STEPS
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_envs_are_task_major_and_copies_seeded_apart(mt10: MetaWorldVectorEnv):
     mt10.reset()
     entries = mt10.get_rng_state()["envs"]
@@ -162,6 +164,7 @@ def test_envs_are_task_major_and_copies_seeded_apart(mt10: MetaWorldVectorEnv):
         assert copy0["rng_state"] != copy1["rng_state"]
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_step_result_shapes_dtypes_and_time_limit(mt10: MetaWorldVectorEnv):
     obs = mt10.reset()
     assert obs.shape == (20, 39) and obs.dtype == np.float32
@@ -178,6 +181,7 @@ def test_step_result_shapes_dtypes_and_time_limit(mt10: MetaWorldVectorEnv):
         assert result.truncated.any() == (t == STEPS - 1)
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_reset_done_resets_only_masked_envs(mt10: MetaWorldVectorEnv):
     mt10.reset()
     _, _, last = _run_episode(mt10, _actions(mt10, num_episodes=1)[0])
@@ -191,6 +195,7 @@ def test_reset_done_resets_only_masked_envs(mt10: MetaWorldVectorEnv):
     assert not mt10.step(np.zeros((20, 4), dtype=np.float32)).truncated.any()
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_rng_state_restores_the_following_episode(mt10: MetaWorldVectorEnv):
     actions = _actions(mt10, num_episodes=3, seed=1)
     mt10.reset()
@@ -214,6 +219,7 @@ def test_rng_state_restores_the_following_episode(mt10: MetaWorldVectorEnv):
     np.testing.assert_array_equal(rewards_b, rewards_a)
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_set_rng_state_rejects_state_of_another_layout(mt10: MetaWorldVectorEnv):
     env = _mt1(envs_per_task=1)
     try:
@@ -226,6 +232,7 @@ def test_set_rng_state_rejects_state_of_another_layout(mt10: MetaWorldVectorEnv)
 # ---------------------------------------------------------------------------- MT1
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_same_seed_reproduces_and_other_seed_differs():
     envs = [_mt1(seed=7), _mt1(seed=7), _mt1(seed=8)]
     try:
@@ -244,6 +251,7 @@ def test_same_seed_reproduces_and_other_seed_differs():
         assert not np.array_equal(first_other[env], first_a[0, env])
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_copies_of_a_task_play_different_episodes():
     env = _mt1(envs_per_task=4)
     try:
@@ -255,6 +263,7 @@ def test_copies_of_a_task_play_different_episodes():
     assert len({row.tobytes() for row in obs}) == 4
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_copy_zero_matches_metaworld_gym_make():
     ours = _mt1(envs_per_task=1, seed=3)
     reference = gym.make("Meta-World/MT1", env_name="reach-v3", seed=3, disable_env_checker=True)
@@ -272,6 +281,7 @@ def test_copy_zero_matches_metaworld_gym_make():
         reference.close()
 
 
+@pytest.mark.slow  # builds MuJoCo environments
 def test_async_matches_sync_and_rewinds():
     sync, async_ = _mt1(), _mt1(vector_strategy="async")
     try:

@@ -46,7 +46,7 @@ def test_layernorm_adds_unmasked_norm_parameters():
     setup = build_network(NetworkMethodSettings("static+layernorm", 0.5))
     assert setup.layer_norm
     sac = make_sac(SACConfig(hidden_sizes=(8, 8), batch_size=4), 2, 3, 2, setup, setup)
-    state = sac.init(jax.random.PRNGKey(0))
+    state = jax.jit(sac.init)(jax.random.PRNGKey(0))
     actor_mlp = state.actor.params["params"]["mlp"]
     assert {"norm_0", "norm_1"} <= actor_mlp.keys()
     masks = state.actor.masks["params"]["mlp"]

@@ -99,20 +99,28 @@ def test_eval_of_a_ppo_checkpoint_writes_its_scores_and_repeats_exactly(cli_run,
 def test_ppo_probe_fisher_trace_is_the_mean_per_sample_squared_score():
     env = MiniGridVectorEnv("MT3", 4, 0)
     ppo = make_run_ppo(dataclasses.replace(SMOKE, method="static", sparsity=0.5), env)
-    state = ppo.init(jax.random.PRNGKey(0))
+    state = jax.jit(ppo.init)(jax.random.PRNGKey(0))
     obs, tasks = jnp.asarray(env.reset()), jnp.asarray(env.current_task_ids())
     env.close()
     key = jax.random.PRNGKey(1)
-    metrics = make_ppo_probe(ppo, 0.001, 0.01, fisher_chunk=3)(state, obs, tasks, key)
-    actions = jax.random.categorical(key, ppo.actor_logits(masked_params(state.actor), obs, tasks))
+    metrics = jax.jit(make_ppo_probe(ppo, 0.001, 0.01, fisher_chunk=3))(state, obs, tasks, key)
 
-    def log_prob(params, i):
-        logits = ppo.actor_logits(apply_masks(params, state.actor.masks), obs[i:i + 1],
-                                  tasks[i:i + 1])
-        return jax.nn.log_softmax(logits)[0, actions[i]]
+    @jax.jit
+    def squared_score(i):
+        """The squared norm of the score of sample i alone (one compilation for all i)."""
+        actions = jax.random.categorical(
+            key, ppo.actor_logits(masked_params(state.actor), obs, tasks))
 
-    squared = [sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(
-        jax.grad(log_prob)(state.actor.params, i))) for i in range(4)]
+        def log_prob(params):
+            one_obs = jax.lax.dynamic_slice_in_dim(obs, i, 1)
+            one_task = jax.lax.dynamic_slice_in_dim(tasks, i, 1)
+            logits = ppo.actor_logits(apply_masks(params, state.actor.masks), one_obs, one_task)
+            return jax.nn.log_softmax(logits)[0, actions[i]]
+
+        grads = jax.grad(log_prob)(state.actor.params)
+        return sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads))
+
+    squared = [float(squared_score(i)) for i in range(4)]
     assert float(metrics["plasticity/actor/fisher_trace"]) == pytest.approx(np.mean(squared),
                                                                            rel=1e-4)
 

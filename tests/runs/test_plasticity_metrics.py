@@ -155,9 +155,10 @@ def test_fisher_trace_matches_a_per_sample_loop():
     tasks = jax.random.randint(k[3], (6,), 0, 2)
     actions = jax.random.normal(k[4], (6, 2))
 
+    score = jax.jit(jax.grad(gaussian_log_prob))  # one sample's score, compiled once
     squared_norms, grads = [], []
     for i in range(obs.shape[0]):
-        g = jax.grad(gaussian_log_prob)(params, obs[i], tasks[i], actions[i])
+        g = score(params, obs[i], tasks[i], actions[i])
         grads.append(g)
         squared_norms.append(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
     expected = np.mean(squared_norms)
@@ -186,25 +187,26 @@ def test_fisher_trace_of_a_masked_gaussian_actor():
     actor = GaussianActor(hidden_sizes=(8,), num_tasks=2, action_dim=2)
     obs = jax.random.normal(jax.random.key(2), (5, 3))
     tasks = jnp.array([0, 1, 0, 1, 1])
-    params = actor.init(jax.random.key(3), obs, tasks)
+    params = jax.jit(actor.init)(jax.random.key(3), obs, tasks)
     masks = jax.tree.map(lambda _: None, params)
     masks["params"]["mlp"]["hidden_0"]["kernel"] = jnp.zeros((5, 8), bool)  # every unit dead
     apply = lambda p, o, t: actor.apply(apply_masks(p, masks), o, t)
-    mean, log_std = apply(params, obs, tasks)
-    actions, logp = gaussian_tanh_sample(mean, log_std, jax.random.key(4))
+    mean, log_std = jax.jit(apply)(params, obs, tasks)
+    actions, logp = jax.jit(gaussian_tanh_sample)(mean, log_std, jax.random.key(4))
 
     log_prob = actor_log_prob_fn(apply)
-    one_by_one = [log_prob(params, obs[i], tasks[i], actions[i]) for i in range(5)]
+    one_log_prob = jax.jit(log_prob)
+    one_by_one = [one_log_prob(params, obs[i], tasks[i], actions[i]) for i in range(5)]
     np.testing.assert_allclose(one_by_one, logp, rtol=1e-4, atol=1e-4)
 
-    trace = fisher_trace(log_prob, params, obs, tasks, actions)
+    trace = jax.jit(fisher_trace, static_argnums=0)(log_prob, params, obs, tasks, actions)
     assert np.isfinite(trace) and trace > 0
     # With the first layer fully masked, only the head biases receive gradient.
     head_bias_only = lambda b, o, t, a: log_prob(
         {"params": {"mlp": {**params["params"]["mlp"], "heads": {
             "kernel": params["params"]["mlp"]["heads"]["kernel"], "bias": b}}}}, o, t, a)
-    expected = fisher_trace(head_bias_only, params["params"]["mlp"]["heads"]["bias"], obs, tasks,
-                            actions)
+    expected = jax.jit(fisher_trace, static_argnums=0)(
+        head_bias_only, params["params"]["mlp"]["heads"]["bias"], obs, tasks, actions)
     np.testing.assert_allclose(trace, expected, rtol=1e-5)
 
 

@@ -30,7 +30,9 @@ def sac_for(method: str):
                              obs_dim=OBS_DIM, action_dim=ACTION_DIM)
 
 
-def batch_for(seed: int) -> tuple[Transition, jax.Array]:
+@jax.jit
+def batch_for(seed) -> tuple[Transition, jax.Array]:
+    """A random batch of transitions and its task ids for ``seed`` (compiled once)."""
     k = jax.random.split(jax.random.PRNGKey(100 + seed), 4)
     batch = Transition(
         obs=jax.random.normal(k[0], (BATCH, OBS_DIM)),
@@ -42,43 +44,46 @@ def batch_for(seed: int) -> tuple[Transition, jax.Array]:
     return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
 
 
+def stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def vmapped_and_separate_runs(method: str) -> tuple[list[SACState], SACState]:
     """Two updates of SAC running ``method`` (events at every update) for each (seed, target
     sparsity): run one by one, and vmapped in one program. Returns (separate final states, the
     vmapped final states)."""
     build = sac_for(method)
     runs = [(seed, sparsity) for seed in SEEDS for sparsity in SPARSITIES]
-    # Separate runs: each its own init and two updates (one compilation, sparsity traced).
-    @jax.jit
-    def run_alone(seed, sparsity, batches, tasks):
-        sac = build(sparsity)
-        state = sac.init(jax.random.PRNGKey(seed))
-        for i in range(2):
-            batch = jax.tree.map(lambda x, i=i: x[i], batches)
-            state, _ = sac.update(state, batch, tasks[i], jax.random.PRNGKey(seed + i))
-        return state
 
+    def init(seed, sparsity):
+        return build(sparsity).init(jax.random.PRNGKey(seed))
+
+    def update(sparsity, state, batch, task_ids, key):
+        return build(sparsity).update(state, batch, task_ids, key)
+
+    # Separate runs: each its own init and updates (one compilation each, sparsity traced).
+    init_alone, update_alone = jax.jit(init), jax.jit(update)
     separate = []
     for seed, sparsity in runs:
-        batches = [batch_for(seed + 10 * i) for i in range(2)]
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[b for b, _ in batches])
-        separate.append(run_alone(seed, jnp.float32(sparsity), stacked,
-                                  jnp.stack([t for _, t in batches])))
+        sparsity = jnp.float32(sparsity)
+        state = init_alone(seed, sparsity)
+        for i in range(2):
+            batch, task_ids = batch_for(seed + 10 * i)
+            state, _ = update_alone(sparsity, state, batch, task_ids, jax.random.PRNGKey(seed + i))
+        separate.append(state)
 
     # One program: init vmapped over (seed, sparsity), update vmapped with the step unbatched.
     seeds = jnp.array([s for s, _ in runs])
     sparsities = jnp.array([p for _, p in runs], jnp.float32)
-    states = jax.vmap(lambda seed, sparsity: build(sparsity).init(jax.random.PRNGKey(seed)))(
-        seeds, sparsities)
+    states = jax.jit(jax.vmap(init))(seeds, sparsities)
     axes = SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None)
     states = states.replace(step=states.step[0])
-    update = build(0.5).update  # the transform reads the sparsity from the (batched) state
-    vmapped = jax.jit(jax.vmap(update, in_axes=(axes, 0, 0, 0), out_axes=(axes, 0)))
+    # The method reads the target sparsity from the (batched) state: one update serves every run.
+    vmapped = jax.jit(jax.vmap(functools.partial(update, 0.5), in_axes=(axes, 0, 0, 0),
+                               out_axes=(axes, 0)))
     for i in range(2):
-        batches = [batch_for(int(seed) + 10 * i) for seed in seeds]
-        batch = jax.tree.map(lambda *xs: jnp.stack(xs), *[b for b, _ in batches])
-        tasks = jnp.stack([t for _, t in batches])
-        keys = jnp.stack([jax.random.PRNGKey(int(seed) + i) for seed in seeds])
+        batch, tasks = stack([batch_for(seed + 10 * i) for seed, _ in runs])
+        keys = stack([jax.random.PRNGKey(seed + i) for seed, _ in runs])
         states, _ = vmapped(states, batch, tasks, keys)
     return separate, states
 

@@ -98,10 +98,11 @@ def run_result(run_dir: Path, env_steps: int, updates: int, task_names: tuple[st
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    """``runs/<benchmark>-<method>-s<seed>-<timestamp>`` (``mixed`` where the networks differ)."""
+    """``runs/<benchmark>-<method>-s<seed>-<timestamp>`` (``mixed`` where the networks run
+    different methods; their sparsities and interval scales do not count)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    methods = config.network_methods()
-    label = methods["actor"].name if methods["actor"] == methods["critic"] else "mixed"
+    names = {settings.name for settings in config.network_methods().values()}
+    label = names.pop() if len(names) == 1 else "mixed"
     return Path("runs") / f"{config.env.benchmark.lower()}-{label}-s{config.seed}-{stamp}"
 
 

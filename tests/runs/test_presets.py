@@ -17,6 +17,7 @@ from mtrl_sparse.methods.base import scale_intervals
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.presets import PRESETS, paper_interval_scale
+from mtrl_sparse.run_loop import default_run_dir
 
 METAWORLD_OBS_DIM, METAWORLD_ACTION_DIM = 39, 4
 
@@ -64,3 +65,15 @@ def test_short_metaworld_presets_scale_the_paper_intervals_by_their_length(prese
     if preset == "mt10-quick":
         gmp = scale_intervals(config.methods.gmp, config.actor.interval_scale)
         assert (config.total_updates(), gmp.prune_every_updates) == (9_000, 23)
+
+
+@pytest.mark.parametrize(("preset", "args", "label"), [
+    ("minigrid-quick", {}, "mt3-dense-s0-"),  # the critic's interval scale differs: still dense
+    ("mt10-quick", {"method": "gmp", "sparsity": 0.9}, "mt10-gmp-s0-"),
+])
+def test_default_run_dir_names_the_benchmark_method_and_seed(preset, args, label):
+    config = dataclasses.replace(PRESETS[preset].config, **args)
+    assert default_run_dir(config).name.startswith(label)
+    mixed = dataclasses.replace(config, critic=dataclasses.replace(config.critic, method="static",
+                                                                    sparsity=0.5))
+    assert "-mixed-" in default_run_dir(mixed).name

@@ -47,6 +47,7 @@ from support.invariants import (
     assert_mask_invariant,
     assert_trees_close,
     assert_trees_equal,
+    stack_trees,
     trees_equal,
 )
 
@@ -472,14 +473,12 @@ def test_vmapped_over_states_and_keys_equals_separate_calls(method):
     singles = [s for s in states for _ in keys]
     keys = keys * 2
 
-    def stack(trees):
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
     vmapped = jax.jit(jax.vmap(transform, in_axes=(0, None, 0, None)))
-    batched = stack(singles)
-    assert "cond" in str(jax.make_jaxpr(vmapped)(batched, jnp.int32(10), stack(keys), inputs))
+    batched = stack_trees(singles)
+    assert "cond" in str(jax.make_jaxpr(vmapped)(batched, jnp.int32(10), stack_trees(keys),
+                                                 inputs))
     for step in (9, 10, 11, 20):
-        batched = vmapped(batched, jnp.int32(step), stack(keys), inputs)
+        batched = vmapped(batched, jnp.int32(step), stack_trees(keys), inputs)
         singles = [transform(s, jnp.int32(step), k, inputs)
                    for s, k in zip(singles, keys, strict=True)]
         for i, one in enumerate(singles):

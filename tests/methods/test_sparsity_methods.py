@@ -38,7 +38,12 @@ from mtrl_sparse.methods.sparse_evolution import (
     rigl,
     sparse_evolution_set,
 )
-from support.invariants import assert_mask_invariant, assert_trees_close, assert_trees_equal
+from support.invariants import (
+    assert_mask_invariant,
+    assert_trees_close,
+    assert_trees_equal,
+    stack_trees,
+)
 
 # Two small MLPs (kernel shapes per layer); the second has a tiny first layer, which ERK keeps
 # dense at low sparsity (a layer with nothing to regrow into).
@@ -313,15 +318,12 @@ def test_vmapped_over_sparsities_and_keys_equals_separate_calls(method):
               for s, seed in runs]
     keys = [jax.random.PRNGKey(10 + seed) for _, seed in runs]
     grads = [random_tree(0, jax.random.PRNGKey(20 + i)) for i in range(len(runs))]
-    def stack(trees):
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
     vmapped = jax.jit(jax.vmap(transform, in_axes=(0, None, 0, 0)))
-    batched = stack(states)
-    assert "cond" in str(jax.make_jaxpr(vmapped)(batched, jnp.int32(360), stack(keys),
-                                                 stack(grads)))
+    batched = stack_trees(states)
+    assert "cond" in str(jax.make_jaxpr(vmapped)(batched, jnp.int32(360), stack_trees(keys),
+                                                 stack_trees(grads)))
     for step in (360, 361, 720, 810):  # events of gmp and rigl, an off step, gmp's last event
-        batched = vmapped(batched, jnp.int32(step), stack(keys), stack(grads))
+        batched = vmapped(batched, jnp.int32(step), stack_trees(keys), stack_trees(grads))
         states = [transform(s, jnp.int32(step), k, g)
                   for s, k, g in zip(states, keys, grads, strict=True)]
         for i, single in enumerate(states):

@@ -1,5 +1,5 @@
 """The invariants every test of a network state checks: the mask invariant (DESIGN.md) and
-comparisons of whole pytrees.
+comparisons of whole pytrees; and the stacking of pytrees that vmap tests compare against.
 
 The mask invariant: masks are boolean and congruent with the params they mask (``None`` where a
 leaf is not maskable), ``params == params * masks`` with every masked weight exactly zero (a NaN
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -81,3 +82,8 @@ def assert_trees_close(a: Any, b: Any, *, rtol: float, atol: float) -> None:
     """Same structure, shapes and dtypes; every leaf close (``np.testing.assert_allclose``)."""
     for x, y in zip(*_assert_same_structure(a, b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def stack_trees(trees: list[Any]) -> Any:
+    """Pytrees of one structure -> one pytree whose leaves are stacked on a new leading axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)

@@ -16,7 +16,7 @@ import numpy as np
 
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, SACState
-from support.invariants import assert_trees_close
+from support.invariants import assert_trees_close, stack_trees
 from support.method_options import sac_firing_every_update
 
 NUM_TASKS, OBS_DIM, ACTION_DIM, BATCH = 2, 4, 2, 8
@@ -42,10 +42,6 @@ def batch_for(seed) -> tuple[Transition, jax.Array]:
         terminated=jnp.zeros(BATCH),
     )
     return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
-
-
-def stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def vmapped_and_separate_runs(method: str) -> tuple[list[SACState], SACState]:
@@ -82,8 +78,8 @@ def vmapped_and_separate_runs(method: str) -> tuple[list[SACState], SACState]:
     vmapped = jax.jit(jax.vmap(functools.partial(update, 0.5), in_axes=(axes, 0, 0, 0),
                                out_axes=(axes, 0)))
     for i in range(2):
-        batch, tasks = stack([batch_for(seed + 10 * i) for seed, _ in runs])
-        keys = stack([jax.random.PRNGKey(seed + i) for seed, _ in runs])
+        batch, tasks = stack_trees([batch_for(seed + 10 * i) for seed, _ in runs])
+        keys = stack_trees([jax.random.PRNGKey(seed + i) for seed, _ in runs])
         states, _ = vmapped(states, batch, tasks, keys)
     return separate, states
 

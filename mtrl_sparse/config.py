@@ -176,8 +176,11 @@ class MiniGridEnvConfig:
     """MiniGrid task set of the reference paper; a task is drawn uniformly per episode."""
     num_envs: int = 8
     """Training env workers (a rollout of rollout-env-steps is split evenly among them)."""
+    backend: Literal["farama", "jax"] = "farama"
+    """farama (Farama's minigrid stepped on the host; the reference) or jax (the same tasks as
+    JAX functions: the rollout and the update run as one compiled program)."""
     vector_strategy: Literal["sync", "async"] = "sync"
-    """sync (this process; the faster on 2 cores) or async (worker processes)."""
+    """farama backend: sync (this process; the faster on 2 cores) or async (worker processes)."""
     eval_envs: int = 8
     """Evaluation env workers, stepped together."""
     eval_episodes_per_task: int = 25

@@ -26,6 +26,7 @@ from mtrl_sparse.agent_kind import EpisodeTracker, Iteration, NonFiniteLossError
 from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
+from mtrl_sparse.envs.minigrid_jax_vector import GridVector, JaxMiniGridVectorEnv, VectorState
 from mtrl_sparse.evaluation import evaluate_normalized_return
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.probe import make_ppo_probe
@@ -104,6 +105,73 @@ def collect_rollout(
     return rollout, obs, env_time
 
 
+def make_minigrid_env(config: PPOTrainConfig, num_envs: int, seed: int,
+                      compute_optimal: bool = False) -> MiniGridVectorEnv | JaxMiniGridVectorEnv:
+    """The run's MiniGrid vector env on the configured backend."""
+    env_cfg = config.env
+    if env_cfg.backend == "jax":
+        return JaxMiniGridVectorEnv(env_cfg.benchmark, num_envs, seed,
+                                    compute_optimal=compute_optimal)
+    return MiniGridVectorEnv(env_cfg.benchmark, num_envs, seed, env_cfg.vector_strategy,
+                             compute_optimal=compute_optimal)
+
+
+def make_compiled_rollout(ppo: PPO, core: GridVector, horizon: int) -> Any:
+    """``rollout(weights, env_state, obs, key) -> (rollout, env_state, obs)``: ``horizon``
+    vector steps of the JAX envs as one ``lax.scan``, the same transitions as ``collect_rollout``
+    on ``JaxMiniGridVectorEnv`` (same keys per step, the same bootstrap through time limits).
+
+    ``obs``: (num_envs, 7, 7, 3) uint8 observations of ``env_state``'s current episodes.
+    """
+
+    def one_step(carry, t):
+        weights, env_state, obs, key = carry
+        task_ids = env_state.envs.task
+        obs_in = obs.astype(jnp.float32)
+        actions, log_probs, values = ppo.act_with(weights, obs_in, task_ids,
+                                                  jax.random.fold_in(key, t))
+        env_state, step = core.step(env_state, actions)
+        cut = step.truncated & ~step.terminated
+        truncation_values = jax.lax.cond(
+            cut.any(),
+            lambda: jnp.where(cut, ppo.value_with(weights, step.obs.astype(jnp.float32),
+                                                  task_ids), 0.0).astype(jnp.float32),
+            lambda: jnp.zeros(cut.shape, jnp.float32))
+        done = step.terminated | step.truncated
+        env_state, obs = core.reset_where(env_state, step.obs, done)
+        row = {"obs": obs_in, "task_ids": task_ids, "actions": actions, "log_probs": log_probs,
+               "values": values, "rewards": step.reward, "terminated": step.terminated,
+               "truncated": step.truncated, "truncation_values": truncation_values,
+               "success": step.success}
+        return (weights, env_state, obs, key), row
+
+    def rollout(weights: Any, env_state: VectorState, obs: jax.Array, key: jax.Array):
+        (_, env_state, obs, _), rows = jax.lax.scan(
+            one_step, (weights, env_state, obs, key), jnp.arange(horizon))
+        success = rows.pop("success")
+        last_values = ppo.value_with(weights, obs.astype(jnp.float32), env_state.envs.task)
+        return Rollout(**rows, last_values=last_values.astype(jnp.float32)), success, env_state, obs
+
+    return rollout
+
+
+def make_compiled_iteration(ppo: PPO, core: GridVector, horizon: int) -> Any:
+    """``iteration(state, env_state, obs, k_rollout, k_update)`` -> ``(state, metrics, rollout,
+    success, env_state, obs)``: a compiled rollout (``make_compiled_rollout``) with the state's
+    acting weights, then ``ppo.update`` on it; the same numbers as the host-stepped rollout and
+    update of ``OnPolicyRun.iterate`` with the same keys."""
+    rollout_fn = make_compiled_rollout(ppo, core, horizon)
+
+    def iteration(state: PPOState, env_state: VectorState, obs: jax.Array,
+                  k_rollout: jax.Array, k_update: jax.Array):
+        rollout, success, env_state, obs = rollout_fn(ppo.acting_weights(state), env_state, obs,
+                                                      k_rollout)
+        state, metrics = ppo.update(state, rollout, k_update)
+        return state, metrics, rollout, success, env_state, obs
+
+    return iteration
+
+
 class OnPolicyRun:
     """PPO on MiniGrid as the run loop drives it (``mtrl_sparse.agent_kind.AgentKind``)."""
 
@@ -113,10 +181,8 @@ class OnPolicyRun:
     def __init__(self, config: PPOTrainConfig):
         self.config = config
         env_cfg = config.env
-        self.env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.num_envs, config.seed,
-                                     env_cfg.vector_strategy)
-        self.eval_env = MiniGridVectorEnv(env_cfg.benchmark, env_cfg.eval_envs,
-                                          eval_env_seed(config.seed), env_cfg.vector_strategy,
+        self.env = make_minigrid_env(config, env_cfg.num_envs, config.seed)
+        self.eval_env = make_minigrid_env(config, env_cfg.eval_envs, eval_env_seed(config.seed),
                                           compute_optimal=True)
         spec = self.env.spec
         self.task_names = spec.task_names
@@ -132,6 +198,10 @@ class OnPolicyRun:
         self.update = jax.jit(ppo.update, donate_argnums=0)
         plasticity = config.plasticity
         self.probe = jax.jit(make_ppo_probe(ppo, plasticity.dormant_tau, plasticity.srank_delta))
+        self.compiled_iteration = None
+        if isinstance(self.env, JaxMiniGridVectorEnv):
+            self.compiled_iteration = jax.jit(
+                make_compiled_iteration(ppo, self.env.core, self.horizon), donate_argnums=0)
         self.key, self.init_key = jax.random.split(jax.random.PRNGKey(config.seed))
         self.eval_key = self.key
         self.state: PPOState | None = None
@@ -156,6 +226,8 @@ class OnPolicyRun:
 
     def iterate(self, episodes: EpisodeTracker) -> Iteration:
         self.key, k_rollout, k_update, self.eval_key = jax.random.split(self.key, 4)
+        if self.compiled_iteration is not None:
+            return self._iterate_compiled(episodes, k_rollout, k_update)
         t0 = time.perf_counter()
         self.rollout, self.obs, env_seconds = collect_rollout(
             self.policy_step, self.value, self.acting_weights(self.state), self.env, self.obs,
@@ -171,6 +243,30 @@ class OnPolicyRun:
         seconds[update_part] = seconds.get(update_part, 0.0) + t2 - t1
         return Iteration(env_steps=self.rollout_env_steps, updates=self._actor_updates(),
                          at_boundary=True, seconds=seconds)
+
+    def _iterate_compiled(self, episodes: EpisodeTracker, k_rollout: jax.Array,
+                          k_update: jax.Array) -> Iteration:
+        """The jax backend: the rollout and the update in one compiled call; the envs' state
+        moves between the call and ``self.env`` (which checkpoints it) without leaving the
+        device."""
+        t0 = time.perf_counter()
+        env_state, obs = self.env.device_state()
+        self.state, self.metrics, self.rollout, success, env_state, obs = jax.block_until_ready(
+            self.compiled_iteration(self.state, env_state, obs, k_rollout, k_update))
+        self.env.set_device_state(env_state, obs)
+        t1 = time.perf_counter()
+        rollout = jax.device_get(self.rollout)
+        done = rollout.terminated | rollout.truncated
+        for step in zip(rollout.task_ids, rollout.rewards, done, np.asarray(success),
+                        strict=True):
+            episodes.record(*step)
+        part = "agent" if self.compiled else "compile"
+        self.compiled = True
+        self.env_steps += self.rollout_env_steps
+        return Iteration(env_steps=self.rollout_env_steps, updates=self._actor_updates(),
+                         at_boundary=True,
+                         seconds={part: t1 - t0, "agent": time.perf_counter() - t1}
+                         if part == "compile" else {"agent": time.perf_counter() - t0})
 
     def _actor_updates(self) -> int:
         """Actor updates after the rollouts collected so far (host-side count)."""

@@ -106,6 +106,16 @@ class GridVector:
                    else jnp.int32(UNSOLVABLE))
         return env, key, optimal
 
+    def episodes_of(self, key: jax.Array, tasks: jax.Array) -> tuple[mj.GridState, jax.Array]:
+        """Fresh episodes of the given ``tasks`` ((num_envs,) int32), env ``w``'s layout drawn from
+        ``fold_in(key, w)``: (envs, shortest solution lengths or ``UNSOLVABLE``). For evaluation
+        protocols that fix the tasks of their episodes."""
+        keys = self.env_keys(key)
+        envs = jax.vmap(lambda k, task: reset_state(self.task_names, k, task))(keys, tasks)
+        optimal = (jax.vmap(lambda env: optimal_steps(self.tables, env))(envs)
+                   if self.compute_optimal else jnp.full(self.num_envs, UNSOLVABLE, jnp.int32))
+        return envs, optimal
+
     def observe(self, envs: mj.GridState) -> jax.Array:
         """Observations of ``envs`` (a batch), (num_envs, 7, 7, 3) uint8."""
         see_through = jnp.asarray(self.tables.see_through_walls)

@@ -153,3 +153,78 @@ class AgentKind(Protocol):
 
     def close(self) -> None:
         """Release the environments."""
+
+
+class RunGroup(Protocol):
+    """Runs advanced in lockstep, as one program where they can share one (``vmap``): the
+    ``AgentKind`` contract with one entry per run in every list. The runs share the schedule
+    (their configs differ only in what the group allows, e.g. seed and target sparsity), so
+    iterations, env steps and update counts are common to all of them."""
+
+    task_names: tuple[str, ...]
+    num_envs: int
+    budget_env_steps: int
+    score_name: str
+    array_labels: dict[str, tuple[str, ...]]
+
+    def start(self) -> None: ...
+
+    def abstract_states(self) -> list[Any]: ...
+
+    def restore(self, saved: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Continue every run from its checkpoint's (state, meta)."""
+
+    def iterate(self, episodes: list[EpisodeTracker]) -> Iteration: ...
+
+    def train_rows(self) -> list[dict[str, Any]]: ...
+
+    def probe_rows(self) -> list[dict[str, Any]]: ...
+
+    def evaluate(self) -> list[dict[str, Any]]: ...
+
+    def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]: ...
+
+    def updates(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class OneRun:
+    """A single run (an ``AgentKind``) as a ``RunGroup`` of one."""
+
+    def __init__(self, kind: AgentKind):
+        self.kind = kind
+        self.task_names, self.num_envs = kind.task_names, kind.num_envs
+        self.budget_env_steps, self.score_name = kind.budget_env_steps, kind.score_name
+        self.array_labels = kind.array_labels
+
+    def start(self) -> None:
+        self.kind.start()
+
+    def abstract_states(self) -> list[Any]:
+        return [self.kind.abstract_state()]
+
+    def restore(self, saved: list[tuple[Any, dict[str, Any]]]) -> None:
+        (state, meta), = saved
+        self.kind.restore(state, meta)
+
+    def iterate(self, episodes: list[EpisodeTracker]) -> Iteration:
+        return self.kind.iterate(episodes[0])
+
+    def train_rows(self) -> list[dict[str, Any]]:
+        return [self.kind.train_row()]
+
+    def probe_rows(self) -> list[dict[str, Any]]:
+        return [self.kind.probe_row()]
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        return [self.kind.evaluate()]
+
+    def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
+        return [self.kind.checkpoint()]
+
+    def updates(self) -> int:
+        return self.kind.updates()
+
+    def close(self) -> None:
+        self.kind.close()

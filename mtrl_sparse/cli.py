@@ -228,9 +228,88 @@ def next_commands(args: list[str], config: RunConfig, preset: str | None,
             f"mtrl-sparse report {run_dir} {other}"]
 
 
-def cmd_train(args: list[str]) -> int:
-    from mtrl_sparse.run_loop import NonFiniteLossError, train
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: ``A-B`` (inclusive) or ``A,B,C`` -> the seeds; ``UsageError`` otherwise."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-"))
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r}: expected a range A-B or a list A,B,C of distinct "
+                         "non-negative integers")
+    return seeds
 
+
+def group_run_name(seed: int, sparsity: str | None) -> str:
+    """Name of one run's directory inside a group's directory."""
+    return f"seed{seed}" if sparsity is None else f"sparsity{sparsity}-seed{seed}"
+
+
+def parse_group_args(args: list[str]) -> list[tuple[str, list[str]]] | None:
+    """Several runs in one vmapped program: ``--seeds`` and/or a comma-separated ``--sparsity``
+    expand into one ``train`` argument list per run, each with its ``--seed``, ``--sparsity``
+    and ``--run-dir`` (a directory per run inside ``--run-dir``, which is required). Returns
+    (run name, arguments) per run, or None for a single run."""
+    seeds_text, rest = _pop_flag(args, "--seeds")
+    sparsity_text, rest = _pop_flag(rest, "--sparsity")
+    sparsities = sparsity_text.split(",") if sparsity_text is not None else [None]
+    if seeds_text is None and len(sparsities) == 1:
+        return None
+    if "--resume" in rest:
+        raise UsageError("--seeds / several --sparsity values start new runs; resume a group "
+                         "with --resume --run-dir GROUP_DIR")
+    seed_text, rest = _pop_flag(rest, "--seed")
+    if seeds_text is not None and seed_text is not None:
+        raise UsageError("give --seeds or --seed, not both")
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else [int(seed_text or 0)]
+    parent, rest = _pop_flag(rest, "--run-dir")
+    if parent is None:
+        raise UsageError("several runs (--seeds, --sparsity A,B) need --run-dir, the directory "
+                         "that will hold one run directory per run")
+    return [(group_run_name(seed, sparsity),
+             [*rest, "--seed", str(seed), *(["--sparsity", sparsity] if sparsity else []),
+              "--run-dir", str(Path(parent) / group_run_name(seed, sparsity))])
+            for sparsity in sparsities for seed in seeds]
+
+
+def group_run_dirs(args: list[str]) -> list[Path] | None:
+    """``--resume --run-dir DIR`` where DIR holds a group's runs (one level below, no run of its
+    own): their directories; None otherwise."""
+    run_dir, _ = _pop_flag(args, "--run-dir")
+    if "--resume" not in args or run_dir is None or (Path(run_dir) / CONFIG_FILE).exists():
+        return None
+    runs = sorted(p.parent for p in Path(run_dir).glob(f"*/{CONFIG_FILE}"))
+    return runs or None
+
+
+def cmd_train(args: list[str]) -> int:
+    from mtrl_sparse.run_loop import NonFiniteLossError, train, train_group
+
+    group = parse_group_args(args)
+    resumed = group_run_dirs(args)
+    if group is not None or resumed is not None:
+        if resumed is not None:
+            _, rest = _pop_flag(args, "--run-dir")
+            parsed = [parse_train_args([*rest, "--run-dir", str(d)]) for d in resumed]
+        else:
+            parsed = [parse_train_args(run_args) for _, run_args in group]
+        configs = [config for config, _, _ in parsed]
+        try:
+            results = train_group(configs, resume=parsed[0][1], preset=parsed[0][2])
+        except (ConfigError, RunDirError) as error:
+            raise UsageError(str(error)) from None
+        except NonFiniteLossError as error:
+            print(f"mtrl-sparse train: {error}", file=sys.stderr)
+            return 1
+        for result in results:
+            _print_summary(result, sys.stdout)
+        print(f"\n{len(results)} runs; compare them: mtrl-sparse report "
+              f"{results[0].run_dir.parent}")
+        return 0
     config, resume, preset = parse_train_args(args)
     try:
         result = train(config, resume=resume, preset=preset)

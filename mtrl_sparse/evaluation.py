@@ -13,6 +13,9 @@ of its steps (DESIGN.md, Conventions).
   ``episodes_per_task`` episodes *started* on each task count (not the first to finish, which
   would favour short episodes); each episode's return is divided by the best achievable return
   of its own layout, so 1 is a shortest-path solution.
+- ``make_compiled_normalized_return`` (MiniGrid on the JAX backend): the same score as one
+  compiled program: ``episodes_per_task`` episodes of every task, their layouts fixed by the
+  run's evaluation seed, all played at once until every one has ended.
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mtrl_sparse.envs import minigrid_jax as mj
 from mtrl_sparse.envs.base import MultiTaskVectorEnv
+from mtrl_sparse.envs.minigrid import UNSOLVABLE
+from mtrl_sparse.envs.minigrid_jax_vector import GridVector
+from mtrl_sparse.envs.minigrid_optimal import best_return
 
 
 class PerEpisodeTaskEnv(MultiTaskVectorEnv, Protocol):
@@ -133,16 +141,75 @@ def evaluate_normalized_return(
         t += 1
     env.set_rng_state(rng_state)
 
-    row: dict[str, float] = {}
-    per_task_norm, per_task_success = [], []
-    for name, per_task in zip(spec.task_names, results, strict=True):
-        chosen = [per_task[i] for i in range(episodes_per_task)]
-        norm = float(np.nanmean([r for r, _ in chosen]))
-        success = float(np.mean([s for _, s in chosen]))
-        row[f"eval/normalized_return/{name}"] = norm
-        row[f"eval/success/{name}"] = success
-        per_task_norm.append(norm)
-        per_task_success.append(success)
-    row["eval/normalized_return"] = float(np.mean(per_task_norm))
-    row["eval/success_rate"] = float(np.mean(per_task_success))
+    chosen = [[per_task[i] for i in range(episodes_per_task)] for per_task in results]
+    return normalized_return_row(spec.task_names, {
+        "normalized_return": [np.nanmean([r for r, _ in episodes]) for episodes in chosen],
+        "success": [np.mean([s for _, s in episodes]) for episodes in chosen]})
+
+
+def make_compiled_normalized_return(
+    act_with: Callable[..., tuple[jax.Array, Any, Any]], task_names: tuple[str, ...],
+    episodes_per_task: int, deterministic: bool,
+) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
+    """``evaluate(weights, key, layout_key)``: the normalised return and success of
+    ``episodes_per_task`` episodes of every task, as one jit-able (and vmap-able) function.
+
+    Episode ``i`` of task ``t`` is env ``t * episodes_per_task + i`` of a ``GridVector`` whose
+    layouts come from ``layout_key`` (fixed per run, so every evaluation sees the same episodes);
+    all episodes run together, the policy ``act_with(weights, obs, task_ids, key_t,
+    deterministic)`` acting with ``fold_in(key, t)`` at step ``t``, until every episode has ended
+    (an ended episode is frozen). Returns ``normalized_return`` and ``success``, each (num_tasks,)
+    float32 (an unsolvable layout is left out of its task's mean, as in
+    ``evaluate_normalized_return``).
+    """
+    num_tasks = len(task_names)
+    core = GridVector(task_names, num_tasks * episodes_per_task, compute_optimal=True)
+    tasks = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), episodes_per_task)
+    max_steps = jnp.asarray(core.tables.max_steps)[tasks]
+
+    def evaluate(weights: Any, key: jax.Array, layout_key: jax.Array) -> dict[str, jax.Array]:
+        envs, optimal = core.episodes_of(layout_key, tasks)
+
+        def play(carry):
+            envs, obs, returns, ended, success, t = carry
+            actions, _, _ = act_with(weights, obs.astype(jnp.float32), tasks,
+                                     jax.random.fold_in(key, t), deterministic)
+            stepped, reward, terminated, truncated = jax.vmap(
+                lambda env, action: mj.step(core.tables, env, action))(envs, actions)
+            live = ~ended
+
+            def keep_ended(new, old):
+                return jnp.where(live.reshape(live.shape + (1,) * (new.ndim - 1)), new, old)
+
+            envs = jax.tree.map(keep_ended, stepped, envs)
+            return (envs, core.observe(envs), returns + jnp.where(live, reward, 0.0),
+                    ended | terminated | truncated, success | (live & terminated & (reward > 0)),
+                    t + 1)
+
+        start = (envs, core.observe(envs), jnp.zeros(tasks.shape), jnp.zeros(tasks.shape, bool),
+                 jnp.zeros(tasks.shape, bool), jnp.int32(0))
+        _, _, returns, _, success, _ = jax.lax.while_loop(
+            lambda carry: ~carry[3].all(), play, start)
+        solvable = optimal != UNSOLVABLE
+        best = best_return(optimal.astype(jnp.float32), max_steps.astype(jnp.float32))
+        normalized = jnp.where(solvable, returns / jnp.where(solvable, best, 1.0), 0.0)
+        per_task = (num_tasks, episodes_per_task)
+        counted = solvable.reshape(per_task).sum(axis=1)
+        return {"normalized_return": jnp.where(counted > 0, normalized.reshape(per_task).sum(1)
+                                               / jnp.maximum(counted, 1), jnp.nan),
+                "success": success.reshape(per_task).mean(axis=1)}
+
+    return evaluate
+
+
+def normalized_return_row(task_names: tuple[str, ...], scores: dict[str, Any]
+                          ) -> dict[str, float]:
+    """The ``eval/...`` row of ``make_compiled_normalized_return``'s per-task scores (the fields
+    of ``evaluate_normalized_return``)."""
+    norm, success = (np.asarray(scores[name], dtype=np.float64)
+                     for name in ("normalized_return", "success"))
+    row = {f"eval/normalized_return/{n}": float(v) for n, v in zip(task_names, norm, strict=True)}
+    row.update({f"eval/success/{n}": float(v) for n, v in zip(task_names, success, strict=True)})
+    row["eval/normalized_return"] = float(np.mean(norm))
+    row["eval/success_rate"] = float(np.mean(success))
     return row

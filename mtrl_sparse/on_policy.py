@@ -15,6 +15,7 @@ Evaluation runs on separate envs seeded apart from training, with the sampled po
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from typing import Any
 
@@ -27,15 +28,24 @@ from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.envs.minigrid_jax_vector import GridVector, JaxMiniGridVectorEnv, VectorState
-from mtrl_sparse.evaluation import evaluate_normalized_return
+from mtrl_sparse.evaluation import (
+    evaluate_normalized_return,
+    make_compiled_normalized_return,
+    normalized_return_row,
+)
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import method_state_row, scalar_row
 
 
-def make_run_ppo(config: PPOTrainConfig, env: MiniGridVectorEnv) -> PPO:
-    """The agent of a run: networks built from the run's methods."""
-    networks = {name: build_network(settings, config.methods, name)
+def make_run_ppo(config: PPOTrainConfig, env: Any, sparsities: dict[str, Any] | None = None
+                 ) -> PPO:
+    """The agent of a run: networks built from the run's methods. ``sparsities`` (per network,
+    may be traced) replaces the configured target sparsities, for runs vmapped over them."""
+    sparsities = sparsities or {}
+    networks = {name: build_network(dataclasses.replace(
+                    settings, sparsity=sparsities.get(name, settings.sparsity)),
+                    config.methods, name)
                 for name, settings in config.network_methods().items()}
     spec = env.spec
     return make_ppo(config.ppo, spec.num_tasks, spec.obs_shape, spec.action_dim,
@@ -182,8 +192,11 @@ class OnPolicyRun:
         self.config = config
         env_cfg = config.env
         self.env = make_minigrid_env(config, env_cfg.num_envs, config.seed)
-        self.eval_env = make_minigrid_env(config, env_cfg.eval_envs, eval_env_seed(config.seed),
-                                          compute_optimal=True)
+        # The jax backend evaluates in compiled code (make_compiled_normalized_return) on layouts
+        # of the evaluation seed; the farama backend steps evaluation envs of that seed.
+        self.eval_env = (None if env_cfg.backend == "jax" else
+                         make_minigrid_env(config, env_cfg.eval_envs, eval_env_seed(config.seed),
+                                           compute_optimal=True))
         spec = self.env.spec
         self.task_names = spec.task_names
         self.num_envs = spec.num_envs
@@ -198,10 +211,14 @@ class OnPolicyRun:
         self.update = jax.jit(ppo.update, donate_argnums=0)
         plasticity = config.plasticity
         self.probe = jax.jit(make_ppo_probe(ppo, plasticity.dormant_tau, plasticity.srank_delta))
-        self.compiled_iteration = None
+        self.compiled_iteration = self.compiled_evaluation = None
         if isinstance(self.env, JaxMiniGridVectorEnv):
             self.compiled_iteration = jax.jit(
                 make_compiled_iteration(ppo, self.env.core, self.horizon), donate_argnums=0)
+            self.compiled_evaluation = jax.jit(make_compiled_normalized_return(
+                ppo.act_with, spec.task_names, env_cfg.eval_episodes_per_task,
+                env_cfg.eval_deterministic))
+            self.eval_layout_key = jax.random.PRNGKey(eval_env_seed(config.seed))
         self.key, self.init_key = jax.random.split(jax.random.PRNGKey(config.seed))
         self.eval_key = self.key
         self.state: PPOState | None = None
@@ -306,6 +323,10 @@ class OnPolicyRun:
 
     def _evaluate(self, state: PPOState, key: jax.Array) -> dict[str, Any]:
         env_cfg = self.config.env
+        if self.compiled_evaluation is not None:
+            scores = self.compiled_evaluation(self.acting_weights(state), key,
+                                              self.eval_layout_key)
+            return normalized_return_row(self.task_names, jax.device_get(scores))
         return evaluate_normalized_return(self.policy_step, self.acting_weights(state),
                                           self.eval_env, env_cfg.eval_episodes_per_task, key,
                                           env_cfg.eval_deterministic)
@@ -319,4 +340,5 @@ class OnPolicyRun:
 
     def close(self) -> None:
         self.env.close()
-        self.eval_env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()

@@ -35,11 +35,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mtrl_sparse.agent_kind import AgentKind, EpisodeTracker, NonFiniteLossError
+from mtrl_sparse.agent_kind import (
+    AgentKind,
+    EpisodeTracker,
+    NonFiniteLossError,
+    OneRun,
+    RunGroup,
+)
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
 from mtrl_sparse.config import ConfigError, RunConfig, differing_fields, validate
 from mtrl_sparse.off_policy import OffPolicyRun
 from mtrl_sparse.on_policy import OnPolicyRun
+from mtrl_sparse.on_policy_group import VmappedOnPolicyRuns
 from mtrl_sparse.run_dir import (
     CHECKPOINT_DIR,
     EVAL_DIR,
@@ -55,6 +62,9 @@ from mtrl_sparse.run_dir import (
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
 """The agent kind of each config's ``AGENT``: off-policy with a replay buffer, on-policy with
 rollouts."""
+
+GROUP_KINDS: dict[str, type[RunGroup]] = {"ppo": VmappedOnPolicyRuns}
+"""The agents whose runs can share one vmapped program (``train_group``)."""
 
 RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress")
 """Config fields a resumed run may change (``total_env_steps`` only upwards)."""
@@ -151,97 +161,141 @@ def train(config: RunConfig, *, resume: bool = False, preset: str | None = None)
     Raises ``ConfigError`` / ``RunDirError`` (usage errors, before anything is written) and
     ``NonFiniteLossError``.
     """
-    validate(config)
-    run_dir = prepare_run_dir(config, resume, preset)
-    kind = AGENT_KINDS[config.AGENT](config)
-    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints)
-    episodes = EpisodeTracker(kind.task_names, kind.num_envs)
+    return train_group([config], resume=resume, preset=preset)[0]
+
+
+def make_group(configs: list[RunConfig]) -> RunGroup:
+    """The ``RunGroup`` of ``configs``: one run on its own, or runs that share one program
+    (``GROUP_KINDS``; ``ConfigError`` if they may not)."""
+    agent = configs[0].AGENT
+    if len(configs) == 1:
+        return OneRun(AGENT_KINDS[agent](configs[0]))
+    if agent not in GROUP_KINDS or any(agent != c.AGENT for c in configs):
+        raise ConfigError(f"runs of agent {agent!r} cannot be vmapped together yet; "
+                          f"vmapped groups: {', '.join(GROUP_KINDS)}")
+    return GROUP_KINDS[agent](configs)
+
+
+def train_group(configs: list[RunConfig], *, resume: bool = False,
+                preset: str | None = None) -> list[RunResult]:
+    """Train the runs of ``configs`` in lockstep as one ``RunGroup`` (``make_group``), each
+    into its own run directory, as ``train`` trains one; with ``resume``, continue every run
+    from its latest checkpoint (all at the same env step)."""
+    for config in configs:
+        validate(config)
+    if not resume:
+        for config in configs:
+            if config.run_dir:
+                check_new_run_dir(Path(config.run_dir))
+    group = make_group(configs)
+    run_dirs = [prepare_run_dir(config, resume, preset) for config in configs]
+    checkpointers = [Checkpointer(d / CHECKPOINT_DIR, c.keep_checkpoints)
+                     for d, c in zip(run_dirs, configs, strict=True)]
+    episodes = [EpisodeTracker(group.task_names, group.num_envs) for _ in configs]
     try:
         if not resume:
-            kind.start()
-            return _loop(config, kind, run_dir, checkpointer, episodes, 0, None)
-        start_step = checkpointer.latest_step()
-        state, meta = checkpointer.restore(start_step, kind.abstract_state())
-        kind.restore(state, meta)
-        if start_step >= kind.budget_env_steps:  # the run is complete: nothing to add
-            return run_result(run_dir, start_step, kind.updates(), kind.task_names,
-                              meta["last_eval"])
-        truncate_metrics(run_dir, start_step)
-        episodes.load(meta["episodes"])
-        return _loop(config, kind, run_dir, checkpointer, episodes, start_step,
-                     meta["last_eval"])
+            group.start()
+            return _loop(configs[0], group, run_dirs, checkpointers, episodes, 0,
+                         [None] * len(configs))
+        steps = {checkpointer.latest_step() for checkpointer in checkpointers}
+        if len(steps) > 1:
+            raise RunDirError(f"cannot resume the runs together: their latest checkpoints are "
+                              f"at different env steps {sorted(steps)}")
+        start_step = steps.pop()
+        saved = [checkpointer.restore(start_step, abstract) for checkpointer, abstract
+                 in zip(checkpointers, group.abstract_states(), strict=True)]
+        group.restore(saved)
+        last_evals = [meta["last_eval"] for _, meta in saved]
+        if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add
+            return [run_result(d, start_step, group.updates(), group.task_names, last_eval)
+                    for d, last_eval in zip(run_dirs, last_evals, strict=True)]
+        for run_dir, tracker, (_, meta) in zip(run_dirs, episodes, saved, strict=True):
+            truncate_metrics(run_dir, start_step)
+            tracker.load(meta["episodes"])
+        return _loop(configs[0], group, run_dirs, checkpointers, episodes, start_step,
+                     last_evals)
     finally:
-        checkpointer.close()
-        kind.close()
+        for checkpointer in checkpointers:
+            checkpointer.close()
+        group.close()
 
 
-def _loop(config: RunConfig, kind: AgentKind, run_dir: Path, checkpointer: Checkpointer,
-          episodes: EpisodeTracker, env_steps: int, last_eval: dict[str, Any] | None
-          ) -> RunResult:
-    """Iterations of ``kind`` from ``env_steps`` to the end of the run (see the module
-    docstring); returns the run's summary."""
-    logger = MetricsLogger(run_dir, kind.array_labels, purge_step=env_steps or None)
+def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
+          checkpointers: list[Checkpointer], episodes: list[EpisodeTracker], env_steps: int,
+          last_evals: list[dict[str, Any] | None]) -> list[RunResult]:
+    """Iterations of ``group`` from ``env_steps`` to the end of its runs (see the module
+    docstring; ``config`` gives the schedule all the runs share); returns each run's summary."""
+    loggers = [MetricsLogger(d, group.array_labels, purge_step=env_steps or None)
+               for d in run_dirs]
     seconds = dict.fromkeys(WALL_TIME_PARTS, 0.0)
-    bar = tqdm(total=kind.budget_env_steps, initial=env_steps, unit="step", unit_scale=True,
+    bar = tqdm(total=group.budget_env_steps, initial=env_steps, unit="step", unit_scale=True,
                dynamic_ncols=True, disable=not config.progress, desc="env steps")
     postfix: dict[str, str] = {}
     t_start = t_row = time.perf_counter()
-    updates = updates_at_row = kind.updates()
+    updates = updates_at_row = group.updates()
     steps_at_row = env_steps
     checkpoint_due = False
     every_probe = config.plasticity.every_updates
     try:
         while True:
-            iteration = kind.iterate(episodes)
+            iteration = group.iterate(episodes)
             for part, value in iteration.seconds.items():
                 seconds[part] += value
             before, env_steps = env_steps, env_steps + iteration.env_steps
             updates_before, updates = updates, iteration.updates
-            finished = env_steps >= kind.budget_env_steps and iteration.at_boundary
+            finished = env_steps >= group.budget_env_steps and iteration.at_boundary
             bar.update(iteration.env_steps)
 
             t0 = time.perf_counter()
             if crossed(env_steps, before, config.log_every_env_steps) or finished:
-                agent_row = kind.train_row()
+                agent_rows = group.train_rows()
                 now = time.perf_counter()
                 interval_s = max(now - t_row, 1e-9)
-                row = {"step": env_steps, **agent_row, **episodes.pop_row(),
-                       "time/env_steps_per_s": (env_steps - steps_at_row) / interval_s,
-                       "time/updates_per_s": (agent_row["updates"] - updates_at_row) / interval_s,
-                       "time/elapsed_s": now - t_start}
-                logger.write(row)
-                t_row, steps_at_row, updates_at_row = now, env_steps, agent_row["updates"]
-                postfix["updates/s"] = f"{row['time/updates_per_s']:.1f}"
+                updates_now = agent_rows[0]["updates"]
+                timing = {"time/env_steps_per_s": (env_steps - steps_at_row) / interval_s,
+                          "time/updates_per_s": (updates_now - updates_at_row) / interval_s,
+                          "time/elapsed_s": now - t_start}
+                for logger, agent_row, tracker in zip(loggers, agent_rows, episodes,
+                                                      strict=True):
+                    logger.write({"step": env_steps, **agent_row, **tracker.pop_row(), **timing})
+                t_row, steps_at_row, updates_at_row = now, env_steps, updates_now
+                postfix["updates/s"] = f"{timing['time/updates_per_s']:.1f}"
                 bar.set_postfix(postfix)
             if every_probe and crossed(updates, updates_before, every_probe):
-                logger.write({"step": env_steps, **kind.probe_row()})
+                for logger, row in zip(loggers, group.probe_rows(), strict=True):
+                    logger.write({"step": env_steps, **row})
             seconds["logging"] += time.perf_counter() - t0
 
             if crossed(env_steps, before, config.eval_every_env_steps) or finished:
                 t0 = time.perf_counter()
-                last_eval = kind.evaluate()
+                last_evals = group.evaluate()
                 eval_seconds = time.perf_counter() - t0
                 seconds["eval"] += eval_seconds
-                logger.write({"step": env_steps, **last_eval, "time/eval_s": eval_seconds})
-                postfix[kind.score_name.removeprefix("eval/")] = f"{last_eval[kind.score_name]:.2f}"
+                for logger, row in zip(loggers, last_evals, strict=True):
+                    logger.write({"step": env_steps, **row, "time/eval_s": eval_seconds})
+                score = np.mean([row[group.score_name] for row in last_evals])
+                postfix[group.score_name.removeprefix("eval/")] = f"{score:.2f}"
                 bar.set_postfix(postfix)
 
             checkpoint_due |= crossed(env_steps, before, config.checkpoint_every_env_steps)
             if (checkpoint_due and iteration.at_boundary) or finished:
                 t0 = time.perf_counter()
-                state, meta = kind.checkpoint()
-                checkpointer.save(env_steps, state, {
-                    "env_steps": env_steps, "last_eval": last_eval,
-                    "episodes": episodes.dump(), **meta})
+                for checkpointer, (state, meta), tracker, last_eval in zip(
+                        checkpointers, group.checkpoint(), episodes, last_evals, strict=True):
+                    checkpointer.save(env_steps, state, {
+                        "env_steps": env_steps, "last_eval": last_eval,
+                        "episodes": tracker.dump(), **meta})
                 seconds["checkpoint"] += time.perf_counter() - t0
                 checkpoint_due = False
             if finished:
                 break
     finally:
         bar.close()
-        logger.close()
+        for logger in loggers:
+            logger.close()
     seconds["total"] = time.perf_counter() - t_start
-    return run_result(run_dir, env_steps, kind.updates(), kind.task_names, last_eval, seconds)
+    return [run_result(d, env_steps, group.updates(), group.task_names, last_eval, seconds)
+            for d, last_eval in zip(run_dirs, last_evals, strict=True)]
 
 
 def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult]:

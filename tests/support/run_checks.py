@@ -3,6 +3,7 @@ Shared by the run-level tests (resume, reruns) and the plugin test's resume."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jax
@@ -41,3 +42,18 @@ def final_state(run_dir: Path):
         eval_env.close()
         checkpointer.close()
     return step, jax.device_get(state)
+
+
+def assert_rows_close(rows: list[dict], expected: list[dict], rtol: float = 1e-4,
+                      atol: float = 1e-7) -> None:
+    """The same rows with the same fields; integers, strings and None equal, floats equal up to
+    ``rtol`` / ``atol`` (float32 rounding of batched against unbatched arithmetic)."""
+    assert len(rows) == len(expected)
+    for row, want in zip(rows, expected, strict=True):
+        assert row.keys() == want.keys(), (row.get("step"), row.keys() ^ want.keys())
+        for key, value in want.items():
+            if isinstance(value, float) and isinstance(row[key], float):
+                assert math.isclose(row[key], value, rel_tol=rtol, abs_tol=atol), (
+                    row["step"], key, row[key], value)
+            else:
+                assert row[key] == value, (row["step"], key, row[key], value)

@@ -1,0 +1,191 @@
+"""PPO runs that differ only in seed and target sparsity, as one vmapped program (a
+``RunGroup``, ``agent_kind.py``) on the JAX MiniGrid backend.
+
+Each run keeps its own ``OnPolicyRun`` as its host-side record: its keys (split per rollout exactly
+as a run alone splits them), its env object (the checkpoint format of its env state), its
+config. The device state of all runs is stacked along a leading run axis: agent states, env
+states, observations. One compiled call per rollout advances every run (``vmap`` of
+``make_compiled_iteration``, with the update counters shared and unbatched, so method events stay
+real branches; each run's target sparsity is array data in its method state); evaluation is the
+vmapped compiled evaluation. Rows, probes and checkpoints are taken per run from its slice of the
+stacked state, so each run directory holds what the same run executed alone writes (up to float
+rounding of batched against unbatched arithmetic), and each run can be resumed alone.
+
+Memory: a run's device state is its agent state (params, masks and Adam moments of both networks)
+plus its envs (2.3 kB each) and one rollout; K runs take K times that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mtrl_sparse.agent_kind import EpisodeTracker, Iteration
+from mtrl_sparse.agents.ppo import PPOState
+from mtrl_sparse.config import ConfigError, PPOTrainConfig
+from mtrl_sparse.evaluation import make_compiled_normalized_return, normalized_return_row
+from mtrl_sparse.on_policy import OnPolicyRun, make_compiled_iteration, make_run_ppo
+
+VARYING_FIELDS = ("seed", "run_dir")
+"""Config fields besides the target sparsities in which the runs of one group may differ."""
+
+
+def group_sparsities(config: PPOTrainConfig) -> dict[str, float]:
+    """The target sparsity of each network of a run."""
+    return {name: settings.sparsity for name, settings in config.network_methods().items()}
+
+
+def check_group(configs: list[PPOTrainConfig]) -> None:
+    """``ConfigError`` unless the runs can share one program: the jax backend, and configs equal
+    but for ``VARYING_FIELDS`` and target sparsities (config validation has already made a
+    sparse method's sparsity positive and a dense one's zero)."""
+    base = configs[0]
+    if base.env.backend != "jax":
+        raise ConfigError("vmapped PPO runs need the jax backend (--env.backend jax)")
+
+    def shared(config: PPOTrainConfig) -> PPOTrainConfig:
+        fixed = {f: getattr(base, f) for f in VARYING_FIELDS}
+        fixed.update(sparsity=base.sparsity,
+                     actor=dataclasses.replace(config.actor, sparsity=base.actor.sparsity),
+                     critic=dataclasses.replace(config.critic, sparsity=base.critic.sparsity))
+        return dataclasses.replace(config, **fixed)
+
+    for config in configs[1:]:
+        if shared(config) != shared(base):
+            raise ConfigError("runs vmapped together may differ only in seed and target "
+                              "sparsity")
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _run_slice(tree: Any, index: int) -> Any:
+    return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+class VmappedOnPolicyRuns:
+    """K PPO runs on the jax backend in one vmapped program (module docstring)."""
+
+    score_name = "eval/normalized_return"
+    array_labels: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, configs: list[PPOTrainConfig]):
+        check_group(configs)
+        self.runs = [OnPolicyRun(config) for config in configs]
+        first = self.runs[0]
+        self.task_names, self.num_envs = first.task_names, first.num_envs
+        self.budget_env_steps = first.budget_env_steps
+        self.rollout_env_steps = first.rollout_env_steps
+        self.actor_updates_per_rollout = first.actor_updates_per_rollout
+        self.sparsities = {name: jnp.asarray([group_sparsities(r.config)[name] for r in self.runs],
+                                             jnp.float32)
+                           for name in group_sparsities(configs[0])}
+        base, env = configs[0], first.env
+
+        def init(key: jax.Array, sparsities: dict[str, jax.Array]) -> PPOState:
+            return make_run_ppo(base, env, sparsities).init(key)
+
+        # The method reads each run's target sparsity from its (batched) method state, so the
+        # agent of the first run updates every run.
+        axes = PPOState(actor=0, critic=0, actor_step=None, critic_step=None)
+        self._init = jax.jit(jax.vmap(init))
+        self._iteration = jax.jit(jax.vmap(
+            make_compiled_iteration(first.ppo, env.core, first.horizon),
+            in_axes=(axes, 0, 0, 0, 0), out_axes=(axes, 0, 0, 0, 0, 0)), donate_argnums=0)
+        env_cfg = base.env
+        self._evaluate = jax.jit(jax.vmap(make_compiled_normalized_return(
+            first.ppo.act_with, self.task_names, env_cfg.eval_episodes_per_task,
+            env_cfg.eval_deterministic)))
+        self._acting_weights = jax.jit(jax.vmap(first.ppo.acting_weights, in_axes=(axes,)))
+        self.state: PPOState | None = None
+        self.metrics: dict[str, jax.Array] = {}
+        self.compiled = False
+        self.env_steps = 0
+
+    def start(self) -> None:
+        keys = jnp.stack([run.init_key for run in self.runs])
+        state = self._init(keys, self.sparsities)
+        self.state = state.replace(actor_step=state.actor_step[0],
+                                   critic_step=state.critic_step[0])
+        for run in self.runs:
+            run.obs = run.env.reset()
+
+    def abstract_states(self) -> list[Any]:
+        return [run.abstract_state() for run in self.runs]
+
+    def restore(self, saved: list[tuple[Any, dict[str, Any]]]) -> None:
+        for run, (state, meta) in zip(self.runs, saved, strict=True):
+            run.restore(state, meta)
+        state = _stack([run.state for run in self.runs])
+        self.state = state.replace(actor_step=state.actor_step[0],
+                                   critic_step=state.critic_step[0])
+        self.env_steps = self.runs[0].env_steps
+
+    def iterate(self, episodes: list[EpisodeTracker]) -> Iteration:
+        keys = []
+        for run in self.runs:
+            run.key, k_rollout, k_update, run.eval_key = jax.random.split(run.key, 4)
+            keys.append((k_rollout, k_update))
+        k_rollouts, k_updates = (jnp.stack(k) for k in zip(*keys, strict=True))
+        env_states, obs = zip(*(run.env.device_state() for run in self.runs), strict=True)
+        t0 = time.perf_counter()
+        self.state, self.metrics, rollouts, success, env_state, obs = jax.block_until_ready(
+            self._iteration(self.state, _stack(env_states), jnp.stack(obs), k_rollouts,
+                            k_updates))
+        seconds = time.perf_counter() - t0
+        host = jax.device_get((rollouts.task_ids, rollouts.rewards, rollouts.terminated,
+                               rollouts.truncated, success))
+        for k, (run, tracker) in enumerate(zip(self.runs, episodes, strict=True)):
+            run.env.set_device_state(_run_slice(env_state, k), obs[k])
+            run.rollout = _run_slice(rollouts, k)
+            tasks, rewards, terminated, truncated, succeeded = (a[k] for a in host)
+            for step in zip(tasks, rewards, terminated | truncated, succeeded, strict=True):
+                tracker.record(*step)
+        self.env_steps += self.rollout_env_steps
+        for run in self.runs:
+            run.env_steps = self.env_steps
+        part = "agent" if self.compiled else "compile"
+        self.compiled = True
+        return Iteration(env_steps=self.rollout_env_steps,
+                         updates=self.env_steps // self.rollout_env_steps
+                         * self.actor_updates_per_rollout,
+                         at_boundary=True, seconds={part: seconds})
+
+    def _sync_runs(self) -> None:
+        """Give every run its slice of the stacked state and metrics (for its rows)."""
+        for k, run in enumerate(self.runs):
+            run.state = _run_slice(self.state.replace(actor_step=None, critic_step=None), k
+                                   ).replace(actor_step=self.state.actor_step,
+                                             critic_step=self.state.critic_step)
+            run.metrics = _run_slice(self.metrics, k)
+
+    def train_rows(self) -> list[dict[str, Any]]:
+        self._sync_runs()
+        return [run.train_row() for run in self.runs]
+
+    def probe_rows(self) -> list[dict[str, Any]]:
+        self._sync_runs()
+        return [run.probe_row() for run in self.runs]
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        scores = jax.device_get(self._evaluate(
+            self._acting_weights(self.state), jnp.stack([run.eval_key for run in self.runs]),
+            jnp.stack([run.eval_layout_key for run in self.runs])))
+        return [normalized_return_row(self.task_names, _run_slice(scores, k))
+                for k in range(len(self.runs))]
+
+    def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
+        self._sync_runs()
+        return [run.checkpoint() for run in self.runs]
+
+    def updates(self) -> int:
+        return int(self.state.actor_step)
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.invariants import assert_trees_equal
-from support.run_checks import complete_checkpoints, deterministic_rows, final_state
 
 from mtrl_sparse.cli import main
 from mtrl_sparse.run_dir import read_config, read_metrics
+from support.invariants import assert_trees_equal
+from support.run_checks import complete_checkpoints, deterministic_rows, final_state
 
 ARGS = ["--preset", "mt10-smoke", "--method", "static", "--sparsity", "0.9",
         "--total-steps", "2000", "--checkpoint-every-env-steps", "600", "--eval-every-env-steps",

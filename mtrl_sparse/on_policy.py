@@ -272,10 +272,10 @@ class OnPolicyRun:
             self.compiled_iteration(self.state, env_state, obs, k_rollout, k_update))
         self.env.set_device_state(env_state, obs)
         t1 = time.perf_counter()
-        rollout = jax.device_get(self.rollout)
-        done = rollout.terminated | rollout.truncated
-        for step in zip(rollout.task_ids, rollout.rewards, done, np.asarray(success),
-                        strict=True):
+        tasks, rewards, terminated, truncated, success = jax.device_get((
+            self.rollout.task_ids, self.rollout.rewards, self.rollout.terminated,
+            self.rollout.truncated, success))  # what the episode statistics need, (T, E) each
+        for step in zip(tasks, rewards, terminated | truncated, success, strict=True):
             episodes.record(*step)
         part = "agent" if self.compiled else "compile"
         self.compiled = True

@@ -11,6 +11,9 @@ vmapped compiled evaluation. Rows, probes and checkpoints are taken per run from
 stacked state, so each run directory holds what the same run executed alone writes (up to float
 rounding of batched against unbatched arithmetic), and each run can be resumed alone.
 
+Where several devices are present (and divide the number of runs), the run axis is sharded over
+them: each device holds and computes its share of the runs, the update counters are replicated.
+
 Memory: a run's device state is its agent state (params, masks and Adam moments of both networks)
 plus its envs (2.3 kB each) and one rollout; K runs take K times that.
 """
@@ -23,6 +26,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtrl_sparse.agent_kind import EpisodeTracker, Iteration
 from mtrl_sparse.agents.ppo import PPOState
@@ -58,6 +63,21 @@ def check_group(configs: list[PPOTrainConfig]) -> None:
         if shared(config) != shared(base):
             raise ConfigError("runs vmapped together may differ only in seed and target "
                               "sparsity")
+
+
+def run_axis_sharding(num_runs: int) -> NamedSharding | None:
+    """Where several devices are present and divide the run count: arrays with a leading run
+    axis split over them (each device computes its share of the runs); otherwise None (one
+    device holds every run)."""
+    devices = jax.devices()
+    if len(devices) < 2 or num_runs % len(devices):
+        return None
+    return NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
+
+
+def replicated(sharding: NamedSharding) -> NamedSharding:
+    """The same devices, every array whole on each (the shared update counters)."""
+    return NamedSharding(sharding.mesh, PartitionSpec())
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -102,18 +122,38 @@ class VmappedOnPolicyRuns:
             first.ppo.act_with, self.task_names, env_cfg.eval_episodes_per_task,
             env_cfg.eval_deterministic)))
         self._acting_weights = jax.jit(jax.vmap(first.ppo.acting_weights, in_axes=(axes,)))
+        self.sharding = run_axis_sharding(len(configs))
         self.state: PPOState | None = None
+        self.env_state: Any = None
+        self.obs: jax.Array | None = None
+        self.rollouts: Any = None
         self.metrics: dict[str, jax.Array] = {}
         self.compiled = False
         self.env_steps = 0
 
+    def _place(self, tree: Any) -> Any:
+        """``tree`` (leading run axis) split over the devices (``run_axis_sharding``)."""
+        return tree if self.sharding is None else jax.device_put(tree, self.sharding)
+
+    def _set_state(self, state: PPOState) -> None:
+        """The stacked agent state, update counters taken out of the run axis (shared)."""
+        steps = {"actor_step": state.actor_step[0], "critic_step": state.critic_step[0]}
+        state = self._place(state.replace(actor_step=None, critic_step=None))
+        if self.sharding is not None:
+            steps = jax.device_put(steps, replicated(self.sharding))
+        self.state = state.replace(**steps)
+
+    def _stack_envs(self) -> None:
+        """Stack the runs' env states (once, at start or restore; they stay stacked)."""
+        env_states, obs = zip(*(run.env.device_state() for run in self.runs), strict=True)
+        self.env_state, self.obs = self._place((_stack(env_states), jnp.stack(obs)))
+
     def start(self) -> None:
         keys = jnp.stack([run.init_key for run in self.runs])
-        state = self._init(keys, self.sparsities)
-        self.state = state.replace(actor_step=state.actor_step[0],
-                                   critic_step=state.critic_step[0])
+        self._set_state(self._init(keys, self.sparsities))
         for run in self.runs:
             run.obs = run.env.reset()
+        self._stack_envs()
 
     def abstract_states(self) -> list[Any]:
         return [run.abstract_state() for run in self.runs]
@@ -121,9 +161,8 @@ class VmappedOnPolicyRuns:
     def restore(self, saved: list[tuple[Any, dict[str, Any]]]) -> None:
         for run, (state, meta) in zip(self.runs, saved, strict=True):
             run.restore(state, meta)
-        state = _stack([run.state for run in self.runs])
-        self.state = state.replace(actor_step=state.actor_step[0],
-                                   critic_step=state.critic_step[0])
+        self._set_state(_stack([run.state for run in self.runs]))
+        self._stack_envs()
         self.env_steps = self.runs[0].env_steps
 
     def iterate(self, episodes: list[EpisodeTracker]) -> Iteration:
@@ -131,18 +170,15 @@ class VmappedOnPolicyRuns:
         for run in self.runs:
             run.key, k_rollout, k_update, run.eval_key = jax.random.split(run.key, 4)
             keys.append((k_rollout, k_update))
-        k_rollouts, k_updates = (jnp.stack(k) for k in zip(*keys, strict=True))
-        env_states, obs = zip(*(run.env.device_state() for run in self.runs), strict=True)
+        k_rollouts, k_updates = self._place(tuple(jnp.stack(k) for k in zip(*keys, strict=True)))
         t0 = time.perf_counter()
-        self.state, self.metrics, rollouts, success, env_state, obs = jax.block_until_ready(
-            self._iteration(self.state, _stack(env_states), jnp.stack(obs), k_rollouts,
-                            k_updates))
+        self.state, self.metrics, self.rollouts, success, self.env_state, self.obs = (
+            jax.block_until_ready(self._iteration(self.state, self.env_state, self.obs,
+                                                  k_rollouts, k_updates)))
         seconds = time.perf_counter() - t0
-        host = jax.device_get((rollouts.task_ids, rollouts.rewards, rollouts.terminated,
-                               rollouts.truncated, success))
-        for k, (run, tracker) in enumerate(zip(self.runs, episodes, strict=True)):
-            run.env.set_device_state(_run_slice(env_state, k), obs[k])
-            run.rollout = _run_slice(rollouts, k)
+        host = jax.device_get((self.rollouts.task_ids, self.rollouts.rewards,
+                               self.rollouts.terminated, self.rollouts.truncated, success))
+        for k, tracker in enumerate(episodes):
             tasks, rewards, terminated, truncated, succeeded = (a[k] for a in host)
             for step in zip(tasks, rewards, terminated | truncated, succeeded, strict=True):
                 tracker.record(*step)
@@ -157,12 +193,15 @@ class VmappedOnPolicyRuns:
                          at_boundary=True, seconds={part: seconds})
 
     def _sync_runs(self) -> None:
-        """Give every run its slice of the stacked state and metrics (for its rows)."""
+        """Give every run its slice of the stacked state, metrics, latest rollout and envs (for
+        its rows, probes and checkpoint)."""
+        batched = self.state.replace(actor_step=None, critic_step=None)
         for k, run in enumerate(self.runs):
-            run.state = _run_slice(self.state.replace(actor_step=None, critic_step=None), k
-                                   ).replace(actor_step=self.state.actor_step,
-                                             critic_step=self.state.critic_step)
+            run.state = _run_slice(batched, k).replace(actor_step=self.state.actor_step,
+                                                       critic_step=self.state.critic_step)
             run.metrics = _run_slice(self.metrics, k)
+            run.rollout = _run_slice(self.rollouts, k)
+            run.env.set_device_state(_run_slice(self.env_state, k), self.obs[k])
 
     def train_rows(self) -> list[dict[str, Any]]:
         self._sync_runs()
@@ -173,9 +212,9 @@ class VmappedOnPolicyRuns:
         return [run.probe_row() for run in self.runs]
 
     def evaluate(self) -> list[dict[str, Any]]:
-        scores = jax.device_get(self._evaluate(
-            self._acting_weights(self.state), jnp.stack([run.eval_key for run in self.runs]),
-            jnp.stack([run.eval_layout_key for run in self.runs])))
+        keys = self._place((jnp.stack([run.eval_key for run in self.runs]),
+                            jnp.stack([run.eval_layout_key for run in self.runs])))
+        scores = jax.device_get(self._evaluate(self._acting_weights(self.state), *keys))
         return [normalized_return_row(self.task_names, _run_slice(scores, k))
                 for k in range(len(self.runs))]
 

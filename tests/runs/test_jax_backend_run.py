@@ -4,7 +4,10 @@ and the run's contract (metrics, evaluation, exact resume) on that backend."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -133,3 +136,27 @@ def test_bad_groups_are_usage_errors_and_write_nothing(tmp_path, capsys, args, m
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.slow
+def test_vmapped_runs_shard_over_devices(tmp_path):
+    """With two (virtual CPU) devices the run axis is split over them, and the runs still write
+    what they write alone."""
+    group = tmp_path / "group"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    probe = ("import jax, dataclasses; from mtrl_sparse.on_policy_group import "
+             "VmappedOnPolicyRuns; from mtrl_sparse.presets import get_preset; "
+             "c = get_preset('minigrid-smoke').config; "
+             "c = dataclasses.replace(c, env=dataclasses.replace(c.env, backend='jax')); "
+             "g = VmappedOnPolicyRuns([dataclasses.replace(c, seed=s) for s in (0, 1)]); "
+             "g.start(); leaf = jax.tree.leaves(g.state.actor.params)[0]; "
+             "print(len(jax.devices()), len(leaf.sharding.device_set))")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["2", "2"]
+    subprocess.run([sys.executable, "-m", "mtrl_sparse.cli", "train", *JAX_FLAGS, "--seeds",
+                    "0-1", "--run-dir", str(group), "--no-progress"], env=env, check=True,
+                   capture_output=True)
+    alone = tmp_path / "alone"
+    assert main(["train", *JAX_FLAGS, "--seed", "1", "--run-dir", str(alone)]) == 0
+    assert_rows_close(deterministic_rows(group / "seed1"), deterministic_rows(alone))

@@ -1,4 +1,6 @@
-"""Multi-task PPO on MiniGrid against its env-only floor, measured in one process.
+"""Multi-task PPO on MiniGrid's Farama backend against its env-only floor, measured in one process.
+
+(The presets run on the JAX backend; ``bench/minigrid_run_backends.py`` compares the two.)
 
 1. The env-only floor: the preset's vector env setup (same benchmark, workers, strategy, seed)
    stepped with uniformly random actions for the preset's whole budget of env steps, resets
@@ -52,7 +54,7 @@ def env_floor_seconds(benchmark: str, num_envs: int, strategy: str, seed: int,
 def timed_run(args: argparse.Namespace, run_dir: Path, env: dict[str, str]) -> tuple[float, str]:
     """Wall time and stdout of ``mtrl-sparse train`` of the preset in a fresh process."""
     command = [sys.executable, "-m", "mtrl_sparse.cli", "train", "--preset", args.preset,
-               "--method", args.method, "--sparsity", args.sparsity,
+               "--method", args.method, "--sparsity", args.sparsity, "--env.backend", "farama",
                "--run-dir", str(run_dir), "--no-progress"]
     start = time.perf_counter()
     output = subprocess.run(command, check=True, capture_output=True, text=True,

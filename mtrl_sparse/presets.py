@@ -135,7 +135,8 @@ PRESETS: dict[str, Preset] = {
                 "steps, CNN trunk, 2-layer task heads, 25 eval episodes per task; GMP every 500 "
                 "actor updates (the paper's), the critic's intervals x 1/56 (its share of "
                 "updates)",
-                dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark=benchmark)),
+                dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark=benchmark,
+                                                                 backend="jax")),
             )
             for benchmark in ("MT3", "MT5", "MT7")
         ),
@@ -145,7 +146,7 @@ PRESETS: dict[str, Preset] = {
             "paper's PPO settings) with the CNN's 2x2 max-pool pinned on, so that it learns in "
             "about 3-4 minutes on 2 CPU cores (normalised return well above a random policy's "
             "on every task)",
-            dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark="MT3"),
+            dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark="MT3", backend="jax"),
                                 ppo=dataclasses.replace(_MINIGRID.ppo, cnn_pooling=True)),
         ),
         Preset(
@@ -158,7 +159,8 @@ PRESETS: dict[str, Preset] = {
                 total_env_steps=600,
                 eval_every_env_steps=400,
                 log_every_env_steps=200,
-                env=MiniGridEnvConfig(num_envs=4, eval_envs=4, eval_episodes_per_task=2),
+                env=MiniGridEnvConfig(num_envs=4, eval_envs=4, eval_episodes_per_task=2,
+                                      backend="jax"),
                 ppo=PPOConfig(rollout_env_steps=200, policy_batch_size=50, critic_batch_size=100,
                               policy_epochs=2),
                 methods=dataclasses.replace(_MINIGRID.methods,

@@ -61,9 +61,12 @@ def test_compiled_rollout_and_update_equal_the_host_stepped_ones():
     assert fast_env == slow_env
 
 
-def test_jax_backend_is_a_config_field():
+def test_presets_run_on_the_jax_backend_and_farama_stays_the_config_default():
+    """A stored config without the field (runs from before the jax backend) means farama."""
     assert MiniGridEnvConfig().backend == "farama"
-    assert JAX_SMOKE.env.backend == "jax"
+    for name in ("minigrid-mt3", "minigrid-mt5", "minigrid-mt7", "minigrid-quick",
+                 "minigrid-smoke"):
+        assert get_preset(name).config.env.backend == "jax"
 
 
 @pytest.mark.slow

@@ -66,12 +66,14 @@ def test_cli_run_writes_the_agent_metrics_and_evaluations(cli_run):
 
 
 @pytest.mark.slow
-def test_resume_continues_mid_episode_with_the_same_numbers(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["jax", "farama"])
+def test_resume_continues_mid_episode_with_the_same_numbers(tmp_path, capsys, backend):
     """A run resumed from its checkpoint at 400 env steps (episodes in progress, rows after it
-    in the metrics) ends exactly as the uninterrupted run; resuming a finished run adds nothing."""
+    in the metrics) ends exactly as the uninterrupted run; resuming a finished run adds nothing.
+    On both env backends (the presets' jax, and Farama's stepped from the host)."""
     full = tmp_path / "full"
     assert main(["train", "--preset", "minigrid-smoke", "--run-dir", str(full),
-                 "--checkpoint-every-env-steps", "200"]) == 0
+                 "--env.backend", backend, "--checkpoint-every-env-steps", "200"]) == 0
     interrupted = tmp_path / "interrupted"
     shutil.copytree(full, interrupted)
     shutil.rmtree(interrupted / "checkpoints" / "600")  # as if killed before the last save

@@ -160,3 +160,22 @@ class MultiTaskVectorEnv(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def checked_done(done: Any, num_envs: int) -> np.ndarray:
+    """``done`` as a (num_envs,) bool array; ``ValueError`` for another shape."""
+    done = np.asarray(done, dtype=np.bool_)
+    if done.shape != (num_envs,):
+        raise ValueError(f"done must have shape ({num_envs},), got {done.shape}")
+    return done
+
+
+def checked_discrete_actions(actions: Any, num_envs: int, num_actions: int) -> np.ndarray:
+    """``actions`` as (num_envs,) integers in [0, num_actions); ``ValueError`` otherwise."""
+    actions = np.asarray(actions)
+    if actions.shape != (num_envs,) or not np.issubdtype(actions.dtype, np.integer):
+        raise ValueError(f"actions must be integers of shape ({num_envs},), got "
+                         f"{actions.dtype} {actions.shape}")
+    if ((actions < 0) | (actions >= num_actions)).any():
+        raise ValueError(f"actions must be in [0, {num_actions}), got {actions}")
+    return actions

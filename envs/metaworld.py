@@ -27,7 +27,11 @@ import metaworld
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3
 
-from mtrl_sparse.envs.base import MultiTaskEnvSpec, StepResult
+from mtrl_sparse.envs.base import (
+    MultiTaskEnvSpec,
+    StepResult,
+    checked_done,
+)
 
 METAWORLD_BENCHMARKS = ("MT1", "MT10", "MT50")
 
@@ -208,9 +212,7 @@ class MetaWorldVectorEnv:
     def reset_done(self, done: np.ndarray) -> np.ndarray:
         """Reset the envs where ``done`` (bool, (num_envs,)) is set; returns all observations
         (num_envs, 39) float32, where only the reset rows changed."""
-        done = np.asarray(done, dtype=np.bool_)
-        if done.shape != (self.spec.num_envs,):
-            raise ValueError(f"done must have shape ({self.spec.num_envs},), got {done.shape}")
+        done = checked_done(done, self.spec.num_envs)
         if done.any():  # gymnasium rejects an all-False reset_mask
             obs, _ = self._envs.reset(options={"reset_mask": done})
             self._obs = np.asarray(obs, dtype=np.float32)

@@ -49,7 +49,12 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid env ids with gymnasium)
 import numpy as np
 
-from mtrl_sparse.envs.base import MultiTaskEnvSpec, StepResult
+from mtrl_sparse.envs.base import (
+    MultiTaskEnvSpec,
+    StepResult,
+    checked_discrete_actions,
+    checked_done,
+)
 from mtrl_sparse.envs.minigrid_optimal import best_return, optimal_steps
 
 MINIGRID_BENCHMARKS: dict[str, tuple[str, ...]] = {
@@ -405,9 +410,7 @@ class MiniGridVectorEnv:
     def reset_done(self, done: np.ndarray) -> np.ndarray:
         """Reset the envs where ``done`` (bool, (num_envs,)); each draws a new task. Returns all
         observations (num_envs, 7, 7, 3) float32, where only the reset rows changed."""
-        done = np.asarray(done, dtype=np.bool_)
-        if done.shape != (self.spec.num_envs,):
-            raise ValueError(f"done must have shape ({self.spec.num_envs},), got {done.shape}")
+        done = checked_done(done, self.spec.num_envs)
         if done.any():
             self._arrays["reset_mask"][:] = done
             self._blocks.call("reset")
@@ -421,12 +424,7 @@ class MiniGridVectorEnv:
             ValueError: actions of the wrong shape, type or range.
             RuntimeError: an env's episode has ended (or was never started) and it was not reset.
         """
-        actions = np.asarray(actions)
-        if actions.shape != (self.spec.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(f"actions must be integers of shape ({self.spec.num_envs},), got "
-                             f"{actions.dtype} {actions.shape}")
-        if ((actions < 0) | (actions >= NUM_ACTIONS)).any():
-            raise ValueError(f"actions must be in [0, {NUM_ACTIONS}), got {actions}")
+        actions = checked_discrete_actions(actions, self.spec.num_envs, NUM_ACTIONS)
         if self._ended.any():
             raise RuntimeError(f"envs {np.flatnonzero(self._ended).tolist()} must be reset "
                                "(reset / reset_done) before they are stepped")

@@ -39,7 +39,12 @@ import numpy as np
 from flax import struct
 
 from mtrl_sparse.envs import minigrid_jax as mj
-from mtrl_sparse.envs.base import MultiTaskEnvSpec, StepResult
+from mtrl_sparse.envs.base import (
+    MultiTaskEnvSpec,
+    StepResult,
+    checked_discrete_actions,
+    checked_done,
+)
 from mtrl_sparse.envs.minigrid import OBS_SHAPE, UNSOLVABLE, minigrid_task_names
 from mtrl_sparse.envs.minigrid_jax_layouts import reset_state
 from mtrl_sparse.envs.minigrid_jax_optimal import optimal_steps
@@ -208,9 +213,7 @@ class JaxMiniGridVectorEnv:
     def reset_done(self, done: np.ndarray) -> np.ndarray:
         """Reset the envs where ``done`` (bool, (num_envs,)); each draws a new task. Returns all
         observations (num_envs, 7, 7, 3) float32, where only the reset rows changed."""
-        done = np.asarray(done, dtype=np.bool_)
-        if done.shape != (self.spec.num_envs,):
-            raise ValueError(f"done must have shape ({self.spec.num_envs},), got {done.shape}")
+        done = checked_done(done, self.spec.num_envs)
         if done.any():
             self._state, self._obs = self._reset_where(self._state, self._obs, jnp.asarray(done))
             self._ended &= ~done
@@ -223,12 +226,7 @@ class JaxMiniGridVectorEnv:
             ValueError: actions of the wrong shape, type or range.
             RuntimeError: an env's episode has ended and it was not reset.
         """
-        actions = np.asarray(actions)
-        if actions.shape != (self.spec.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(f"actions must be integers of shape ({self.spec.num_envs},), got "
-                             f"{actions.dtype} {actions.shape}")
-        if ((actions < 0) | (actions >= mj.NUM_ACTIONS)).any():
-            raise ValueError(f"actions must be in [0, {mj.NUM_ACTIONS}), got {actions}")
+        actions = checked_discrete_actions(actions, self.spec.num_envs, mj.NUM_ACTIONS)
         if self._ended.any():
             raise RuntimeError(f"envs {np.flatnonzero(self._ended).tolist()} must be reset "
                                "(reset / reset_done) before they are stepped")

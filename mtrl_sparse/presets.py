@@ -144,8 +144,8 @@ PRESETS: dict[str, Preset] = {
             "minigrid-quick",
             "the Quick start: MiniGrid MT3 multi-task PPO as minigrid-mt3 (400k env steps, the "
             "paper's PPO settings) with the CNN's 2x2 max-pool pinned on, so that it learns in "
-            "about 3-4 minutes on 2 CPU cores (normalised return well above a random policy's "
-            "on every task)",
+            "about a minute on 2 CPU cores on the JAX backend (normalised return well above a "
+            "random policy's on every task)",
             dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark="MT3", backend="jax"),
                                 ppo=dataclasses.replace(_MINIGRID.ppo, cnn_pooling=True)),
         ),

@@ -24,6 +24,7 @@ from mtrl_sparse.envs.minigrid import (
     MiniGridVectorEnv,
     minigrid_task_names,
 )
+from mtrl_sparse.envs.minigrid_jax_vector import JaxMiniGridVectorEnv
 from mtrl_sparse.envs.minigrid_optimal import (
     SEARCH_ACTIONS,
     best_return,
@@ -182,10 +183,12 @@ def test_observations_and_rewards_are_minigrids_own():
     assert result.reward[0] == np.float32(best_return(len(path), MT7_MAX_STEPS[task]))
 
 
-def test_task_draws_are_uniform():
+@pytest.mark.parametrize("vector_env", [MiniGridVectorEnv, JaxMiniGridVectorEnv],
+                         ids=["farama", "jax"])
+def test_task_draws_are_uniform(vector_env):
     """Chi-square of 2,800 task draws over the 7 tasks below its 0.1% critical value (22.46 for
-    6 degrees of freedom); a seeded run, so the outcome is fixed."""
-    env = MiniGridVectorEnv("MT7", num_envs=4, seed=1)
+    6 degrees of freedom); a seeded run, so the outcome is fixed. On both backends."""
+    env = vector_env("MT7", num_envs=4, seed=1)
     draws = []
     for _ in range(700):
         env.reset()

@@ -127,16 +127,6 @@ def test_best_returns_bound_the_returns_of_episodes():
         JaxMiniGridVectorEnv("MT3", num_envs=1).episode_optimal_steps()
 
 
-def test_task_draws_are_uniform():
-    env = JaxMiniGridVectorEnv("MT7", num_envs=20, seed=0)
-    tasks = []
-    for _ in range(35):
-        env.reset()
-        tasks.append(env.current_task_ids())
-    counts = np.bincount(np.concatenate(tasks), minlength=7)
-    assert counts.min() > 70 and counts.max() < 130, counts  # 100 expected per task
-
-
 def test_reset_where_keeps_the_envs_that_did_not_end():
     core = GridVector(minigrid_task_names("MT7"), 20)
     state, obs = jax.jit(core.init)(jax.random.PRNGKey(1))

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import inspect
 import io
+import os
 import re
 import sys
 import textwrap
@@ -286,12 +287,36 @@ def group_run_dirs(args: list[str]) -> list[Path] | None:
     return runs or None
 
 
+CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def cpu_devices_for(num_runs: int, cores: int | None = None) -> int:
+    """How many XLA CPU devices a group of ``num_runs`` vmapped runs splits over: the largest
+    divisor of ``num_runs`` not above the CPU cores (each device computes its share of the runs
+    on its own core)."""
+    cores = cores or os.cpu_count() or 1
+    return max(d for d in range(1, min(cores, num_runs) + 1) if num_runs % d == 0)
+
+
+def use_cpu_devices(num_runs: int) -> None:
+    """Before JAX starts its CPU backend: expose ``cpu_devices_for(num_runs)`` CPU devices, over
+    which the group's run axis is sharded (``on_policy_group.run_axis_sharding``). On 2 cores 8
+    MiniGrid runs took 1.41-1.52x less time than one after another this way, against 1.12-1.17x
+    on one device (``bench/vmapped_runs.py``). Affects only the host platform (GPUs stay as
+    they are); a count already in ``XLA_FLAGS`` is kept."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    devices = cpu_devices_for(num_runs)
+    if CPU_DEVICES_FLAG not in flags and devices > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICES_FLAG}={devices}".strip()
+
+
 def cmd_train(args: list[str]) -> int:
     from mtrl_sparse.run_loop import NonFiniteLossError, train, train_group
 
     group = parse_group_args(args)
     resumed = group_run_dirs(args)
     if group is not None or resumed is not None:
+        use_cpu_devices(len(group) if group is not None else len(resumed))
         if resumed is not None:
             _, rest = _pop_flag(args, "--run-dir")
             parsed = [parse_train_args([*rest, "--run-dir", str(d)]) for d in resumed]

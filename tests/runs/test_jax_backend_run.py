@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mtrl_sparse.agent_kind import EpisodeTracker
-from mtrl_sparse.cli import main
+from mtrl_sparse.cli import cpu_devices_for, main
 from mtrl_sparse.config import MiniGridEnvConfig
 from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.presets import get_preset
@@ -163,3 +163,10 @@ def test_vmapped_runs_shard_over_devices(tmp_path):
     alone = tmp_path / "alone"
     assert main(["train", *JAX_FLAGS, "--seed", "1", "--run-dir", str(alone)]) == 0
     assert_rows_close(deterministic_rows(group / "seed1"), deterministic_rows(alone))
+
+
+@pytest.mark.parametrize("runs, cores, devices", [(10, 2, 2), (3, 2, 1), (8, 4, 4), (6, 4, 3),
+                                                  (1, 8, 1)])
+def test_a_group_splits_over_the_largest_divisor_of_its_runs_within_the_cores(runs, cores,
+                                                                               devices):
+    assert cpu_devices_for(runs, cores) == devices

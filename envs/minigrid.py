@@ -341,7 +341,27 @@ def _max_steps_per_task(task_names: Sequence[str]) -> tuple[int, ...]:
     return tuple(int(gym.make(name).unwrapped.max_steps) for name in task_names)
 
 
-class MiniGridVectorEnv:
+class MiniGridHostEnv:
+    """What both MiniGrid backends' host interfaces (``MiniGridVectorEnv`` and the JAX one)
+    derive from their own ``reset_done``, ``episode_optimal_steps`` and ``current_task_ids``."""
+
+    spec: MultiTaskEnvSpec
+
+    def reset(self) -> np.ndarray:
+        """Reset every env (each draws a task); returns observations (num_envs, 7, 7, 3) float32."""
+        return self.reset_done(np.ones(self.spec.num_envs, dtype=np.bool_))
+
+    def episode_best_returns(self) -> np.ndarray:
+        """Best achievable return of every env's current episode, (num_envs,) float64:
+        ``best_return(optimal_steps, max_steps of its task)``, NaN where unsolvable. An episode's
+        normalised return is its return divided by this (at most 1 up to float rounding)."""
+        optimal = self.episode_optimal_steps()
+        max_steps = np.asarray(self.spec.max_steps_per_task)[self.current_task_ids()]
+        best = best_return(optimal.astype(np.float64), max_steps)
+        return np.where(optimal == UNSOLVABLE, np.nan, best)
+
+
+class MiniGridVectorEnv(MiniGridHostEnv):
     """A MiniGrid task set as a ``MultiTaskVectorEnv``: ``num_envs`` workers that each draw a task
     uniformly at every reset (see the module docstring).
 
@@ -403,10 +423,6 @@ class MiniGridVectorEnv:
         self._arrays["optimal"][:] = UNSOLVABLE
         self._ended = np.ones(num_envs, dtype=np.bool_)  # needs a reset before the next step
 
-    def reset(self) -> np.ndarray:
-        """Reset every env (each draws a task); returns observations (num_envs, 7, 7, 3) float32."""
-        return self.reset_done(np.ones(self.spec.num_envs, dtype=np.bool_))
-
     def reset_done(self, done: np.ndarray) -> np.ndarray:
         """Reset the envs where ``done`` (bool, (num_envs,)); each draws a new task. Returns all
         observations (num_envs, 7, 7, 3) float32, where only the reset rows changed."""
@@ -456,15 +472,6 @@ class MiniGridVectorEnv:
             raise RuntimeError("episode_optimal_steps needs a MiniGridVectorEnv built with "
                                "compute_optimal=True")
         return self._arrays["optimal"].copy()
-
-    def episode_best_returns(self) -> np.ndarray:
-        """Best achievable return of every env's current episode, (num_envs,) float64:
-        ``best_return(optimal_steps, max_steps of its task)``, NaN where unsolvable. An episode's
-        normalised return is its return divided by this (at most 1 up to float rounding)."""
-        optimal = self.episode_optimal_steps()
-        max_steps = np.asarray(self.spec.max_steps_per_task)[self.current_task_ids()]
-        best = best_return(optimal.astype(np.float64), max_steps)
-        return np.where(optimal == UNSOLVABLE, np.nan, best)
 
     def get_rng_state(self) -> dict[str, Any]:
         """JSON-serialisable random state: ``{"workers": [entry, ...]}``, one entry per env with the

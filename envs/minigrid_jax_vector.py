@@ -45,10 +45,14 @@ from mtrl_sparse.envs.base import (
     checked_discrete_actions,
     checked_done,
 )
-from mtrl_sparse.envs.minigrid import OBS_SHAPE, UNSOLVABLE, minigrid_task_names
+from mtrl_sparse.envs.minigrid import (
+    OBS_SHAPE,
+    UNSOLVABLE,
+    MiniGridHostEnv,
+    minigrid_task_names,
+)
 from mtrl_sparse.envs.minigrid_jax_layouts import reset_state
 from mtrl_sparse.envs.minigrid_jax_optimal import optimal_steps
-from mtrl_sparse.envs.minigrid_optimal import best_return
 
 
 @struct.dataclass
@@ -102,24 +106,26 @@ class GridVector:
             action_kind="discrete", envs_per_task=0, max_episode_steps=max(max_steps),
             task_sampling="per_episode", workers=self.num_envs, max_steps_per_task=max_steps)
 
+    def _episode(self, key: jax.Array, task: jax.Array) -> tuple[mj.GridState, jax.Array]:
+        """One env's fresh episode of ``task`` from ``key``: (state, shortest solution length, or
+        ``UNSOLVABLE`` when not computed)."""
+        env = reset_state(self.task_names, key, task)
+        optimal = (optimal_steps(self.tables, env) if self.compute_optimal
+                   else jnp.int32(UNSOLVABLE))
+        return env, optimal
+
     def _new_episode(self, key: jax.Array) -> tuple[mj.GridState, jax.Array, jax.Array]:
         """One env's next episode from its key: (state, next key, optimal steps)."""
         key, task_key, layout_key = jax.random.split(key, 3)
         task = jax.random.randint(task_key, (), 0, len(self.task_names), dtype=jnp.int32)
-        env = reset_state(self.task_names, layout_key, task)
-        optimal = (optimal_steps(self.tables, env) if self.compute_optimal
-                   else jnp.int32(UNSOLVABLE))
+        env, optimal = self._episode(layout_key, task)
         return env, key, optimal
 
     def episodes_of(self, key: jax.Array, tasks: jax.Array) -> tuple[mj.GridState, jax.Array]:
         """Fresh episodes of the given ``tasks`` ((num_envs,) int32), env ``w``'s layout drawn from
         ``fold_in(key, w)``: (envs, shortest solution lengths or ``UNSOLVABLE``). For evaluation
         protocols that fix the tasks of their episodes."""
-        keys = self.env_keys(key)
-        envs = jax.vmap(lambda k, task: reset_state(self.task_names, k, task))(keys, tasks)
-        optimal = (jax.vmap(lambda env: optimal_steps(self.tables, env))(envs)
-                   if self.compute_optimal else jnp.full(self.num_envs, UNSOLVABLE, jnp.int32))
-        return envs, optimal
+        return jax.vmap(self._episode)(self.env_keys(key), tasks)
 
     def observe(self, envs: mj.GridState) -> jax.Array:
         """Observations of ``envs`` (a batch), (num_envs, 7, 7, 3) uint8."""
@@ -137,11 +143,11 @@ class GridVector:
     def blank(self, key: jax.Array) -> tuple[VectorState, jax.Array]:
         """Zero-filled envs with the episode keys of ``key`` and zero observations: the arrays
         of a vector before its first reset (no episode drawn; nothing to compile)."""
-        zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
-                             jax.eval_shape(jax.vmap(self._new_episode), self.env_keys(key)))
-        envs, _, optimal = zeros
+        keys = self.env_keys(key)
+        envs, _, optimal = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
+                                        jax.eval_shape(jax.vmap(self._new_episode), keys))
         obs = jnp.zeros((self.num_envs, *OBS_SHAPE), dtype=jnp.uint8)
-        return VectorState(envs=envs, keys=self.env_keys(key), optimal=optimal), obs
+        return VectorState(envs=envs, keys=keys, optimal=optimal), obs
 
     def step(self, state: VectorState, actions: jax.Array) -> tuple[VectorState, GridStep]:
         """One step of every env with ``actions`` ((num_envs,) int in [0, 7)); never resets.
@@ -187,7 +193,7 @@ class GridVector:
         return state, obs
 
 
-class JaxMiniGridVectorEnv:
+class JaxMiniGridVectorEnv(MiniGridHostEnv):
     """The JAX backend behind the host interface of ``minigrid.MiniGridVectorEnv`` (same
     arguments but ``vector_strategy``; same arrays and semantics)."""
 
@@ -205,10 +211,6 @@ class JaxMiniGridVectorEnv:
         # No episode before the first reset, which draws from the envs' initial keys.
         self._state, self._obs = self.core.blank(jax.random.PRNGKey(seed))
         self._ended = np.ones(num_envs, dtype=np.bool_)
-
-    def reset(self) -> np.ndarray:
-        """Reset every env (each draws a task); returns observations (num_envs, 7, 7, 3) float32."""
-        return self.reset_done(np.ones(self.spec.num_envs, dtype=np.bool_))
 
     def reset_done(self, done: np.ndarray) -> np.ndarray:
         """Reset the envs where ``done`` (bool, (num_envs,)); each draws a new task. Returns all
@@ -252,13 +254,6 @@ class JaxMiniGridVectorEnv:
             raise RuntimeError("episode_optimal_steps needs an env built with "
                                "compute_optimal=True")
         return np.asarray(self._state.optimal)
-
-    def episode_best_returns(self) -> np.ndarray:
-        """Best achievable return of every env's current episode (NaN where unsolvable)."""
-        optimal = self.episode_optimal_steps()
-        max_steps = np.asarray(self.spec.max_steps_per_task)[self.current_task_ids()]
-        best = best_return(optimal.astype(np.float64), max_steps)
-        return np.where(optimal == UNSOLVABLE, np.nan, best)
 
     def get_rng_state(self) -> dict[str, Any]:
         """JSON-serialisable: every env's PRNG key (which decides all its future episodes)."""

@@ -75,6 +75,12 @@ class EpisodeTracker:
         self.returns[done] = 0.0
         self.succeeded[done] = False
 
+    def record_rollout(self, task_ids: np.ndarray, rewards: np.ndarray, done: np.ndarray,
+                       success: np.ndarray) -> None:
+        """``record`` for each row of (T, N) arrays: T vector steps in order (a rollout)."""
+        for step in zip(task_ids, rewards, done, success, strict=True):
+            self.record(*step)
+
     def pop_row(self) -> dict[str, Any]:
         """``train/episodes``, ``train/return``, ``train/success_rate`` and per task
         ``train/return/<task>``, ``train/success/<task>`` (None where no episode ended)."""

@@ -165,6 +165,16 @@ def make_compiled_rollout(ppo: PPO, core: GridVector, horizon: int) -> Any:
     return rollout
 
 
+def rollout_episode_steps(rollout: Rollout, success: jax.Array
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What ``EpisodeTracker.record_rollout`` needs of a compiled rollout, fetched to the host:
+    task ids, rewards, episode ends and success flags, (..., T, E) each (only these, not the
+    observations)."""
+    tasks, rewards, terminated, truncated, success = jax.device_get((
+        rollout.task_ids, rollout.rewards, rollout.terminated, rollout.truncated, success))
+    return tasks, rewards, terminated | truncated, success
+
+
 def make_compiled_iteration(ppo: PPO, core: GridVector, horizon: int) -> Any:
     """``iteration(state, env_state, obs, k_rollout, k_update)`` -> ``(state, metrics, rollout,
     success, env_state, obs)``: a compiled rollout (``make_compiled_rollout``) with the state's
@@ -272,18 +282,14 @@ class OnPolicyRun:
             self.compiled_iteration(self.state, env_state, obs, k_rollout, k_update))
         self.env.set_device_state(env_state, obs)
         t1 = time.perf_counter()
-        tasks, rewards, terminated, truncated, success = jax.device_get((
-            self.rollout.task_ids, self.rollout.rewards, self.rollout.terminated,
-            self.rollout.truncated, success))  # what the episode statistics need, (T, E) each
-        for step in zip(tasks, rewards, terminated | truncated, success, strict=True):
-            episodes.record(*step)
+        episodes.record_rollout(*rollout_episode_steps(self.rollout, success))
+        seconds = {"agent": time.perf_counter() - t1}
         part = "agent" if self.compiled else "compile"
+        seconds[part] = seconds.get(part, 0.0) + t1 - t0
         self.compiled = True
         self.env_steps += self.rollout_env_steps
         return Iteration(env_steps=self.rollout_env_steps, updates=self._actor_updates(),
-                         at_boundary=True,
-                         seconds={part: t1 - t0, "agent": time.perf_counter() - t1}
-                         if part == "compile" else {"agent": time.perf_counter() - t0})
+                         at_boundary=True, seconds=seconds)
 
     def _actor_updates(self) -> int:
         """Actor updates after the rollouts collected so far (host-side count)."""

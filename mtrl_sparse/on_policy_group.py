@@ -33,7 +33,12 @@ from mtrl_sparse.agent_kind import EpisodeTracker, Iteration
 from mtrl_sparse.agents.ppo import PPOState
 from mtrl_sparse.config import ConfigError, PPOTrainConfig
 from mtrl_sparse.evaluation import make_compiled_normalized_return, normalized_return_row
-from mtrl_sparse.on_policy import OnPolicyRun, make_compiled_iteration, make_run_ppo
+from mtrl_sparse.on_policy import (
+    OnPolicyRun,
+    make_compiled_iteration,
+    make_run_ppo,
+    rollout_episode_steps,
+)
 
 VARYING_FIELDS = ("seed", "run_dir")
 """Config fields besides the target sparsities in which the runs of one group may differ."""
@@ -176,12 +181,9 @@ class VmappedOnPolicyRuns:
             jax.block_until_ready(self._iteration(self.state, self.env_state, self.obs,
                                                   k_rollouts, k_updates)))
         seconds = time.perf_counter() - t0
-        host = jax.device_get((self.rollouts.task_ids, self.rollouts.rewards,
-                               self.rollouts.terminated, self.rollouts.truncated, success))
+        steps = rollout_episode_steps(self.rollouts, success)  # (K, T, E) each
         for k, tracker in enumerate(episodes):
-            tasks, rewards, terminated, truncated, succeeded = (a[k] for a in host)
-            for step in zip(tasks, rewards, terminated | truncated, succeeded, strict=True):
-                tracker.record(*step)
+            tracker.record_rollout(*(a[k] for a in steps))
         self.env_steps += self.rollout_env_steps
         for run in self.runs:
             run.env_steps = self.env_steps

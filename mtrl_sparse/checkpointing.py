@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -40,16 +41,26 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def restore(self, env_step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """The state (structured like ``abstract_state``) and metadata saved at ``env_step``."""
+        """The state (structured like ``abstract_state``) and metadata saved at ``env_step``,
+        on this process's default device, whatever devices saved it (a run of a vmapped group
+        sharded over several devices resumes alone, and the other way round)."""
         restored = self._manager.restore(
             env_step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(on_default_device(abstract_state)),
                                     meta=ocp.args.JsonRestore()),
         )
         return restored.state, restored.meta
 
     def close(self) -> None:
         self._manager.close()
+
+
+def on_default_device(abstract_state: Any) -> Any:
+    """``abstract_state`` (arrays or shape-dtype structs) as shape-dtype structs placed on the
+    default device: the restore target that makes orbax ignore the devices recorded at save."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        abstract_state)
 
 
 def has_checkpoint(directory: Path) -> bool:

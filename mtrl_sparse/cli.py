@@ -9,12 +9,8 @@ Usage errors print one line on stderr and exit with status 2, before anything is
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import inspect
-import io
-import os
-import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -23,16 +19,18 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from mtrl_sparse.config import ConfigError, RunConfig, with_current_methods
+from mtrl_sparse.config import ConfigError, RunConfig
 from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.presets import DEFAULT_PRESET, PRESETS
-from mtrl_sparse.run_dir import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    TB_DIR,
-    RunDirError,
-    read_config,
-    read_preset,
+from mtrl_sparse.run_dir import CONFIG_FILE, METRICS_FILE, TB_DIR, RunDirError
+from mtrl_sparse.train_args import (
+    UsageError,
+    parse_seeds,
+    parse_train_args,
+    pop_flag,
+    tyro_parse,
+    use_compile_cache,
+    use_cpu_devices,
 )
 
 USAGE = """usage: mtrl-sparse COMMAND [OPTIONS]
@@ -43,12 +41,33 @@ commands:
   eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
   presets   list the presets
   methods   list the sparsity and plasticity methods; methods NAME shows one
+  sweep     a grid of methods x sparsities x seeds as vmapped groups of runs, resumable:
+            sweep --preset P --method dense,gmp --sparsity 0.9,0.95 --seeds 5 --out DIR
+            [--file sweep.toml] [--group-size K] [--backend local|ray] [train flags]
   report    IQM of final scores with bootstrap CIs over runs: report DIR [DIR ...]
 """
 
+SWEEP_HELP = """usage: mtrl-sparse sweep --out DIR [options] [any train flag]
+         (--preset P --method M1,M2 [--sparsity S1,S2] --seeds N | --file sweep.toml)
 
-class UsageError(Exception):
-    """Bad command-line input: reported in one line, exit status 2."""
+Runs every (method, sparsity, seed) of the grid on the preset, each into an ordinary run directory
+DIR/<method>[-sparsity<S>]/seed<N>; methods without a sparsity member (dense, reset, redo,
+weight_decay, layernorm) run once per seed, without --sparsity. Finished runs are skipped and
+started ones resume from their checkpoint, so the same command resumes a killed sweep.
+
+grid (or from --file: keys preset, methods, sparsities, seeds, train_args, and the options below):
+  --preset P          the preset of every run
+  --method M1,M2      methods (combinations as gmp+redo)
+  --sparsity S1,S2    target sparsities in (0, 1) of the methods with a sparsity member
+  --seeds N|A-B|A,B   N seeds (0..N-1), a range or a list
+options:
+  --out DIR           the sweep's directory (required: a new or empty directory, or this sweep's)
+  --group-size K      runs per vmapped group (default: 8 per device for PPO, 4 for SAC)
+  --backend local|ray local: a process pool on this machine (default); ray: Ray tasks
+  --address ADDR      Ray cluster address (ray.init(address=...)); default: a local Ray instance
+  --workers N         local: groups at a time (default: cores / devices per group, or one per GPU)
+  --gpus N            local: GPUs to use (default: all visible); ray: GPUs per group (default 0)
+"""
 
 
 @dataclass(frozen=True)
@@ -74,118 +93,6 @@ class ReportArgs:
     """Coverage of the interval, in (0, 1)."""
     seed: int = 0
     """Seed of the bootstrap (the same seed gives the same interval)."""
-
-
-def _tyro_parse(cls, args: list[str], default, prog: str, description: str | None = None):
-    """tyro.cli, with its multi-line error panel folded into one ``UsageError`` line."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            return tyro.cli(cls, args=args, default=default, prog=prog, description=description)
-    except SystemExit as exit_:
-        if exit_.code in (0, None):
-            sys.stderr.write(captured.getvalue())
-            raise
-        raise UsageError(_first_message(captured.getvalue())) from None
-
-
-def _first_message(panel: str) -> str:
-    """The message of a tyro/rich error panel: its text up to the first rule, on one line."""
-    lines = []
-    for raw in panel.splitlines()[1:]:
-        text = raw.strip().strip("│").strip()
-        if not text or text.startswith("─") or text.startswith("╰"):
-            if lines:
-                break
-            continue
-        lines.append(text)
-    message = re.sub(r"\s+", " ", " ".join(lines)).strip()
-    return message or "invalid arguments"
-
-
-def _pop_flag(args: list[str], name: str) -> tuple[str | None, list[str]]:
-    """Remove ``name VALUE`` or ``name=VALUE`` from ``args``; return (VALUE or None, rest)."""
-    rest, value, i = [], None, 0
-    while i < len(args):
-        if args[i] == name:
-            if i + 1 >= len(args):
-                raise UsageError(f"{name} needs a value")
-            value, i = args[i + 1], i + 2
-        elif args[i].startswith(name + "="):
-            value, i = args[i].split("=", 1)[1], i + 1
-        else:
-            rest.append(args[i])
-            i += 1
-    return value, rest
-
-
-FLAG_ALIASES = {"--total-steps": "--total-env-steps", "--arch": "--{agent}.arch",
-                "--num-experts": "--{agent}.num-experts"}
-"""Short flags of ``train``: ``{agent}`` is the agent of the preset (sac, ppo)."""
-
-
-def expand_aliases(args: list[str], agent: str) -> list[str]:
-    """``args`` with every ``FLAG_ALIASES`` flag (``--arch X`` or ``--arch=X``) spelt in full."""
-    expanded = []
-    for arg in args:
-        flag, equals, value = arg.partition("=")
-        if flag in FLAG_ALIASES:
-            arg = FLAG_ALIASES[flag].format(agent=agent) + equals + value
-        expanded.append(arg)
-    return expanded
-
-
-def _with_aliases_named(message: str, args: list[str], agent: str) -> str:
-    """``message`` with each full flag the user gave by its short alias named as given."""
-    for short, full in FLAG_ALIASES.items():
-        if any(arg.partition("=")[0] == short for arg in args):
-            message = message.replace(full.format(agent=agent), f"{short}")
-    return message
-
-
-def _alias_help(agent: str) -> str:
-    return "short flags: " + ", ".join(
-        f"{short} = {full.format(agent=agent)}" for short, full in FLAG_ALIASES.items())
-
-
-def parse_train_args(args: list[str]) -> tuple[RunConfig, bool, str | None]:
-    """(config, resume, preset name) from ``train`` arguments.
-
-    A new run starts from the preset (default: ``DEFAULT_PRESET``); ``--resume`` starts from the
-    config stored in ``--run-dir``, so that only flags given explicitly can differ from it. Either
-    is parsed as the config class of the methods registered now (``config_class``), so methods
-    registered after import have their ``--methods.NAME.*`` flags.
-    """
-    resume = "--resume" in args
-    args = [a for a in args if a != "--resume"]
-    preset_name, args = _pop_flag(args, "--preset")
-    if preset_name is not None and preset_name not in PRESETS:
-        raise UsageError(f"unknown preset {preset_name!r}; accepted: {', '.join(PRESETS)}")
-    if resume and "-h" not in args and "--help" not in args:
-        run_dir, _ = _pop_flag(args, "--run-dir")
-        if run_dir is None:
-            raise UsageError("--resume needs --run-dir, the directory of the run to continue")
-        if not (Path(run_dir) / CONFIG_FILE).is_file():
-            raise UsageError(f"cannot resume: {run_dir} holds no run (no {CONFIG_FILE})")
-        stored_preset = read_preset(Path(run_dir))
-        if preset_name is not None and preset_name != stored_preset:
-            raise UsageError(
-                f"--resume continues the run's stored config (preset {stored_preset}); "
-                f"--preset {preset_name} differs from it"
-            )
-        base = read_config(Path(run_dir))
-    else:
-        base = with_current_methods(PRESETS[preset_name or DEFAULT_PRESET].config)
-    try:
-        config = _tyro_parse(type(base), expand_aliases(args, base.AGENT), base,
-                             "mtrl-sparse train",
-                             description=f"{(type(base).__doc__ or '').strip()} "
-                                         f"({_alias_help(base.AGENT)})")
-    except UsageError as error:
-        raise UsageError(_with_aliases_named(str(error), args, base.AGENT)) from None
-    if resume:
-        return config, True, read_preset(Path(config.run_dir))
-    return config, False, preset_name or DEFAULT_PRESET
 
 
 def _print_summary(result, out) -> None:
@@ -219,7 +126,7 @@ def next_commands(args: list[str], config: RunConfig, preset: str | None,
     one), then the report that compares the two."""
     args = [a for a in args if a != "--resume"]
     for flag in METHOD_FLAGS:
-        _, args = _pop_flag(args, flag)
+        _, args = pop_flag(args, flag)
     dense = all(m.sparsity == 0 for m in config.network_methods().values())
     method, sparsity = ("gmp", "0.95") if dense else ("dense", "0")
     other = run_dir.parent / f"{run_dir.name}-{method}"
@@ -227,22 +134,6 @@ def next_commands(args: list[str], config: RunConfig, preset: str | None,
     return [f"mtrl-sparse train {same} --method {method} --sparsity {sparsity} "
             f"--run-dir {other}".replace("  ", " "),
             f"mtrl-sparse report {run_dir} {other}"]
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``--seeds``: ``A-B`` (inclusive) or ``A,B,C`` -> the seeds; ``UsageError`` otherwise."""
-    try:
-        if "-" in text:
-            low, high = (int(part) for part in text.split("-"))
-            seeds = list(range(low, high + 1))
-        else:
-            seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {text!r}: expected a range A-B or a list A,B,C of distinct "
-                         "non-negative integers")
-    return seeds
 
 
 def group_run_name(seed: int, sparsity: str | None) -> str:
@@ -255,19 +146,19 @@ def parse_group_args(args: list[str]) -> list[tuple[str, list[str]]] | None:
     expand into one ``train`` argument list per run, each with its ``--seed``, ``--sparsity``
     and ``--run-dir`` (a directory per run inside ``--run-dir``, which is required). Returns
     (run name, arguments) per run, or None for a single run."""
-    seeds_text, rest = _pop_flag(args, "--seeds")
-    sparsity_text, rest = _pop_flag(rest, "--sparsity")
+    seeds_text, rest = pop_flag(args, "--seeds")
+    sparsity_text, rest = pop_flag(rest, "--sparsity")
     sparsities = sparsity_text.split(",") if sparsity_text is not None else [None]
     if seeds_text is None and len(sparsities) == 1:
         return None
     if "--resume" in rest:
         raise UsageError("--seeds / several --sparsity values start new runs; resume a group "
                          "with --resume --run-dir GROUP_DIR")
-    seed_text, rest = _pop_flag(rest, "--seed")
+    seed_text, rest = pop_flag(rest, "--seed")
     if seeds_text is not None and seed_text is not None:
         raise UsageError("give --seeds or --seed, not both")
     seeds = parse_seeds(seeds_text) if seeds_text is not None else [int(seed_text or 0)]
-    parent, rest = _pop_flag(rest, "--run-dir")
+    parent, rest = pop_flag(rest, "--run-dir")
     if parent is None:
         raise UsageError("several runs (--seeds, --sparsity A,B) need --run-dir, the directory "
                          "that will hold one run directory per run")
@@ -280,34 +171,11 @@ def parse_group_args(args: list[str]) -> list[tuple[str, list[str]]] | None:
 def group_run_dirs(args: list[str]) -> list[Path] | None:
     """``--resume --run-dir DIR`` where DIR holds a group's runs (one level below, no run of its
     own): their directories; None otherwise."""
-    run_dir, _ = _pop_flag(args, "--run-dir")
+    run_dir, _ = pop_flag(args, "--run-dir")
     if "--resume" not in args or run_dir is None or (Path(run_dir) / CONFIG_FILE).exists():
         return None
     runs = sorted(p.parent for p in Path(run_dir).glob(f"*/{CONFIG_FILE}"))
     return runs or None
-
-
-CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-
-
-def cpu_devices_for(num_runs: int, cores: int | None = None) -> int:
-    """How many XLA CPU devices a group of ``num_runs`` vmapped runs splits over: the largest
-    divisor of ``num_runs`` not above the CPU cores (each device computes its share of the runs
-    on its own core)."""
-    cores = cores or os.cpu_count() or 1
-    return max(d for d in range(1, min(cores, num_runs) + 1) if num_runs % d == 0)
-
-
-def use_cpu_devices(num_runs: int) -> None:
-    """Before JAX starts its CPU backend: expose ``cpu_devices_for(num_runs)`` CPU devices, over
-    which the group's run axis is sharded (``on_policy_group.run_axis_sharding``). On 2 cores 8
-    MiniGrid runs took 1.41-1.52x less time than one after another this way, against 1.12-1.17x
-    on one device (``bench/vmapped_runs.py``). Affects only the host platform (GPUs stay as
-    they are); a count already in ``XLA_FLAGS`` is kept."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    devices = cpu_devices_for(num_runs)
-    if CPU_DEVICES_FLAG not in flags and devices > 1:
-        os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICES_FLAG}={devices}".strip()
 
 
 def cmd_train(args: list[str]) -> int:
@@ -318,11 +186,12 @@ def cmd_train(args: list[str]) -> int:
     if group is not None or resumed is not None:
         use_cpu_devices(len(group) if group is not None else len(resumed))
         if resumed is not None:
-            _, rest = _pop_flag(args, "--run-dir")
+            _, rest = pop_flag(args, "--run-dir")
             parsed = [parse_train_args([*rest, "--run-dir", str(d)]) for d in resumed]
         else:
             parsed = [parse_train_args(run_args) for _, run_args in group]
         configs = [config for config, _, _ in parsed]
+        use_compile_cache()
         try:
             results = train_group(configs, resume=parsed[0][1], preset=parsed[0][2])
         except (ConfigError, RunDirError) as error:
@@ -336,6 +205,7 @@ def cmd_train(args: list[str]) -> int:
               f"{results[0].run_dir.parent}")
         return 0
     config, resume, preset = parse_train_args(args)
+    use_compile_cache()
     try:
         result = train(config, resume=resume, preset=preset)
     except (ConfigError, RunDirError) as error:
@@ -354,7 +224,7 @@ def cmd_train(args: list[str]) -> int:
 def cmd_eval(args: list[str]) -> int:
     from mtrl_sparse.run_loop import evaluate_run
 
-    parsed = _tyro_parse(EvalArgs, args, None, "mtrl-sparse eval")
+    parsed = tyro_parse(EvalArgs, args, None, "mtrl-sparse eval")
     run_dir = Path(parsed.run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise UsageError(f"{run_dir} holds no run (no {CONFIG_FILE})")
@@ -377,7 +247,7 @@ def cmd_eval(args: list[str]) -> int:
 def cmd_report(args: list[str]) -> int:
     from mtrl_sparse.report import ReportError, aggregate, find_runs, markdown_table
 
-    parsed = _tyro_parse(ReportArgs, args, None, "mtrl-sparse report")
+    parsed = tyro_parse(ReportArgs, args, None, "mtrl-sparse report")
     if parsed.reps <= 0 or not 0.0 < parsed.confidence < 1.0:
         raise UsageError(f"--reps must be > 0 and --confidence in (0, 1); got {parsed.reps} "
                          f"and {parsed.confidence}")
@@ -388,6 +258,86 @@ def cmd_report(args: list[str]) -> int:
         raise UsageError(str(error)) from None
     print(markdown_table(score, results, parsed.confidence))
     return 0
+
+
+SWEEP_FLAGS = ("--preset", "--method", "--sparsity", "--seeds", "--out", "--file", "--group-size",
+               "--backend", "--address", "--workers", "--gpus")
+
+
+def parse_sweep_args(args: list[str]):
+    """(SweepSpec, out, SweepOptions) from ``sweep`` arguments; the flags not listed in
+    ``SWEEP_FLAGS`` are train flags of every run."""
+    from mtrl_sparse.sweep import (
+        SweepOptions,
+        SweepSpec,
+        parse_list,
+        parse_sparsities,
+        parse_sweep_seeds,
+        spec_from_toml,
+    )
+
+    values = {}
+    for flag in SWEEP_FLAGS:
+        values[flag], args = pop_flag(args, flag)
+    file_options: dict = {}
+    if values["--file"] is not None:
+        given = [f for f in ("--preset", "--method", "--sparsity", "--seeds") if values[f]]
+        if given or args:
+            raise UsageError(f"--file holds the grid and its train flags; got {' '.join(given)}"
+                             f"{' '.join(args)} besides it")
+        spec, file_options = spec_from_toml(Path(values["--file"]))
+    else:
+        missing = [f for f in ("--preset", "--method", "--seeds") if values[f] is None]
+        if missing:
+            raise UsageError(f"sweep needs {', '.join(missing)} (or --file sweep.toml); "
+                             "mtrl-sparse sweep --help shows the usage")
+        sparsity = values["--sparsity"]
+        spec = SweepSpec(preset=values["--preset"],
+                         methods=parse_list(values["--method"], "--method"),
+                         sparsities=parse_sparsities(sparsity.split(",")) if sparsity else (),
+                         seeds=parse_sweep_seeds(values["--seeds"]), train_args=tuple(args))
+    out = values["--out"] or file_options.get("out")
+    if out is None:
+        raise UsageError("sweep needs --out DIR, the directory of the sweep's runs")
+
+    def count(flag: str, key: str) -> int | None:
+        text = values[flag] if values[flag] is not None else file_options.get(key)
+        if text is None:
+            return None
+        if not str(text).isdigit() or (int(text) == 0 and flag != "--gpus"):
+            raise UsageError(f"{flag} {text}: expected a positive integer")
+        return int(text)
+
+    backend = values["--backend"] or file_options.get("backend", "local")
+    if backend not in ("local", "ray"):
+        raise UsageError(f"--backend {backend!r}; accepted: local, ray")
+    options = SweepOptions(group_size=count("--group-size", "group_size"), backend=backend,
+                           address=values["--address"] or file_options.get("address"),
+                           workers=count("--workers", "workers"), gpus=count("--gpus", "gpus"))
+    return spec, Path(out), options
+
+
+def cmd_sweep(args: list[str]) -> int:
+    from mtrl_sparse.sweep import check_out_dir, check_spec, run_sweep
+
+    if "-h" in args or "--help" in args:
+        print(SWEEP_HELP, end="")
+        return 0
+    spec, out, options = parse_sweep_args(args)
+    check_spec(spec)
+    if options.backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError("--backend ray needs Ray: pip install 'mtrl-sparse[ray]'") from None
+    resuming = check_out_dir(out, spec)
+    print(f"{'resuming' if resuming else 'starting'} sweep {out}", flush=True)
+    finished, failed = run_sweep(spec, out, options, interactive=sys.stdout.isatty())
+    print(f"\n{finished} runs finished, {len(failed)} failed" + (":" if failed else ""))
+    for name, error in failed:
+        print(f"  {name}: {error}")
+    print(f"compare them: mtrl-sparse report {out}")
+    return 1 if failed else 0
 
 
 def cmd_presets(args: list[str]) -> int:
@@ -443,7 +393,7 @@ def cmd_methods(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets,
-            "methods": cmd_methods, "report": cmd_report}
+            "methods": cmd_methods, "report": cmd_report, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ Layout::
     <run_dir>/tb/             TensorBoard event files (same scalars as metrics.jsonl)
     <run_dir>/checkpoints/    orbax checkpoints, one folder per env step
     <run_dir>/eval/           results of `mtrl-sparse eval`
+    <run_dir>/finished.json   written when the run reaches its budget: env steps, updates, the
+                              final evaluation row (absent while the run is unfinished)
 
 Fields whose name starts with ``time/`` are wall-clock measurements; everything else in
 ``metrics.jsonl`` is a deterministic function of the config and seed.
@@ -36,6 +38,7 @@ METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
+FINISHED_FILE = "finished.json"
 
 
 class RunDirError(ValueError):
@@ -120,6 +123,22 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_finished(run_dir: Path, env_steps: int, updates: int,
+                   last_eval: dict[str, Any] | None) -> None:
+    """Mark the run finished: ``finished.json`` with its env steps, updates and final
+    evaluation row (written last, atomically, so its presence means the run is complete)."""
+    tmp = run_dir / f".{FINISHED_FILE}.tmp"
+    tmp.write_text(json.dumps({"env_steps": env_steps, "updates": updates,
+                               "last_eval": last_eval}, default=float) + "\n")
+    os.replace(tmp, run_dir / FINISHED_FILE)
+
+
+def read_finished(run_dir: Path) -> dict[str, Any] | None:
+    """The content of ``finished.json`` (None while the run is unfinished)."""
+    path = run_dir / FINISHED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ from mtrl_sparse.on_policy_group import VmappedOnPolicyRuns
 from mtrl_sparse.run_dir import (
     CHECKPOINT_DIR,
     EVAL_DIR,
+    FINISHED_FILE,
     MetricsLogger,
     RunDirError,
     check_new_run_dir,
@@ -57,6 +58,7 @@ from mtrl_sparse.run_dir import (
     read_config,
     truncate_metrics,
     write_config,
+    write_finished,
 )
 
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
@@ -151,6 +153,8 @@ def prepare_run_dir(config: RunConfig, resume: bool, preset: str | None) -> Path
             f"{stored.total_env_steps}; it may only be raised"
         )
     write_config(run_dir, replace(stored, total_env_steps=config.total_env_steps), preset)
+    if config.total_env_steps > stored.total_env_steps:  # more to train: not finished any more
+        (run_dir / FINISHED_FILE).unlink(missing_ok=True)
     return run_dir
 
 
@@ -207,6 +211,8 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
         group.restore(saved)
         last_evals = [meta["last_eval"] for _, meta in saved]
         if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add
+            for run_dir, last_eval in zip(run_dirs, last_evals, strict=True):
+                write_finished(run_dir, start_step, group.updates(), last_eval)
             return [run_result(d, start_step, group.updates(), group.task_names, last_eval)
                     for d, last_eval in zip(run_dirs, last_evals, strict=True)]
         for run_dir, tracker, (_, meta) in zip(run_dirs, episodes, saved, strict=True):
@@ -293,6 +299,8 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
         bar.close()
         for logger in loggers:
             logger.close()
+    for run_dir, last_eval in zip(run_dirs, last_evals, strict=True):
+        write_finished(run_dir, env_steps, group.updates(), last_eval)
     seconds["total"] = time.perf_counter() - t_start
     return [run_result(d, env_steps, group.updates(), group.task_names, last_eval, seconds)
             for d, last_eval in zip(run_dirs, last_evals, strict=True)]

@@ -26,12 +26,12 @@ from mtrl_sparse.agents.ppo import PPO, PPOConfig, Rollout, make_ppo
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import SACConfig, make_sac
 from mtrl_sparse.agents.tree_paths import path_str
-from mtrl_sparse.cli import parse_train_args
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.run_loop import train
+from mtrl_sparse.train_args import parse_train_args
 from support.invariants import assert_mask_invariant
 from support.method_options import options_firing_every_update
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from mtrl_sparse.agent_kind import EpisodeTracker
-from mtrl_sparse.cli import cpu_devices_for, main
+from mtrl_sparse.cli import main
 from mtrl_sparse.config import MiniGridEnvConfig
 from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
+from mtrl_sparse.train_args import cpu_devices_for
 from support.run_checks import assert_rows_close, deterministic_rows
 
 SMOKE = get_preset("minigrid-smoke").config

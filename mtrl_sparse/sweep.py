@@ -1,0 +1,621 @@
+"""Sweeps: a grid of methods x sparsities x seeds on one preset, run as vmapped groups.
+
+A sweep is the ``train`` arguments of its cells: each run is ``mtrl-sparse train --preset P
+[train flags] --method M [--sparsity S] --seed N --run-dir OUT/<cell>/seed<N>``, so each run
+directory is an ordinary one (``report``, ``eval`` and ``train --resume`` read it) and equals the
+same run executed alone. Methods without a sparsity member (dense, and plasticity methods on a
+dense network: reset, redo, weight_decay, layernorm) take no sparsity: they form one cell
+(``<method>``); every method with a sparsity member (gmp, set, rigl, static, and combinations such
+as ``gmp+redo``) forms one cell per sparsity (``<method>-sparsity<S>``).
+
+Layout of ``--out``::
+
+    <out>/sweep.json             the grid (preset, methods, sparsities, seeds, train flags) and
+                                 its runs; a later command on the same --out must give the same grid
+    <out>/<cell>/seed<N>/        one run directory per run
+    <out>/logs/<group>.log       the output of the worker process of each group (its last attempt)
+
+Execution: the unfinished runs are planned into groups of at most ``group_size`` runs of one
+method (different seeds and sparsities: one vmapped program, ``run_loop.train_group``); each
+group runs in a worker process (``python -m mtrl_sparse.sweep OUT RUN...``), in a local process
+pool or as Ray tasks. A finished run (``finished.json``) is skipped; a run with a checkpoint
+resumes from it (runs of a group resume together, so the plan groups them by checkpoint step); a
+run that started but wrote no checkpoint starts again. So the same command resumes a killed sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtrl_sparse.checkpointing import has_checkpoint
+from mtrl_sparse.config import ConfigError, validate
+from mtrl_sparse.methods.base import MethodError
+from mtrl_sparse.methods.registry import method_members
+from mtrl_sparse.presets import PRESETS
+from mtrl_sparse.run_dir import CHECKPOINT_DIR, CONFIG_FILE, read_finished, read_metrics
+from mtrl_sparse.train_args import UsageError, parse_seeds, parse_train_args
+
+MANIFEST_FILE = "sweep.json"
+LOG_DIR = "logs"
+RESERVED_FLAGS = ("--preset", "--method", "--sparsity", "--seed", "--seeds", "--run-dir",
+                  "--resume", "--progress", "--no-progress")
+"""Train flags a sweep sets itself for each run."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The grid of a sweep: what ``sweep.json`` stores and a resumed sweep must repeat."""
+
+    preset: str
+    methods: tuple[str, ...]
+    sparsities: tuple[float, ...]
+    seeds: tuple[int, ...]
+    train_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of the grid: ``name`` is its run directory relative to the sweep's ``--out``."""
+
+    method: str
+    sparsity: float | None
+    seed: int
+
+    @property
+    def cell(self) -> str:
+        return self.method if self.sparsity is None else f"{self.method}-sparsity{self.sparsity:g}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.cell}/seed{self.seed}"
+
+
+# --- the grid -----------------------------------------------------------------------------------
+
+def takes_sparsity(method: str) -> bool:
+    """Whether ``method`` (``a+b``) has a sparsity member (``UsageError`` if unknown)."""
+    try:
+        return any(entry.kind == "sparsity" for entry in method_members(method))
+    except MethodError as error:
+        raise UsageError(str(error)) from None
+
+
+def expand_grid(spec: SweepSpec) -> list[SweepRun]:
+    """The runs of ``spec``, cell by cell in the order of ``spec.methods`` then sparsities, seeds
+    innermost."""
+    runs = []
+    for method in spec.methods:
+        levels: Sequence[float | None] = spec.sparsities if takes_sparsity(method) else (None,)
+        runs.extend(SweepRun(method, level, seed) for level in levels for seed in spec.seeds)
+    return runs
+
+
+def parse_list(text: str, what: str) -> tuple[str, ...]:
+    """A comma-separated list of non-empty, distinct items."""
+    items = tuple(item.strip() for item in text.split(","))
+    if not all(items) or len(set(items)) != len(items):
+        raise UsageError(f"{what} {text!r}: expected a comma-separated list of distinct values")
+    return items
+
+
+def parse_sparsities(values: Sequence[Any]) -> tuple[float, ...]:
+    """Target sparsities, each in (0, 1)."""
+    try:
+        levels = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        levels = ()
+    if not levels or any(not 0.0 < s < 1.0 for s in levels) or len(set(levels)) != len(levels):
+        raise UsageError(f"--sparsity {','.join(map(str, values))}: expected distinct target "
+                         "sparsities in (0, 1), e.g. 0.8,0.95,0.99")
+    return levels
+
+
+def parse_sweep_seeds(value: Any) -> tuple[int, ...]:
+    """Seeds: a count N (seeds 0..N-1), a range A-B, a list A,B,C, or a TOML list."""
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    text = str(value).strip()
+    if text.isdigit():
+        if int(text) == 0:
+            raise UsageError("--seeds 0: a sweep needs at least one seed")
+        return tuple(range(int(text)))
+    return tuple(parse_seeds(text))
+
+
+def check_spec(spec: SweepSpec) -> None:
+    """Usage errors of a grid, before anything is written: unknown preset or method, a sparse
+    method without sparsities, flags the sweep sets itself; then every cell's ``train``
+    arguments parse into a valid config."""
+    if spec.preset not in PRESETS:
+        raise UsageError(f"unknown preset {spec.preset!r}; accepted: {', '.join(PRESETS)}")
+    sparse = [m for m in spec.methods if takes_sparsity(m)]
+    if sparse and not spec.sparsities:
+        raise UsageError(f"{', '.join(sparse)} need --sparsity (target sparsities in (0, 1))")
+    for arg in spec.train_args:
+        if arg.partition("=")[0] in RESERVED_FLAGS:
+            raise UsageError(f"{arg.partition('=')[0]} is set by the sweep for each run; "
+                             "give the grid with --method, --sparsity and --seeds")
+    cells = {run.cell: run for run in expand_grid(spec)}
+    for run in cells.values():
+        config, _, _ = parse_train_args(train_arguments(spec, run, Path("unused")))
+        try:
+            validate(config)
+        except ConfigError as error:
+            raise UsageError(f"{run.cell}: {error}") from None
+
+
+def train_arguments(spec: SweepSpec, run: SweepRun, out: Path) -> list[str]:
+    """The ``mtrl-sparse train`` arguments of ``run``."""
+    sparsity = [] if run.sparsity is None else ["--sparsity", f"{run.sparsity:g}"]
+    return ["--preset", spec.preset, *spec.train_args, "--method", run.method, *sparsity,
+            "--seed", str(run.seed), "--run-dir", str(out / run.name), "--no-progress"]
+
+
+def spec_from_toml(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """A grid from a TOML file: ``preset``, ``methods`` (list), ``sparsities`` (list),
+    ``seeds`` (a count, a list or "A-B"), optional ``train_args`` (list of train flags); the
+    other keys (``out``, ``group_size``, ``backend``, ``address``, ``workers``) are returned as
+    execution options. ``UsageError`` naming the problem otherwise."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise UsageError(f"--file {path}: cannot read it ({error.strerror or error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"--file {path}: not valid TOML ({error})") from None
+    grid_keys = {"preset", "methods", "sparsities", "seeds", "train_args"}
+    options = {"out", "group_size", "backend", "address", "workers"}
+    unknown = set(data) - grid_keys - options
+    if unknown:
+        raise UsageError(f"--file {path}: unknown keys {', '.join(sorted(unknown))}; accepted: "
+                         f"{', '.join(sorted(grid_keys | options))}")
+    for key in ("preset", "methods", "seeds"):
+        if key not in data:
+            raise UsageError(f"--file {path}: missing key {key!r}")
+    methods, train_args = data["methods"], data.get("train_args", [])
+    if (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)
+            or not isinstance(train_args, list)
+            or not all(isinstance(a, str) for a in train_args)):
+        raise UsageError(f"--file {path}: methods and train_args must be lists of strings")
+    sparsities = data.get("sparsities", [])
+    spec = SweepSpec(preset=str(data["preset"]), methods=parse_list(",".join(methods), "methods"),
+                     sparsities=parse_sparsities(sparsities) if sparsities else (),
+                     seeds=parse_sweep_seeds(data["seeds"]), train_args=tuple(train_args))
+    return spec, {k: data[k] for k in options if k in data}
+
+
+# --- the manifest -------------------------------------------------------------------------------
+
+def spec_dict(spec: SweepSpec) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
+
+
+def check_out_dir(out: Path, spec: SweepSpec) -> bool:
+    """Whether ``out`` already holds this sweep (True: resume it). ``UsageError`` if it holds a
+    different sweep, or anything that is not a sweep."""
+    manifest = out / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            stored = json.loads(manifest.read_text())["spec"]
+        except (json.JSONDecodeError, KeyError):
+            raise UsageError(f"--out {out}: its {MANIFEST_FILE} is unreadable") from None
+        if stored != spec_dict(spec):
+            differ = [k for k, v in spec_dict(spec).items() if stored.get(k) != v]
+            raise UsageError(f"--out {out} holds a different sweep (its {', '.join(differ)} "
+                             "differ); give the same grid to resume it, or another --out")
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and holds no sweep ({MANIFEST_FILE}); give a new "
+                         "or empty directory")
+    return False
+
+
+def write_manifest(out: Path, spec: SweepSpec) -> None:
+    """``sweep.json``: the grid and its runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [{"name": r.name, "method": r.method, "sparsity": r.sparsity, "seed": r.seed}
+            for r in expand_grid(spec)]
+    tmp = out / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps({"version": 1, "spec": spec_dict(spec), "runs": runs}, indent=1))
+    os.replace(tmp, out / MANIFEST_FILE)
+
+
+def read_manifest(out: Path) -> tuple[SweepSpec, list[SweepRun]]:
+    data = json.loads((out / MANIFEST_FILE).read_text())
+    spec = data["spec"]
+    spec = SweepSpec(preset=spec["preset"], methods=tuple(spec["methods"]),
+                     sparsities=tuple(spec["sparsities"]), seeds=tuple(spec["seeds"]),
+                     train_args=tuple(spec["train_args"]))
+    return spec, [SweepRun(r["method"], r["sparsity"], r["seed"]) for r in data["runs"]]
+
+
+# --- state of the runs and the plan -------------------------------------------------------------
+
+def run_state(out: Path, run: SweepRun) -> str:
+    """``finished``, ``partial`` (holds a checkpoint to resume from) or ``pending``."""
+    run_dir = out / run.name
+    if read_finished(run_dir) is not None:
+        return "finished"
+    if has_checkpoint(run_dir / CHECKPOINT_DIR):
+        return "partial"
+    return "pending"
+
+
+def latest_checkpoint_step(run_dir: Path) -> int:
+    return max(int(p.name) for p in (run_dir / CHECKPOINT_DIR).iterdir() if p.name.isdigit())
+
+
+def default_group_size(preset: str, accelerators: int = 0) -> int:
+    """Runs per vmapped group (1 for agents without a group kind, ``run_loop.GROUP_KINDS``).
+    PPO on MiniGrid: 8 per device (on 2 CPU cores 8 runs took 1.4-1.5x less time than one after
+    another; a run's rollout and minibatch buffers take a few MB, so 8 fit any GPU). SAC on
+    Meta-World: 4 per device, since each run keeps its own replay buffer on the device
+    (``buffer_capacity`` x (2 x 39 observation + 4 action + 2) float32: about 0.34 GB per million
+    transitions) and its own Meta-World envs on the host."""
+    from mtrl_sparse.run_loop import GROUP_KINDS
+
+    agent = PRESETS[preset].config.AGENT
+    if agent not in GROUP_KINDS:
+        return 1
+    per_device = 8 if agent == "ppo" else 4
+    return per_device * max(accelerators, 1)
+
+
+def plan_groups(out: Path, runs: list[SweepRun], group_size: int) -> list[list[SweepRun]]:
+    """The unfinished runs in groups of at most ``group_size``: runs of one method, and (to
+    resume together) either all fresh or all with their latest checkpoint at one env step."""
+    by_key: dict[tuple[str, int], list[SweepRun]] = {}
+    for run in runs:
+        state = run_state(out, run)
+        if state == "finished":
+            continue
+        step = latest_checkpoint_step(out / run.name) if state == "partial" else -1
+        by_key.setdefault((run.method, step), []).append(run)
+    groups = []
+    for members in by_key.values():
+        count = math.ceil(len(members) / group_size)
+        size = math.ceil(len(members) / count)  # balanced: 10 runs by 8 -> 5 + 5
+        groups.extend(members[i:i + size] for i in range(0, len(members), size))
+    return groups
+
+
+def group_label(group: list[SweepRun]) -> str:
+    """A short name of a group for logs and the live table."""
+    first = group[0]
+    rest = f"+{len(group) - 1}" if len(group) > 1 else ""
+    return f"{first.cell}-seed{first.seed}{rest}"
+
+
+# --- one group, in its worker process -----------------------------------------------------------
+
+def run_group(out: Path, names: list[str]) -> None:
+    """Train the runs ``names`` of the sweep in ``out`` as one group: resume those with a
+    checkpoint, start the others (removing what a run wrote before its first checkpoint)."""
+    from mtrl_sparse.run_loop import train_group
+    from mtrl_sparse.train_args import use_compile_cache, use_cpu_devices
+
+    spec, runs = read_manifest(out)
+    by_name = {run.name: run for run in runs}
+    group = [by_name[name] for name in names]
+    todo = [run for run in group if run_state(out, run) != "finished"]
+    resumed = [run for run in todo if run_state(out, run) == "partial"]
+    fresh = [run for run in todo if run not in resumed]
+    use_cpu_devices(max(len(todo), 1))  # a plan's group is all fresh or all resumed
+    use_compile_cache()
+    if resumed:
+        parsed = [parse_train_args(["--resume", "--run-dir", str(out / run.name),
+                                    "--no-progress"]) for run in resumed]
+        train_group([config for config, _, _ in parsed], resume=True, preset=spec.preset)
+    if fresh:
+        for run in fresh:
+            if (out / run.name).exists():
+                shutil.rmtree(out / run.name)  # started, no checkpoint: start again
+        parsed = [parse_train_args(train_arguments(spec, run, out)) for run in fresh]
+        train_group([config for config, _, _ in parsed], preset=spec.preset)
+
+
+def worker_command(out: Path, group: list[SweepRun]) -> list[str]:
+    return [sys.executable, "-m", "mtrl_sparse.sweep", str(out), *(run.name for run in group)]
+
+
+def last_error_line(log: Path) -> str:
+    """The line of a failed worker's log that names its error (its last non-empty line)."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    except OSError:
+        return "no log"
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else "exited without output"
+
+
+def run_progress(out: Path, run: SweepRun) -> int:
+    """Env steps of the last metrics row of ``run`` (0 before any)."""
+    if not (out / run.name / CONFIG_FILE).is_file():
+        return 0
+    try:
+        rows = read_metrics(out / run.name)
+    except (OSError, ValueError):
+        return 0
+    return int(rows[-1]["step"]) if rows else 0
+
+
+# --- executing the plan -------------------------------------------------------------------------
+
+@dataclass
+class GroupOutcome:
+    group: list[SweepRun]
+    error: str | None  # None: the worker exited cleanly
+    seconds: float
+
+
+@dataclass
+class Status:
+    """What the live table shows: runs by state, the running groups, the failures, the ETA."""
+
+    total: int
+    finished: int = 0
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (run, error)
+    running: list[list[SweepRun]] = dataclasses.field(default_factory=list)
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    finished_at_start: int = 0
+
+    def eta_seconds(self) -> float | None:
+        """Remaining time at the rate of the runs finished by this command (None before one)."""
+        done_here = self.finished - self.finished_at_start
+        if done_here <= 0:
+            return None
+        remaining = self.total - self.finished - len(self.failed)
+        return remaining * (time.perf_counter() - self.started) / done_here
+
+
+def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
+                  worker_env: Callable[[int], dict[str, str]],
+                  on_change: Callable[[list[list[SweepRun]], list[GroupOutcome]], None]
+                  ) -> list[GroupOutcome]:
+    """Run the groups' workers, at most ``workers`` at a time (worker slot ``i`` gets the
+    environment ``worker_env(i)``); ``on_change(running, outcomes)`` after each start or end."""
+    (out / LOG_DIR).mkdir(exist_ok=True)
+    queue, outcomes = list(groups), []
+    running: dict[int, tuple[subprocess.Popen, list[SweepRun], float, Any]] = {}
+    try:
+        while queue or running:
+            for slot in range(workers):
+                if slot not in running and queue:
+                    group = queue.pop(0)
+                    log = (out / LOG_DIR / f"{group_label(group)}.log").open("w")
+                    process = subprocess.Popen(worker_command(out, group), stdout=log,
+                                               stderr=subprocess.STDOUT,
+                                               env={**os.environ, **worker_env(slot)})
+                    running[slot] = (process, group, time.perf_counter(), log)
+                    on_change([g for _, g, _, _ in running.values()], outcomes)
+            time.sleep(0.5)
+            for slot, (process, group, start, log) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                error = None if process.returncode == 0 else last_error_line(Path(log.name))
+                outcomes.append(GroupOutcome(group, error, time.perf_counter() - start))
+                del running[slot]
+                on_change([g for _, g, _, _ in running.values()], outcomes)
+            on_change([g for _, g, _, _ in running.values()], outcomes)
+    finally:
+        for process, _, _, log in running.values():
+            process.terminate()
+            process.wait()
+            log.close()
+    return outcomes
+
+
+def execute_ray(out: Path, groups: list[list[SweepRun]], address: str | None,
+                cpus_per_group: Callable[[list[SweepRun]], int], gpus_per_group: float,
+                on_change: Callable[[list[list[SweepRun]], list[GroupOutcome]], None]
+                ) -> list[GroupOutcome]:
+    """Each group a Ray task on the cluster at ``address`` (None: a local Ray instance),
+    requesting its CPUs and GPUs; the task runs the group's worker process on its node, which
+    writes under ``out`` (a directory every node sees)."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    try:
+        remote = ray.remote(_ray_group_task)
+        (out / LOG_DIR).mkdir(exist_ok=True)
+        pending = {}
+        for group in groups:
+            ref = remote.options(num_cpus=cpus_per_group(group), num_gpus=gpus_per_group).remote(
+                worker_command(out, group), str(out / LOG_DIR / f"{group_label(group)}.log"))
+            pending[ref] = (group, time.perf_counter())
+        outcomes: list[GroupOutcome] = []
+        while pending:
+            on_change([g for g, _ in pending.values()], outcomes)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                group, start = pending.pop(ref)
+                try:
+                    error = ray.get(ref)
+                except Exception as failure:  # the task itself failed (node lost, ...)
+                    error = f"Ray task failed: {str(failure).splitlines()[0]}"
+                outcomes.append(GroupOutcome(group, error, time.perf_counter() - start))
+        on_change([], outcomes)
+        return outcomes
+    finally:
+        ray.shutdown()
+
+
+def _ray_group_task(command: list[str], log_path: str) -> str | None:
+    """A Ray task: run a group's worker process, its output into ``log_path``; the error line
+    or None. (Ray sets CUDA_VISIBLE_DEVICES to the task's GPUs; the worker inherits it.)"""
+    with open(log_path, "w") as log:
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                                    env=dict(os.environ)).returncode
+    return None if returncode == 0 else last_error_line(Path(log_path))
+
+
+# --- the sweep command --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep executes (not part of its grid: a resumed sweep may change them)."""
+
+    group_size: int | None = None  # None: default_group_size
+    backend: str = "local"  # local | ray
+    address: str | None = None  # Ray cluster address; None: a local Ray instance
+    workers: int | None = None  # local: groups at a time; None: by cores or GPUs
+    gpus: int | None = None  # GPUs of this machine (local) or per group (ray); None: detected
+
+
+def count_gpus() -> int:
+    """NVIDIA GPUs visible to this process (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``),
+    without starting JAX on them."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
+def gpu_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    return [str(i) for i in range(count_gpus())]
+
+
+class Monitor:
+    """The live table of a sweep (rich, on a terminal) or one line per change (otherwise):
+    runs done / running / failed / pending and the ETA."""
+
+    def __init__(self, out: Path, runs: list[SweepRun], interactive: bool):
+        self.out, self.runs = out, runs
+        self.status = Status(total=len(runs))
+        self.status.finished = self.status.finished_at_start = sum(
+            run_state(out, r) == "finished" for r in runs)
+        self.interactive = interactive
+        self.live = None
+        self.last_line = ""
+
+    def __enter__(self) -> Monitor:
+        if self.interactive:
+            from rich.live import Live
+
+            self.live = Live(self.table(), refresh_per_second=2, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.update(self.table())
+            self.live.__exit__(*exc)
+
+    def update(self, running: list[list[SweepRun]], outcomes: list[GroupOutcome]) -> None:
+        status = self.status
+        status.running = running
+        status.failed = [(run.name, o.error) for o in outcomes if o.error for run in o.group
+                         if run_state(self.out, run) != "finished"]
+        status.finished = sum(run_state(self.out, r) == "finished" for r in self.runs)
+        if self.live is not None:
+            self.live.update(self.table())
+            return
+        line = self.summary_line()
+        if line != self.last_line:
+            print(line, flush=True)
+            self.last_line = line
+
+    def counts(self) -> dict[str, int]:
+        status = self.status
+        running = sum(len(g) for g in status.running)
+        return {"done": status.finished, "running": running, "failed": len(status.failed),
+                "pending": status.total - status.finished - running - len(status.failed)}
+
+    def eta_text(self) -> str:
+        eta = self.status.eta_seconds()
+        return "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+
+    def summary_line(self) -> str:
+        counts = " ".join(f"{k} {v}" for k, v in self.counts().items())
+        groups = ", ".join(group_label(g) for g in self.status.running)
+        return (f"sweep {self.out}: {counts} of {self.status.total}, ETA {self.eta_text()}"
+                + (f"; running {groups}" if groups else ""))
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"sweep {self.out} ({self.status.total} runs)")
+        for column in ("runs", "count", "detail"):
+            table.add_column(column)
+        counts = self.counts()
+        table.add_row("done", str(counts["done"]), f"ETA {self.eta_text()}")
+        table.add_row("running", str(counts["running"]), "")
+        for group in self.status.running:
+            table.add_row("", "", f"{group_label(group)}: env step "
+                                  f"{run_progress(self.out, group[0]):,}")
+        table.add_row("failed", str(counts["failed"]), "")
+        for name, error in self.status.failed[:10]:
+            table.add_row("", "", f"{name}: {error}")
+        table.add_row("pending", str(counts["pending"]), "")
+        return table
+
+
+def run_sweep(spec: SweepSpec, out: Path, options: SweepOptions,
+              interactive: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """Run (or resume) the sweep of ``spec`` in ``out``; returns (finished runs, failed runs as
+    (name, error line)). The grid must have passed ``check_spec`` and ``check_out_dir``."""
+    write_manifest(out, spec)
+    runs = expand_grid(spec)
+    local_gpus = count_gpus() if options.gpus is None else options.gpus
+    group_size = options.group_size or default_group_size(
+        spec.preset, local_gpus if options.backend == "local" else 0)
+    groups = plan_groups(out, runs, group_size)
+    with Monitor(out, runs, interactive) as monitor:
+        if not groups:
+            monitor.update([], [])
+        elif options.backend == "ray":
+            gpus = options.gpus or 0
+            from mtrl_sparse.train_args import cpu_devices_for
+
+            execute_ray(out, groups, options.address,
+                        lambda g: 1 if gpus else cpu_devices_for(len(g)), gpus, monitor.update)
+        elif local_gpus:
+            devices = gpu_ids()[:local_gpus] or [str(i) for i in range(local_gpus)]
+            execute_local(out, groups, options.workers or len(devices),
+                          lambda slot: {"CUDA_VISIBLE_DEVICES": devices[slot % len(devices)]},
+                          monitor.update)
+        else:
+            from mtrl_sparse.train_args import cpu_devices_for
+
+            cores = os.cpu_count() or 1
+            workers = options.workers or max(1, cores // cpu_devices_for(group_size))
+            execute_local(out, groups, workers, lambda slot: {}, monitor.update)
+    return monitor.status.finished, monitor.status.failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The worker process of one group: ``python -m mtrl_sparse.sweep OUT RUN_NAME...``."""
+    argv = sys.argv[1:] if argv is None else argv
+    out, names = Path(argv[0]), argv[1:]
+    try:
+        run_group(out, names)
+    except Exception as error:  # one line for the sweep's summary, the traceback above it
+        import traceback
+
+        traceback.print_exc()
+        print(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

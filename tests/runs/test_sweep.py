@@ -1,0 +1,201 @@
+"""``mtrl-sparse sweep``: the grid and its names, bad input, and (slow) sweeps of the smoke preset
+that resume after a kill, equal runs executed alone, and run on a local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtrl_sparse.run_dir import read_finished
+from mtrl_sparse.sweep import (
+    MANIFEST_FILE,
+    SweepRun,
+    SweepSpec,
+    check_out_dir,
+    expand_grid,
+    parse_sweep_seeds,
+    plan_groups,
+    write_manifest,
+)
+from mtrl_sparse.train_args import UsageError
+from support.cli import assert_usage_error, run_cli
+from support.run_checks import assert_rows_close, complete_checkpoints, deterministic_rows
+
+SMOKE_SWEEP = ["--preset", "minigrid-smoke", "--method", "dense,gmp", "--sparsity", "0.9",
+               "--seeds", "2", "--checkpoint-every-env-steps", "200", "--keep-checkpoints", "5"]
+
+
+def test_the_grid_gives_sparse_methods_every_sparsity_and_dense_style_methods_none():
+    spec = SweepSpec(preset="minigrid-smoke", methods=("dense", "gmp", "redo", "gmp+redo"),
+                     sparsities=(0.9, 0.95), seeds=(0, 1))
+    names = [run.name for run in expand_grid(spec)]
+    assert names == [
+        "dense/seed0", "dense/seed1",
+        "gmp-sparsity0.9/seed0", "gmp-sparsity0.9/seed1",
+        "gmp-sparsity0.95/seed0", "gmp-sparsity0.95/seed1",
+        "redo/seed0", "redo/seed1",
+        "gmp+redo-sparsity0.9/seed0", "gmp+redo-sparsity0.9/seed1",
+        "gmp+redo-sparsity0.95/seed0", "gmp+redo-sparsity0.95/seed1",
+    ]
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("3", (0, 1, 2)), ("2-4", (2, 3, 4)),
+                                             ("1,5", (1, 5)), ([7, 8], (7, 8))])
+def test_seeds_are_a_count_a_range_or_a_list(text, seeds):
+    assert parse_sweep_seeds(text) == seeds
+
+
+def test_groups_hold_one_method_and_are_balanced(tmp_path):
+    runs = ([SweepRun("gmp", s, seed) for s in (0.9, 0.95) for seed in range(5)]
+            + [SweepRun("dense", None, seed) for seed in range(3)])
+    groups = plan_groups(tmp_path, runs, group_size=8)
+    assert [len(g) for g in groups] == [5, 5, 3]  # 10 gmp runs by 8: two groups of 5
+    assert all(len({run.method for run in g}) == 1 for g in groups)
+    assert sorted(run.name for g in groups for run in g) == sorted(run.name for run in runs)
+
+
+def test_a_different_grid_on_the_same_out_is_refused_and_the_same_resumes(tmp_path):
+    spec = SweepSpec(preset="minigrid-smoke", methods=("dense",), sparsities=(), seeds=(0,))
+    write_manifest(tmp_path / "s", spec)
+    assert check_out_dir(tmp_path / "s", spec) is True
+    with pytest.raises(UsageError, match="holds a different sweep .*seeds"):
+        check_out_dir(tmp_path / "s", SweepSpec(preset="minigrid-smoke", methods=("dense",),
+                                                sparsities=(), seeds=(0, 1)))
+
+
+MALFORMED_TOML = "preset = 'minigrid-smoke'\nmethods = ['dense'\n"
+UNKNOWN_KEY_TOML = "preset = 'minigrid-smoke'\nmethods = ['dense']\nseeds = 2\nlr = 3\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--preset", "minigrid-smoke", "--method", "dense,gmpp", "--sparsity", "0.9",
+      "--seeds", "2"], "unknown method 'gmpp'"),
+    (["--preset", "minigrid-smoke", "--method", "gmp", "--sparsity", "0.9,1.5",
+      "--seeds", "2"], "in (0, 1)"),
+    (["--preset", "minigrid-smoke", "--method", "gmp", "--seeds", "2"], "need --sparsity"),
+    (["--preset", "minigrid-smokee", "--method", "dense", "--seeds", "2"], "unknown preset"),
+    (["--preset", "minigrid-smoke", "--method", "dense", "--seeds", "2", "--seed", "3"],
+     "--seed is set by the sweep"),
+    (["--preset", "minigrid-smoke", "--method", "dense", "--seeds", "2", "--ppo.actor-lr", "x"],
+     "ppo.actor-lr"),
+    (["--preset", "minigrid-smoke", "--method", "dense", "--seeds", "two"], "--seeds"),
+    (["--preset", "minigrid-smoke", "--method", "dense", "--seeds", "2", "--backend", "slurm"],
+     "accepted: local, ray"),
+    (["--file", "{tmp}/bad.toml"], "not valid TOML"),
+    (["--file", "{tmp}/unknown.toml"], "unknown keys lr"),
+])
+def test_bad_sweep_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, args, message):
+    (tmp_path / "bad.toml").write_text(MALFORMED_TOML)
+    (tmp_path / "unknown.toml").write_text(UNKNOWN_KEY_TOML)
+    out = tmp_path / "sweep"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert_usage_error(capsys, ["sweep", *args, "--out", str(out)], message)
+    assert not out.exists()
+
+
+def test_an_out_holding_another_sweep_or_other_files_is_refused_unchanged(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    write_manifest(out, SweepSpec(preset="minigrid-smoke", methods=("dense",), sparsities=(),
+                                  seeds=(0,)))
+    before = (out / MANIFEST_FILE).read_text()
+    assert_usage_error(capsys, ["sweep", "--preset", "minigrid-smoke", "--method", "dense",
+                                "--seeds", "2", "--out", str(out)], "holds a different sweep")
+    assert (out / MANIFEST_FILE).read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert_usage_error(capsys, ["sweep", "--preset", "minigrid-smoke", "--method", "dense",
+                                "--seeds", "2", "--out", str(other)], "holds no sweep")
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_the_ray_backend_without_ray_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    out = tmp_path / "sweep"
+    assert_usage_error(capsys, ["sweep", "--preset", "minigrid-smoke", "--method", "dense",
+                                "--seeds", "1", "--backend", "ray", "--out", str(out)],
+                       "mtrl-sparse[ray]")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path, capsys):
+    """A complete sweep; then one run as a kill leaves it (no finished mark, its last checkpoint
+    gone): the same command trains only that run, from its checkpoint, and its metrics end
+    without duplicated rows, equal to the uninterrupted run's."""
+    out = tmp_path / "sweep"
+    code, stdout, _ = run_cli(capsys, ["sweep", *SMOKE_SWEEP, "--out", str(out)])
+    assert code == 0, stdout
+    assert "4 runs finished, 0 failed" in stdout
+    names = ["dense/seed0", "dense/seed1", "gmp-sparsity0.9/seed0", "gmp-sparsity0.9/seed1"]
+    for name in names:
+        assert read_finished(out / name)["env_steps"] == 600
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert [run["name"] for run in manifest["runs"]] == names
+    complete = {name: deterministic_rows(out / name) for name in names}
+    mtimes = {name: os.stat(out / name / "metrics.jsonl").st_mtime_ns for name in names}
+
+    killed = out / "gmp-sparsity0.9/seed1"
+    (killed / "finished.json").unlink()
+    steps = complete_checkpoints(killed)
+    shutil.rmtree(killed / "checkpoints" / str(steps[-1]))
+    code, stdout, _ = run_cli(capsys, ["sweep", *SMOKE_SWEEP, "--out", str(out)])
+    assert code == 0, stdout
+    assert stdout.startswith("resuming sweep")
+    assert read_finished(killed)["env_steps"] == 600
+    assert_rows_close(deterministic_rows(killed), complete["gmp-sparsity0.9/seed1"])
+    for name in names[:3]:  # the finished runs were not touched
+        assert os.stat(out / name / "metrics.jsonl").st_mtime_ns == mtimes[name]
+
+    code, stdout, _ = run_cli(capsys, ["sweep", *SMOKE_SWEEP, "--out", str(out)])
+    assert code == 0 and "4 runs finished" in stdout  # nothing left to do
+
+
+@pytest.mark.slow
+def test_a_sweep_run_equals_the_same_run_trained_alone(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, stdout, _ = run_cli(capsys, ["sweep", "--preset", "minigrid-smoke", "--method", "gmp",
+                                       "--sparsity", "0.8,0.9", "--seeds", "1",
+                                       "--out", str(out)])
+    assert code == 0, stdout
+    alone = tmp_path / "alone"
+    code, _, err = run_cli(capsys, ["train", "--preset", "minigrid-smoke", "--method", "gmp",
+                                    "--sparsity", "0.9", "--seed", "0", "--run-dir", str(alone),
+                                    "--no-progress"])
+    assert code == 0, err
+    assert_rows_close(deterministic_rows(out / "gmp-sparsity0.9/seed0"),
+                      deterministic_rows(alone))
+
+
+@pytest.mark.slow
+def test_a_failed_group_is_listed_and_does_not_stop_the_sweep(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    spec_args = ["--preset", "minigrid-smoke", "--method", "dense,redo", "--seeds", "1"]
+    write_manifest(out, SweepSpec(preset="minigrid-smoke", methods=("dense", "redo"),
+                                  sparsities=(), seeds=(0,)))
+    (out / "dense" / "seed0").mkdir(parents=True)
+    (out / "dense" / "seed0" / "checkpoints").mkdir()
+    (out / "dense" / "seed0" / "checkpoints" / "200").mkdir()  # a checkpoint it cannot read
+    code, stdout, _ = run_cli(capsys, ["sweep", *spec_args, "--out", str(out)])
+    assert code == 1
+    assert "1 runs finished, 1 failed" in stdout
+    assert "dense/seed0: " in stdout
+    assert read_finished(out / "redo/seed0") is not None
+
+
+@pytest.mark.slow
+def test_the_ray_backend_on_a_local_instance(tmp_path, capsys):
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    code, stdout, _ = run_cli(capsys, ["sweep", "--preset", "minigrid-smoke", "--method",
+                                       "dense", "--seeds", "2", "--backend", "ray",
+                                       "--out", str(out)])
+    assert code == 0, stdout
+    for seed in (0, 1):
+        assert read_finished(Path(out) / f"dense/seed{seed}")["env_steps"] == 600

@@ -44,7 +44,8 @@ commands:
   sweep     a grid of methods x sparsities x seeds as vmapped groups of runs, resumable:
             sweep --preset P --method dense,gmp --sparsity 0.9,0.95 --seeds 5 --out DIR
             [--file sweep.toml] [--group-size K] [--backend local|ray] [train flags]
-  report    IQM of final scores with bootstrap CIs over runs: report DIR [DIR ...]
+  report    IQM of final scores with bootstrap CIs, differences to dense, figures:
+            report SWEEP_DIR, or report DIR [DIR ...] --out DIR
 """
 
 SWEEP_HELP = """usage: mtrl-sparse sweep --out DIR [options] [any train flag]
@@ -82,11 +83,19 @@ class EvalArgs:
 
 @dataclass(frozen=True)
 class ReportArgs:
-    """Aggregate finished runs: IQM of the final per-task scores per group of runs (runs that
-    differ only in their seed form one group), with a stratified-bootstrap interval (rliable)."""
+    """Report finished runs: per group of runs (runs that differ only in their seed), the IQM of
+    the final per-task scores with a stratified-bootstrap interval (rliable) and its difference
+    to dense; learning curves, final score against sparsity, plasticity over training and a
+    per-task heat map as figures; what is missing. Writes report.md and the figures (PNG, SVG)
+    into --out and prints the table."""
 
     run_dirs: tyro.conf.Positional[tuple[str, ...]]
-    """Run directories, or directories holding runs one level below."""
+    """A sweep's directory, run directories, or directories holding runs at any depth."""
+    out: str | None = None
+    """Where report.md and the figures go; default: the directory given, when one is given and
+    it is not itself a run."""
+    figures: bool = True
+    """Draw the figures (needs matplotlib, the report extra)."""
     reps: int = 2000
     """Bootstrap replications."""
     confidence: float = 0.95
@@ -133,7 +142,7 @@ def next_commands(args: list[str], config: RunConfig, preset: str | None,
     same = " ".join([*(["--preset", preset] if preset else []), *args])
     return [f"mtrl-sparse train {same} --method {method} --sparsity {sparsity} "
             f"--run-dir {other}".replace("  ", " "),
-            f"mtrl-sparse report {run_dir} {other}"]
+            f"mtrl-sparse report {run_dir} {other} --out {run_dir.parent / 'report'}"]
 
 
 def group_run_name(seed: int, sparsity: str | None) -> str:
@@ -245,19 +254,34 @@ def cmd_eval(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from mtrl_sparse.report import ReportError, aggregate, find_runs, markdown_table
+    from mtrl_sparse.report import REPORT_FILE, ReportError, write_report
 
     parsed = tyro_parse(ReportArgs, args, None, "mtrl-sparse report")
     if parsed.reps <= 0 or not 0.0 < parsed.confidence < 1.0:
         raise UsageError(f"--reps must be > 0 and --confidence in (0, 1); got {parsed.reps} "
                          f"and {parsed.confidence}")
+    paths = [Path(d) for d in parsed.run_dirs]
+    out = parsed.out
+    if out is None:
+        if len(paths) != 1 or (paths[0] / CONFIG_FILE).is_file():
+            raise UsageError("report of several directories or of one run needs --out DIR, "
+                             "where report.md and the figures go")
+        out = paths[0]
     try:
-        runs = find_runs([Path(d) for d in parsed.run_dirs])
-        score, results = aggregate(runs, parsed.reps, parsed.confidence, parsed.seed)
+        markdown = write_report(paths, Path(out), parsed.reps, parsed.confidence, parsed.seed,
+                                figures=parsed.figures)
     except (ReportError, RunDirError) as error:
         raise UsageError(str(error)) from None
-    print(markdown_table(score, results, parsed.confidence))
+    print(report_table(markdown))
+    print(f"report: {Path(out) / REPORT_FILE} (figures next to it)")
     return 0
+
+
+def report_table(markdown: str) -> str:
+    """The final-performance section of a report (what ``report`` prints)."""
+    start = markdown.find("## Final performance")
+    end = markdown.find("\n## ", start + 1)
+    return markdown[start:end if end >= 0 else None].strip() + "\n"
 
 
 SWEEP_FLAGS = ("--preset", "--method", "--sparsity", "--seeds", "--out", "--file", "--group-size",

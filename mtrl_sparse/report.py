@@ -9,17 +9,35 @@ rate (Meta-World SAC).
 
 Runs are grouped by the config fields in which they differ, seeds aside: runs of one method and
 sparsity but different seeds form one group, labelled by those differing fields.
+
+``write_report`` reports a whole sweep (run directories at any depth below the paths given):
+``report.md`` with the table, each group's difference to the dense group with its interval, the
+runs still missing, and figures (``mtrl_sparse.report_figures``, matplotlib from the ``report``
+extra): learning curves, final score against sparsity, plasticity over training and a per-task
+heat map. Only finished runs (``finished.json``) enter its numbers.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mtrl_sparse.config import differing_fields, flat_fields
-from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_metrics
+from mtrl_sparse.config import RunConfig, differing_fields, flat_fields
+from mtrl_sparse.report_figures import (
+    Curve,
+    FinalPoint,
+    file_stem,
+    final_vs_sparsity_figure,
+    heatmap_figure,
+    learning_curves_figure,
+    plasticity_figure,
+    save_figure,
+)
+from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_finished, read_metrics
 
 SCORES = ("eval/normalized_return", "eval/success")
 """Score prefixes, the first one a run logs wins: per task ``<prefix>/<task>``."""
@@ -47,22 +65,44 @@ class GroupResult:
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories among ``paths``: each path is a run, or holds runs one level below."""
-    runs = []
+    """Run directories among ``paths``: each path is a run directory (it holds ``config.json``) or
+    holds runs at any depth below it, as a sweep does (``sweeps/s1/gmp-sparsity0.95/seed3/``).
+    A run's own subdirectories and hidden directories are not searched; each run is listed once,
+    in path order and sorted below each path."""
+    runs: dict[Path, Path] = {}  # by resolved path
     for path in paths:
-        if (path / CONFIG_FILE).is_file():
-            runs.append(path)
-            continue
-        below = sorted(p for p in path.glob(f"*/{CONFIG_FILE}"))
-        if not below:
+        found = _runs_below(path, set())
+        if not found:
             raise ReportError(f"{path} is not a run directory and holds none")
-        runs.extend(p.parent for p in below)
-    return runs
+        for run in found:
+            runs.setdefault(run.resolve(), run)
+    return list(runs.values())
+
+
+def _runs_below(path: Path, visited: set[Path]) -> list[Path]:
+    """Runs at or below ``path``, sorted; ``visited`` (resolved directories, updated) keeps a
+    symbolic link from leading the search in a circle."""
+    resolved = path.resolve()
+    if resolved in visited:
+        return []
+    visited.add(resolved)
+    if (path / CONFIG_FILE).is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [run for child in children for run in _runs_below(child, visited)]
 
 
 def final_scores(run_dir: Path) -> tuple[str, dict[str, float]]:
     """``(score name, {task: final score})`` from the run's last evaluation row."""
-    rows = [r for r in read_metrics(run_dir) if any(k.startswith(SCORES) for k in r)]
+    return final_scores_of(read_metrics(run_dir), run_dir)
+
+
+def final_scores_of(rows: list[dict[str, Any]], run_dir: Path) -> tuple[str, dict[str, float]]:
+    """``(score name, {task: final score})`` from the last evaluation row among a run's metrics
+    ``rows`` (``run_dir`` names the run in errors)."""
+    rows = [r for r in rows if any(k.startswith(SCORES) for k in r)]
     if not rows:
         raise ReportError(f"{run_dir} has no evaluation row in its metrics")
     last = rows[-1]
@@ -74,56 +114,77 @@ def final_scores(run_dir: Path) -> tuple[str, dict[str, float]]:
     raise ReportError(f"{run_dir}: its last evaluation row has no per-task score")
 
 
-def group_labels(run_dirs: list[Path]) -> list[str]:
-    """Each run's label: ``field=value`` for the config fields that differ between runs (seeds
-    and logging aside; a method's options only for runs that use that method), or the method
-    name when none do."""
-    configs = [read_config(d) for d in run_dirs]
+def varying_fields(configs: list[RunConfig]) -> list[dict[str, Any]]:
+    """Per config, ``{dotted field name: value}`` of the fields that differ between ``configs``
+    (seeds and logging aside; a method's options only for configs whose networks use that
+    method), in the config's field order."""
     varying: list[str] = []
     for other in configs[1:]:
         for name in differing_fields(configs[0], other):
             if name not in varying and name.split(".")[0] not in IGNORED_FIELDS:
                 varying.append(name)
-    labels = []
+    fields = []
     for config in configs:
         flat = flat_fields(config)
         used = {part for s in config.network_methods().values() for part in s.name.split("+")}
-        relevant = [n for n in flat if n in varying  # in the config's field order
-                    and not (n.startswith("methods.") and n.split(".")[1] not in used)]
-        labels.append(" ".join(f"{n}={flat[n]}" for n in relevant) if relevant
-                      else config.method)
-    return labels
+        fields.append({n: flat[n] for n in flat if n in varying
+                       and not (n.startswith("methods.") and n.split(".")[1] not in used)})
+    return fields
+
+
+def label_of(fields: dict[str, Any], config: RunConfig) -> str:
+    """A group's label: ``field=value`` of its varying ``fields``, or the method name when none
+    vary."""
+    return " ".join(f"{n}={v}" for n, v in fields.items()) if fields else config.method
+
+
+def group_labels(run_dirs: list[Path]) -> list[str]:
+    """Each run's label: ``field=value`` for the config fields that differ between runs (seeds
+    and logging aside; a method's options only for runs that use that method), or the method
+    name when none do."""
+    configs = [read_config(d) for d in run_dirs]
+    return [label_of(fields, config)
+            for fields, config in zip(varying_fields(configs), configs, strict=True)]
+
+
+def common_score(names: list[str]) -> str:
+    """The one score name the runs log (``ReportError`` if they mix several)."""
+    if len(set(names)) > 1:
+        raise ReportError(f"the runs log different scores ({', '.join(sorted(set(names)))}); "
+                          "report runs of one agent at a time")
+    return names[0]
+
+
+def score_matrix(runs: list[dict[str, float]], label: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """``(tasks, (runs, tasks) matrix)`` of one group's ``{task: final score}`` per run, tasks
+    sorted by name (``ReportError`` if the runs' task sets differ)."""
+    tasks = sorted(runs[0])
+    if any(sorted(r) != tasks for r in runs):
+        raise ReportError(f"group {label!r} mixes runs of different task sets")
+    return tuple(tasks), np.array([[r[t] for t in tasks] for r in runs])
+
+
+def group_result(label: str, matrix: np.ndarray, reps: int, confidence: float,
+                 seed: int) -> GroupResult:
+    """IQM, stratified-bootstrap interval and mean of a group's (runs, tasks) final scores."""
+    from rliable import metrics
+
+    low, high = stratified_interval(matrix, reps, confidence, seed)
+    return GroupResult(label=label, runs=matrix.shape[0], tasks=matrix.shape[1],
+                       iqm=float(metrics.aggregate_iqm(matrix)), ci_low=low, ci_high=high,
+                       mean=float(np.mean(matrix)))
 
 
 def aggregate(run_dirs: list[Path], reps: int = 2000, confidence: float = 0.95,
               seed: int = 0) -> tuple[str, list[GroupResult]]:
     """IQM and stratified-bootstrap interval per group of ``run_dirs``; the score's name."""
-    from rliable import metrics
-
     scores = [final_scores(d) for d in run_dirs]
-    names = {name for name, _ in scores}
-    if len(names) > 1:
-        raise ReportError(f"the runs log different scores ({', '.join(sorted(names))}); "
-                          "report runs of one agent at a time")
+    score = common_score([name for name, _ in scores])
     groups: dict[str, list[dict[str, float]]] = {}
     for label, (_, per_task) in zip(group_labels(run_dirs), scores, strict=True):
         groups.setdefault(label, []).append(per_task)
-    matrices = {}
-    for label, runs in groups.items():
-        tasks = sorted(runs[0])
-        if any(sorted(r) != tasks for r in runs):
-            raise ReportError(f"group {label!r} mixes runs of different task sets")
-        matrices[label] = np.array([[r[t] for t in tasks] for r in runs])  # (runs, tasks)
-
-    intervals = {label: stratified_interval(matrix, reps, confidence, seed)
-                 for label, matrix in matrices.items()}
-    results = [
-        GroupResult(label=label, runs=matrix.shape[0], tasks=matrix.shape[1],
-                    iqm=float(metrics.aggregate_iqm(matrix)), ci_low=intervals[label][0],
-                    ci_high=intervals[label][1], mean=float(np.mean(matrix)))
-        for label, matrix in matrices.items()
-    ]
-    return names.pop(), results
+    return score, [group_result(label, score_matrix(runs, label)[1], reps, confidence, seed)
+                   for label, runs in groups.items()]
 
 
 def stratified_interval(matrix: np.ndarray, reps: int, confidence: float,
@@ -157,3 +218,554 @@ def markdown_table(score: str, results: list[GroupResult], confidence: float = 0
         lines.append(f"| {r.label} | {r.runs} | {r.tasks} | {r.iqm:.3f} | "
                      f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.mean:.3f} |")
     return "\n".join(lines)
+
+
+# --- sweep report: report.md and figures ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run directory of a sweep, read once: its config, metrics rows and finish mark."""
+
+    path: Path
+    config: RunConfig
+    rows: tuple[dict[str, Any], ...]
+    finished: dict[str, Any] | None
+    """``finished.json`` (None: the run is unfinished and enters no number)."""
+
+    def last_step(self) -> int:
+        """The last env step the run logged (0 before its first row)."""
+        return max((int(r["step"]) for r in self.rows), default=0)
+
+
+@dataclass(frozen=True)
+class SweepGroup:
+    """Runs that differ only in their seed (and logging), finished and unfinished apart."""
+
+    label: str
+    """``field=value`` of the fields that vary in the sweep (``group_labels``)."""
+    name: str
+    """Short name: the method, other varying fields, then the sparsity (``gmp 0.95``)."""
+    series: str
+    """The name without the sparsity (``gmp``): a line across sparsities."""
+    sparsity: float
+    dense: bool
+    """Every network of the group is dense: the reference of the differences."""
+    finished: tuple[SweepRun, ...]
+    unfinished: tuple[SweepRun, ...]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """IQM(group) - IQM(dense) and its percentile interval (see ``difference_to_dense``)."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly above or below 0."""
+        return self.low > 0.0 or self.high < 0.0
+
+
+@dataclass(frozen=True)
+class FigureNote:
+    """A figure of the report: the files written (stems, one PNG and one SVG each) and what they
+    show, or why it was skipped."""
+
+    title: str
+    stems: tuple[str, ...] = ()
+    caption: str = ""
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupFinal:
+    """A group's final scores and their aggregate."""
+
+    group: SweepGroup
+    tasks: tuple[str, ...]
+    matrix: np.ndarray
+    """(runs, tasks) final scores of the finished runs."""
+    result: GroupResult
+    difference: Difference | None
+    """To the dense group (None for it, and when there is no one dense group of these tasks)."""
+
+
+REPORT_FILE = "report.md"
+PLASTICITY_PREFIX = "plasticity/"
+PLASTICITY_METRICS = ("dormant_fraction", "srank", "fisher_trace")
+"""Plasticity metrics drawn (``plasticity/<network>/<metric>``; any network a run logs)."""
+SCORE_LABELS = {"eval/normalized_return": "normalised return", "eval/success": "success rate"}
+SWEEP_MANIFEST = "sweep.json"
+"""The manifest ``mtrl-sparse sweep`` writes in its ``--out`` (``mtrl_sparse.sweep``)."""
+
+
+def not_started(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Runs a sweep planned but has not started: ``(run dir, its sweep.json entry)`` for each
+    entry of ``<path>/sweep.json`` (``mtrl_sparse.sweep``'s manifest, read as JSON: ``runs`` of
+    ``{"name": <run dir relative to the sweep>, "method", "sparsity", "seed"}``) whose run
+    directory holds no ``config.json`` yet. Paths without a readable manifest plan nothing."""
+    planned = []
+    for path in paths:
+        try:
+            entries = json.loads((path / SWEEP_MANIFEST).read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        planned += [(path / entry["name"], entry) for entry in entries
+                    if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                    and not (path / entry["name"] / CONFIG_FILE).is_file()]
+    return planned
+
+
+def load_run(path: Path) -> SweepRun:
+    """The run directory at ``path``, read."""
+    return SweepRun(path=path, config=read_config(path), rows=tuple(read_metrics(path)),
+                    finished=read_finished(path))
+
+
+def is_dense(config: RunConfig) -> bool:
+    """Whether every network of ``config`` trains with the method ``dense``."""
+    return all(s.name == "dense" for s in config.network_methods().values())
+
+
+def group_runs(runs: list[SweepRun]) -> list[SweepGroup]:
+    """``runs`` grouped by the fields that vary between them (finished or not), dense groups
+    first, then by series and sparsity."""
+    fields = varying_fields([r.config for r in runs])
+    members: dict[str, list[tuple[SweepRun, dict[str, Any]]]] = {}
+    for run, run_fields in zip(runs, fields, strict=True):
+        members.setdefault(label_of(run_fields, run.config), []).append((run, run_fields))
+    groups = []
+    for label, group in members.items():
+        config, group_fields = group[0][0].config, group[0][1]
+        dense = is_dense(config)
+        others = [f"{n}={v}" for n, v in group_fields.items() if n not in ("method", "sparsity")]
+        series = " ".join([config.method, *others])
+        groups.append(SweepGroup(
+            label=label, name=series if dense else f"{series} {config.sparsity:g}",
+            series=series, sparsity=config.sparsity, dense=dense,
+            finished=tuple(r for r, _ in group if r.finished is not None),
+            unfinished=tuple(r for r, _ in group if r.finished is None)))
+    return sorted(groups, key=lambda g: (not g.dense, g.series, g.sparsity, g.label))
+
+
+def iqm(samples: np.ndarray) -> np.ndarray:
+    """Interquartile mean over the last axis, ``(..., n) -> (...)``: the mean of the sorted
+    values without the ``n // 4`` lowest and highest, as ``scipy.stats.trim_mean(x, 0.25)`` and
+    rliable's ``aggregate_iqm`` of the flattened scores (Agarwal et al. 2021)."""
+    n = samples.shape[-1]
+    return np.sort(samples, axis=-1)[..., n // 4:n - n // 4].mean(axis=-1)
+
+
+def stratified_indices(runs: int, tasks: int, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """(reps, runs, tasks) run indices of ``reps`` stratified bootstrap resamples: each task's
+    ``runs`` scores drawn with replacement from that task's (runs resampled within each task,
+    as rliable's ``StratifiedBootstrap``)."""
+    return rng.integers(0, runs, size=(reps, runs, tasks))
+
+
+def resampled_iqms(matrix: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(reps,) IQMs of the resamples of a (runs, tasks) ``matrix`` given by (reps, runs, tasks)
+    ``indices`` (``stratified_indices``), each over all its runs x tasks scores."""
+    resampled = matrix[indices, np.arange(matrix.shape[1])]  # (reps, runs, tasks)
+    return iqm(resampled.reshape(len(indices), -1))
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` percentile interval of (reps,) bootstrap replicates."""
+    low, high = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+def difference_to_dense(matrix: np.ndarray, dense: np.ndarray, reps: int, confidence: float,
+                        seed: int) -> Difference:
+    """IQM(group) - IQM(dense) of a group's and the dense group's (runs, tasks) final scores
+    (same tasks, any numbers of runs), with its interval.
+
+    The interval is the central ``confidence`` percentile interval of ``reps`` replicates of
+    IQM(group*) - IQM(dense*), where in each replication group* and dense* are stratified
+    bootstrap resamples (runs resampled within each task; Agarwal et al. 2021) drawn
+    independently of each other, from two generators spawned from ``seed`` (the same seed gives
+    the same interval). The runs of the two groups are independent, so are their resamples.
+    """
+    group_rng, dense_rng = (np.random.default_rng(s)
+                            for s in np.random.SeedSequence(seed).spawn(2))
+    replicates = (
+        resampled_iqms(matrix, stratified_indices(*matrix.shape, reps, group_rng))
+        - resampled_iqms(dense, stratified_indices(*dense.shape, reps, dense_rng)))
+    low, high = percentile_interval(replicates, confidence)
+    return Difference(float(iqm(matrix.ravel()) - iqm(dense.ravel())), low, high)
+
+
+def step_series(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...],
+                keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps (T,), values (T, len(keys)))`` of the rows holding every one of ``keys`` as a
+    number, ascending in env steps (a step logged twice: its last row)."""
+    by_step = {int(r["step"]): [float(r[k]) for k in keys] for r in rows
+               if all(isinstance(r.get(k), int | float) for k in keys)}
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    return steps, np.array([by_step[s] for s in steps], dtype=float).reshape(len(steps), len(keys))
+
+
+def align(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Runs' ``(steps (T_i,), values (T_i, ...))`` at the steps all of them logged:
+    ``(steps (T,), values (runs, T, ...))``."""
+    common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in series)))
+    stacked = [values[np.searchsorted(steps, common)] for steps, values in series]
+    return np.array(common, dtype=np.int64), np.stack(stacked)
+
+
+def learning_curve(scores: np.ndarray, reps: int, confidence: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(iqm, low, high)``, each (T,), of a group's (runs, T, tasks) evaluation scores: at each
+    step the IQM over the pooled runs x tasks scores, and its stratified-bootstrap percentile
+    interval. The resampling indices are drawn once and used at every step (whole runs' curves
+    are resampled), so the band is smooth; at the final step it is the table's kind of
+    interval."""
+    runs, _, tasks = scores.shape
+    indices = stratified_indices(runs, tasks, reps, np.random.default_rng(seed))
+    center = iqm(scores.transpose(1, 0, 2).reshape(scores.shape[1], -1))
+    bounds = np.array([percentile_interval(resampled_iqms(scores[:, t], indices), confidence)
+                       for t in range(scores.shape[1])]).reshape(-1, 2)
+    return center, bounds[:, 0], bounds[:, 1]
+
+
+def plasticity_keys(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[str]:
+    """The ``plasticity/<network>/<metric>`` names a run logs for the ``PLASTICITY_METRICS``,
+    actor first, then by network and in the order of ``PLASTICITY_METRICS``."""
+    keys = {k for r in rows for k in r if k.startswith(PLASTICITY_PREFIX)
+            and len(k.split("/")) == 3 and k.split("/")[2] in PLASTICITY_METRICS}
+    return sorted(keys, key=plasticity_order)
+
+
+def plasticity_order(key: str) -> tuple[bool, str, int]:
+    """Sort key of a ``plasticity/<network>/<metric>`` name: actor first, then by network, and
+    by the metric's place in ``PLASTICITY_METRICS``."""
+    _, network, metric = key.split("/")
+    return network != "actor", network, PLASTICITY_METRICS.index(metric)
+
+
+def require_matplotlib() -> None:
+    """``ReportError`` naming the ``report`` extra unless matplotlib is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ReportError("figures need matplotlib, which is not installed: "
+                          "pip install 'mtrl-sparse[report]' (or report without figures)")
+
+
+def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence: float = 0.95,
+                 seed: int = 0, figures: bool = True) -> str:
+    """Report a sweep: ``<out_dir>/report.md`` and its figures (PNG and SVG); returns the
+    Markdown.
+
+    Runs are the run directories at or below ``paths`` (``find_runs``), grouped by the config
+    fields that vary between them, seeds aside (``group_labels``). Only finished runs (with
+    ``finished.json``) enter numbers and figures; unfinished ones are listed under "Missing",
+    with the runs a sweep's ``sweep.json`` plans but that have not started (``not_started``;
+    for the paths given, which are then a sweep's ``--out``) and the groups that have fewer
+    finished seeds than others. Sections:
+
+    * final performance per group: IQM of the (runs, tasks) final scores with its
+      stratified-bootstrap percentile interval (``reps`` replications, seeded by ``seed``; as
+      ``aggregate``, Agarwal et al. 2021), and the difference to the dense group with its
+      interval (``difference_to_dense``), marked ``*`` where the interval excludes 0 (omitted,
+      with the reason, unless exactly one group is dense);
+    * figures (``figures=True`` needs matplotlib, the ``report`` extra): learning curves,
+      final score against sparsity, plasticity over training, per-task heat map; a figure
+      without data is skipped and the report says why.
+
+    ``ReportError`` for unusable input: no runs, a finished run without evaluation, runs mixing
+    scores, bad ``reps`` or ``confidence``, figures without matplotlib.
+    """
+    if reps <= 0 or not 0.0 < confidence < 1.0:
+        raise ReportError(f"reps must be > 0 and confidence in (0, 1); got {reps} and "
+                          f"{confidence}")
+    if figures:
+        require_matplotlib()
+    groups = group_runs([load_run(path) for path in find_runs(paths)])
+    score, finals, no_difference = final_performance(groups, reps, confidence, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not figures:
+        notes = [FigureNote("Figures", skipped="not drawn (the report was asked for none)")]
+    elif score is None:
+        notes = [FigureNote("Figures", skipped="no run has finished")]
+    else:
+        notes = draw_figures(finals, score, out_dir, reps, confidence, seed)
+    markdown = "\n".join([
+        *summary_section(paths, groups),
+        *final_section(score, finals, no_difference, reps, confidence, seed),
+        *figures_section(notes),
+        *missing_section(groups, not_started(paths)),
+    ]) + "\n"
+    (out_dir / REPORT_FILE).write_text(markdown)
+    return markdown
+
+
+def final_performance(groups: list[SweepGroup], reps: int, confidence: float,
+                      seed: int) -> tuple[str | None, list[GroupFinal], str | None]:
+    """``(score name, finals, why no differences)`` of the groups' finished runs: the score is
+    None when no run finished; the reason is None when the differences to dense are given."""
+    scored = [(g, [final_scores_of(list(r.rows), r.path) for r in g.finished])
+              for g in groups if g.finished]
+    if not scored:
+        return None, [], "no run has finished"
+    score = common_score([name for _, scores in scored for name, _ in scores])
+    matrices = [(g, *score_matrix([per_task for _, per_task in scores], g.label))
+                for g, scores in scored]
+    dense = [(g, tasks, matrix) for g, tasks, matrix in matrices if g.dense]
+    if len(dense) == len(matrices):
+        reason = "every finished group is dense, none to compare with it"
+    elif not dense:
+        reason = "no finished group is dense (method dense), the reference of the difference"
+    elif len(dense) > 1:
+        names = ", ".join(g.name for g, _, _ in dense)
+        reason = f"{len(dense)} finished groups are dense ({names}); the difference needs one"
+    else:
+        reason = None
+    finals = []
+    for group, tasks, matrix in matrices:
+        difference = None
+        if reason is None and not group.dense and tasks == dense[0][1]:
+            difference = difference_to_dense(matrix, dense[0][2], reps, confidence, seed)
+        finals.append(GroupFinal(group, tasks, matrix,
+                                 group_result(group.label, matrix, reps, confidence, seed),
+                                 difference))
+    return score, finals, reason
+
+
+def group_curves(finals: list[GroupFinal], score: str, reps: int, confidence: float,
+                 seed: int) -> list[Curve]:
+    """Each group's learning curve (``learning_curve``) at the evaluation steps all its finished
+    runs share (groups sharing none are left out)."""
+    curves = []
+    for final in finals:
+        keys = [f"{score}/{task}" for task in final.tasks]
+        steps, scores = align([step_series(r.rows, keys) for r in final.group.finished])
+        if len(steps):
+            curves.append(curve_of(final.group, steps,
+                                   *learning_curve(scores, reps, confidence, seed)))
+    return curves
+
+
+def plasticity_curves(finals: list[GroupFinal]) -> list[tuple[str, Curve]]:
+    """``(metric name, curve)`` of each plasticity metric every finished run of a group logs
+    (``plasticity_keys``): the mean over the runs, the band from the lowest to the highest run,
+    at the steps all of them logged."""
+    curves = []
+    for final in finals:
+        runs = final.group.finished
+        common = set.intersection(*(set(plasticity_keys(r.rows)) for r in runs))
+        for key in (k for k in plasticity_keys(runs[0].rows) if k in common):
+            steps, values = align([step_series(r.rows, [key]) for r in runs])
+            if len(steps):
+                values = values[..., 0]  # (runs, T)
+                curves.append((key, curve_of(final.group, steps, values.mean(axis=0),
+                                             values.min(axis=0), values.max(axis=0))))
+    return curves
+
+
+def curve_of(group: SweepGroup, steps: np.ndarray, center: np.ndarray, low: np.ndarray,
+             high: np.ndarray) -> Curve:
+    """A figure's ``Curve`` of ``group``, all arrays (T,)."""
+    return Curve(name=group.name, series=group.series, sparsity=group.sparsity,
+                 dense=group.dense, steps=steps, center=center, low=low, high=high)
+
+
+def heatmap_values(finals: list[GroupFinal]) -> tuple[list[str], list[str], np.ndarray]:
+    """``(group names, tasks, (groups, tasks) mean final score)``; tasks in order of first
+    appearance, NaN where a group has no run of a task."""
+    tasks = list(dict.fromkeys(t for f in finals for t in f.tasks))
+    values = np.full((len(finals), len(tasks)), np.nan)
+    for row, final in enumerate(finals):
+        for column, task in enumerate(final.tasks):
+            values[row, tasks.index(task)] = final.matrix[:, column].mean()
+    return [f.group.name for f in finals], tasks, values
+
+
+def draw_figures(finals: list[GroupFinal], score: str, out_dir: Path, reps: int,
+                 confidence: float, seed: int) -> list[FigureNote]:
+    """Draw and write every figure of the report (``report_figures``); a note per figure."""
+    label = SCORE_LABELS.get(score, score)
+    percent = f"{confidence:.0%}"
+    notes = []
+
+    curves = group_curves(finals, score, reps, confidence, seed)
+    title = "Learning curves"
+    if curves:
+        save_figure(learning_curves_figure(curves, label, confidence), out_dir, "learning_curves")
+        notes.append(FigureNote(title, ("learning_curves",), (
+            f"IQM of the {label} over the pooled runs x tasks scores of each evaluation, with its "
+            f"{percent} stratified-bootstrap interval as a band (the same resampled runs at every "
+            "step); one panel per sparsity, the dense group in each.")))
+    else:
+        notes.append(FigureNote(title, skipped="no group's runs share an evaluation step"))
+
+    title = "Final performance against sparsity"
+    points = [FinalPoint(name=f.group.name, series=f.group.series, sparsity=f.group.sparsity,
+                         dense=f.group.dense, iqm=f.result.iqm, low=f.result.ci_low,
+                         high=f.result.ci_high) for f in finals]
+    if any(not p.dense for p in points):
+        save_figure(final_vs_sparsity_figure(points, label, confidence), out_dir,
+                    "final_vs_sparsity")
+        notes.append(FigureNote(title, ("final_vs_sparsity",), (
+            f"Final IQM per sparse group with its {percent} interval as error bars, one line per "
+            "method; the dense group as a horizontal band (its interval) and dashed line.")))
+    else:
+        notes.append(FigureNote(title, skipped="no sparse group has finished"))
+
+    notes.append(plasticity_note(plasticity_curves(finals), out_dir))
+
+    groups, tasks, values = heatmap_values(finals)
+    save_figure(heatmap_figure(groups, tasks, values, label), out_dir, "final_per_task")
+    notes.append(FigureNote("Final performance per task", ("final_per_task",), (
+        f"Mean final {label} over the finished runs of each group (rows) on each task "
+        "(columns).")))
+    return notes
+
+
+def plasticity_note(curves: list[tuple[str, Curve]], out_dir: Path) -> FigureNote:
+    """One plasticity figure per sparse series, each with the dense groups' curves (one for the
+    dense groups alone when no sparse group logged any), written; its note."""
+    title = "Plasticity over training"
+    if not curves:
+        return FigureNote(title, skipped=(
+            "the finished runs log no plasticity metric (plasticity/<network>/"
+            f"{{{','.join(PLASTICITY_METRICS)}}}; plasticity.every_updates > 0 logs them)"))
+    sparse_series = list(dict.fromkeys(c.series for _, c in curves if not c.dense))
+    stems = []
+    for series in sparse_series or ["dense"]:
+        shown = [(key, c) for key, c in curves if c.dense or c.series == series]
+        panels: dict[tuple[str, str], list[Curve]] = {}
+        for key, curve in sorted(shown, key=lambda pair: plasticity_order(pair[0])):
+            _, network, metric = key.split("/")
+            panels.setdefault((network, metric), []).append(curve)
+        stem = f"plasticity_{file_stem(series)}"
+        save_figure(plasticity_figure(series, panels), out_dir, stem)
+        stems.append(stem)
+    return FigureNote(title, tuple(stems), (
+        "Dormant-neuron fraction, effective rank (srank) and Fisher trace of each network over "
+        "training, one figure per method with the dense group in every panel: mean over the "
+        "finished seeds, the band from the lowest to the highest seed."))
+
+
+def summary_section(paths: list[Path], groups: list[SweepGroup]) -> list[str]:
+    """The report's title and how many runs were found, finished and not."""
+    found = sum(len(g.finished) + len(g.unfinished) for g in groups)
+    finished = sum(len(g.finished) for g in groups)
+    where = ", ".join(f"`{p}`" for p in paths)
+    return ["# Sweep report", "",
+            f"{plural(found, 'run')} in {where}, {plural(len(groups), 'group')}: {finished} "
+            f"finished, {found - finished} unfinished (listed under Missing; they enter no "
+            "number and no figure).", ""]
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def final_section(score: str | None, finals: list[GroupFinal], no_difference: str | None,
+                  reps: int, confidence: float, seed: int) -> list[str]:
+    """The final-performance table with how its numbers are computed."""
+    lines = ["## Final performance", ""]
+    if score is None:
+        return [*lines, "No run has finished: there is nothing to aggregate.", ""]
+    percent = f"{confidence:.0%}"
+    label = SCORE_LABELS.get(score, score)
+    lines += [f"Score: `{score}` ({label}, in [0, 1]) on each task at each finished run's last "
+              "evaluation.", ""]
+    header = ["group", "runs", "tasks", "IQM", f"{percent} CI"]
+    if no_difference is None:
+        header += ["Δ IQM vs dense", f"{percent} CI of Δ"]
+    header.append("mean")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for final in finals:
+        r = final.result
+        cells = [final.group.name, str(r.runs), str(r.tasks), f"{r.iqm:.3f}",
+                 f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"]
+        if no_difference is None:
+            cells += difference_cells(final)
+        cells.append(f"{r.mean:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", (
+        f"IQM: interquartile mean of the runs x tasks final scores; CI: its {percent} percentile "
+        "interval under the stratified bootstrap (runs resampled with replacement within each "
+        f"task; Agarwal et al. 2021), {reps} replications, seed {seed}. Mean: plain mean of the "
+        "same scores.")]
+    if no_difference is None:
+        lines += ["", (
+            "Δ: IQM(group) − IQM(dense); its CI is the percentile interval of IQM(group) − "
+            "IQM(dense) over the replications, both groups resampled by the stratified bootstrap "
+            "independently in each; `*`: the interval excludes 0.")]
+    else:
+        lines += ["", f"The difference to dense is omitted: {no_difference}."]
+    return [*lines, ""]
+
+
+def difference_cells(final: GroupFinal) -> list[str]:
+    """The Δ and its interval as table cells."""
+    if final.group.dense:
+        return ["reference", ""]
+    d = final.difference
+    if d is None:
+        return ["n/a (other tasks than dense)", ""]
+    return [f"{d.value:+.3f}" + (" *" if d.excludes_zero else ""),
+            f"[{d.low:+.3f}, {d.high:+.3f}]"]
+
+
+def figures_section(notes: list[FigureNote]) -> list[str]:
+    """Each figure (its PNG, with the SVG named) or why it was skipped."""
+    lines = ["## Figures", ""]
+    for note in notes:
+        lines += [f"### {note.title}", ""]
+        if note.skipped is not None:
+            lines += [f"Skipped: {note.skipped}.", ""]
+            continue
+        lines += [note.caption, ""]
+        for stem in note.stems:
+            lines += [f"![{note.title}: {stem}]({stem}.png)", "",
+                      f"Files: `{stem}.png`, `{stem}.svg`", ""]
+    return lines
+
+
+def missing_section(groups: list[SweepGroup],
+                    planned: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """Runs a sweep planned but not started (``not_started``), unfinished runs (their last step
+    and budget) and groups with fewer finished seeds than the most any group has."""
+    lines = ["## Missing", ""]
+    if planned:
+        lines += ["### Runs not started", "", "| run | method | sparsity | seed |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{path}` | {entry.get('method')} | {entry.get('sparsity')} | "
+                  f"{entry.get('seed')} |" for path, entry in planned]
+        lines.append("")
+    lines += ["### Unfinished runs", ""]
+    unfinished = [(g, r) for g in groups for r in g.unfinished]
+    if unfinished:
+        lines += ["| run | group | seed | last step | budget (env steps) |",
+                  "|---|---|---|---|---|"]
+        for group, run in unfinished:
+            budget = run.config.total_env_steps
+            lines.append(f"| `{run.path}` | {group.name} | {run.config.seed} | {run.last_step()} "
+                         f"| {budget} ({run.last_step() / budget:.0%} done) |")
+    else:
+        lines.append("None: every run found has finished.")
+    lines += ["", "### Groups with fewer finished seeds", ""]
+    seeds = {g.label: {r.config.seed for r in g.finished} for g in groups}
+    every_seed = set().union(*seeds.values())
+    most = max(len(s) for s in seeds.values())
+    short = [g for g in groups if len(seeds[g.label]) < most]
+    if most == 0:
+        lines.append("No group has a finished seed.")
+    elif short:
+        lines += ["| group | finished seeds | most in a group | seeds missing |",
+                  "|---|---|---|---|"]
+        for group in short:
+            missing = ", ".join(map(str, sorted(every_seed - seeds[group.label])))
+            lines.append(f"| {group.name} | {len(seeds[group.label])} | {most} | {missing} |")
+    else:
+        lines.append(f"None: every group has {plural(most, 'finished seed')}.")
+    return [*lines, ""]

@@ -493,6 +493,12 @@ def gpu_ids() -> list[str]:
     return [str(i) for i in range(count_gpus())]
 
 
+def clock(seconds: float) -> str:
+    """``seconds`` as h:mm:ss."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 class Monitor:
     """The live table of a sweep (rich, on a terminal) or one line per change (otherwise):
     runs done / running / failed / pending and the ETA."""
@@ -535,13 +541,13 @@ class Monitor:
 
     def counts(self) -> dict[str, int]:
         status = self.status
-        running = sum(len(g) for g in status.running)
+        running = sum(run_state(self.out, run) != "finished" for g in status.running for run in g)
         return {"done": status.finished, "running": running, "failed": len(status.failed),
                 "pending": status.total - status.finished - running - len(status.failed)}
 
     def eta_text(self) -> str:
         eta = self.status.eta_seconds()
-        return "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+        return "-" if eta is None else clock(eta)
 
     def summary_line(self) -> str:
         counts = " ".join(f"{k} {v}" for k, v in self.counts().items())
@@ -556,7 +562,8 @@ class Monitor:
         for column in ("runs", "count", "detail"):
             table.add_column(column)
         counts = self.counts()
-        table.add_row("done", str(counts["done"]), f"ETA {self.eta_text()}")
+        elapsed = clock(time.perf_counter() - self.status.started)
+        table.add_row("done", str(counts["done"]), f"elapsed {elapsed}, ETA {self.eta_text()}")
         table.add_row("running", str(counts["running"]), "")
         for group in self.status.running:
             table.add_row("", "", f"{group_label(group)}: env step "

@@ -12,7 +12,7 @@ from scipy import stats
 
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.report import aggregate, find_runs
-from mtrl_sparse.run_dir import METRICS_FILE, write_config
+from mtrl_sparse.run_dir import METRICS_FILE, write_config, write_finished
 from support.cli import assert_usage_error, run_cli
 
 TASKS = ("LavaGapS7-v0", "RedBlueDoors-6x6-v0", "MemoryS11-v0")
@@ -31,6 +31,7 @@ def fake_run(path: Path, method: str, sparsity: float, seed: int, scores: list[f
             {"step": 600, "eval/normalized_return": float(np.mean(scores)),
              **{f"eval/normalized_return/{t}": s for t, s in zip(TASKS, scores, strict=True)}}]
     (path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_finished(path, 600, 24, rows[-1])
     return path
 
 
@@ -79,18 +80,26 @@ def test_options_of_unused_methods_and_logging_fields_do_not_split_groups(tmp_pa
                       "method=gmp sparsity=0.9 methods.gmp.scope=global": 1}
 
 
-def test_cli_prints_a_markdown_table(capsys, study):
+def test_cli_prints_the_table_and_writes_the_report_next_to_the_runs(capsys, study):
     root, _ = study
-    code, out, _ = run_cli(capsys, ["report", str(root), "--reps", "200"])
+    code, out, _ = run_cli(capsys, ["report", str(root), "--reps", "200", "--no-figures"])
     assert code == 0
     lines = out.strip().splitlines()
-    assert lines[0].startswith("| group | runs | tasks | IQM eval/normalized_return | 95% CI")
-    assert len(lines) == 4 and "method=gmp sparsity=0.95 | 5 | 3 |" in out
+    assert lines[0] == "## Final performance"
+    header = next(line for line in lines if line.startswith("| group"))
+    assert header.startswith("| group | runs | tasks | IQM | 95% CI | Δ IQM vs dense")
+    assert "| gmp 0.95 | 5 | 3 |" in out and "| dense | 5 | 3 |" in out
+    assert lines[-1] == f"report: {root / 'report.md'} (figures next to it)"
+    assert "## Final performance" in (root / "report.md").read_text()
 
 
 def test_bad_report_input_is_one_line_exit_2(capsys, tmp_path):
     assert_usage_error(capsys, ["report", str(tmp_path)], "is not a run directory")
     fake_run(tmp_path / "r", "dense", 0.0, 0, [0.1, 0.2, 0.3])
     (tmp_path / "r" / METRICS_FILE).write_text(json.dumps({"step": 1, "policy_loss": 0.0}) + "\n")
-    assert_usage_error(capsys, ["report", str(tmp_path / "r")], "no evaluation row")
-    assert_usage_error(capsys, ["report", str(tmp_path / "r"), "--reps", "0"], "--reps")
+    assert_usage_error(capsys, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "o")],
+                       "no evaluation row")
+    assert_usage_error(capsys, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "o"),
+                                "--reps", "0"], "--reps")
+    assert_usage_error(capsys, ["report", str(tmp_path / "r"), str(tmp_path)], "needs --out")
+    assert not (tmp_path / "o").exists()

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtrl_sparse.agent_kind import EpisodeTracker, Iteration
 from mtrl_sparse.agents.ppo import PPOState
-from mtrl_sparse.config import ConfigError, PPOTrainConfig
+from mtrl_sparse.config import ConfigError, PPOTrainConfig, RunConfig
 from mtrl_sparse.evaluation import make_compiled_normalized_return, normalized_return_row
 from mtrl_sparse.on_policy import (
     OnPolicyRun,
@@ -49,15 +49,13 @@ def group_sparsities(config: PPOTrainConfig) -> dict[str, float]:
     return {name: settings.sparsity for name, settings in config.network_methods().items()}
 
 
-def check_group(configs: list[PPOTrainConfig]) -> None:
-    """``ConfigError`` unless the runs can share one program: the jax backend, and configs equal
-    but for ``VARYING_FIELDS`` and target sparsities (config validation has already made a
-    sparse method's sparsity positive and a dense one's zero)."""
+def check_same_program(configs: list[RunConfig]) -> None:
+    """``ConfigError`` unless the runs (of any agent) can share one program: configs equal but
+    for ``VARYING_FIELDS`` and target sparsities (config validation has already made a sparse
+    method's sparsity positive and a dense one's zero)."""
     base = configs[0]
-    if base.env.backend != "jax":
-        raise ConfigError("vmapped PPO runs need the jax backend (--env.backend jax)")
 
-    def shared(config: PPOTrainConfig) -> PPOTrainConfig:
+    def shared(config: RunConfig) -> RunConfig:
         fixed = {f: getattr(base, f) for f in VARYING_FIELDS}
         fixed.update(sparsity=base.sparsity,
                      actor=dataclasses.replace(config.actor, sparsity=base.actor.sparsity),
@@ -68,6 +66,14 @@ def check_group(configs: list[PPOTrainConfig]) -> None:
         if shared(config) != shared(base):
             raise ConfigError("runs vmapped together may differ only in seed and target "
                               "sparsity")
+
+
+def check_group(configs: list[PPOTrainConfig]) -> None:
+    """``ConfigError`` unless the PPO runs can share one program: the jax backend, and
+    ``check_same_program``."""
+    if configs[0].env.backend != "jax":
+        raise ConfigError("vmapped PPO runs need the jax backend (--env.backend jax)")
+    check_same_program(configs)
 
 
 def run_axis_sharding(num_runs: int) -> NamedSharding | None:
@@ -85,11 +91,14 @@ def replicated(sharding: NamedSharding) -> NamedSharding:
     return NamedSharding(sharding.mesh, PartitionSpec())
 
 
-def _stack(trees: list[Any]) -> Any:
+def stack_runs(trees: list[Any]) -> Any:
+    """K pytrees of the same structure -> one pytree, each leaf stacked on a new leading run
+    axis (K, ...)."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _run_slice(tree: Any, index: int) -> Any:
+def run_slice(tree: Any, index: int) -> Any:
+    """Run ``index`` of a pytree whose leaves have a leading run axis (K, ...) -> (...)."""
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
@@ -151,7 +160,7 @@ class VmappedOnPolicyRuns:
     def _stack_envs(self) -> None:
         """Stack the runs' env states (once, at start or restore; they stay stacked)."""
         env_states, obs = zip(*(run.env.device_state() for run in self.runs), strict=True)
-        self.env_state, self.obs = self._place((_stack(env_states), jnp.stack(obs)))
+        self.env_state, self.obs = self._place((stack_runs(env_states), jnp.stack(obs)))
 
     def start(self) -> None:
         keys = jnp.stack([run.init_key for run in self.runs])
@@ -166,7 +175,7 @@ class VmappedOnPolicyRuns:
     def restore(self, saved: list[tuple[Any, dict[str, Any]]]) -> None:
         for run, (state, meta) in zip(self.runs, saved, strict=True):
             run.restore(state, meta)
-        self._set_state(_stack([run.state for run in self.runs]))
+        self._set_state(stack_runs([run.state for run in self.runs]))
         self._stack_envs()
         self.env_steps = self.runs[0].env_steps
 
@@ -199,11 +208,11 @@ class VmappedOnPolicyRuns:
         its rows, probes and checkpoint)."""
         batched = self.state.replace(actor_step=None, critic_step=None)
         for k, run in enumerate(self.runs):
-            run.state = _run_slice(batched, k).replace(actor_step=self.state.actor_step,
-                                                       critic_step=self.state.critic_step)
-            run.metrics = _run_slice(self.metrics, k)
-            run.rollout = _run_slice(self.rollouts, k)
-            run.env.set_device_state(_run_slice(self.env_state, k), self.obs[k])
+            run.state = run_slice(batched, k).replace(actor_step=self.state.actor_step,
+                                                      critic_step=self.state.critic_step)
+            run.metrics = run_slice(self.metrics, k)
+            run.rollout = run_slice(self.rollouts, k)
+            run.env.set_device_state(run_slice(self.env_state, k), self.obs[k])
 
     def train_rows(self) -> list[dict[str, Any]]:
         self._sync_runs()
@@ -217,7 +226,7 @@ class VmappedOnPolicyRuns:
         keys = self._place((jnp.stack([run.eval_key for run in self.runs]),
                             jnp.stack([run.eval_layout_key for run in self.runs])))
         scores = jax.device_get(self._evaluate(self._acting_weights(self.state), *keys))
-        return [normalized_return_row(self.task_names, _run_slice(scores, k))
+        return [normalized_return_row(self.task_names, run_slice(scores, k))
                 for k in range(len(self.runs))]
 
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:

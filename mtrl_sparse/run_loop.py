@@ -45,6 +45,7 @@ from mtrl_sparse.agent_kind import (
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
 from mtrl_sparse.config import ConfigError, RunConfig, differing_fields, validate
 from mtrl_sparse.off_policy import OffPolicyRun
+from mtrl_sparse.off_policy_group import VmappedOffPolicyRuns
 from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.on_policy_group import VmappedOnPolicyRuns
 from mtrl_sparse.run_dir import (
@@ -65,7 +66,7 @@ AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyR
 """The agent kind of each config's ``AGENT``: off-policy with a replay buffer, on-policy with
 rollouts."""
 
-GROUP_KINDS: dict[str, type[RunGroup]] = {"ppo": VmappedOnPolicyRuns}
+GROUP_KINDS: dict[str, type[RunGroup]] = {"ppo": VmappedOnPolicyRuns, "sac": VmappedOffPolicyRuns}
 """The agents whose runs can share one vmapped program (``train_group``)."""
 
 RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress")

@@ -258,18 +258,22 @@ def latest_checkpoint_step(run_dir: Path) -> int:
 
 def default_group_size(preset: str, accelerators: int = 0) -> int:
     """Runs per vmapped group (1 for agents without a group kind, ``run_loop.GROUP_KINDS``).
+
     PPO on MiniGrid: 8 per device (on 2 CPU cores 8 runs took 1.4-1.5x less time than one after
-    another; a run's rollout and minibatch buffers take a few MB, so 8 fit any GPU). SAC on
-    Meta-World: 4 per device, since each run keeps its own replay buffer on the device
-    (``buffer_capacity`` x (2 x 39 observation + 4 action + 2) float32: about 0.34 GB per million
-    transitions) and its own Meta-World envs on the host."""
+    another; a run's rollout, envs and agent state take a few MB, so 8 fit any GPU). SAC on
+    Meta-World: 1 on a CPU, where one paper-size update already keeps every core busy (8 vmapped
+    updates took 0.95x the time of 8 sequential ones on 2 cores: nothing to gain), and 4 per GPU,
+    where a run's replay buffer lives in device memory (``buffer_capacity`` x (2 x 39
+    observation + 4 action + 2) float32: 0.34 GB per million transitions) and its Meta-World
+    envs step on the host (untested: no GPU was available)."""
     from mtrl_sparse.run_loop import GROUP_KINDS
 
     agent = PRESETS[preset].config.AGENT
     if agent not in GROUP_KINDS:
         return 1
-    per_device = 8 if agent == "ppo" else 4
-    return per_device * max(accelerators, 1)
+    if agent == "ppo":
+        return 8 * max(accelerators, 1)
+    return 4 * accelerators if accelerators else 1
 
 
 def plan_groups(out: Path, runs: list[SweepRun], group_size: int) -> list[list[SweepRun]]:
@@ -583,7 +587,7 @@ def run_sweep(spec: SweepSpec, out: Path, options: SweepOptions,
     runs = expand_grid(spec)
     local_gpus = count_gpus() if options.gpus is None else options.gpus
     group_size = options.group_size or default_group_size(
-        spec.preset, local_gpus if options.backend == "local" else 0)
+        spec.preset, local_gpus if options.backend == "local" else int(options.gpus or 0))
     groups = plan_groups(out, runs, group_size)
     with Monitor(out, runs, interactive) as monitor:
         if not groups:

@@ -129,7 +129,6 @@ def test_vmapped_runs_write_the_run_directories_of_separate_runs(tmp_path, capsy
     (["--seeds", "0-1", "--seed", "2"], "not both"),
     (["--seeds", "0-1"], "need --run-dir"),
     (["--seeds", "0-1", "--env.backend", "farama", "--run-dir", "{tmp}/g"], "jax backend"),
-    (["--preset", "mt10-smoke", "--seeds", "0-1", "--run-dir", "{tmp}/g"], "cannot be vmapped"),
     (["--env.backend", "jax", "--method", "gmp", "--sparsity", "0,0.9", "--run-dir", "{tmp}/g"],
      "needs a sparsity in (0, 1)"),
 ])

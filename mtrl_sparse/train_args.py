@@ -158,11 +158,19 @@ def parse_seeds(text: str) -> list[int]:
 CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. under ``taskset`` or a sweep
+    worker pinned to a core; else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_devices_for(num_runs: int, cores: int | None = None) -> int:
     """How many XLA CPU devices a group of ``num_runs`` vmapped runs splits over: the largest
     divisor of ``num_runs`` not above the CPU cores (each device computes its share of the runs
     on its own core)."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     return max(d for d in range(1, min(cores, num_runs) + 1) if num_runs % d == 0)
 
 

@@ -212,6 +212,11 @@ def use_compile_cache() -> None:
     import jax
 
     directory = compile_cache_dir()
+    try:
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+    except OSError:  # an unwritable home: run without the cache
+        directory = None
     if directory is not None:
         jax.config.update("jax_compilation_cache_dir", str(directory))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -185,6 +185,14 @@ class TaskHeads(nn.Module):
         return TaskOutputs(self.num_tasks, self.out_dim, name="heads")(h * own, task_ids)
 
 
+def stacked_head_layers(num_tasks: int) -> tuple[tuple[str, int, int], ...]:
+    """The per-task layers that ``TaskHeads`` stacks into one kernel, as (path ending, axis,
+    count): ``head_hidden``'s kernel holds the T heads' hidden layers along its last axis,
+    ``heads``' kernel their output layers along its first (``methods.topology.LayerSlices``)."""
+    return (("task_heads/head_hidden/kernel", -1, num_tasks),
+            ("task_heads/heads/kernel", 0, num_tasks))
+
+
 def task_head_features(net: nn.Module, image: jax.Array, task_ids: jax.Array) -> jax.Array:
     """What the task heads of ``net`` (a ``CNNTaskNetwork``, inside its ``__call__``)
     read, built by the architecture ``net.arch``.

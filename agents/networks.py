@@ -194,6 +194,13 @@ def check_neuron_layers(variables: Any, layers: Sequence[NeuronLayer]) -> None:
                 "must index those neurons)")
 
 
+def stacked_head_layers(num_tasks: int) -> tuple[tuple[str, int, int], ...]:
+    """The per-task output layers that ``MultiHeadMLP`` and ``MixtureOfExpertsMLP`` stack into
+    the kernel ``heads`` (T x O outputs along its last axis), as (path ending, axis, count)
+    (``methods.topology.LayerSlices``)."""
+    return (("heads/kernel", -1, num_tasks),)
+
+
 class MultiHeadMLP(nn.Module):
     """ReLU MLP trunk on [features, one-hot task] and a linear head per task.
 

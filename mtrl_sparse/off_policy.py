@@ -15,6 +15,7 @@ from the same environment random state (``mtrl_sparse.evaluation.evaluate_succes
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from mtrl_sparse.agent_kind import (
     NonFiniteLossError,
     eval_env_seed,
 )
+from mtrl_sparse.agents.networks import stacked_head_layers
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import make_sac
 from mtrl_sparse.config import SACTrainConfig
@@ -53,7 +55,10 @@ def make_envs(config: SACTrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVect
 def make_run_learner(config: SACTrainConfig, env: MetaWorldVectorEnv) -> Learner:
     """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner."""
     spec = env.spec
-    networks = {name: build_network(settings, config.methods, name)
+    networks = {name: build_network(
+                    dataclasses.replace(settings,
+                                        layer_slices=stacked_head_layers(spec.num_tasks)),
+                    config.methods, name)
                 for name, settings in config.network_methods().items()}
     sac = make_sac(config.sac, spec.num_tasks, spec.obs_shape[0], spec.action_dim,
                    networks["actor"], networks["critic"])

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrl_sparse.agent_kind import EpisodeTracker, Iteration, NonFiniteLossError, eval_env_seed
+from mtrl_sparse.agents.cnn import stacked_head_layers
 from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
@@ -43,11 +44,12 @@ def make_run_ppo(config: PPOTrainConfig, env: Any, sparsities: dict[str, Any] | 
     """The agent of a run: networks built from the run's methods. ``sparsities`` (per network,
     may be traced) replaces the configured target sparsities, for runs vmapped over them."""
     sparsities = sparsities or {}
+    spec = env.spec
     networks = {name: build_network(dataclasses.replace(
-                    settings, sparsity=sparsities.get(name, settings.sparsity)),
+                    settings, sparsity=sparsities.get(name, settings.sparsity),
+                    layer_slices=stacked_head_layers(spec.num_tasks)),
                     config.methods, name)
                 for name, settings in config.network_methods().items()}
-    spec = env.spec
     return make_ppo(config.ppo, spec.num_tasks, spec.obs_shape, spec.action_dim,
                     networks["actor"], networks["critic"])
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 
 from mtrl_sparse.agents.net_state import MethodContext, NetState
-from mtrl_sparse.methods.topology import DISTRIBUTIONS, Distribution
+from mtrl_sparse.methods.topology import DISTRIBUTIONS, Distribution, LayerSlices
 
 Kind = Literal["dense", "sparsity", "plasticity", "regularizer"]
 KINDS: tuple[str, ...] = ("dense", "sparsity", "plasticity", "regularizer")
@@ -57,6 +57,9 @@ class NetworkMethodSettings:
             named ``*every_updates``), for a network that makes far fewer updates than another
             (PPO's critic) or a run far shorter than the paper's; the scaled interval is rounded
             and at least 1.
+        layer_slices: the network's leaves that stack several tasks' layers (its per-task heads
+            computed as one kernel), which per-layer methods treat as those layers
+            (``topology.LayerSlices``; set by the agent, which knows its network).
     """
 
     name: str
@@ -64,6 +67,7 @@ class NetworkMethodSettings:
     distribution: Distribution = "erk"
     total_updates: int | None = None
     interval_scale: float = 1.0
+    layer_slices: LayerSlices = ()
 
     def run_updates(self, method: str) -> int:
         """``total_updates``, or ``ValueError`` for a scheduled method built without it."""

@@ -9,8 +9,12 @@ follows the cubic schedule
 
 with t in updates of the network. Every ``prune_every_updates`` updates from t_start, and once more
 at the first such update at or after t_end (so s_f is reached), the smallest-magnitude active
-weights are masked, per layer or with one threshold for the network. Pruned weights never regrow;
-they are zeroed with their optimizer moments. Masks start all active; the target s_f lives in the
+weights are masked, per layer or with one threshold for the network. Per layer, s(t) is spread over
+the layers by ``--distribution`` (uniform: every layer at s(t); ERK: small layers such as the
+first convolution and the output layers kept denser, as the paper's lineage, Graesser et al. 2022,
+prunes), and each task's slice of a head stacked over tasks is a layer of its own (a shared
+threshold could strip one task's head). Pruned weights never regrow; they are zeroed with their
+optimizer moments. Masks start all active; the target s_f lives in the
 method state so that runs differing in it vmap into one program.
 """
 
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 from mtrl_sparse.agents.net_state import MethodContext, NetState
 from mtrl_sparse.agents.trees import mask_change_fraction
 from mtrl_sparse.methods.base import (
+    DISTRIBUTION_PARAMETER,
     SPARSITY_PARAMETER,
     Method,
     MethodEntry,
@@ -50,8 +55,9 @@ class GMPOptions:
     prune_every_updates: int = 5000
     """Updates between two pruning events (paper: 5,000 on MT10, 500 on MiniGrid)."""
     scope: Literal["layer", "global"] = "layer"
-    """layer: every maskable layer pruned to s(t) by its own magnitude threshold; global: one
-    magnitude threshold over all maskable weights of the network."""
+    """layer: every maskable layer (each task's slice of a stacked head included) pruned to its
+    target under s(t) and --distribution by its own magnitude threshold; global: one magnitude
+    threshold over all maskable weights of the network."""
 
 
 def cubic_sparsity(
@@ -107,7 +113,12 @@ def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
     t_end = options.end_fraction * total_updates
     every = options.prune_every_updates
     first_event, last_event = gmp_event_updates(options, total_updates)
-    prune = prune_layers if options.scope == "layer" else prune_globally
+
+    def prune(params: Any, masks: Any, sparsity: jax.Array) -> Any:
+        if options.scope == "global":
+            return prune_globally(params, masks, sparsity)
+        return prune_layers(params, masks, sparsity, settings.distribution,
+                            settings.layer_slices)
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
         del key
@@ -150,5 +161,5 @@ ENTRY = MethodEntry(
     options=GMPOptions,
     check=check_gmp_options,
     check_run=check_gmp_reaches_target,
-    parameters=(SPARSITY_PARAMETER,),
+    parameters=(SPARSITY_PARAMETER, DISTRIBUTION_PARAMETER),
 )

@@ -6,7 +6,9 @@ follow a traced target sparsity or a scheduled drop fraction), so masks come fro
 (``keep_top_scores``), never from a top-k of static size.
 
 - ``prune_layers`` / ``prune_globally``: keep the largest-magnitude active weights so that each
-  layer (or the whole network) has a given sparsity; inactive weights are never revived.
+  layer (by a uniform or ERK distribution of the network's sparsity) or the whole network has a
+  given sparsity; inactive weights are never revived. Leaves stacking several tasks' layers count
+  as those layers (``topology.LayerSlices``).
 - ``drop_and_regrow``: per layer, drop the smallest-magnitude active weights and grow as many of
   the weights that were inactive before the drop, chosen by a grow score (random for SET, gradient
   magnitude for RigL), so the number of active weights per layer stays constant.
@@ -24,7 +26,17 @@ import optax
 
 from mtrl_sparse.agents.net_state import NetState, zero_moments_at
 from mtrl_sparse.agents.trees import is_none
-from mtrl_sparse.methods.topology import keep_top_scores, num_to_keep
+from mtrl_sparse.methods.topology import (
+    Distribution,
+    LayerSlices,
+    keep_top_scores,
+    layer_densities,
+    layer_shapes,
+    leaf_slices,
+    map_layers,
+    masked_leaves_with_paths,
+    num_to_keep,
+)
 
 
 def all_active_masks(params: Any, maskable: Any) -> Any:
@@ -37,20 +49,32 @@ def active_magnitudes(weights: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -jnp.inf)
 
 
-def prune_layers(params: Any, masks: Any, sparsity: jax.Array) -> Any:
-    """Per masked layer, keep the round((1 - sparsity) x size) largest-|w| active weights.
+def prune_layers(params: Any, masks: Any, sparsity: jax.Array,
+                 distribution: Distribution = "uniform", layer_slices: LayerSlices = ()) -> Any:
+    """Per masked layer, keep its target number of largest-|w| active weights: round(density x
+    size), the densities spread over the layers by ``distribution`` so that the network's
+    sparsity is ``sparsity`` (``uniform``: every layer at ``sparsity``). A leaf stacking layers
+    (``layer_slices``: per-task heads) is pruned layer by layer, each to its own count.
 
-    A layer with fewer active weights than that keeps them all: pruning never regrows.
+    A layer with fewer active weights than its count keeps them all: pruning never regrows.
     """
+    densities = iter(layer_densities(layer_shapes(masked_leaves_with_paths(masks), layer_slices),
+                                     sparsity, distribution))
 
-    def prune(mask: jax.Array | None, weights: jax.Array) -> jax.Array | None:
-        if mask is None:
-            return None
-        keep = keep_top_scores(active_magnitudes(weights, mask), num_to_keep(1.0 - sparsity,
-                                                                            mask.size))
+    def prune(weights: jax.Array, mask: jax.Array, density: jax.Array) -> jax.Array:
+        keep = keep_top_scores(active_magnitudes(weights, mask), num_to_keep(density, mask.size))
         return keep & mask
 
-    return jax.tree.map(prune, masks, params, is_leaf=is_none)
+    def prune_leaf(path: tuple, mask: jax.Array | None, weights: jax.Array) -> jax.Array | None:
+        if mask is None:
+            return None
+        slices = leaf_slices(path, layer_slices)
+        count = 1 if slices is None else slices[1]
+        leaf_densities = jnp.stack([next(densities) for _ in range(count)])
+        return map_layers(prune, slices, (weights, mask),
+                          (leaf_densities if slices else leaf_densities[0],))
+
+    return jax.tree_util.tree_map_with_path(prune_leaf, masks, params, is_leaf=is_none)
 
 
 def prune_globally(params: Any, masks: Any, sparsity: jax.Array) -> Any:
@@ -82,17 +106,17 @@ def num_to_drop(mask: jax.Array, drop_fraction: jax.Array) -> jax.Array:
     return jnp.minimum(wanted, mask.size - active)
 
 
-def drop_and_regrow(params: Any, masks: Any, grow_scores: Any, drop_fraction: jax.Array) -> Any:
+def drop_and_regrow(params: Any, masks: Any, grow_scores: Any, drop_fraction: jax.Array,
+                    layer_slices: LayerSlices = ()) -> Any:
     """Per masked layer, drop the ``num_to_drop`` smallest-|w| active weights and grow as many.
 
     The grown weights are the highest ``grow_scores`` among the weights that were inactive before
     the drop (a just-dropped weight never regrows), so each layer keeps its number of active
     weights. ``grow_scores`` is congruent with the params (its leaves at unmasked leaves unused).
+    A leaf stacking layers (``layer_slices``) drops and grows layer by layer.
     """
 
-    def evolve(mask: jax.Array | None, weights: jax.Array, grow: Any) -> jax.Array | None:
-        if mask is None:
-            return None
+    def evolve(mask: jax.Array, weights: jax.Array, grow: jax.Array) -> jax.Array:
         active = jnp.sum(mask, dtype=jnp.int32)
         dropped = num_to_drop(mask, drop_fraction)
         kept = keep_top_scores(active_magnitudes(weights, mask), active - dropped) & mask
@@ -100,7 +124,14 @@ def drop_and_regrow(params: Any, masks: Any, grow_scores: Any, drop_fraction: ja
                                 dropped) & ~mask
         return kept | grown
 
-    return jax.tree.map(evolve, masks, params, grow_scores, is_leaf=is_none)
+    def evolve_leaf(path: tuple, mask: jax.Array | None, weights: jax.Array,
+                    grow: Any) -> jax.Array | None:
+        if mask is None:
+            return None
+        return map_layers(evolve, leaf_slices(path, layer_slices), (mask, weights, grow))
+
+    return jax.tree_util.tree_map_with_path(evolve_leaf, masks, params, grow_scores,
+                                            is_leaf=is_none)
 
 
 def changed_positions(old: Any, new: Any) -> Any:

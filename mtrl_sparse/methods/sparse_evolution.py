@@ -102,7 +102,8 @@ def sparse_evolution(
     last_event = math.floor(t_end / every) * every
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
-        masks = random_masks(params, maskable, settings.sparsity, settings.distribution, key)
+        masks = random_masks(params, maskable, settings.sparsity, settings.distribution, key,
+                             settings.layer_slices)
         return masks, {
             "target_sparsity": jnp.asarray(settings.sparsity, jnp.float32),
             "drop_fraction": jnp.zeros((), jnp.float32),
@@ -117,7 +118,7 @@ def sparse_evolution(
             zeta = drop_fraction_at(step, options.drop_fraction, options.drop_fraction_decay,
                                     t_end)
             masks = drop_and_regrow(state.params, state.masks, grow_scores(state, key, context),
-                                    zeta)
+                                    zeta, settings.layer_slices)
             evolved = install_masks(state, masks, context.optimizer)
             return evolved.replace(method_state={
                 **state.method_state,

@@ -5,6 +5,12 @@ The target sparsity may be a traced value (so that runs differing only in it can
 one program), so the number of weights a layer keeps is traced as well and masks come from a rank
 threshold (``keep_top_scores``), never from ``lax.top_k`` with a static k.
 
+Layers: every maskable leaf is a layer, except a leaf that stacks the layers of several tasks
+(a multi-task network's per-task heads computed as one kernel): ``LayerSlices`` name such leaves,
+and each of their ``count`` equal slices along ``axis`` is then a layer of its own, with its own
+target, threshold and drop/regrow counts, as the per-task heads of the paper's lineage are separate
+layers (``map_layers``).
+
 Distributions:
 - ``uniform``: every maskable layer gets the target sparsity.
 - ``erk``: Erdos-Renyi-Kernel (Mocanu et al. 2018; Evci et al. 2020): density of a layer is
@@ -21,8 +27,73 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from mtrl_sparse.agents.tree_paths import path_str
+from mtrl_sparse.agents.trees import is_none
+
 Distribution = Literal["uniform", "erk"]
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "erk")
+
+LayerSlices = tuple[tuple[str, int, int], ...]
+"""Leaves that stack several layers: ``(path ending, axis, count)`` each, e.g.
+``("task_heads/head_hidden/kernel", -1, 3)``: the kernel's last axis holds 3 tasks' layers."""
+
+
+def leaf_slices(path: tuple, layer_slices: LayerSlices) -> tuple[int, int] | None:
+    """``(axis, count)`` of the leaf at ``path`` (a ``jax.tree_util`` path) if it stacks
+    layers, else None."""
+    name = path_str(path)
+    for ending, axis, count in layer_slices:
+        if name == ending or name.endswith("/" + ending):
+            return axis, count
+    return None
+
+
+def split_layers(x: jax.Array, axis: int, count: int) -> jax.Array:
+    """(..., count * n along ``axis``, ...) -> (count, n, the other axes...): one row per layer."""
+    moved = jnp.moveaxis(x, axis, 0)
+    return moved.reshape(count, moved.shape[0] // count, *moved.shape[1:])
+
+
+def join_layers(layers: jax.Array, axis: int, shape: tuple[int, ...]) -> jax.Array:
+    """The inverse of ``split_layers`` for a leaf of ``shape``."""
+    moved = layers.reshape(layers.shape[0] * layers.shape[1], *layers.shape[2:])
+    return jnp.moveaxis(moved, 0, axis % len(shape))
+
+
+def map_layers(fn: Any, slices: tuple[int, int] | None, arrays: tuple[jax.Array, ...],
+               per_layer: tuple[jax.Array, ...] = ()) -> jax.Array:
+    """``fn(*arrays, *per_layer)`` on a leaf that is one layer; on a leaf stacking layers
+    (``slices``), ``fn`` on each layer's slice of ``arrays`` with that layer's entry of each
+    ``per_layer`` value (a scalar, or one value per layer: (count,)), vmapped, the slices put back
+    together. ``fn`` returns an array shaped like its first argument."""
+    if slices is None:
+        return fn(*arrays, *per_layer)
+    axis, count = slices
+    split = [split_layers(a, axis, count) for a in arrays]
+    values = [jnp.broadcast_to(jnp.asarray(v), (count,)) for v in per_layer]
+    return join_layers(jax.vmap(fn)(*split, *values), axis, arrays[0].shape)
+
+
+def layer_shapes(leaves_with_paths: list[tuple[tuple, jax.Array]],
+                 layer_slices: LayerSlices) -> list[tuple[int, ...]]:
+    """The shape of every layer of the maskable leaves given as (path, leaf): a leaf stacking
+    ``count`` layers gives ``count`` shapes (the slice's: the sliced axis first)."""
+    shapes = []
+    for path, leaf in leaves_with_paths:
+        slices = leaf_slices(path, layer_slices)
+        if slices is None:
+            shapes.append(tuple(leaf.shape))
+            continue
+        axis, count = slices
+        rest = [d for i, d in enumerate(leaf.shape) if i != axis % leaf.ndim]
+        shapes.extend([(leaf.shape[axis] // count, *rest)] * count)
+    return shapes
+
+
+def masked_leaves_with_paths(masks: Any) -> list[tuple[tuple, jax.Array]]:
+    """(path, mask) of every masked leaf of a mask tree (None leaves skipped), in tree order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
+    return [(path, m) for path, m in flat if m is not None]
 
 
 def layer_densities(
@@ -68,27 +139,32 @@ def num_to_keep(density: jax.Array, size: int) -> jax.Array:
 
 def random_masks(
     params: Any, maskable: Any, sparsity: jax.Array | float, distribution: Distribution,
-    key: jax.Array,
+    key: jax.Array, layer_slices: LayerSlices = (),
 ) -> Any:
     """A random sparse topology: per layer, a uniformly random subset of the scheduled size.
 
-    Returns masks congruent with ``params``: bool arrays on maskable leaves, None elsewhere.
+    Returns masks congruent with ``params``: bool arrays on maskable leaves, None elsewhere. A leaf
+    stacking layers (``layer_slices``) gets its count per layer.
     """
-    leaves, treedef = jax.tree.flatten(params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     flags = jax.tree.leaves(maskable)
-    shapes = [p.shape for p, f in zip(leaves, flags, strict=True) if f]
-    densities = layer_densities(shapes, sparsity, distribution)
-    keys = iter(jax.random.split(key, max(len(shapes), 1)))
-    layer = iter(range(len(shapes)))
+    maskable_leaves = [(path, p) for (path, p), f in zip(flat, flags, strict=True) if f]
+    densities = iter(layer_densities(layer_shapes(maskable_leaves, layer_slices), sparsity,
+                                     distribution))
+    keys = iter(jax.random.split(key, max(len(maskable_leaves), 1)))
     masks = []
-    for p, f in zip(leaves, flags, strict=True):
+    for (path, p), f in zip(flat, flags, strict=True):
         if not f:
             masks.append(None)
             continue
-        i = next(layer)
-        scores = jax.random.uniform(next(keys), p.shape)
-        masks.append(keep_top_scores(scores, num_to_keep(densities[i], p.size)))
-    return jax.tree.unflatten(treedef, masks)
+        slices = leaf_slices(path, layer_slices)
+        count = 1 if slices is None else slices[1]
+        leaf_densities = jnp.stack([next(densities) for _ in range(count)])
+        masks.append(map_layers(
+            lambda scores, density: keep_top_scores(scores, num_to_keep(density, scores.size)),
+            slices, (jax.random.uniform(next(keys), p.shape),),
+            (leaf_densities if slices else leaf_densities[0],)))
+    return jax.tree_util.tree_unflatten(treedef, masks)
 
 
 def no_masks(params: Any) -> Any:

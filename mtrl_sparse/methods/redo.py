@@ -36,7 +36,7 @@ from mtrl_sparse.agents.networks import NeuronLayer
 from mtrl_sparse.agents.neurons import alive_neurons, dormant_scores
 from mtrl_sparse.agents.tree_paths import get_path, has_path, set_path
 from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
-from mtrl_sparse.methods.topology import no_masks
+from mtrl_sparse.methods.topology import LayerSlices, named_leaf_slices, no_masks
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,30 @@ def check_redo_options(options: ReDoOptions) -> None:
 
 
 def dormant_neurons(
-    activations: Any, masks: Any, layers: Sequence[NeuronLayer], tau: float
+    activations: Any, masks: Any, layers: Sequence[NeuronLayer], tau: float,
+    layer_slices: LayerSlices = (),
 ) -> tuple[list[jax.Array], list[jax.Array]]:
     """(dormant, alive) per layer, each (N,) bool, from the sown ``activations`` (B, N) per layer.
 
     A neuron is alive when one of its incoming weights is unmasked, dormant when alive with score
-    ``<= tau``.
+    ``<= tau``. A layer whose incoming kernel stacks several tasks' layers along its neuron axis
+    (``layer_slices``: the per-task head units) is scored task by task: each task's units against
+    their own mean, as separate per-task layers would be.
     """
     dormant, alive = [], []
     for layer in layers:
         h = get_path(activations, layer.activation)
         h = h.reshape(-1, h.shape[-1])
-        a = alive_neurons(get_path(masks, (*layer.incoming, "kernel")), h.shape[-1])
-        dormant.append(a & (dormant_scores(h, a) <= tau))
+        kernel_mask = get_path(masks, (*layer.incoming, "kernel"))
+        a = alive_neurons(kernel_mask, h.shape[-1])
+        slices = named_leaf_slices("/".join((*layer.incoming, "kernel")), layer_slices)
+        if slices is not None and slices[0] == -1:  # stacked along the neuron axis
+            count = slices[1]
+            scores = jax.vmap(dormant_scores, in_axes=(1, 0))(
+                h.reshape(h.shape[0], count, -1), a.reshape(count, -1)).reshape(-1)
+        else:
+            scores = dormant_scores(h, a)
+        dormant.append(a & (scores <= tau))
         alive.append(a)
     return dormant, alive
 
@@ -123,8 +134,8 @@ def recycle_layer(
 def redo(settings: NetworkMethodSettings, options: ReDoOptions) -> Method:
     """Recycle the tau-dormant neurons every ``options.every_updates`` updates. State:
     ``recycled_last`` (neurons recycled at the last event), ``recycled_total`` and
-    ``dormant_fraction_last`` (dormant / alive neurons at the last event, pooled over layers)."""
-    del settings
+    ``dormant_fraction_last`` (dormant / alive neurons at the last event, pooled over layers).
+    Per-task head units are scored per task (``settings.layer_slices``)."""
     every = options.every_updates
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
@@ -144,7 +155,8 @@ def redo(settings: NetworkMethodSettings, options: ReDoOptions) -> Method:
 
         def recycle_event(state: NetState) -> NetState:
             activations = context.activations(masked_params(state))
-            dormant, alive = dormant_neurons(activations, state.masks, layers, options.tau)
+            dormant, alive = dormant_neurons(activations, state.masks, layers, options.tau,
+                                             settings.layer_slices)
             fresh = context.init_params(key)
             params, positions = state.params, no_masks(state.params)
             for layer, d in zip(layers, dormant, strict=True):

@@ -41,7 +41,11 @@ LayerSlices = tuple[tuple[str, int, int], ...]
 def leaf_slices(path: tuple, layer_slices: LayerSlices) -> tuple[int, int] | None:
     """``(axis, count)`` of the leaf at ``path`` (a ``jax.tree_util`` path) if it stacks
     layers, else None."""
-    name = path_str(path)
+    return named_leaf_slices(path_str(path), layer_slices)
+
+
+def named_leaf_slices(name: str, layer_slices: LayerSlices) -> tuple[int, int] | None:
+    """``leaf_slices`` of the leaf named ``name`` ("params/task_heads/heads/kernel")."""
     for ending, axis, count in layer_slices:
         if name == ending or name.endswith("/" + ending):
             return axis, count

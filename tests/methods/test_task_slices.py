@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from mtrl_sparse.agent_kind import EpisodeTracker
 from mtrl_sparse.agents.cnn import stacked_head_layers
+from mtrl_sparse.agents.networks import NeuronLayer
 from mtrl_sparse.methods.gmp import GMPOptions
 from mtrl_sparse.methods.pruning import all_active_masks, drop_and_regrow, prune_layers
+from mtrl_sparse.methods.redo import dormant_neurons
 from mtrl_sparse.methods.topology import (
     join_layers,
     layer_densities,
@@ -140,3 +142,20 @@ def test_a_ppo_run_prunes_each_task_head_to_its_own_count():
     for t in range(tasks):
         assert hidden[:, t].sum() == num_to_keep(0.1, hidden[:, t].size)
         assert out[t].sum() == num_to_keep(0.1, out[t].size)
+
+
+def test_redo_scores_each_task_heads_units_against_their_own_mean():
+    """Task 0's head units are 10,000x as active as the others': against the mean over all head
+    units the others look dormant (score <= 0.001); scored per task none is."""
+    layer = NeuronLayer(incoming=("params", "task_heads", "head_hidden"),
+                        outgoing=("params", "task_heads", "heads"),
+                        activation=("task_heads", "head_hidden_out"))
+    scale = jnp.repeat(jnp.array([1e4, 1.0, 1.0]), UNITS)
+    h = jnp.abs(jax.random.normal(jax.random.PRNGKey(5), (16, TASKS * UNITS))) + 0.5
+    activations = {"task_heads": {"head_hidden_out": h * scale}}
+    masks = {"params": {"task_heads": {"head_hidden": {"kernel": None}}}}
+    shared, _ = dormant_neurons(activations, masks, [layer], 1e-3)
+    assert bool(jnp.all(shared[0][UNITS:]))
+    per_task, alive = dormant_neurons(activations, masks, [layer], 1e-3,
+                                      stacked_head_layers(TASKS))
+    assert not bool(jnp.any(per_task[0])) and bool(jnp.all(alive[0]))

@@ -51,11 +51,13 @@ class NetworkSetup(NamedTuple):
 
 
 def make_optimizer(
-    learning_rate: float, max_grad_norm: float, setup: NetworkSetup
+    learning_rate: float, max_grad_norm: float | None, setup: NetworkSetup
 ) -> optax.GradientTransformation:
-    """clip -> setup's gradient transforms -> Adam -> setup's update transforms -> learning rate."""
+    """clip (none for ``max_grad_norm`` None) -> setup's gradient transforms -> Adam -> setup's
+    update transforms -> learning rate."""
+    clip = () if max_grad_norm is None else (optax.clip_by_global_norm(max_grad_norm),)
     return optax.chain(
-        optax.clip_by_global_norm(max_grad_norm),
+        *clip,
         *setup.gradient_transforms,
         optax.scale_by_adam(),
         *setup.update_transforms,

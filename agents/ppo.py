@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,11 +84,15 @@ class PPOConfig:
     """Samples (transitions) per critic minibatch; one critic update each."""
     rollout_env_steps: int = 2000
     """Env steps per rollout, summed over envs (T x E samples per update call)."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip of each network. Not stated in the paper; 0.5 is the usual PPO
-    value (the PPO2 baselines and most PPO implementations)."""
+    max_grad_norm: float | None = 0.5
+    """Global gradient-norm clip of each network; None: no clipping (the paper's lineage, MOORE's
+    MiniGrid PPO). Not stated in the paper; 0.5 is the usual PPO value (the PPO2 baselines and
+    most PPO implementations)."""
     normalize_advantages: bool = True
-    """Standardise the advantages of each actor minibatch (mean 0, std 1)."""
+    """Standardise the advantages (mean 0, std 1) over ``advantage_normalization``'s groups."""
+    advantage_normalization: Literal["minibatch", "task"] = "minibatch"
+    """minibatch: standardise each actor minibatch (common PPO implementations); task: each
+    task's advantages over the whole rollout, before the minibatches are cut (the lineage)."""
     cnn_pooling: bool = True
     """2x2 max-pool after the first convolution (7x7 image -> 64-d embedding)."""
     conv_channels: tuple[int, ...] = (16, 32, 64)
@@ -238,6 +242,17 @@ def categorical_entropy(logits: jax.Array) -> jax.Array:
 def standardize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
     """(B,) -> (B,) with mean 0 and standard deviation 1 (``eps`` guards a constant batch)."""
     return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+
+
+def standardize_per_task(x: jax.Array, task_ids: jax.Array, num_tasks: int,
+                         eps: float = 1e-8) -> jax.Array:
+    """(N,) values, (N,) task ids -> (N,): each task's values standardised among themselves
+    (mean 0, std 1; a task absent from the batch changes nothing)."""
+    one_hot = jax.nn.one_hot(task_ids, num_tasks, dtype=x.dtype)  # (N, T)
+    counts = jnp.maximum(one_hot.sum(0), 1.0)
+    mean = (one_hot * x[:, None]).sum(0) / counts
+    var = (one_hot * jnp.square(x[:, None] - mean)).sum(0) / counts
+    return (x - mean[task_ids]) / (jnp.sqrt(var)[task_ids] + eps)
 
 
 def clipped_surrogate(
@@ -466,7 +481,8 @@ def make_ppo(
         logits = actor_net.apply(weights, minibatch["obs"], minibatch["task_ids"])
         return policy_loss(logits, minibatch["actions"], minibatch["log_probs"],
                            minibatch["advantages"], config.clip_eps, config.entropy_coef,
-                           config.normalize_advantages)
+                           config.normalize_advantages
+                           and config.advantage_normalization == "minibatch")
 
     def critic_loss_fn(weights, minibatch):
         values = critic_values(weights, minibatch["obs"], minibatch["task_ids"])
@@ -501,10 +517,14 @@ def make_ppo(
         def flat(x):
             return x.reshape(num_samples, *x.shape[2:])
 
+        actor_advantages = flat(advantages)
+        if config.normalize_advantages and config.advantage_normalization == "task":
+            actor_advantages = standardize_per_task(actor_advantages, flat(rollout.task_ids),
+                                                    num_tasks)
         samples = {
             "obs": flat(rollout.obs), "task_ids": flat(rollout.task_ids),
             "actions": flat(rollout.actions), "log_probs": flat(rollout.log_probs),
-            "advantages": flat(advantages), "returns": flat(returns),
+            "advantages": actor_advantages, "returns": flat(returns),
         }
         k_critic_idx, k_critic, k_actor_idx, k_actor = jax.random.split(key, 4)
         critic_state, critic_step, critic_info = train_on_minibatches(

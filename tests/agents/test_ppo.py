@@ -11,7 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mtrl_sparse.agents.cnn import PatchConv, max_pool_2x2
 from mtrl_sparse.agents.net_state import (
@@ -31,6 +34,7 @@ from mtrl_sparse.agents.ppo import (
     make_ppo,
     minibatch_indices,
     policy_loss,
+    standardize_per_task,
     updates_per_rollout,
 )
 from mtrl_sparse.agents.tree_paths import get_path
@@ -478,3 +482,52 @@ def test_patch_conv_is_flax_conv_with_the_same_parameters(size, shape):
 def test_max_pool_2x2_is_flax_max_pool():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+# ----------------------------------------------------------------------------- lineage options
+# MOORE's MiniGrid PPO (the paper's lineage): advantages standardised per task over the rollout,
+# no gradient clipping.
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(-100, 100)), min_size=1, max_size=40))
+def test_per_task_standardisation_gives_each_task_mean_0_and_std_1(pairs):
+    task_ids = jnp.array([t for t, _ in pairs], jnp.int32)
+    x = jnp.array([v for _, v in pairs], jnp.float32)
+    z = np.asarray(standardize_per_task(x, task_ids, 4))
+    assert np.all(np.isfinite(z))
+    for task in set(np.asarray(task_ids).tolist()):
+        values, own = np.asarray(x)[np.asarray(task_ids) == task], z[np.asarray(task_ids) == task]
+        np.testing.assert_allclose(own.mean(), 0.0, atol=1e-4)
+        if values.std() > 1e-2:
+            np.testing.assert_allclose(own.std(), 1.0, rtol=1e-3)
+
+
+def test_no_clipping_is_plain_adam():
+    grads = {"w": jnp.full((3,), 100.0)}
+    params = {"w": jnp.zeros(3)}
+    unclipped = make_optimizer(1e-3, None, NetworkSetup(method=None))
+    adam = optax.adam(1e-3, eps=1e-8)
+    ours, _ = unclipped.update(grads, unclipped.init(params), params)
+    plain, _ = adam.update(grads, adam.init(params), params)
+    np.testing.assert_allclose(ours["w"], plain["w"], rtol=1e-6)
+    clipped = make_optimizer(1e-3, 0.5, NetworkSetup(method=None))
+    _, state = clipped.update(grads, clipped.init(params), params)
+    assert len(state) == len(unclipped.init(params)) + 1  # the clip's own (empty) state
+
+
+def test_per_task_advantages_and_no_clipping_change_the_update():
+    """The lineage options run through a whole update and change its result."""
+    default = make_ppo(TINY, NUM_TASKS, OBS_SHAPE, NUM_ACTIONS, *setups("dense"))
+    lineage = make_ppo(dataclasses.replace(TINY, advantage_normalization="task",
+                                           max_grad_norm=None),
+                       NUM_TASKS, OBS_SHAPE, NUM_ACTIONS, *setups("dense"))
+    state = jax.jit(default.init)(jax.random.PRNGKey(0))
+    lineage_state = jax.jit(lineage.init)(jax.random.PRNGKey(0))  # no clip state in its optimizer
+    assert_trees_equal(state.actor.params, lineage_state.actor.params)
+    rollout = random_rollout("dense", state, jax.random.PRNGKey(1))
+    a, _ = jax.jit(default.update)(state, rollout, jax.random.PRNGKey(2))
+    b, metrics = jax.jit(lineage.update)(lineage_state, rollout, jax.random.PRNGKey(2))
+    assert all(np.isfinite(float(v)) for v in jax.tree.leaves(metrics) if jnp.ndim(v) == 0)
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))),
+                                         a.actor.params, b.actor.params))
+    assert max(diffs) > 0.0

@@ -132,11 +132,12 @@ PRESETS: dict[str, Preset] = {
             Preset(
                 f"minigrid-{benchmark.lower()}",
                 f"MiniGrid {benchmark}, multi-task PPO of the reference paper (Table 2): 400k env "
-                "steps, CNN trunk, 2-layer task heads, 25 eval episodes per task; GMP every 500 "
-                "actor updates (the paper's), the critic's intervals x 1/56 (its share of "
-                "updates)",
+                "steps, the lineage's CNN trunk without pooling (1,024 features into each task's "
+                "2-layer head), 25 eval episodes per task; GMP every 500 actor updates (the "
+                "paper's), the critic's intervals x 1/56 (its share of updates)",
                 dataclasses.replace(_MINIGRID, env=MiniGridEnvConfig(benchmark=benchmark,
-                                                                 backend="jax")),
+                                                                 backend="jax"),
+                                    ppo=dataclasses.replace(_MINIGRID.ppo, cnn_pooling=False)),
             )
             for benchmark in ("MT3", "MT5", "MT7")
         ),

@@ -547,7 +547,7 @@ class Monitor:
             run_state(out, r) == "finished" for r in runs)
         self.interactive = interactive
         self.live = None
-        self.last_line = ""
+        self.last_state: tuple = ()
 
     def __enter__(self) -> Monitor:
         if self.interactive:
@@ -571,10 +571,10 @@ class Monitor:
         if self.live is not None:
             self.live.update(self.table())
             return
-        line = self.summary_line()
-        if line != self.last_line:
-            print(line, flush=True)
-            self.last_line = line
+        state = (tuple(self.counts().items()), tuple(map(group_label, status.running)))
+        if state != self.last_state:  # a line per change of state, not per tick of the ETA
+            print(self.summary_line(), flush=True)
+            self.last_state = state
 
     def counts(self) -> dict[str, int]:
         status = self.status

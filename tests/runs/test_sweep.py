@@ -14,6 +14,7 @@ import pytest
 from mtrl_sparse.run_dir import read_finished
 from mtrl_sparse.sweep import (
     MANIFEST_FILE,
+    Monitor,
     SweepRun,
     SweepSpec,
     check_out_dir,
@@ -199,3 +200,15 @@ def test_the_ray_backend_on_a_local_instance(tmp_path, capsys):
     assert code == 0, stdout
     for seed in (0, 1):
         assert read_finished(Path(out) / f"dense/seed{seed}")["env_steps"] == 600
+
+
+def test_the_plain_progress_prints_a_line_per_change_of_state_only(tmp_path, capsys):
+    runs = [SweepRun("dense", None, 0), SweepRun("dense", None, 1)]
+    monitor = Monitor(tmp_path, runs, interactive=False)
+    for _ in range(3):
+        monitor.update([runs], [])
+    monitor.update([], [])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert "running 2" in lines[0] and "pending 0" in lines[0]
+    assert "running 0" in lines[1] and "pending 2" in lines[1]

@@ -38,6 +38,7 @@ from mtrl_sparse.methods.sparse_evolution import (
     rigl,
     sparse_evolution_set,
 )
+from mtrl_sparse.methods.topology import layer_densities
 from support.invariants import (
     assert_mask_invariant,
     assert_trees_close,
@@ -216,13 +217,17 @@ def test_gmp_prunes_to_the_cubic_schedule_by_magnitude_and_never_regrows(
         np.testing.assert_allclose(state["mask_change"], changed_fraction(new), atol=1e-6)
         for layer in new.values():
             assert not (layer["mask"] & ~layer["old_mask"]).any()  # never regrows
-        # One magnitude threshold per layer, or one for the whole network.
+        # One magnitude threshold per layer (each at its target under the tree's distribution),
+        # or one for the whole network.
         groups = [[la] for la in new.values()] if scope == "layer" else [list(new.values())]
-        for chosen in groups:
+        densities = (layer_densities([la["mask"].shape for la in new.values()], target,
+                                     DISTRIBUTIONS[tree]) if scope == "layer"
+                     else [1 - target])
+        for chosen, density in zip(groups, densities, strict=True):
             mask = np.concatenate([la["mask"].ravel() for la in chosen])
             old_mask = np.concatenate([la["old_mask"].ravel() for la in chosen])
             magnitude = np.abs(np.concatenate([la["old_w"].ravel() for la in chosen]))
-            assert abs(mask.sum() - (1 - target) * mask.size) <= 1.0
+            assert abs(mask.sum() - float(density) * mask.size) <= 1.0
             pruned = old_mask & ~mask
             if pruned.any() and mask.any():
                 assert magnitude[mask].min() >= magnitude[pruned].max()

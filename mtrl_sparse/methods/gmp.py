@@ -14,8 +14,8 @@ the layers by ``--distribution`` (uniform: every layer at s(t); ERK: small layer
 first convolution and the output layers kept denser, as the paper's lineage, Graesser et al. 2022,
 prunes), and each task's slice of a head stacked over tasks is a layer of its own (a shared
 threshold could strip one task's head). Pruned weights never regrow; they are zeroed with their
-optimizer moments. Masks start all active; the target s_f lives in the
-method state so that runs differing in it vmap into one program.
+optimizer moments. Masks start all active; the target s_f lives in the method state so that runs
+differing in it vmap into one program.
 """
 
 from __future__ import annotations

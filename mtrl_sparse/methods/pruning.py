@@ -29,6 +29,7 @@ from mtrl_sparse.agents.trees import is_none
 from mtrl_sparse.methods.topology import (
     Distribution,
     LayerSlices,
+    keep_top_per_layer,
     keep_top_scores,
     layer_densities,
     layer_shapes,
@@ -61,18 +62,11 @@ def prune_layers(params: Any, masks: Any, sparsity: jax.Array,
     densities = iter(layer_densities(layer_shapes(masked_leaves_with_paths(masks), layer_slices),
                                      sparsity, distribution))
 
-    def prune(weights: jax.Array, mask: jax.Array, density: jax.Array) -> jax.Array:
-        keep = keep_top_scores(active_magnitudes(weights, mask), num_to_keep(density, mask.size))
-        return keep & mask
-
     def prune_leaf(path: tuple, mask: jax.Array | None, weights: jax.Array) -> jax.Array | None:
         if mask is None:
             return None
-        slices = leaf_slices(path, layer_slices)
-        count = 1 if slices is None else slices[1]
-        leaf_densities = jnp.stack([next(densities) for _ in range(count)])
-        return map_layers(prune, slices, (weights, mask),
-                          (leaf_densities if slices else leaf_densities[0],))
+        return keep_top_per_layer(active_magnitudes(weights, mask),
+                                  leaf_slices(path, layer_slices), densities) & mask
 
     return jax.tree_util.tree_map_with_path(prune_leaf, masks, params, is_leaf=is_none)
 

@@ -22,6 +22,7 @@ Distributions:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import jax
@@ -141,6 +142,17 @@ def num_to_keep(density: jax.Array, size: int) -> jax.Array:
     return jnp.round(density * size).astype(jnp.int32)
 
 
+def keep_top_per_layer(scores: jax.Array, slices: tuple[int, int] | None,
+                       densities: Iterator[jax.Array]) -> jax.Array:
+    """The mask of a leaf keeping, in each of its layers, the round(density x size) highest
+    ``scores``: one layer, or the ``count`` layers a leaf stacks (``slices``), each layer taking
+    the next density of ``densities`` (the layers' targets, in ``layer_shapes`` order)."""
+    count = 1 if slices is None else slices[1]
+    leaf_densities = jnp.stack([next(densities) for _ in range(count)])
+    return map_layers(lambda s, d: keep_top_scores(s, num_to_keep(d, s.size)), slices, (scores,),
+                      (leaf_densities if slices else leaf_densities[0],))
+
+
 def random_masks(
     params: Any, maskable: Any, sparsity: jax.Array | float, distribution: Distribution,
     key: jax.Array, layer_slices: LayerSlices = (),
@@ -161,13 +173,8 @@ def random_masks(
         if not f:
             masks.append(None)
             continue
-        slices = leaf_slices(path, layer_slices)
-        count = 1 if slices is None else slices[1]
-        leaf_densities = jnp.stack([next(densities) for _ in range(count)])
-        masks.append(map_layers(
-            lambda scores, density: keep_top_scores(scores, num_to_keep(density, scores.size)),
-            slices, (jax.random.uniform(next(keys), p.shape),),
-            (leaf_densities if slices else leaf_densities[0],)))
+        masks.append(keep_top_per_layer(jax.random.uniform(next(keys), p.shape),
+                                        leaf_slices(path, layer_slices), densities))
     return jax.tree_util.tree_unflatten(treedef, masks)
 
 

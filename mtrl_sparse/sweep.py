@@ -393,7 +393,6 @@ def run_progress(out: Path, run: SweepRun) -> int:
 class GroupOutcome:
     group: list[SweepRun]
     error: str | None  # None: the worker exited cleanly
-    seconds: float
 
 
 @dataclass
@@ -424,7 +423,7 @@ def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
     environment ``worker_env(i)``); ``on_change(running, outcomes)`` after each start or end."""
     (out / LOG_DIR).mkdir(exist_ok=True)
     queue, outcomes = list(groups), []
-    running: dict[int, tuple[subprocess.Popen, list[SweepRun], float, Any]] = {}
+    running: dict[int, tuple[subprocess.Popen, list[SweepRun], Any]] = {}
     try:
         while queue or running:
             for slot in range(workers):
@@ -434,20 +433,20 @@ def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
                     process = subprocess.Popen(worker_command(out, group), stdout=log,
                                                stderr=subprocess.STDOUT,
                                                env={**os.environ, **worker_env(slot)})
-                    running[slot] = (process, group, time.perf_counter(), log)
-                    on_change([g for _, g, _, _ in running.values()], outcomes)
+                    running[slot] = (process, group, log)
+                    on_change([g for _, g, _ in running.values()], outcomes)
             time.sleep(0.5)
-            for slot, (process, group, start, log) in list(running.items()):
+            for slot, (process, group, log) in list(running.items()):
                 if process.poll() is None:
                     continue
                 log.close()
                 error = None if process.returncode == 0 else last_error_line(Path(log.name))
-                outcomes.append(GroupOutcome(group, error, time.perf_counter() - start))
+                outcomes.append(GroupOutcome(group, error))
                 del running[slot]
-                on_change([g for _, g, _, _ in running.values()], outcomes)
-            on_change([g for _, g, _, _ in running.values()], outcomes)
+                on_change([g for _, g, _ in running.values()], outcomes)
+            on_change([g for _, g, _ in running.values()], outcomes)
     finally:
-        for process, _, _, log in running.values():
+        for process, _, log in running.values():
             process.terminate()
             process.wait()
             log.close()
@@ -471,18 +470,18 @@ def execute_ray(out: Path, groups: list[list[SweepRun]], address: str | None,
         for group in groups:
             ref = remote.options(num_cpus=cpus_per_group(group), num_gpus=gpus_per_group).remote(
                 worker_command(out, group), str(out / LOG_DIR / f"{group_label(group)}.log"))
-            pending[ref] = (group, time.perf_counter())
+            pending[ref] = group
         outcomes: list[GroupOutcome] = []
         while pending:
-            on_change([g for g, _ in pending.values()], outcomes)
+            on_change(list(pending.values()), outcomes)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
-                group, start = pending.pop(ref)
+                group = pending.pop(ref)
                 try:
                     error = ray.get(ref)
                 except Exception as failure:  # the task itself failed (node lost, ...)
                     error = f"Ray task failed: {str(failure).splitlines()[0]}"
-                outcomes.append(GroupOutcome(group, error, time.perf_counter() - start))
+                outcomes.append(GroupOutcome(group, error))
         on_change([], outcomes)
         return outcomes
     finally:
@@ -511,23 +510,17 @@ class SweepOptions:
     gpus: int | None = None  # GPUs of this machine (local) or per group (ray); None: detected
 
 
-def count_gpus() -> int:
-    """NVIDIA GPUs visible to this process (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``),
-    without starting JAX on them."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
-
-
 def gpu_ids() -> list[str]:
+    """The NVIDIA GPUs visible to this process (``CUDA_VISIBLE_DEVICES``, else those ``nvidia-smi
+    -L`` lists), without starting JAX on them."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    return [str(i) for i in range(count_gpus())]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return [str(i) for i in range(sum(line.startswith("GPU ")
+                                      for line in listing.stdout.splitlines()))]
 
 
 def clock(seconds: float) -> str:
@@ -618,7 +611,7 @@ def run_sweep(spec: SweepSpec, out: Path, options: SweepOptions,
     (name, error line)). The grid must have passed ``check_spec`` and ``check_out_dir``."""
     write_manifest(out, spec)
     runs = expand_grid(spec)
-    local_gpus = count_gpus() if options.gpus is None else options.gpus
+    local_gpus = len(gpu_ids()) if options.gpus is None else options.gpus
     group_size = options.group_size or default_group_size(
         spec.preset, local_gpus if options.backend == "local" else int(options.gpus or 0))
     cpu_workers = options.workers or len(worker_cores())

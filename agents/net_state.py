@@ -66,6 +66,9 @@ class MethodContext(NamedTuple):
         batch: the data of this update. SAC: ``(transition, task_ids)``, the replay ``Transition``
             of the update (B rows) and its (B,) task ids; PPO: the minibatch dict of the step
             (``obs``, ``task_ids``, ``actions``, ``log_probs``, ``advantages``, ``returns``).
+        phase: () int32, the phase of the run's schedule this update belongs to: 0 throughout
+            a multi-task run; in a sequential schedule the index of the task being trained (a
+            method sees a task boundary as a change of it).
     """
 
     optimizer: optax.GradientTransformation | None = None
@@ -75,6 +78,7 @@ class MethodContext(NamedTuple):
     activations: Callable[[Params], Any] | None = None
     neuron_layers: tuple[NeuronLayer, ...] = ()
     batch: Any = None
+    phase: jax.Array | None = None
 
 
 class MaskMethod(Protocol):

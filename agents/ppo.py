@@ -146,12 +146,16 @@ class PPOState(struct.PyTreeNode):
         critic: value network state.
         actor_step: actor updates done (one per actor minibatch gradient step), () int32.
         critic_step: critic updates done (one per critic minibatch gradient step), () int32.
+        phase: the phase of the run's schedule, () int32 (0 for multi-task; the task being
+            trained in a sequential schedule, set by the run at task boundaries); methods read
+            it as ``MethodContext.phase``.
     """
 
     actor: NetState
     critic: NetState
     actor_step: jax.Array
     critic_step: jax.Array
+    phase: jax.Array
 
 
 class Rollout(struct.PyTreeNode):
@@ -441,6 +445,7 @@ def make_ppo(
                                     critic_setup.method, k_critic_mask),
             actor_step=jnp.zeros((), jnp.int32),
             critic_step=jnp.zeros((), jnp.int32),
+            phase=jnp.zeros((), jnp.int32),
         )
 
     def acting_weights(state: PPOState) -> dict:
@@ -489,13 +494,14 @@ def make_ppo(
         loss = value_loss(values, minibatch["returns"])
         return loss, {"value_loss": loss}
 
-    def context_of(init_params, activations):
+    def context_of(init_params, activations, phase):
         def context(minibatch):
             return MethodContext(
                 init_params=init_params,
                 activations=lambda w: activations(w, minibatch["obs"], minibatch["task_ids"]),
                 neuron_layers=tuple(layers),
                 batch=minibatch,
+                phase=phase,
             )
         return context
 
@@ -529,18 +535,18 @@ def make_ppo(
         k_critic_idx, k_critic, k_actor_idx, k_actor = jax.random.split(key, 4)
         critic_state, critic_step, critic_info = train_on_minibatches(
             state.critic, state.critic_step, critic_loss_fn, critic_tx, critic_setup.method,
-            context_of(init_critic_params, critic_activations), samples,
+            context_of(init_critic_params, critic_activations, state.phase), samples,
             minibatch_indices(k_critic_idx, num_samples, config.critic_batch_size,
                               config.critic_epochs),
             k_critic)
         actor_state, actor_step, actor_info = train_on_minibatches(
             state.actor, state.actor_step, actor_loss_fn, actor_tx, actor_setup.method,
-            context_of(init_actor_params, actor_activations), samples,
+            context_of(init_actor_params, actor_activations, state.phase), samples,
             minibatch_indices(k_actor_idx, num_samples, config.policy_batch_size,
                               config.policy_epochs),
             k_actor)
         state = PPOState(actor=actor_state, critic=critic_state, actor_step=actor_step,
-                         critic_step=critic_step)
+                         critic_step=critic_step, phase=state.phase)
         metrics = {
             "policy_loss": actor_info["policy_loss"],
             "entropy": actor_info["entropy"],

@@ -10,9 +10,9 @@ shortest solution length. Every function is pure, so a rollout is a ``lax.scan``
 - ``step(state, actions)``: one step of every env (never resets), returning the true next
   observations, rewards and flags (``GridStep``);
 - ``reset_where(state, obs, done)``: the envs where ``done`` draw a new episode (a task uniformly,
-  then that task's layout, as the Farama backend does); the others keep their state and
-  observation. Only the ended envs draw (a few slots at a time), so a step of a large vector
-  costs little more than its dynamics.
+  then that task's layout, as the Farama backend does; or the vector's fixed task, see
+  ``with_fixed_task``); the others keep their state and observation. Only the ended envs draw
+  (a few slots at a time), so a step of a large vector costs little more than its dynamics.
 
 Env ``w`` of a vector seeded ``seed`` draws its episodes from ``fold_in(PRNGKey(seed), w)``, so its
 episodes depend on ``(seed, w)`` only, not on ``num_envs``. Layouts come from
@@ -59,11 +59,14 @@ from mtrl_sparse.envs.minigrid_jax_optimal import optimal_steps
 class VectorState:
     """``num_envs`` envs. ``envs``: ``GridState`` with a leading (num_envs,) axis; ``keys``:
     (num_envs,) PRNG keys of the envs' future episodes; ``optimal``: (num_envs,) int32 shortest
-    solution of each current episode (``UNSOLVABLE`` if none, or when not computed)."""
+    solution of each current episode (``UNSOLVABLE`` if none, or when not computed);
+    ``fixed_task``: () int32, the task of every new episode, or -1 to draw it uniformly (the
+    multi-task protocol; a sequential schedule fixes it per phase)."""
 
     envs: mj.GridState
     keys: jax.Array
     optimal: jax.Array
+    fixed_task: jax.Array
 
 
 @struct.dataclass
@@ -114,10 +117,14 @@ class GridVector:
                    else jnp.int32(UNSOLVABLE))
         return env, optimal
 
-    def _new_episode(self, key: jax.Array) -> tuple[mj.GridState, jax.Array, jax.Array]:
-        """One env's next episode from its key: (state, next key, optimal steps)."""
+    def _new_episode(self, key: jax.Array, fixed_task: jax.Array
+                     ) -> tuple[mj.GridState, jax.Array, jax.Array]:
+        """One env's next episode from its key: (state, next key, optimal steps); its task is
+        drawn uniformly, or is ``fixed_task`` when that is >= 0 (the key is split the same way
+        either way)."""
         key, task_key, layout_key = jax.random.split(key, 3)
-        task = jax.random.randint(task_key, (), 0, len(self.task_names), dtype=jnp.int32)
+        drawn = jax.random.randint(task_key, (), 0, len(self.task_names), dtype=jnp.int32)
+        task = jnp.where(fixed_task >= 0, fixed_task, drawn)
         env, optimal = self._episode(layout_key, task)
         return env, key, optimal
 
@@ -144,10 +151,20 @@ class GridVector:
         """Zero-filled envs with the episode keys of ``key`` and zero observations: the arrays
         of a vector before its first reset (no episode drawn; nothing to compile)."""
         keys = self.env_keys(key)
-        envs, _, optimal = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
-                                        jax.eval_shape(jax.vmap(self._new_episode), keys))
+        fixed_task = jnp.int32(-1)
+        envs, _, optimal = jax.tree.map(
+            lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
+            jax.eval_shape(jax.vmap(self._new_episode, in_axes=(0, None)), keys, fixed_task))
         obs = jnp.zeros((self.num_envs, *OBS_SHAPE), dtype=jnp.uint8)
-        return VectorState(envs=envs, keys=keys, optimal=optimal), obs
+        return VectorState(envs=envs, keys=keys, optimal=optimal, fixed_task=fixed_task), obs
+
+    def with_fixed_task(self, state: VectorState, obs: jax.Array, task: jax.Array
+                        ) -> tuple[VectorState, jax.Array]:
+        """Every env starts a new episode of ``task`` (() int32; -1: tasks drawn uniformly
+        again), and so do all later episodes: a task boundary of a sequential schedule. Returns
+        the state and the new observations (uint8)."""
+        state = state.replace(fixed_task=jnp.asarray(task, jnp.int32))
+        return self.reset_where(state, obs, jnp.ones(self.num_envs, dtype=bool))
 
     def step(self, state: VectorState, actions: jax.Array) -> tuple[VectorState, GridStep]:
         """One step of every env with ``actions`` ((num_envs,) int in [0, 7)); never resets.
@@ -179,13 +196,14 @@ class GridVector:
             state, obs, pending = carry
             index = jnp.nonzero(pending, size=slots, fill_value=0)[0]
             target = jnp.where(jnp.arange(slots) < pending.sum(), index, n)  # n: dropped
-            fresh, keys, optimal = jax.vmap(self._new_episode)(state.keys[index])
+            fresh, keys, optimal = jax.vmap(self._new_episode, in_axes=(0, None))(
+                state.keys[index], state.fixed_task)
 
             def put(old, new):
                 return old.at[target].set(new, mode="drop")
 
-            state = VectorState(envs=jax.tree.map(put, state.envs, fresh),
-                                keys=put(state.keys, keys), optimal=put(state.optimal, optimal))
+            state = state.replace(envs=jax.tree.map(put, state.envs, fresh),
+                                  keys=put(state.keys, keys), optimal=put(state.optimal, optimal))
             return state, put(obs, self.observe(fresh)), put(pending, False)
 
         state, obs, _ = jax.lax.while_loop(lambda carry: carry[2].any(), draw,
@@ -208,6 +226,7 @@ class JaxMiniGridVectorEnv(MiniGridHostEnv):
         self.compute_optimal = compute_optimal
         self._step = jax.jit(self.core.step)
         self._reset_where = jax.jit(self.core.reset_where)
+        self._with_fixed_task = jax.jit(self.core.with_fixed_task)
         # No episode before the first reset, which draws from the envs' initial keys.
         self._state, self._obs = self.core.blank(jax.random.PRNGKey(seed))
         self._ended = np.ones(num_envs, dtype=np.bool_)
@@ -243,6 +262,21 @@ class JaxMiniGridVectorEnv(MiniGridHostEnv):
     def current_task_ids(self) -> np.ndarray:
         """Task id of every env's current episode, (num_envs,) int32."""
         return np.asarray(self._state.envs.task)
+
+    def fix_task(self, task: int) -> np.ndarray:
+        """Every env starts a new episode of ``task`` now, and every later episode is of it too
+        (-1: back to drawing tasks uniformly); a task boundary of a sequential schedule. Returns
+        the observations (num_envs, 7, 7, 3) float32."""
+        if not -1 <= task < self.spec.num_tasks:
+            raise ValueError(f"task {task} is not a task id of this vector (0.."
+                             f"{self.spec.num_tasks - 1}, or -1 for uniform draws)")
+        self._state, self._obs = self._with_fixed_task(self._state, self._obs, task)
+        self._ended[:] = False
+        return np.asarray(self._obs, dtype=np.float32)
+
+    def fixed_task(self) -> int:
+        """The task of every new episode, or -1 when tasks are drawn uniformly."""
+        return int(self._state.fixed_task)
 
     def episode_optimal_steps(self) -> np.ndarray:
         """Shortest solution length of every env's current episode, (num_envs,) int32.

@@ -137,6 +137,10 @@ class AgentKind(Protocol):
     def iterate(self, episodes: EpisodeTracker) -> Iteration:
         """Advance the run by one iteration, recording every vector step in ``episodes``."""
 
+    def set_phase(self, phase: int) -> None:
+        """Sequential schedules: train on task ``phase`` from the next iteration on (no-op if
+        already); called before every iteration of such a run."""
+
     def train_row(self) -> dict[str, Any]:
         """The agent's fields of a training row (update counts, losses, method states);
         ``NonFiniteLossError`` if a loss went NaN or Inf."""
@@ -182,6 +186,8 @@ class RunGroup(Protocol):
 
     def iterate(self, episodes: list[EpisodeTracker]) -> Iteration: ...
 
+    def set_phase(self, phase: int) -> None: ...
+
     def train_rows(self) -> list[dict[str, Any]]: ...
 
     def probe_rows(self) -> list[dict[str, Any]]: ...
@@ -216,6 +222,9 @@ class OneRun:
 
     def iterate(self, episodes: list[EpisodeTracker]) -> Iteration:
         return self.kind.iterate(episodes[0])
+
+    def set_phase(self, phase: int) -> None:
+        self.kind.set_phase(phase)
 
     def train_rows(self) -> list[dict[str, Any]]:
         return [self.kind.train_row()]

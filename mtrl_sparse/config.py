@@ -18,7 +18,7 @@ from mtrl_sparse.agents.cnn import cnn_feature_size
 from mtrl_sparse.agents.ppo import PPOConfig, updates_per_rollout
 from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
-from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS
+from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS, minigrid_task_names
 from mtrl_sparse.envs.minigrid import OBS_SHAPE as MINIGRID_OBS_SHAPE
 from mtrl_sparse.methods.base import MethodError, NetworkMethodSettings
 from mtrl_sparse.methods.network import check_network
@@ -119,10 +119,30 @@ class RunConfig:
     """Run directory; None: runs/<benchmark>-<method>-s<seed>-<timestamp>."""
     progress: bool = True
     """Show a progress bar."""
+    schedule: Literal["multitask", "sequential"] = "multitask"
+    """multitask: every task throughout the run (the paper's setting); sequential: the tasks one
+    after another in the benchmark's order, the budget split equally among them (a phase per
+    task; every task keeps its head; evaluations on all tasks at every task boundary too)."""
 
     def total_updates(self, network: str) -> int:
         """Gradient updates of ``network`` over the whole run (at least 1)."""
         raise NotImplementedError
+
+    def task_names(self) -> tuple[str, ...]:
+        """The benchmark's tasks, in order (a task id indexes them)."""
+        raise NotImplementedError
+
+    def phases(self) -> int:
+        """Phases of the schedule: one per task when sequential, else 1."""
+        return len(self.task_names()) if self.schedule == "sequential" else 1
+
+    def phase_env_steps(self) -> int:
+        """Env steps of each phase (the whole budget for the multi-task schedule)."""
+        return self.total_env_steps // self.phases()
+
+    def phase_at(self, env_steps: int) -> int:
+        """The phase that trains from ``env_steps`` on (the last one past the budget)."""
+        return min(env_steps // self.phase_env_steps(), self.phases() - 1)
 
     def network_methods(self) -> dict[str, NetworkMethodSettings]:
         """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
@@ -136,6 +156,7 @@ class RunConfig:
                 distribution=self.distribution,
                 total_updates=self.total_updates(name),
                 interval_scale=overrides[name].interval_scale,
+                phases=self.phases(),
             )
             for name in self.NETWORKS
         }
@@ -166,6 +187,9 @@ class SACTrainConfig(RunConfig):
         vector_steps = max(self.total_env_steps - self.warmup_env_steps, 0) // (
             len(tasks) * self.env.envs_per_task)
         return max(1, vector_steps * self.updates_per_vector_step)
+
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(metaworld_task_names(self.env.benchmark, self.env.task))
 
 
 @dataclass(frozen=True)
@@ -214,6 +238,9 @@ class PPOTrainConfig(RunConfig):
     def total_updates(self, network: str) -> int:
         """Minibatch gradient steps of ``network`` over the whole run."""
         return max(1, self.rollouts() * updates_per_rollout(self.ppo)[network])
+
+    def task_names(self) -> tuple[str, ...]:
+        return minigrid_task_names(self.env.benchmark)
 
 
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {SACTrainConfig.AGENT: SACTrainConfig,
@@ -292,6 +319,9 @@ def _validate_methods(config: RunConfig) -> None:
 
 def _validate_sac(config: SACTrainConfig) -> None:
     env = config.env
+    if config.schedule != "multitask":
+        raise ConfigError("--schedule sequential runs PPO on MiniGrid (minigrid-seq) in this "
+                          "version; SAC on Meta-World accepts: multitask")
     if env.benchmark not in METAWORLD_BENCHMARKS:
         raise ConfigError(
             f"unknown benchmark {env.benchmark!r}; accepted: {', '.join(METAWORLD_BENCHMARKS)}"
@@ -372,9 +402,25 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
     if config.total_env_steps < ppo.rollout_env_steps:
         raise ConfigError(f"--total-env-steps {config.total_env_steps} is below one rollout "
                           f"({ppo.rollout_env_steps} env steps)")
+    if config.schedule == "sequential":
+        _validate_sequential_ppo(config)
     feature_size = (cnn_feature_size(MINIGRID_OBS_SHAPE, ppo.conv_channels, ppo.cnn_pooling)
                     if ppo.arch == "moore" else 0)
     _validate_experts(ppo.arch, ppo.num_experts, feature_size, "the flattened CNN features")
+
+
+def _validate_sequential_ppo(config: PPOTrainConfig) -> None:
+    """The sequential schedule needs the jax backend (its envs switch tasks inside compiled
+    code) and whole rollouts per phase."""
+    if config.env.backend != "jax":
+        raise ConfigError("--schedule sequential needs --env.backend jax (the farama backend "
+                          "draws a task per episode only)")
+    tasks, rollout = len(config.task_names()), config.ppo.rollout_env_steps
+    if config.total_env_steps % (tasks * rollout):
+        raise ConfigError(f"--schedule sequential splits --total-env-steps "
+                          f"{config.total_env_steps} equally among {tasks} tasks in whole "
+                          f"rollouts; accepted: multiples of {tasks * rollout} ({tasks} tasks x "
+                          f"--ppo.rollout-env-steps {rollout})")
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -293,6 +293,15 @@ class OnPolicyRun:
         return Iteration(env_steps=self.rollout_env_steps, updates=self._actor_updates(),
                          at_boundary=True, seconds=seconds)
 
+    def set_phase(self, phase: int) -> None:
+        """Enter ``phase`` of the sequential schedule: the agent's ``phase`` becomes it and every
+        training env starts an episode of task ``phase`` (as do all later episodes). Nothing
+        happens if the run is in it already (a resumed run is)."""
+        if self.env.fixed_task() == phase:
+            return
+        self.obs = self.env.fix_task(phase)
+        self.state = self.state.replace(phase=jnp.asarray(phase, jnp.int32))
+
     def _actor_updates(self) -> int:
         """Actor updates after the rollouts collected so far (host-side count)."""
         return self.env_steps // self.rollout_env_steps * self.actor_updates_per_rollout

@@ -126,7 +126,7 @@ class VmappedOnPolicyRuns:
 
         # The method reads each run's target sparsity from its (batched) method state, so the
         # agent of the first run updates every run.
-        axes = PPOState(actor=0, critic=0, actor_step=None, critic_step=None)
+        axes = PPOState(actor=0, critic=0, actor_step=None, critic_step=None, phase=None)
         self._init = jax.jit(jax.vmap(init))
         self._iteration = jax.jit(jax.vmap(
             make_compiled_iteration(first.ppo, env.core, first.horizon),
@@ -136,6 +136,8 @@ class VmappedOnPolicyRuns:
             first.ppo.act_with, self.task_names, env_cfg.eval_episodes_per_task,
             env_cfg.eval_deterministic)))
         self._acting_weights = jax.jit(jax.vmap(first.ppo.acting_weights, in_axes=(axes,)))
+        self._with_fixed_task = jax.jit(jax.vmap(env.core.with_fixed_task,
+                                                 in_axes=(0, 0, None)))
         self.sharding = run_axis_sharding(len(configs))
         self.state: PPOState | None = None
         self.env_state: Any = None
@@ -150,9 +152,11 @@ class VmappedOnPolicyRuns:
         return tree if self.sharding is None else jax.device_put(tree, self.sharding)
 
     def _set_state(self, state: PPOState) -> None:
-        """The stacked agent state, update counters taken out of the run axis (shared)."""
-        steps = {"actor_step": state.actor_step[0], "critic_step": state.critic_step[0]}
-        state = self._place(state.replace(actor_step=None, critic_step=None))
+        """The stacked agent state, update counters and phase taken out of the run axis
+        (shared)."""
+        steps = {"actor_step": state.actor_step[0], "critic_step": state.critic_step[0],
+                 "phase": state.phase[0]}
+        state = self._place(state.replace(actor_step=None, critic_step=None, phase=None))
         if self.sharding is not None:
             steps = jax.device_put(steps, replicated(self.sharding))
         self.state = state.replace(**steps)
@@ -203,13 +207,25 @@ class VmappedOnPolicyRuns:
                          * self.actor_updates_per_rollout,
                          at_boundary=True, seconds={part: seconds})
 
+    def set_phase(self, phase: int) -> None:
+        """Every run enters ``phase`` of the sequential schedule (``OnPolicyRun.set_phase``);
+        nothing happens if they are in it already."""
+        if int(self.env_state.fixed_task[0]) == phase:
+            return
+        self.env_state, self.obs = self._with_fixed_task(self.env_state, self.obs, phase)
+        phase_array = jnp.asarray(phase, jnp.int32)
+        if self.sharding is not None:
+            phase_array = jax.device_put(phase_array, replicated(self.sharding))
+        self.state = self.state.replace(phase=phase_array)
+
     def _sync_runs(self) -> None:
         """Give every run its slice of the stacked state, metrics, latest rollout and envs (for
         its rows, probes and checkpoint)."""
-        batched = self.state.replace(actor_step=None, critic_step=None)
+        batched = self.state.replace(actor_step=None, critic_step=None, phase=None)
         for k, run in enumerate(self.runs):
             run.state = run_slice(batched, k).replace(actor_step=self.state.actor_step,
-                                                      critic_step=self.state.critic_step)
+                                                      critic_step=self.state.critic_step,
+                                                      phase=self.state.phase)
             run.metrics = run_slice(self.metrics, k)
             run.rollout = run_slice(self.rollouts, k)
             run.env.set_device_state(run_slice(self.env_state, k), self.obs[k])

@@ -151,6 +151,17 @@ PRESETS: dict[str, Preset] = {
                                 ppo=dataclasses.replace(_MINIGRID.ppo, cnn_pooling=True)),
         ),
         Preset(
+            "minigrid-seq",
+            "MiniGrid MT7's tasks one after another (--schedule sequential, the benchmark's "
+            "order): 50k env steps per task (350k in all), the minigrid-mt7 network and PPO "
+            "settings, evaluation on all seven tasks at every task boundary",
+            dataclasses.replace(
+                _MINIGRID, schedule="sequential", total_env_steps=350_000,
+                eval_every_env_steps=50_000,
+                env=MiniGridEnvConfig(benchmark="MT7", backend="jax"),
+                ppo=dataclasses.replace(_MINIGRID.ppo, cnn_pooling=False)),
+        ),
+        Preset(
             "minigrid-smoke",
             "MiniGrid MT3 PPO in seconds, for tests: 3 rollouts of 200 env steps, 2 eval "
             "episodes per task; GMP every 4 actor updates, the critic's intervals x 0.25 (its "

@@ -38,6 +38,7 @@ from mtrl_sparse.report_figures import (
     save_figure,
 )
 from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_finished, read_metrics
+from mtrl_sparse.sequential_metrics import bootstrap_mean, sequential_scores
 
 SCORES = ("eval/normalized_return", "eval/success")
 """Score prefixes, the first one a run logs wins: per task ``<prefix>/<task>``."""
@@ -497,6 +498,7 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
     markdown = "\n".join([
         *summary_section(paths, groups),
         *final_section(score, finals, no_difference, reps, confidence, seed),
+        *sequential_section(score, finals, reps, confidence, seed),
         *figures_section(notes),
         *missing_section(groups, not_started(paths)),
     ]) + "\n"
@@ -703,6 +705,44 @@ def final_section(score: str | None, finals: list[GroupFinal], no_difference: st
     else:
         lines += ["", f"The difference to dense is omitted: {no_difference}."]
     return [*lines, ""]
+
+
+def sequential_section(score: str | None, finals: list[GroupFinal], reps: int,
+                       confidence: float, seed: int) -> list[str]:
+    """For groups of sequential-schedule runs: the average performance after the last task and
+    the forgetting (``sequential_metrics``), each as the mean over runs with a bootstrap
+    interval, and the average performance after every task; nothing when no group is
+    sequential."""
+    rows = []
+    for final in finals:
+        if score is None or final.group.finished[0].config.schedule != "sequential":
+            continue
+        runs = [sequential_scores(r.rows, final.tasks, score) for r in final.group.finished]
+        runs = [r for r in runs if r is not None]
+        if not runs:
+            continue
+        average = np.array([r.final_average for r in runs])
+        forgetting = np.array([r.mean_forgetting for r in runs])
+        after = np.array([r.average_after for r in runs
+                          if len(r.average_after) == len(runs[0].average_after)])
+        cells = [final.group.name, str(len(runs))]
+        for values in (average, forgetting):
+            mean, low, high = bootstrap_mean(values, reps, confidence, seed)
+            cells += [f"{mean:.3f}", f"[{low:.3f}, {high:.3f}]"]
+        cells.append(" ".join(f"{a:.2f}" for a in after.mean(axis=0)))
+        rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    percent = f"{confidence:.0%}"
+    return ["## Sequential schedule", "",
+            f"| group | runs | average after the last task | {percent} CI | forgetting | "
+            f"{percent} CI | average after each task |", "|" + "---|" * 7, *rows, "",
+            f"Average after task p: the mean `{score}` over tasks 0..p at the last evaluation "
+            "of phase p; forgetting: per task but the last, its best score at the evaluations "
+            "since it was trained minus its final score, averaged over the tasks (negative: "
+            "the final score is the best). Means over runs; CI: percentile interval of the "
+            f"mean over {reps} resamples of the runs, seed {seed}. Forward transfer needs "
+            "single-task reference runs and is not computed.", ""]
 
 
 def difference_cells(final: GroupFinal) -> list[str]:

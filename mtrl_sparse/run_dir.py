@@ -196,14 +196,15 @@ class MetricsLogger:
 
 
 def method_state_row(networks: dict[str, NetState]) -> dict[str, Any]:
-    """Scalar leaves of each network's method state, as ``<network>/<method>/<name>``."""
+    """Scalar leaves of each network's method state, as ``<network>/<method>/<name>`` (only
+    those leave the device: a method may keep parameter-sized arrays there)."""
     row = {}
     for network, net in networks.items():
-        flat = jax.tree_util.tree_flatten_with_path(jax.device_get(net.method_state))[0]
-        for path, value in flat:
-            value = np.asarray(value)
-            if value.ndim == 0:
-                row[f"{network}/{path_str(path)}"] = value.item()
+        flat = jax.tree_util.tree_flatten_with_path(net.method_state)[0]
+        scalars = [(path, value) for path, value in flat if np.ndim(value) == 0]
+        values = jax.device_get([value for _, value in scalars])
+        for (path, _), value in zip(scalars, values, strict=True):
+            row[f"{network}/{path_str(path)}"] = np.asarray(value).item()
     return row
 
 

@@ -11,6 +11,9 @@ it owns what every run shares:
   (``log_every_env_steps``), a plasticity row (``plasticity.every_updates``, in updates), an
   evaluation (``eval_every_env_steps``; and at the end), and a checkpoint at the first boundary
   after every ``checkpoint_every_env_steps`` (and at the end);
+- a sequential schedule's phases (``config.schedule``): before every iteration the group is told
+  the phase of its env step (``set_phase``), an evaluation ends every phase, and its evaluation
+  rows carry the ``phase`` they were taken in;
 - episode statistics of training (``EpisodeTracker``), timing, the progress bar and the summary.
 
 A checkpoint holds the kind's device state and, as JSON: the env step, the last evaluation row,
@@ -243,8 +246,12 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
     steps_at_row = env_steps
     checkpoint_due = False
     every_probe = config.plasticity.every_updates
+    sequential = config.phases() > 1
     try:
         while True:
+            phase = config.phase_at(env_steps)
+            if sequential:
+                group.set_phase(phase)
             iteration = group.iterate(episodes)
             for part, value in iteration.seconds.items():
                 seconds[part] += value
@@ -273,13 +280,16 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
                     logger.write({"step": env_steps, **row})
             seconds["logging"] += time.perf_counter() - t0
 
-            if crossed(env_steps, before, config.eval_every_env_steps) or finished:
+            phase_ended = sequential and crossed(env_steps, before, config.phase_env_steps())
+            if crossed(env_steps, before, config.eval_every_env_steps) or finished or phase_ended:
                 t0 = time.perf_counter()
                 last_evals = group.evaluate()
                 eval_seconds = time.perf_counter() - t0
                 seconds["eval"] += eval_seconds
+                phase_field = {"phase": phase} if sequential else {}
                 for logger, row in zip(loggers, last_evals, strict=True):
-                    logger.write({"step": env_steps, **row, "time/eval_s": eval_seconds})
+                    logger.write({"step": env_steps, **row, **phase_field,
+                                  "time/eval_s": eval_seconds})
                 score = np.mean([row[group.score_name] for row in last_evals])
                 postfix[group.score_name.removeprefix("eval/")] = f"{score:.2f}"
                 bar.set_postfix(postfix)

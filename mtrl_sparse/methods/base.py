@@ -60,6 +60,9 @@ class NetworkMethodSettings:
         layer_slices: the network's leaves that stack several tasks' layers (its per-task heads
             computed as one kernel), which per-layer methods treat as those layers
             (``topology.LayerSlices``; set by the agent, which knows its network).
+        phases: phases of the run's schedule: 1 for the multi-task schedule, the number of
+            tasks for the sequential one (whose current phase reaches ``transform`` as
+            ``MethodContext.phase``).
     """
 
     name: str
@@ -68,6 +71,7 @@ class NetworkMethodSettings:
     total_updates: int | None = None
     interval_scale: float = 1.0
     layer_slices: LayerSlices = ()
+    phases: int = 1
 
     def run_updates(self, method: str) -> int:
         """``total_updates``, or ``ValueError`` for a scheduled method built without it."""

@@ -1,0 +1,141 @@
+"""The sequential-task schedule (``--schedule sequential``): envs that switch task at phase
+boundaries, the phase reaching the agent and its methods, evaluations at every boundary, exact
+resume, and vmapped groups equal to runs alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from mtrl_sparse.cli import main
+from mtrl_sparse.config import ConfigError, validate
+from mtrl_sparse.envs.minigrid_jax_vector import JaxMiniGridVectorEnv
+from mtrl_sparse.presets import get_preset
+from mtrl_sparse.report import write_report
+from mtrl_sparse.run_dir import read_metrics
+from mtrl_sparse.sequential_metrics import sequential_scores
+from support.run_checks import assert_rows_close, deterministic_rows
+
+SEQ_FLAGS = ["--preset", "minigrid-smoke", "--schedule", "sequential",
+             "--checkpoint-every-env-steps", "200"]
+
+
+def _play(env: JaxMiniGridVectorEnv, steps: int, rng: np.random.Generator) -> set[int]:
+    """Random actions for ``steps`` vector steps with resets; the task ids seen."""
+    seen = set(env.current_task_ids().tolist())
+    for _ in range(steps):
+        step = env.step(rng.integers(0, 7, env.spec.num_envs))
+        env.reset_done(step.terminated | step.truncated)
+        seen |= set(env.current_task_ids().tolist())
+    return seen
+
+
+def test_a_fixed_task_holds_for_every_env_and_every_later_episode():
+    """After ``fix_task(t)`` every env is in a fresh episode of task t and every episode after
+    it too; ``fix_task(-1)`` returns to uniform draws; a task id outside the set is refused."""
+    env = JaxMiniGridVectorEnv("MT3", 8, seed=3)
+    env.reset()
+    rng = np.random.default_rng(0)
+    obs = env.fix_task(2)
+    assert obs.shape == (8, 7, 7, 3) and env.fixed_task() == 2
+    assert _play(env, 300, rng) == {2}
+    env.fix_task(-1)
+    assert _play(env, 300, rng) == {0, 1, 2}
+    with pytest.raises(ValueError, match="task 3"):
+        env.fix_task(3)
+
+
+def test_the_sequential_schedule_splits_the_budget_into_one_phase_per_task():
+    config = get_preset("minigrid-seq").config
+    validate(config)
+    assert config.phases() == 7 and config.phase_env_steps() == 50_000
+    assert [config.phase_at(s) for s in (0, 49_999, 50_000, 349_999, 350_000)] == [0, 0, 1, 6, 6]
+    assert config.network_methods()["actor"].phases == 7
+    multitask = get_preset("minigrid-mt7").config
+    assert multitask.phases() == 1 and multitask.phase_at(10**9) == 0
+    with pytest.raises(ConfigError, match="multiples of 14000"):
+        validate(dataclasses.replace(config, total_env_steps=50_000))
+
+
+@pytest.mark.slow
+def test_a_sequential_run_trains_one_task_per_phase_and_resumes_exactly(tmp_path, capsys):
+    """minigrid-smoke sequentially (3 tasks x 200 env steps): each phase's training episodes are
+    of its task only, an evaluation of all tasks ends every phase with its ``phase``, and a run
+    resumed from the checkpoint at the second boundary ends exactly as the uninterrupted one."""
+    full = tmp_path / "full"
+    assert main(["train", *SEQ_FLAGS, "--run-dir", str(full)]) == 0
+    rows = read_metrics(full)
+    train = [r for r in rows if "policy_loss" in r]
+    tasks = get_preset("minigrid-smoke").config.task_names()
+    for phase, row in enumerate(train):
+        ended = {t for t in tasks if row[f"train/return/{t}"] is not None}
+        assert ended <= {tasks[phase]}, (phase, ended)
+    evals = [r for r in rows if "eval/normalized_return" in r]
+    assert [(r["step"], r["phase"]) for r in evals] == [(200, 0), (400, 1), (600, 2)]
+    assert all(f"eval/normalized_return/{t}" in r for r in evals for t in tasks)
+    report = write_report([full], tmp_path / "report", reps=100, figures=False)
+    assert "## Sequential schedule" in report and "| dense | 1 |" in report
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(full, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "600")
+    assert main(["train", "--resume", "--run-dir", str(interrupted)]) == 0
+    assert deterministic_rows(interrupted) == deterministic_rows(full)
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_vmapped_sequential_runs_equal_the_runs_alone(tmp_path, capsys):
+    """APP (one pruning event per task) in a vmapped group of two seeds: the run of seed 1
+    equals it alone, and each run prunes once per phase, to the target after the last."""
+    group, alone = tmp_path / "group", tmp_path / "alone"
+    flags = [*SEQ_FLAGS, "--method", "app"]
+    assert main(["train", *flags, "--sparsity", "0.9", "--seeds", "0-1",
+                 "--run-dir", str(group)]) == 0
+    assert main(["train", *flags, "--sparsity", "0.9", "--seed", "1",
+                 "--run-dir", str(alone)]) == 0
+    assert_rows_close(deterministic_rows(group / "sparsity0.9-seed1"), deterministic_rows(alone))
+    train = [r for r in read_metrics(alone) if "policy_loss" in r]
+    assert [r["actor/app/events"] for r in train] == [1, 2, 3]
+    assert [r["critic/app/events"] for r in train] == [1, 2, 3]
+    assert train[-1]["actor_sparsity"] == pytest.approx(0.9, abs=0.005)
+    capsys.readouterr()
+
+
+def _eval_row(step: int, phase: int, scores: tuple[float, ...]) -> dict:
+    return {"step": step, "phase": phase, "eval/normalized_return": float(np.mean(scores)),
+            **{f"eval/normalized_return/{t}": s for t, s in zip("abc", scores, strict=True)}}
+
+
+def test_average_performance_and_forgetting_follow_their_definitions():
+    """Hand-computed: A_p over the tasks seen at each phase's last evaluation; F_i the best
+    score since task i was trained (final evaluation excepted) minus the final one; a step
+    logged twice (a resumed run) counts once; training rows are ignored."""
+    rows = [_eval_row(100, 0, (0.5, 0.1, 0.0)), {"step": 150, "policy_loss": 1.0},
+            _eval_row(200, 0, (0.3, 0.0, 0.1)), _eval_row(200, 0, (0.8, 0.0, 0.1)),
+            _eval_row(400, 1, (0.6, 0.9, 0.2)), _eval_row(600, 2, (0.4, 0.95, 0.7))]
+    scores = sequential_scores(rows, ("a", "b", "c"), "eval/normalized_return")
+    np.testing.assert_allclose(scores.average_after, [0.8, 0.75, 2.05 / 3])
+    np.testing.assert_allclose(scores.forgetting, [0.8 - 0.4, 0.9 - 0.95])
+    assert scores.final_average == pytest.approx(2.05 / 3)
+    assert scores.mean_forgetting == pytest.approx((0.4 - 0.05) / 2)
+    multitask = [{k: v for k, v in r.items() if k != "phase"} for r in rows]
+    assert sequential_scores(multitask, ("a", "b", "c"), "eval/normalized_return") is None
+
+
+@pytest.mark.slow
+def test_sparse_tune_freezes_most_of_the_network_after_the_first_task(tmp_path, capsys):
+    """minigrid-smoke sequentially with sparse_tune (1 scored update per task): one tuning per
+    task boundary, and after the first task each step changes under 1% of the parameters (in
+    the first, every entry with a gradient: the other tasks' heads get none)."""
+    run = tmp_path / "tune"
+    assert main(["train", *SEQ_FLAGS, "--method", "sparse_tune",
+                 "--methods.sparse-tune.score-updates", "1", "--run-dir", str(run)]) == 0
+    train = [r for r in read_metrics(run) if "policy_loss" in r]
+    assert [r["actor/sparse_tune/tunings"] for r in train] == [0, 1, 2]
+    assert [r["critic/sparse_tune/tunings"] for r in train] == [0, 1, 2]
+    assert train[0]["actor/sparse_tune/updated_fraction"] > 0.3
+    assert 0 < train[-1]["actor/sparse_tune/updated_fraction"] < 0.01
+    capsys.readouterr()

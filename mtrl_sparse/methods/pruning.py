@@ -76,13 +76,22 @@ def prune_globally(params: Any, masks: Any, sparsity: jax.Array) -> Any:
 
     One magnitude threshold for all masked layers; never regrows.
     """
+    scores = jax.tree.map(lambda m, w: None if m is None else active_magnitudes(w, m),
+                          masks, params, is_leaf=is_none)
+    return keep_top_globally(scores, masks, 1.0 - sparsity)
+
+
+def keep_top_globally(scores: Any, masks: Any, density: jax.Array) -> Any:
+    """Keep the round(density x maskable weights) highest-scoring active weights of the network,
+    one threshold for all masked layers; ``scores`` (congruent with ``masks``, None at unmasked
+    leaves) must be -inf at inactive weights, so that nothing regrows."""
     mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=is_none)
-    weight_leaves = treedef.flatten_up_to(params)
-    layers = [(m, w) for m, w in zip(mask_leaves, weight_leaves, strict=True) if m is not None]
+    score_leaves = treedef.flatten_up_to(scores)
+    layers = [s for m, s in zip(mask_leaves, score_leaves, strict=True) if m is not None]
     if not layers:
         return masks
-    scores = jnp.concatenate([active_magnitudes(w, m).reshape(-1) for m, w in layers])
-    keep = keep_top_scores(scores, num_to_keep(1.0 - sparsity, scores.size))
+    flat = jnp.concatenate([s.reshape(-1) for s in layers])
+    keep = keep_top_scores(flat, num_to_keep(density, flat.size))
     offset, pruned = 0, []
     for mask in mask_leaves:
         if mask is None:

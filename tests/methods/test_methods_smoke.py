@@ -34,7 +34,7 @@ OPTIONS = MethodOptions(
 )
 RUNS = {
     "gmp+redo/rigl+reset": ("gmp+redo", "rigl+reset"),
-    "set+reset/redo": ("set+reset", "redo"),
+    "set+reset/app+redo": ("set+reset", "app+redo"),
 }
 
 
@@ -95,6 +95,17 @@ def test_drop_and_regrow_changes_masks_at_constant_sparsity(run_rows, name):
         assert all(change > 0 for change in series(rows, f"{net}/{name}/mask_change")[:4])
         sparsity = series(rows, f"{net}_sparsity")
         assert max(sparsity) - min(sparsity) < 1e-6
+
+
+@pytest.mark.slow
+def test_app_prunes_once_per_megabatch_to_the_target(run_rows):
+    """8 megabatches of the 80 updates (the default): 8 events, the last at the target."""
+    methods, rows = run_rows
+    for net in networks_running(methods, "app"):
+        assert series(rows, f"{net}/app/events")[-1] == 8
+        sparsity = series(rows, f"{net}_sparsity")
+        assert all(b >= a for a, b in zip(sparsity, sparsity[1:], strict=False))
+        assert sparsity[-1] == pytest.approx(0.9, abs=0.01)
 
 
 @pytest.mark.slow

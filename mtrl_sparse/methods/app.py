@@ -1,0 +1,166 @@
+"""``app``: Anytime Progressive Pruning, SNIP saliency pruning at every megabatch.
+
+Misra et al. 2022, "APP: Anytime Progressive Pruning" (arXiv 2204.01640). Data arrives in
+megabatches; when megabatch ``k`` arrives, the network is pruned to the density ``d_k`` of a
+geometric schedule by the SNIP saliency of its weights on that data (Lee et al. 2019,
+arXiv 1810.02340), ``|g * w|`` with ``g`` the loss gradient w.r.t. the effective weight ``w``, one
+threshold for the whole network (the paper's global pruning). Only active weights are ranked, so
+the masks are nested: ``M_k = M_(k-1) AND top(saliency_k)``; pruned weights never regrow.
+
+Megabatches: the phases of a sequential schedule (each task is one; ``MethodContext.phase``), or
+``megabatches`` equal chunks of the run's updates under the multi-task schedule. The saliency is
+``|w * mean_j g_j|`` over the first ``saliency_updates`` updates of the megabatch (the gradient of
+the loss over their batches), with ``w`` the weights when the megabatch prunes.
+
+Density schedule over the M megabatches: ``d_k = d_0 * (d_f / d_0)^(k / (M - 1))`` from
+``first_density`` ``d_0`` to the target ``d_f = 1 - sparsity`` (``d_0`` at once for ``M = 1``);
+the paper's ``d_k = 0.8^linspace(1, 4.5, M)[k]`` is ``first_density = 0.8`` with
+``--sparsity 0.634`` (``1 - 0.8^4.5``). The target lives in the method state so runs differing in
+it vmap into one program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mtrl_sparse.agents.net_state import MethodContext, NetState
+from mtrl_sparse.agents.trees import is_none, mask_change_fraction
+from mtrl_sparse.methods.base import (
+    SPARSITY_PARAMETER,
+    Method,
+    MethodEntry,
+    NetworkMethodSettings,
+)
+from mtrl_sparse.methods.pruning import all_active_masks, install_masks, keep_top_globally
+
+
+@dataclass(frozen=True)
+class APPOptions:
+    """Anytime progressive pruning of the networks that run ``app``."""
+
+    first_density: float = 0.8
+    """Density after the first megabatch's pruning (paper: 0.8 = 0.8^1)."""
+    megabatches: int = 8
+    """Multi-task schedule: the run's updates split into this many equal megabatches, each
+    pruning once (a sequential schedule uses its tasks instead)."""
+    saliency_updates: int = 1
+    """Updates at the start of a megabatch whose gradients average into its saliency (1: the
+    first batch only, as SNIP)."""
+
+
+def check_app_options(options: APPOptions) -> None:
+    """ValueError (one line) for options that define no schedule."""
+    if not 0.0 < options.first_density <= 1.0:
+        raise ValueError(f"app first_density must be in (0, 1]; got {options.first_density}")
+    if options.megabatches < 1 or options.saliency_updates < 1:
+        raise ValueError("app megabatches and saliency_updates must be >= 1; got "
+                         f"{options.megabatches} and {options.saliency_updates}")
+
+
+def check_app_run(settings: NetworkMethodSettings, options: APPOptions, network: str) -> None:
+    """Every megabatch must hold its saliency updates, or the last would never prune."""
+    megabatches = settings.phases if settings.phases > 1 else options.megabatches
+    total = settings.total_updates
+    if total is not None and total // megabatches < options.saliency_updates:
+        raise ValueError(
+            f"app on the {network} splits its {total} updates into {megabatches} megabatches of "
+            f"{total // megabatches}, fewer than --methods.app.saliency-updates "
+            f"{options.saliency_updates}; lower it or --methods.app.megabatches")
+
+
+def geometric_density(k: jax.Array, megabatches: int, first: float, final: jax.Array
+                      ) -> jax.Array:
+    """``d_k`` of the module docstring, float32 (``k`` may be traced)."""
+    if megabatches == 1:
+        return jnp.asarray(final, jnp.float32)
+    ratio = jnp.asarray(final, jnp.float32) / first
+    return first * ratio ** (jnp.asarray(k, jnp.float32) / (megabatches - 1))
+
+
+def snip_saliency(params: Any, grads: Any, masks: Any) -> Any:
+    """``|g * w|`` at the active weights of every masked leaf, -inf at the inactive ones (which
+    never rank above an active one); None at unmasked leaves."""
+    return jax.tree.map(
+        lambda m, w, g: None if m is None else jnp.where(m, jnp.abs(g * w), -jnp.inf),
+        masks, params, grads, is_leaf=is_none)
+
+
+def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
+    """APP toward ``settings.sparsity`` (may be traced) over the run's megabatches."""
+    sequential = settings.phases > 1
+    megabatches = settings.phases if sequential else options.megabatches
+    megabatch_updates = max(settings.run_updates("app") // megabatches, 1)
+
+    def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
+        del key
+        masks = all_active_masks(params, maskable)
+        return masks, {
+            "target_sparsity": jnp.asarray(settings.sparsity, jnp.float32),
+            "megabatch": jnp.full((), -1, jnp.int32),
+            "collected": jnp.zeros((), jnp.int32),
+            "grad_sum": jax.tree.map(lambda m, p: None if m is None else jnp.zeros_like(p),
+                                     masks, params, is_leaf=is_none),
+            "density": jnp.ones((), jnp.float32),
+            "mask_change": jnp.zeros((), jnp.float32),
+            "events": jnp.zeros((), jnp.int32),
+        }
+
+    def current_megabatch(step: jax.Array, context: MethodContext) -> jax.Array:
+        if sequential:
+            return jnp.asarray(context.phase, jnp.int32)
+        return jnp.minimum((step - 1) // megabatch_updates, megabatches - 1).astype(jnp.int32)
+
+    def transform(
+        net_state: NetState, step: jax.Array, key: jax.Array, context: MethodContext
+    ) -> NetState:
+        del key
+        method_state = net_state.method_state
+        megabatch = current_megabatch(step, context)
+        pending = megabatch > method_state["megabatch"]
+        grad_sum = jax.tree.map(
+            lambda total, g: None if total is None else total + jnp.where(pending, g, 0.0),
+            method_state["grad_sum"], context.dense_grads, is_leaf=is_none)
+        collected = method_state["collected"] + pending.astype(jnp.int32)
+        state = net_state.replace(method_state={**method_state, "grad_sum": grad_sum,
+                                                "collected": collected})
+
+        def prune_event(state: NetState) -> NetState:
+            ms = state.method_state
+            mean_grads = jax.tree.map(lambda total: total / ms["collected"], ms["grad_sum"])
+            density = geometric_density(megabatch, megabatches, options.first_density,
+                                        1.0 - ms["target_sparsity"])
+            masks = keep_top_globally(snip_saliency(state.params, mean_grads, state.masks),
+                                      state.masks, density)
+            pruned = install_masks(state, masks, context.optimizer)
+            return pruned.replace(method_state={
+                **ms,
+                "megabatch": megabatch,
+                "collected": jnp.zeros((), jnp.int32),
+                "grad_sum": jax.tree.map(jnp.zeros_like, ms["grad_sum"]),
+                "density": density,
+                "mask_change": mask_change_fraction(state.masks, masks),
+                "events": ms["events"] + 1,
+            })
+
+        is_event = pending & (collected >= options.saliency_updates)
+        return jax.lax.cond(is_event, prune_event, lambda s: s, state)
+
+    return Method(init=init, transform=transform)
+
+
+ENTRY = MethodEntry(
+    name="app",
+    kind="sparsity",
+    description="anytime progressive pruning: global SNIP-saliency pruning at every megabatch "
+                "(a task of a sequential schedule) on a geometric density schedule",
+    source="Misra et al. 2022 (arXiv 2204.01640); SNIP: Lee et al. 2019 (arXiv 1810.02340)",
+    build=app,
+    options=APPOptions,
+    check=check_app_options,
+    check_run=check_app_run,
+    parameters=(SPARSITY_PARAMETER,),
+)

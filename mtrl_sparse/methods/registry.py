@@ -19,7 +19,17 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from mtrl_sparse.methods import dense, gmp, redo, regularizers, reset, sparse_evolution, static
+from mtrl_sparse.methods import (
+    app,
+    dense,
+    gmp,
+    redo,
+    regularizers,
+    reset,
+    sparse_evolution,
+    sparse_tune,
+    static,
+)
 from mtrl_sparse.methods.base import MethodEntry, MethodError
 
 BUILTIN_ENTRIES: tuple[MethodEntry, ...] = (
@@ -28,10 +38,12 @@ BUILTIN_ENTRIES: tuple[MethodEntry, ...] = (
     gmp.ENTRY,
     sparse_evolution.SET_ENTRY,
     sparse_evolution.RIGL_ENTRY,
+    app.ENTRY,
     reset.ENTRY,
     redo.ENTRY,
     regularizers.WEIGHT_DECAY_ENTRY,
     regularizers.LAYERNORM_ENTRY,
+    sparse_tune.ENTRY,
 )
 
 METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in BUILTIN_ENTRIES}

@@ -4,7 +4,8 @@ Values of ``mt10-paper`` come from Table 3 and Section 4 of Todorov et al. 2025 
 "Sparsity-Driven Plasticity in Multi-Task Reinforcement Learning"; they are the defaults of
 ``SACTrainConfig`` and ``SACConfig`` themselves.
 
-Every method works on every preset with its default options. The method intervals are the paper's
+Every method works on every preset with its default options (those acting at task boundaries
+only, on the sequential preset). The method intervals are the paper's
 (GMP every 5,000 updates on MT10, Reset every 100,000, ...), in updates of a network; a preset
 shorter than its paper setting scales them by its length (``scaled_to_paper``: its total updates
 over the paper preset's, through the networks' ``interval_scale``), so that the events happen as
@@ -27,6 +28,7 @@ from mtrl_sparse.config import (
     RunConfig,
     SACTrainConfig,
 )
+from mtrl_sparse.methods.app import APPOptions
 from mtrl_sparse.methods.gmp import GMPOptions
 
 
@@ -164,8 +166,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "minigrid-smoke",
             "MiniGrid MT3 PPO in seconds, for tests: 3 rollouts of 200 env steps, 2 eval "
-            "episodes per task; GMP every 4 actor updates, the critic's intervals x 0.25 (its "
-            "share of updates)",
+            "episodes per task; GMP every 4 actor updates, APP once per rollout, the critic's "
+            "intervals x 0.25 (its share of updates)",
             dataclasses.replace(
                 _MINIGRID,
                 total_env_steps=600,
@@ -176,7 +178,8 @@ PRESETS: dict[str, Preset] = {
                 ppo=PPOConfig(rollout_env_steps=200, policy_batch_size=50, critic_batch_size=100,
                               policy_epochs=2),
                 methods=dataclasses.replace(_MINIGRID.methods,
-                                            gmp=GMPOptions(prune_every_updates=4)),
+                                            gmp=GMPOptions(prune_every_updates=4),
+                                            app=APPOptions(megabatches=3)),
                 critic=NetworkMethodConfig(interval_scale=0.25),  # 2 of the actor's 8 per rollout
                 plasticity=PlasticityConfig(every_updates=16, batch_size=100),
                 progress=False,

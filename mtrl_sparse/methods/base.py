@@ -129,6 +129,8 @@ class MethodEntry:
         check_run: (settings, scaled options, network name) -> None; raises ``ValueError`` (one
             line) when the method would silently not do its job within the network's run (e.g.
             GMP not reaching its target before the last update).
+        sequential_only: the method acts at task boundaries only, so it runs under a sequential
+            schedule (``settings.phases`` > 1) and is refused elsewhere.
         layer_norm: the method asks the agent builder for LayerNorm in the network.
         optimizer: options -> (gradient transforms before Adam, update transforms after Adam).
         parameters: flags it reads besides its options, with their meaning.
@@ -142,6 +144,7 @@ class MethodEntry:
     options: type | None = None
     check: Callable[[Any], None] = _no_check
     check_run: Callable[[NetworkMethodSettings, Any, str], None] = _no_run_check
+    sequential_only: bool = False
     layer_norm: bool = False
     optimizer: Callable[[Any], tuple[tuple, tuple]] = _no_optimizer
     parameters: tuple[tuple[str, str], ...] = ()

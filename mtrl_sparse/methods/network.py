@@ -89,6 +89,9 @@ def check_network(
         raise MethodError(f"--{network}.interval-scale must be > 0; got "
                           f"{settings.interval_scale}")
     for entry in members:
+        if entry.sequential_only and settings.phases < 2:
+            raise MethodError(f"{entry.name} on the {network} acts at task boundaries; accepted: "
+                              "--schedule sequential (this run is multi-task)")
         try:
             entry.check_run(settings, member_options(entry, options, settings), network)
         except ValueError as error:

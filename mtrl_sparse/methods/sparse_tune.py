@@ -49,16 +49,14 @@ class SparseTuneOptions:
     """Updates at the start of a task whose squared gradients average into the scores."""
     first_task_dense: bool = True
     """Train the whole network, every update kept, during the first task."""
-    seed: int = 0
-    """Seed of the per-step update draws (combined with nothing else: the draws of a network
-    are the same in every run with the same seed)."""
 
 
 class FreezeState(NamedTuple):
     """State of ``freeze_updates``: ``sparse_tune_scale`` parameter-shaped float32 (1: the entry
     may be updated, 0: frozen); ``sparse_tune_tuning`` () bool, whether sparse tuning has begun
     (updates are then drawn with probability p); ``sparse_tune_key`` the key of the next step's
-    draws; ``sparse_tune_updated`` the fraction of parameter entries the last step changed, ()."""
+    draws (the method's key of the previous update, so runs draw apart);
+    ``sparse_tune_updated`` the fraction of parameter entries the last step changed, ()."""
 
     sparse_tune_scale: Any
     sparse_tune_tuning: jax.Array
@@ -66,7 +64,7 @@ class FreezeState(NamedTuple):
     sparse_tune_updated: jax.Array
 
 
-def freeze_updates(update_probability: float, seed: int, first_task_dense: bool
+def freeze_updates(update_probability: float, first_task_dense: bool
                    ) -> optax.GradientTransformation:
     """An optax update transform that zeroes the updates of frozen entries and, once sparse
     tuning has begun, keeps each remaining update with probability ``update_probability``.
@@ -75,12 +73,12 @@ def freeze_updates(update_probability: float, seed: int, first_task_dense: bool
     def init(params: Any) -> FreezeState:
         fill = 1.0 if first_task_dense else 0.0
         return FreezeState(jax.tree.map(lambda p: jnp.full(p.shape, fill, jnp.float32), params),
-                           jnp.zeros((), bool), jax.random.PRNGKey(seed),
+                           jnp.zeros((), bool), jax.random.PRNGKey(0),
                            jnp.zeros((), jnp.float32))
 
     def update(updates: Any, state: FreezeState, params: Any = None) -> tuple[Any, FreezeState]:
         del params
-        key, draw_key = jax.random.split(state.sparse_tune_key)
+        draw_key = state.sparse_tune_key
         leaves, treedef = jax.tree.flatten(updates)
         scales = treedef.flatten_up_to(state.sparse_tune_scale)
         tuning = state.sparse_tune_tuning
@@ -93,7 +91,6 @@ def freeze_updates(update_probability: float, seed: int, first_task_dense: bool
         changed = sum(jnp.sum(u != 0) for u in kept)
         total = sum(u.size for u in kept)
         return jax.tree.unflatten(treedef, kept), state._replace(
-            sparse_tune_key=key,
             sparse_tune_updated=(changed / max(total, 1)).astype(jnp.float32))
 
     return optax.GradientTransformation(init, update)
@@ -101,8 +98,7 @@ def freeze_updates(update_probability: float, seed: int, first_task_dense: bool
 
 def sparse_tune_optimizer(options: SparseTuneOptions) -> tuple[tuple, tuple]:
     """(nothing before Adam, the freeze after Adam)."""
-    return (), (freeze_updates(options.update_probability, options.seed,
-                               options.first_task_dense),)
+    return (), (freeze_updates(options.update_probability, options.first_task_dense),)
 
 
 def check_sparse_tune_options(options: SparseTuneOptions) -> None:
@@ -119,10 +115,8 @@ def check_sparse_tune_options(options: SparseTuneOptions) -> None:
 
 def check_sparse_tune_run(settings: NetworkMethodSettings, options: SparseTuneOptions,
                           network: str) -> None:
-    """Sparse tuning needs task boundaries, and tasks long enough to be scored."""
-    if settings.phases < 2:
-        raise ValueError(f"sparse_tune on the {network} tunes at task boundaries; accepted: "
-                         "--schedule sequential (this run is multi-task)")
+    """Tasks long enough to be scored (``sequential_only`` in the entry refuses multi-task
+    runs)."""
     total = settings.total_updates
     if total is not None and total // settings.phases <= options.score_updates:
         raise ValueError(
@@ -157,7 +151,7 @@ def sparse_tune(settings: NetworkMethodSettings, options: SparseTuneOptions) -> 
 
     def transform(net_state: NetState, step: jax.Array, key: jax.Array,
                   context: MethodContext) -> NetState:
-        del step, key
+        del step
         ms = net_state.method_state
         phase = jnp.asarray(0 if context.phase is None else context.phase, jnp.int32)
         boundary = phase != ms["phase"]
@@ -173,7 +167,7 @@ def sparse_tune(settings: NetworkMethodSettings, options: SparseTuneOptions) -> 
                              lambda: scale)
         tuning = optax.tree_utils.tree_get(net_state.opt_state, "sparse_tune_tuning") | chosen
         opt_state = optax.tree_utils.tree_set(net_state.opt_state, sparse_tune_scale=scale,
-                                              sparse_tune_tuning=tuning)
+                                              sparse_tune_tuning=tuning, sparse_tune_key=key)
         updated = optax.tree_utils.tree_get(net_state.opt_state, "sparse_tune_updated")
         return net_state.replace(opt_state=opt_state, method_state={
             "phase": phase,
@@ -197,5 +191,6 @@ ENTRY = MethodEntry(
     options=SparseTuneOptions,
     check=check_sparse_tune_options,
     check_run=check_sparse_tune_run,
+    sequential_only=True,
     optimizer=sparse_tune_optimizer,
 )

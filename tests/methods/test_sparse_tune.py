@@ -14,7 +14,8 @@ from optax import tree_utils
 
 from mtrl_sparse.agents.net_state import MethodContext, NetState, apply_gradients, create_net_state
 from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer
-from mtrl_sparse.methods.base import NetworkMethodSettings
+from mtrl_sparse.methods.base import MethodError, NetworkMethodSettings
+from mtrl_sparse.methods.network import check_network
 from mtrl_sparse.methods.sparse_tune import (
     ENTRY,
     SparseTuneOptions,
@@ -106,9 +107,10 @@ def test_frozen_entries_stay_bit_identical_and_the_updated_fraction_matches():
 
 
 def test_without_task_boundaries_sparse_tune_is_refused():
-    with pytest.raises(ValueError, match="--schedule sequential"):
-        check_sparse_tune_run(NetworkMethodSettings("sparse_tune", 0.0, total_updates=100),
-                              OPTIONS, "actor")
+    with pytest.raises(MethodError, match="acts at task boundaries.*--schedule sequential"):
+        check_network(NetworkMethodSettings("sparse_tune", 0.0, total_updates=100), None,
+                      "actor")
+    check_network(NetworkMethodSettings("sparse_tune", 0.0, total_updates=100, phases=3))
     with pytest.raises(ValueError, match="score-updates 8"):
         check_sparse_tune_run(NetworkMethodSettings("sparse_tune", 0.0, total_updates=24,
                                                     phases=3), OPTIONS, "critic")

@@ -63,7 +63,7 @@ SMOKE = ["train", "--preset", "mt10-smoke"]
         ([*SMOKE, "--schedule", "sequential"], ["SAC", "accepts: multitask"]),
         (["train", "--preset", "minigrid-smoke", "--schedule", "cyclic"], ["cyclic"]),
         (["train", "--preset", "minigrid-smoke", "--method", "sparse_tune"],
-         ["sparse_tune", "task boundaries", "--schedule sequential"]),
+         ["sparse_tune on the actor acts at task boundaries", "--schedule sequential"]),
         (["train", "--preset", "minigrid-smoke", "--actor.interval-scale", "0"],
          ["--actor.interval-scale must be > 0"]),
         ([*SMOKE, "--total-steps", "-5"], ["total-env-steps", "positive"]),

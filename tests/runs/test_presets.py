@@ -10,7 +10,7 @@ import pytest
 
 from mtrl_sparse.agents.ppo import make_ppo
 from mtrl_sparse.agents.sac import make_sac
-from mtrl_sparse.config import PPOTrainConfig, validate, with_current_methods
+from mtrl_sparse.config import ConfigError, PPOTrainConfig, validate, with_current_methods
 from mtrl_sparse.envs.metaworld import metaworld_task_names
 from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS, NUM_ACTIONS, OBS_SHAPE
 from mtrl_sparse.methods.base import scale_intervals
@@ -47,8 +47,14 @@ def agent_init_shapes(config) -> None:
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_method_validates_and_builds_on_every_preset(preset):
+    """Every method runs on every preset with its default options, except that the methods
+    acting at task boundaries only are refused (a usage error) on multi-task presets."""
     for method in METHODS:
         config = preset_with(preset, method)
+        if METHODS[method].sequential_only and config.phases() == 1:
+            with pytest.raises(ConfigError, match="--schedule sequential"):
+                validate(config)
+            continue
         validate(config)
         agent_init_shapes(config)
 

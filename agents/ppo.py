@@ -84,6 +84,10 @@ class PPOConfig:
     """Samples (transitions) per critic minibatch; one critic update each."""
     rollout_env_steps: int = 2000
     """Env steps per rollout, summed over envs (T x E samples per update call)."""
+    keep_partial_minibatch: bool = False
+    """Keep the last, partial minibatch of each epoch (the paper's lineage, MOORE's PPO: 2,000
+    samples in minibatches of 256 give 7 full ones and one of 208); False: leave its samples out
+    of that epoch (each epoch's permutation differs, so every sample is used across epochs)."""
     max_grad_norm: float | None = 0.5
     """Global gradient-norm clip of each network; None: no clipping (the paper's lineage, MOORE's
     MiniGrid PPO). Not stated in the paper; 0.5 is the usual PPO value (the PPO2 baselines and
@@ -117,21 +121,23 @@ def check_architecture(config: PPOConfig, obs_shape: tuple[int, ...]) -> None:
                   "the flattened CNN features")
 
 
-def minibatches_per_epoch(num_samples: int, batch_size: int) -> int:
-    """Full minibatches in one epoch over ``num_samples`` (the remainder is left out)."""
+def minibatches_per_epoch(num_samples: int, batch_size: int, keep_partial: bool = False) -> int:
+    """Minibatches in one epoch over ``num_samples``: the full ones, and with ``keep_partial``
+    the last, partial one too (else its samples are left out)."""
     if batch_size <= 0 or num_samples < batch_size:
         raise ValueError(f"a minibatch of {batch_size} samples does not fit in a rollout of "
                          f"{num_samples} samples")
-    return num_samples // batch_size
+    return -(-num_samples // batch_size) if keep_partial else num_samples // batch_size
 
 
 def updates_per_rollout(config: PPOConfig) -> dict[str, int]:
     """Gradient steps of each network (its ``updates``) per ``update`` call; a run's
     ``total_updates`` of a network is this times the number of rollouts."""
-    n = config.rollout_env_steps
+    n, keep = config.rollout_env_steps, config.keep_partial_minibatch
     return {
-        "actor": config.policy_epochs * minibatches_per_epoch(n, config.policy_batch_size),
-        "critic": config.critic_epochs * minibatches_per_epoch(n, config.critic_batch_size),
+        "actor": config.policy_epochs * minibatches_per_epoch(n, config.policy_batch_size, keep),
+        "critic": config.critic_epochs * minibatches_per_epoch(n, config.critic_batch_size,
+                                                               keep),
     }
 
 
@@ -243,9 +249,19 @@ def categorical_entropy(logits: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
 
 
-def standardize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """(B,) -> (B,) with mean 0 and standard deviation 1 (``eps`` guards a constant batch)."""
-    return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+def weighted_mean(x: jax.Array, weight: jax.Array | None) -> jax.Array:
+    """Mean of (B,) ``x``; with (B,) 0/1 ``weight``, the mean over the samples of weight 1 (a
+    padded partial minibatch)."""
+    return jnp.mean(x) if weight is None else jnp.sum(weight * x) / jnp.sum(weight)
+
+
+def standardize(x: jax.Array, eps: float = 1e-8, weight: jax.Array | None = None) -> jax.Array:
+    """(B,) -> (B,) with mean 0 and standard deviation 1 (``eps`` guards a constant batch); with
+    ``weight``, the mean and std are those of the samples of weight 1."""
+    if weight is None:
+        return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+    mean = weighted_mean(x, weight)
+    return (x - mean) / (jnp.sqrt(weighted_mean(jnp.square(x - mean), weight)) + eps)
 
 
 def standardize_per_task(x: jax.Array, task_ids: jax.Array, num_tasks: int,
@@ -273,35 +289,40 @@ def clipped_surrogate(
 
 def policy_loss(
     logits: jax.Array, actions: jax.Array, old_log_probs: jax.Array, advantages: jax.Array,
-    clip_eps: float, entropy_coef: float, normalize: bool,
+    clip_eps: float, entropy_coef: float, normalize: bool, weight: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """Actor loss on one minibatch: ``-mean(clipped surrogate) - entropy_coef * mean(entropy)``.
 
     (B, A) logits; (B,) actions, old log-probs and advantages (standardised here if
-    ``normalize``). Also returns the surrogate's ``policy_loss``, ``entropy``, ``approx_kl``
-    (the estimator ``E[(r - 1) - log r]`` of KL(pi_old || pi), non-negative per sample) and
-    ``clip_fraction`` (share of samples with ``|r - 1| > clip_eps``).
+    ``normalize``); (B,) 0/1 ``weight`` for a padded partial minibatch (means, the
+    standardisation and the diagnostics over the samples of weight 1 only). Also returns the
+    surrogate's ``policy_loss``, ``entropy``, ``approx_kl`` (the estimator ``E[(r - 1) - log r]``
+    of KL(pi_old || pi), non-negative per sample) and ``clip_fraction`` (share of samples with
+    ``|r - 1| > clip_eps``).
     """
     if normalize:
-        advantages = standardize(advantages)
+        advantages = standardize(advantages, weight=weight)
     log_probs = categorical_log_prob(logits, actions)
-    entropy = jnp.mean(categorical_entropy(logits))
-    surrogate = jnp.mean(clipped_surrogate(log_probs, old_log_probs, advantages, clip_eps))
+    entropy = weighted_mean(categorical_entropy(logits), weight)
+    surrogate = weighted_mean(clipped_surrogate(log_probs, old_log_probs, advantages, clip_eps),
+                              weight)
     log_ratio = log_probs - old_log_probs
     ratio = jnp.exp(log_ratio)
     info = {
         "policy_loss": -surrogate,
         "entropy": entropy,
-        "approx_kl": jax.lax.stop_gradient(jnp.mean((ratio - 1.0) - log_ratio)),
-        "clip_fraction": jax.lax.stop_gradient(
-            jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))),
+        "approx_kl": jax.lax.stop_gradient(weighted_mean((ratio - 1.0) - log_ratio, weight)),
+        "clip_fraction": jax.lax.stop_gradient(weighted_mean(
+            (jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), weight)),
     }
     return -surrogate - entropy_coef * entropy, info
 
 
-def value_loss(values: jax.Array, returns: jax.Array) -> jax.Array:
-    """Critic loss: mean squared error of (B,) values against (B,) returns (no value clipping)."""
-    return jnp.mean(jnp.square(values - returns))
+def value_loss(values: jax.Array, returns: jax.Array, weight: jax.Array | None = None
+               ) -> jax.Array:
+    """Critic loss: mean squared error of (B,) values against (B,) returns (no value clipping),
+    over the samples of weight 1 if a (B,) 0/1 ``weight`` is given."""
+    return weighted_mean(jnp.square(values - returns), weight)
 
 
 # ----------------------------------------------------------------------------- minibatches
@@ -321,6 +342,23 @@ def minibatch_indices(
     return perms[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
 
 
+def padded_minibatch_indices(
+    key: jax.Array, num_samples: int, batch_size: int, epochs: int
+) -> tuple[jax.Array, jax.Array]:
+    """As ``minibatch_indices``, the last partial minibatch of each epoch kept: (indices,
+    weights), each (epochs * M, batch_size) with ``M = ceil(num_samples / batch_size)``. The
+    partial minibatch is padded to ``batch_size`` with the epoch's first samples at weight 0;
+    every other entry has weight 1 (each sample once per epoch)."""
+    per_epoch = minibatches_per_epoch(num_samples, batch_size, keep_partial=True)
+    padding = per_epoch * batch_size - num_samples
+    keys = jax.random.split(key, epochs)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(keys)
+    padded = jnp.concatenate([perms, perms[:, :padding]], axis=1)
+    weights = jnp.concatenate([jnp.ones(num_samples), jnp.zeros(padding)]).astype(jnp.float32)
+    shape = (epochs * per_epoch, batch_size)
+    return padded.reshape(shape), jnp.broadcast_to(weights, (epochs, weights.size)).reshape(shape)
+
+
 def train_on_minibatches(
     net_state: NetState,
     step: jax.Array,
@@ -331,10 +369,13 @@ def train_on_minibatches(
     samples: dict,
     indices: jax.Array,
     key: jax.Array,
+    weights: jax.Array | None = None,
 ) -> tuple[NetState, jax.Array, dict]:
     """One ``masked_gradient_step`` per row of ``indices`` (a ``lax.scan``).
 
     ``samples`` is a dict of (N, ...) arrays; ``loss_fn(weights, minibatch) -> (loss, info)``;
+    with ``weights`` (rows of 0/1 sample weights, ``padded_minibatch_indices``) each minibatch
+    holds its row as ``weight``;
     ``context_of(minibatch)`` is the method context of a step. The update count ``step`` goes up
     by one per minibatch and each transform sees the new count. Returns the network state, the
     count and the mean over minibatches of ``info`` and of the gradient norm (``grad_norm``).
@@ -342,15 +383,18 @@ def train_on_minibatches(
 
     def minibatch_step(carry, row):
         net_state, step = carry
-        idx, k = row
+        idx, k, weight = row
         minibatch = jax.tree.map(lambda x: x[idx], samples)
+        if weight is not None:
+            minibatch["weight"] = weight
         step = step + 1
         net_state, info, grad_norm = masked_gradient_step(
             net_state, loss_fn, tx, method, step, k, context_of(minibatch), minibatch)
         return (net_state, step), {**info, "grad_norm": grad_norm}
 
     keys = jax.random.split(key, indices.shape[0])
-    (net_state, step), infos = jax.lax.scan(minibatch_step, (net_state, step), (indices, keys))
+    (net_state, step), infos = jax.lax.scan(minibatch_step, (net_state, step),
+                                            (indices, keys, weights))
     return net_state, step, jax.tree.map(jnp.mean, infos)
 
 
@@ -487,11 +531,12 @@ def make_ppo(
         return policy_loss(logits, minibatch["actions"], minibatch["log_probs"],
                            minibatch["advantages"], config.clip_eps, config.entropy_coef,
                            config.normalize_advantages
-                           and config.advantage_normalization == "minibatch")
+                           and config.advantage_normalization == "minibatch",
+                           minibatch.get("weight"))
 
     def critic_loss_fn(weights, minibatch):
         values = critic_values(weights, minibatch["obs"], minibatch["task_ids"])
-        loss = value_loss(values, minibatch["returns"])
+        loss = value_loss(values, minibatch["returns"], minibatch.get("weight"))
         return loss, {"value_loss": loss}
 
     def context_of(init_params, activations, phase):
@@ -533,18 +578,24 @@ def make_ppo(
             "advantages": actor_advantages, "returns": flat(returns),
         }
         k_critic_idx, k_critic, k_actor_idx, k_actor = jax.random.split(key, 4)
+        def rows(key: jax.Array, batch_size: int, epochs: int):
+            """(indices, weights or None) of the network's minibatches."""
+            if config.keep_partial_minibatch and num_samples % batch_size:
+                return padded_minibatch_indices(key, num_samples, batch_size, epochs)
+            return minibatch_indices(key, num_samples, batch_size, epochs), None
+
+        critic_indices, critic_weights = rows(k_critic_idx, config.critic_batch_size,
+                                              config.critic_epochs)
         critic_state, critic_step, critic_info = train_on_minibatches(
             state.critic, state.critic_step, critic_loss_fn, critic_tx, critic_setup.method,
             context_of(init_critic_params, critic_activations, state.phase), samples,
-            minibatch_indices(k_critic_idx, num_samples, config.critic_batch_size,
-                              config.critic_epochs),
-            k_critic)
+            critic_indices, k_critic, critic_weights)
+        actor_indices, actor_weights = rows(k_actor_idx, config.policy_batch_size,
+                                            config.policy_epochs)
         actor_state, actor_step, actor_info = train_on_minibatches(
             state.actor, state.actor_step, actor_loss_fn, actor_tx, actor_setup.method,
             context_of(init_actor_params, actor_activations, state.phase), samples,
-            minibatch_indices(k_actor_idx, num_samples, config.policy_batch_size,
-                              config.policy_epochs),
-            k_actor)
+            actor_indices, k_actor, actor_weights)
         state = PPOState(actor=actor_state, critic=critic_state, actor_step=actor_step,
                          critic_step=critic_step, phase=state.phase)
         metrics = {

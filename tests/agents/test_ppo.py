@@ -33,9 +33,11 @@ from mtrl_sparse.agents.ppo import (
     gae,
     make_ppo,
     minibatch_indices,
+    padded_minibatch_indices,
     policy_loss,
     standardize_per_task,
     updates_per_rollout,
+    value_loss,
 )
 from mtrl_sparse.agents.tree_paths import get_path
 from mtrl_sparse.methods.base import NetworkMethodSettings
@@ -156,6 +158,47 @@ def test_each_epoch_is_a_permutation_cut_into_full_minibatches():
     assert updates_per_rollout(TINY) == {"actor": ACTOR_UPDATES, "critic": CRITIC_UPDATES}
     with pytest.raises(ValueError, match="does not fit"):
         minibatch_indices(jax.random.PRNGKey(0), 16, 17, epochs=1)
+
+
+def test_kept_partial_minibatches_use_every_sample_once_per_epoch():
+    """16 samples in minibatches of 6: 3 per epoch, the third holding 4 samples and 2 padding
+    entries of weight 0; the weighted entries of an epoch are a permutation of the samples."""
+    indices, weights = (np.asarray(a) for a in
+                        padded_minibatch_indices(jax.random.PRNGKey(0), 16, 6, epochs=3))
+    assert indices.shape == weights.shape == (9, 6)
+    for epoch, weight in zip(indices.reshape(3, 18), weights.reshape(3, 18), strict=True):
+        assert sorted(epoch[weight == 1].tolist()) == list(range(16))
+        np.testing.assert_array_equal(weight, [1] * 16 + [0] * 2)
+    assert updates_per_rollout(dataclasses.replace(TINY, keep_partial_minibatch=True)) == {
+        "actor": 3 * 3, "critic": CRITIC_UPDATES}
+    assert updates_per_rollout(dataclasses.replace(PPOConfig(), keep_partial_minibatch=True)) == {
+        "actor": 8 * 8, "critic": 1}
+
+
+def test_padding_entries_of_weight_zero_change_no_loss_and_get_no_gradient():
+    """The weighted losses on a padded minibatch equal the plain losses on its real samples
+    (advantage standardisation included), and the padded rows' logits get zero gradient."""
+    keys = jax.random.split(jax.random.PRNGKey(3), 5)
+    logits = jax.random.normal(keys[0], (6, NUM_ACTIONS))
+    actions = jax.random.randint(keys[1], (6,), 0, NUM_ACTIONS)
+    old = jax.random.normal(keys[2], (6,)) - 2.0
+    advantages = jax.random.normal(keys[3], (6,))
+    values, returns = jax.random.normal(keys[4], (2, 6))
+    weight = jnp.array([1.0, 1, 1, 1, 0, 0])
+
+    def padded(logits):
+        return policy_loss(logits, actions, old, advantages, 0.2, 0.01, True, weight)
+
+    loss, info = padded(logits)
+    want, want_info = policy_loss(logits[:4], actions[:4], old[:4], advantages[:4], 0.2, 0.01,
+                                  True)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    for name in ("entropy", "approx_kl", "clip_fraction"):
+        np.testing.assert_allclose(info[name], want_info[name], rtol=1e-5)
+    grads = jax.grad(lambda x: padded(x)[0])(logits)
+    assert np.all(np.asarray(grads[4:]) == 0) and np.any(np.asarray(grads[:4]) != 0)
+    np.testing.assert_allclose(value_loss(values, returns, weight),
+                               value_loss(values[:4], returns[:4]), rtol=1e-6)
 
 
 def test_defaults_are_table_2_and_give_56_actor_and_1_critic_update_per_rollout():

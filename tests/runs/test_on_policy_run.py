@@ -172,3 +172,19 @@ def test_minigrid_presets_prune_both_networks_on_the_same_env_steps():
     per_rollout = {"actor": 56, "critic": 1}
     env_steps_between_events = {name: every[name] / per_rollout[name] * 2000 for name in every}
     assert abs(env_steps_between_events["actor"] / env_steps_between_events["critic"] - 1) < 0.05
+
+
+@pytest.mark.slow
+def test_a_kept_partial_minibatch_is_one_more_update_per_epoch(tmp_path, capsys):
+    """200-sample rollouts in actor minibatches of 60: 3 full and one of 20 per epoch, so 2
+    epochs make 8 actor updates per rollout (6 when the partial one is left out)."""
+    flags = ["train", "--preset", "minigrid-smoke", "--ppo.policy-batch-size", "60"]
+    for keep, per_rollout in (("--ppo.keep-partial-minibatch", 8),
+                              ("--ppo.no-keep-partial-minibatch", 6)):
+        run = tmp_path / keep
+        assert main([*flags, keep, "--run-dir", str(run)]) == 0
+        train_rows = [r for r in read_metrics(run) if "policy_loss" in r]
+        assert [r["updates"] for r in train_rows] == [per_rollout, 2 * per_rollout,
+                                                      3 * per_rollout]
+        assert all(np.isfinite(r["policy_loss"]) for r in train_rows)
+    capsys.readouterr()

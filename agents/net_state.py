@@ -8,6 +8,12 @@ by the masks again so that nothing (Adam moments, weight decay) can revive a pru
 
 Invariant (asserted by the tests after every kind of update):
 ``params == params * masks`` and every optimizer moment is zero wherever ``masks`` is False.
+
+A method may reparameterise the maskable weights as ``theta = scale * w`` (Sign-In): the state
+then holds the per-weight ``scales`` (None elsewhere) with their own optimizer state, both trained
+by the network's optimizer; the forward pass reads ``masks * scales * params`` (still through
+``masked_params``), and a masked weight has scale 1 (a weight that regrows starts at
+``(scale, w) = (1, 0)``).
 """
 
 from __future__ import annotations
@@ -36,12 +42,17 @@ class NetState(struct.PyTreeNode):
         opt_state: the optax state of this network's optimizer.
         method_state: whatever the network's mask method keeps between calls (array data only,
             e.g. its target sparsity, so that runs differing in it can be vmapped).
+        scales: None, or for a reparameterised network the tree of ``params`` with a float array
+            per maskable leaf (None elsewhere): the effective weight is ``scales * params``.
+        scale_opt_state: the optax state of ``scales`` (same optimizer; None without scales).
     """
 
     params: Params
     masks: Masks
     opt_state: optax.OptState
     method_state: Any = None
+    scales: Any = None
+    scale_opt_state: optax.OptState = None
 
 
 class MethodContext(NamedTuple):
@@ -102,9 +113,23 @@ def apply_masks(params: Params, masks: Masks) -> Params:
     )
 
 
+def scaled_params(params: Params, scales: Any) -> Params:
+    """``scales * params`` leaf by leaf (leaves without a scale, or ``scales`` None: params)."""
+    if scales is None:
+        return params
+    return jax.tree.map(lambda s, p: p if s is None else s * p, scales, params, is_leaf=is_none)
+
+
+def effective_weights(state: NetState) -> Params:
+    """The weights the network computes with, before masking: ``params``, or ``scales * params``
+    for a reparameterised network (what magnitude pruning ranks)."""
+    return scaled_params(state.params, state.scales)
+
+
 def masked_params(state: NetState) -> Params:
-    """The parameters the forward pass uses: the one place where masks meet the network."""
-    return apply_masks(state.params, state.masks)
+    """The parameters the forward pass uses: the one place where masks (and scales) meet the
+    network."""
+    return apply_masks(effective_weights(state), state.masks)
 
 
 def default_maskable(params: Params, exclude_modules: tuple[str, ...] = ()) -> Any:
@@ -125,34 +150,82 @@ def default_maskable(params: Params, exclude_modules: tuple[str, ...] = ()) -> A
     return jax.tree_util.tree_map_with_path(leaf_is_maskable, params)
 
 
+Reparameterize = Callable[[Params, Any], tuple[Params, Any]]
+"""``(weights, maskable) -> (params, scales)``: split the initial (masked) weights into params and
+per-weight scales with ``scales * params == weights`` (scales None at leaves not maskable)."""
+
+
 def create_net_state(
     params: Params,
     tx: optax.GradientTransformation,
     method: MaskMethod,
     key: jax.Array,
     maskable: Any | None = None,
+    reparameterize: Reparameterize | None = None,
 ) -> NetState:
-    """Build a network's state: masks from ``method``, params masked, optimizer initialised."""
+    """Build a network's state: masks from ``method``, params masked, optimizer initialised;
+    with ``reparameterize``, the masked weights split into params and scales (each with its
+    optimizer state)."""
     if maskable is None:
         maskable = default_maskable(params)
     masks, method_state = method.init(params, maskable, key)
     params = apply_masks(params, masks)
+    if reparameterize is None:
+        return NetState(params=params, masks=masks, opt_state=tx.init(params),
+                        method_state=method_state)
+    params, scales = reparameterize(params, maskable)
+    scales = unit_scales_where_masked(scales, masks)
     return NetState(params=params, masks=masks, opt_state=tx.init(params),
-                    method_state=method_state)
+                    method_state=method_state, scales=scales, scale_opt_state=tx.init(scales))
+
+
+def unit_scales_where_masked(scales: Any, masks: Masks) -> Any:
+    """``scales`` with 1 wherever the mask is False (a weight that regrows starts at scale 1)."""
+    return jax.tree.map(
+        lambda s, m: s if s is None or m is None else jnp.where(m, s, jnp.ones((), s.dtype)),
+        scales, masks, is_leaf=is_none)
 
 
 def apply_gradients(
-    state: NetState, grads: Params, tx: optax.GradientTransformation
+    state: NetState, grads: Params, tx: optax.GradientTransformation,
+    scale_grads: Any = None,
 ) -> NetState:
     """One optimizer step followed by re-masking of the parameters.
 
     ``grads`` are gradients with respect to ``state.params`` of a loss computed on
     ``masked_params(state)``, so they are zero where masked and the optimizer moments stay zero
-    there too.
+    there too. A reparameterised network also steps its scales with ``scale_grads`` (zero where
+    masked), through its own optimizer state, and keeps scale 1 where masked.
     """
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
-    return state.replace(params=params, opt_state=opt_state)
+    state = state.replace(params=params, opt_state=opt_state)
+    if state.scales is None:
+        return state
+    updates, scale_opt_state = tx.update(scale_grads, state.scale_opt_state, state.scales)
+    scales = unit_scales_where_masked(optax.apply_updates(state.scales, updates), state.masks)
+    return state.replace(scales=scales, scale_opt_state=scale_opt_state)
+
+
+def reinitialised_at(
+    state: NetState, params: Params, positions: Any, tx: optax.GradientTransformation
+) -> NetState:
+    """``state`` with new ``params`` whose entries at ``positions`` (bool arrays, None where
+    untouched) were re-initialised or zeroed: the moments there start fresh, and a
+    reparameterised network's scales there restart at 1 (with fresh moments), so the effective
+    weight is the new parameter."""
+    state = state.replace(params=params,
+                          opt_state=zero_moments_at(state.opt_state, positions, tx))
+    if state.scales is None:
+        return state
+    scales = jax.tree.map(
+        lambda s, where: s if s is None or where is None
+        else jnp.where(where, jnp.ones((), s.dtype), s),
+        state.scales, positions, is_leaf=is_none)
+    positions = jax.tree.map(lambda s, where: None if s is None else where, state.scales,
+                             positions, is_leaf=is_none)
+    return state.replace(scales=scales,
+                         scale_opt_state=zero_moments_at(state.scale_opt_state, positions, tx))
 
 
 def zero_moments_where_masked(

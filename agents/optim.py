@@ -5,8 +5,9 @@ declares as data (LayerNorm in the network, optax transforms around Adam). ``mak
 turns the setup into the network's optax chain. ``masked_gradient_step`` is the step every agent
 takes for each of its networks:
 
-1. value and gradient of the loss with respect to the effective weights ``params * masks``;
-2. the gradient with respect to ``params`` by the chain rule (zero where masked);
+1. value and gradient of the loss with respect to the effective weights ``params * masks``
+   (``scales * params * masks`` for a reparameterised network);
+2. the gradient with respect to ``params`` (and ``scales``) by the chain rule (zero where masked);
 3. one optimizer step, after which the params are masked again (``apply_gradients``);
 4. the method's ``transform(net_state, step, key, context)`` with the network's update count.
 
@@ -25,11 +26,13 @@ from mtrl_sparse.agents.net_state import (
     MaskMethod,
     MethodContext,
     NetState,
+    Reparameterize,
     apply_gradients,
     apply_masks,
     masked_params,
+    scaled_params,
 )
-from mtrl_sparse.agents.trees import global_norm
+from mtrl_sparse.agents.trees import global_norm, is_none
 
 
 class NetworkSetup(NamedTuple):
@@ -42,12 +45,16 @@ class NetworkSetup(NamedTuple):
             e.g. coupled L2 weight decay.
         update_transforms: optax transforms applied to Adam's update before the learning rate,
             e.g. decoupled weight decay.
+        reparameterize: splits the initial weights into params and per-weight scales
+            (``net_state.create_net_state``), e.g. Sign-In's ``theta = m * w``; None: plain
+            weights.
     """
 
     method: MaskMethod
     layer_norm: bool = False
     gradient_transforms: tuple[optax.GradientTransformation, ...] = ()
     update_transforms: tuple[optax.GradientTransformation, ...] = ()
+    reparameterize: Reparameterize | None = None
 
 
 def make_optimizer(
@@ -88,7 +95,12 @@ def masked_gradient_step(
     (_, aux), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(
         masked_params(net_state), *args)
     grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
-    net_state = apply_gradients(net_state, grads, tx)
+    scale_grads = None
+    if net_state.scales is not None:  # chain rule through scales * params
+        scale_grads = jax.tree.map(lambda s, g, p: None if s is None else g * p,
+                                   net_state.scales, grads, net_state.params, is_leaf=is_none)
+        grads = scaled_params(grads, net_state.scales)
+    net_state = apply_gradients(net_state, grads, tx, scale_grads)
     context = context._replace(grads=grads, dense_grads=dense_grads, optimizer=tx)
     net_state = method.transform(net_state, step, key, context)
     return net_state, aux, global_norm(grads)

@@ -484,9 +484,10 @@ def make_ppo(
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
         return PPOState(
             actor=create_net_state(init_actor_params(k_actor), actor_tx, actor_setup.method,
-                                   k_actor_mask),
+                                   k_actor_mask, reparameterize=actor_setup.reparameterize),
             critic=create_net_state(init_critic_params(k_critic), critic_tx,
-                                    critic_setup.method, k_critic_mask),
+                                    critic_setup.method, k_critic_mask,
+                                    reparameterize=critic_setup.reparameterize),
             actor_step=jnp.zeros((), jnp.int32),
             critic_step=jnp.zeros((), jnp.int32),
             phase=jnp.zeros((), jnp.int32),

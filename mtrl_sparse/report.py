@@ -345,7 +345,8 @@ def group_runs(runs: list[SweepRun]) -> list[SweepGroup]:
         others = [f"{n}={v}" for n, v in group_fields.items() if n not in ("method", "sparsity")]
         series = " ".join([config.method, *others])
         groups.append(SweepGroup(
-            label=label, name=series if dense else f"{series} {config.sparsity:g}",
+            label=label,
+            name=series if dense or not config.sparsity else f"{series} {config.sparsity:g}",
             series=series, sparsity=config.sparsity, dense=dense,
             finished=tuple(r for r, _ in group if r.finished is not None),
             unfinished=tuple(r for r, _ in group if r.finished is None)))

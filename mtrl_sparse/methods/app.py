@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import MethodContext, NetState
+from mtrl_sparse.agents.net_state import MethodContext, NetState, effective_weights
 from mtrl_sparse.agents.trees import is_none, mask_change_fraction
 from mtrl_sparse.methods.base import (
     SPARSITY_PARAMETER,
@@ -133,7 +133,8 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
             mean_grads = jax.tree.map(lambda total: total / ms["collected"], ms["grad_sum"])
             density = geometric_density(megabatch, megabatches, options.first_density,
                                         1.0 - ms["target_sparsity"])
-            masks = keep_top_globally(snip_saliency(state.params, mean_grads, state.masks),
+            masks = keep_top_globally(snip_saliency(effective_weights(state), mean_grads,
+                                                    state.masks),
                                       state.masks, density)
             pruned = install_masks(state, masks, context.optimizer)
             return pruned.replace(method_state={

@@ -129,6 +129,9 @@ class MethodEntry:
         check_run: (settings, scaled options, network name) -> None; raises ``ValueError`` (one
             line) when the method would silently not do its job within the network's run (e.g.
             GMP not reaching its target before the last update).
+        reparameterize: options -> ``(weights, maskable) -> (params, scales)``: the method trains
+            the maskable weights as ``scales * params`` (``agents.net_state``), e.g. Sign-In;
+            None: plain weights. At most one member of a composition reparameterises.
         sequential_only: the method acts at task boundaries only, so it runs under a sequential
             schedule (``settings.phases`` > 1) and is refused elsewhere.
         layer_norm: the method asks the agent builder for LayerNorm in the network.
@@ -144,6 +147,7 @@ class MethodEntry:
     options: type | None = None
     check: Callable[[Any], None] = _no_check
     check_run: Callable[[NetworkMethodSettings, Any, str], None] = _no_run_check
+    reparameterize: Callable[[Any], Any] | None = None
     sequential_only: bool = False
     layer_norm: bool = False
     optimizer: Callable[[Any], tuple[tuple, tuple]] = _no_optimizer

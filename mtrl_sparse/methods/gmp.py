@@ -27,7 +27,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import MethodContext, NetState
+from mtrl_sparse.agents.net_state import MethodContext, NetState, effective_weights
 from mtrl_sparse.agents.trees import mask_change_fraction
 from mtrl_sparse.methods.base import (
     DISTRIBUTION_PARAMETER,
@@ -137,7 +137,7 @@ def gmp(settings: NetworkMethodSettings, options: GMPOptions) -> Method:
         def prune_event(state: NetState) -> NetState:
             method_state = state.method_state
             sparsity = cubic_sparsity(step, method_state["target_sparsity"], t_start, t_end)
-            masks = prune(state.params, state.masks, sparsity)
+            masks = prune(effective_weights(state), state.masks, sparsity)
             pruned = install_masks(state, masks, context.optimizer)
             return pruned.replace(method_state={
                 **method_state,

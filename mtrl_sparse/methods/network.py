@@ -123,10 +123,16 @@ def build_network(
         before_adam, after_adam = entry.optimizer(member_options(entry, options, settings))
         gradient_transforms.extend(before_adam)
         update_transforms.extend(after_adam)
+    reparameterizing = [m for m in members if m.reparameterize is not None]
+    if len(reparameterizing) > 1:
+        raise MethodError(f"at most one member of {settings.name!r} may reparameterise the "
+                          f"weights; got {', '.join(m.name for m in reparameterizing)}")
     return NetworkSetup(
         method=compose({m.name: m.build(settings, member_options(m, options, settings))
                         for m in members}),
         layer_norm=any(m.layer_norm for m in members),
         gradient_transforms=tuple(gradient_transforms),
         update_transforms=tuple(update_transforms),
+        reparameterize=next((m.reparameterize(member_options(m, options, settings))
+                             for m in reparameterizing), None),
     )

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import MethodContext, NetState, masked_params, zero_moments_at
+from mtrl_sparse.agents.net_state import MethodContext, NetState, masked_params, reinitialised_at
 from mtrl_sparse.agents.networks import NeuronLayer
 from mtrl_sparse.agents.neurons import alive_neurons, dormant_scores
 from mtrl_sparse.agents.tree_paths import get_path, has_path, set_path
@@ -161,10 +161,10 @@ def redo(settings: NetworkMethodSettings, options: ReDoOptions) -> Method:
             params, positions = state.params, no_masks(state.params)
             for layer, d in zip(layers, dormant, strict=True):
                 params, positions = recycle_layer(params, positions, state.masks, fresh, layer, d)
-            opt_state = zero_moments_at(state.opt_state, positions, context.optimizer)
+            state = reinitialised_at(state, params, positions, context.optimizer)
             recycled = sum(jnp.sum(d, dtype=jnp.int32) for d in dormant)
             num_alive = sum(jnp.sum(a, dtype=jnp.int32) for a in alive)
-            return state.replace(params=params, opt_state=opt_state, method_state={
+            return state.replace(method_state={
                 **state.method_state,
                 "recycled_last": recycled,
                 "recycled_total": state.method_state["recycled_total"] + recycled,

@@ -26,6 +26,7 @@ from mtrl_sparse.methods import (
     redo,
     regularizers,
     reset,
+    sign_in,
     sparse_evolution,
     sparse_tune,
     static,
@@ -44,6 +45,7 @@ BUILTIN_ENTRIES: tuple[MethodEntry, ...] = (
     regularizers.WEIGHT_DECAY_ENTRY,
     regularizers.LAYERNORM_ENTRY,
     sparse_tune.ENTRY,
+    sign_in.ENTRY,
 )
 
 METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in BUILTIN_ENTRIES}

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import MethodContext, NetState, zero_moments_at
+from mtrl_sparse.agents.net_state import MethodContext, NetState, reinitialised_at
 from mtrl_sparse.agents.tree_paths import key_name
 from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
 from mtrl_sparse.methods.topology import no_masks
@@ -110,8 +110,8 @@ def reset(settings: NetworkMethodSettings, options: ResetOptions) -> Method:
             params = reinitialise(state.params, state.masks, fresh, selected)
             positions = jax.tree.map(lambda p, s: jnp.ones(p.shape, bool) if s else None,
                                      state.params, selected)
-            opt_state = zero_moments_at(state.opt_state, positions, context.optimizer)
-            return state.replace(params=params, opt_state=opt_state, method_state={
+            state = reinitialised_at(state, params, positions, context.optimizer)
+            return state.replace(method_state={
                 **state.method_state, "resets": state.method_state["resets"] + 1})
 
         is_event = (step % every == 0) & (step >= every) & (step <= last_event)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.net_state import MethodContext, NetState
+from mtrl_sparse.agents.net_state import MethodContext, NetState, effective_weights
 from mtrl_sparse.agents.trees import mask_change_fraction
 from mtrl_sparse.methods.base import (
     DISTRIBUTION_PARAMETER,
@@ -117,7 +117,8 @@ def sparse_evolution(
         def evolve_event(state: NetState) -> NetState:
             zeta = drop_fraction_at(step, options.drop_fraction, options.drop_fraction_decay,
                                     t_end)
-            masks = drop_and_regrow(state.params, state.masks, grow_scores(state, key, context),
+            masks = drop_and_regrow(effective_weights(state), state.masks,
+                                    grow_scores(state, key, context),
                                     zeta, settings.layer_slices)
             evolved = install_masks(state, masks, context.optimizer)
             return evolved.replace(method_state={

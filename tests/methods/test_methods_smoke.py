@@ -17,6 +17,7 @@ from mtrl_sparse.methods.gmp import GMPOptions
 from mtrl_sparse.methods.redo import ReDoOptions
 from mtrl_sparse.methods.registry import METHODS, MethodOptions
 from mtrl_sparse.methods.reset import ResetOptions
+from mtrl_sparse.methods.sign_in import SignInOptions
 from mtrl_sparse.methods.sparse_evolution import RigLOptions, SETOptions
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
@@ -31,10 +32,11 @@ OPTIONS = MethodOptions(
     # tau far above the paper's 0.001: a 32-unit network 80 updates old has few truly dormant
     # units, and the test needs recycling to happen.
     redo=ReDoOptions(every_updates=10, tau=0.3),
+    sign_in=SignInOptions(rescale_every_updates=10),
 )
 RUNS = {
     "gmp+redo/rigl+reset": ("gmp+redo", "rigl+reset"),
-    "set+reset/app+redo": ("set+reset", "app+redo"),
+    "set+reset+sign_in/app+redo": ("set+reset+sign_in", "app+redo"),
 }
 
 
@@ -106,6 +108,14 @@ def test_app_prunes_once_per_megabatch_to_the_target(run_rows):
         sparsity = series(rows, f"{net}_sparsity")
         assert all(b >= a for a, b in zip(sparsity, sparsity[1:], strict=False))
         assert sparsity[-1] == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.mark.slow
+def test_sign_in_rebalances_every_interval(run_rows):
+    methods, rows = run_rows
+    for net in networks_running(methods, "sign_in"):
+        assert series(rows, f"{net}/sign_in/rescales") == list(range(1, 9))
+        assert all(0 < e < 1 for e in series(rows, f"{net}/sign_in/balance_error"))
 
 
 @pytest.mark.slow

@@ -53,6 +53,27 @@ def assert_mask_invariant(net: NetState, *, sparse: bool = False) -> None:
                 f"nonzero Adam moment at a masked position (leaf {index})")
     if sparse:
         assert masked > 0, "the network is dense"
+    if net.scales is not None:
+        _assert_scales_invariant(net, mask_leaves)
+
+
+def _assert_scales_invariant(net: NetState, mask_leaves: list) -> None:
+    """A reparameterised network: scales congruent with the params (None where not maskable),
+    1 where masked, their Adam moments zero there; the effective weights masked too."""
+    scale_leaves = jax.tree.leaves(net.scales, is_leaf=is_none)
+    assert len(scale_leaves) == len(mask_leaves)
+    moments = [jax.tree.leaves(tree, is_leaf=is_none)
+               for pair in adam_moments(net.scale_opt_state) for tree in pair]
+    assert moments, "no Adam state for the scales"
+    for index, (s, m) in enumerate(zip(scale_leaves, mask_leaves, strict=True)):
+        if s is None or m is None:
+            continue
+        s, m = np.asarray(s), np.asarray(m)
+        assert s.shape == m.shape and np.all(np.isfinite(s)), index
+        assert np.all(s[~m] == 1), f"scale other than 1 at a masked position (leaf {index})"
+        for leaves in moments:
+            assert np.all(np.asarray(leaves[index])[~m] == 0), (
+                f"nonzero scale moment at a masked position (leaf {index})")
 
 
 def _assert_same_structure(a: Any, b: Any) -> tuple[list, list]:

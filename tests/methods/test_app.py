@@ -31,6 +31,7 @@ from mtrl_sparse.methods.app import (
 )
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from support.invariants import assert_mask_invariant
+from support.networks import random_mlp_params
 
 SHAPES = {"hidden": (6, 16), "out": (16, 4)}
 TX = optax.chain(optax.scale_by_adam(), optax.scale(-1e-2))
@@ -38,10 +39,7 @@ PHASE_UPDATES = 5
 
 
 def random_params(key: jax.Array) -> dict:
-    keys = iter(jax.random.split(key, 2 * len(SHAPES)))
-    return {"params": {name: {"kernel": jax.random.normal(next(keys), shape),
-                              "bias": jax.random.normal(next(keys), shape[1:])}
-                       for name, shape in SHAPES.items()}}
+    return random_mlp_params(key, SHAPES)
 
 
 def build(sparsity, phases: int, saliency_updates: int, total_updates: int = 100):

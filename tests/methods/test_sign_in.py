@@ -30,6 +30,7 @@ from mtrl_sparse.methods.registry import MethodOptions
 from mtrl_sparse.methods.sign_in import SignInOptions, balanced_split
 from mtrl_sparse.methods.sparse_evolution import SETOptions
 from support.invariants import assert_mask_invariant
+from support.networks import random_mlp_params
 
 SHAPES = {"hidden": (6, 16), "out": (16, 4)}
 TX = optax.chain(optax.scale_by_adam(), optax.scale(-1e-2))
@@ -37,10 +38,7 @@ EVERY = 5
 
 
 def random_params(key: jax.Array) -> dict:
-    keys = iter(jax.random.split(key, 2 * len(SHAPES)))
-    return {"params": {name: {"kernel": jax.random.normal(next(keys), shape),
-                              "bias": jax.random.normal(next(keys), shape[1:])}
-                       for name, shape in SHAPES.items()}}
+    return random_mlp_params(key, SHAPES)
 
 
 def setup_of(method: str, sparsity: float, beta: float = 1.0):

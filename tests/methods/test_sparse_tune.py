@@ -22,6 +22,7 @@ from mtrl_sparse.methods.sparse_tune import (
     check_sparse_tune_run,
     top_per_tensor,
 )
+from support.networks import random_mlp_params
 
 SHAPES = {"hidden": (64, 128), "out": (128, 32)}
 OPTIONS = SparseTuneOptions(score_updates=8)
@@ -29,10 +30,7 @@ PHASE_UPDATES = 10
 
 
 def random_params(key: jax.Array) -> dict:
-    keys = iter(jax.random.split(key, 2 * len(SHAPES)))
-    return {"params": {name: {"kernel": jax.random.normal(next(keys), shape),
-                              "bias": jax.random.normal(next(keys), shape[1:])}
-                       for name, shape in SHAPES.items()}}
+    return random_mlp_params(key, SHAPES)
 
 
 @functools.cache

@@ -20,7 +20,11 @@ from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.train_args import cpu_devices_for
-from support.run_checks import assert_rows_close, deterministic_rows
+from support.run_checks import (
+    assert_resumes_like_uninterrupted,
+    assert_rows_close,
+    deterministic_rows,
+)
 
 SMOKE = get_preset("minigrid-smoke").config
 JAX_SMOKE = dataclasses.replace(SMOKE, env=dataclasses.replace(SMOKE.env, backend="jax"))
@@ -85,11 +89,7 @@ def test_jax_backend_run_logs_evaluates_and_resumes_exactly(tmp_path, capsys):
     for row in evals:
         values = [v for k, v in row.items() if k.startswith("eval/normalized_return/")]
         assert len(values) == 3 and all(0.0 <= v <= 1.0 + 1e-6 for v in values)
-    interrupted = tmp_path / "interrupted"
-    shutil.copytree(full, interrupted)
-    shutil.rmtree(interrupted / "checkpoints" / "600")
-    assert main(["train", "--resume", "--run-dir", str(interrupted)]) == 0
-    assert deterministic_rows(interrupted) == deterministic_rows(full)
+    assert_resumes_like_uninterrupted(full, tmp_path / "interrupted", 600)
     capsys.readouterr()
 
 

@@ -5,7 +5,6 @@ resume, and vmapped groups equal to runs alone."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +16,11 @@ from mtrl_sparse.presets import get_preset
 from mtrl_sparse.report import write_report
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.sequential_metrics import sequential_scores
-from support.run_checks import assert_rows_close, deterministic_rows
+from support.run_checks import (
+    assert_resumes_like_uninterrupted,
+    assert_rows_close,
+    deterministic_rows,
+)
 
 SEQ_FLAGS = ["--preset", "minigrid-smoke", "--schedule", "sequential",
              "--checkpoint-every-env-steps", "200"]
@@ -78,11 +81,7 @@ def test_a_sequential_run_trains_one_task_per_phase_and_resumes_exactly(tmp_path
     assert all(f"eval/normalized_return/{t}" in r for r in evals for t in tasks)
     report = write_report([full], tmp_path / "report", reps=100, figures=False)
     assert "## Sequential schedule" in report and "| dense | 1 |" in report
-    interrupted = tmp_path / "interrupted"
-    shutil.copytree(full, interrupted)
-    shutil.rmtree(interrupted / "checkpoints" / "600")
-    assert main(["train", "--resume", "--run-dir", str(interrupted)]) == 0
-    assert deterministic_rows(interrupted) == deterministic_rows(full)
+    assert_resumes_like_uninterrupted(full, tmp_path / "interrupted", 600)
     capsys.readouterr()
 
 

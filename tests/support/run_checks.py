@@ -4,6 +4,7 @@ Shared by the run-level tests (resume, reruns) and the plugin test's resume."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import jax
@@ -57,3 +58,14 @@ def assert_rows_close(rows: list[dict], expected: list[dict], rtol: float = 1e-4
                     row["step"], key, row[key], value)
             else:
                 assert row[key] == value, (row["step"], key, row[key], value)
+
+
+def assert_resumes_like_uninterrupted(full: Path, copy: Path, last_checkpoint: int) -> None:
+    """A copy of the finished run ``full`` without its checkpoint at ``last_checkpoint``,
+    resumed from the one before, ends with the same deterministic rows as ``full``."""
+    from mtrl_sparse.cli import main  # the CLI imports every agent; only resume tests need it
+
+    shutil.copytree(full, copy)
+    shutil.rmtree(copy / "checkpoints" / str(last_checkpoint))
+    assert main(["train", "--resume", "--run-dir", str(copy)]) == 0
+    assert deterministic_rows(copy) == deterministic_rows(full)

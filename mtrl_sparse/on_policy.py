@@ -222,7 +222,8 @@ class OnPolicyRun:
         self.acting_weights = jax.jit(ppo.acting_weights)
         self.update = jax.jit(ppo.update, donate_argnums=0)
         plasticity = config.plasticity
-        self.probe = jax.jit(make_ppo_probe(ppo, plasticity.dormant_tau, plasticity.srank_delta))
+        self.probe = jax.jit(make_ppo_probe(ppo, plasticity.dormant_tau, plasticity.srank_delta,
+                                            layer_slices=stacked_head_layers(spec.num_tasks)))
         self.compiled_iteration = self.compiled_evaluation = None
         if isinstance(self.env, JaxMiniGridVectorEnv):
             self.compiled_iteration = jax.jit(

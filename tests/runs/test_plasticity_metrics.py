@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtrl_sparse.agents.net_state import apply_masks
-from mtrl_sparse.agents.networks import GaussianActor
+from mtrl_sparse.agents.networks import GaussianActor, NeuronLayer
 from mtrl_sparse.agents.neurons import alive_neurons, dormant_fraction, dormant_scores
 from mtrl_sparse.agents.sac import gaussian_tanh_sample
 from mtrl_sparse.agents.trees import global_norm, mask_change_fraction
@@ -21,6 +21,7 @@ from mtrl_sparse.plasticity import (
     per_sample_sq_grad_norms,
     tanh_gaussian_log_prob,
 )
+from mtrl_sparse.probe import network_metrics
 
 # ----------------------------------------------------------------------------- dormant neurons
 
@@ -72,6 +73,22 @@ def test_dormant_fraction_pools_layers_and_guards_silent_layers():
     # No alive unit at all: fraction 0, not NaN.
     frac, _ = dormant_fraction([silent], 0.1, [jnp.zeros(3, bool)])
     np.testing.assert_allclose(frac, 0.0)
+
+
+def test_stacked_head_units_are_scored_per_task():
+    """Two tasks' head units in one stacked layer, task 1's activations 10x smaller than task
+    0's: pooled over the layer they would all score 0.18 (dormant at tau 0.2); scored against
+    their own task's mean, none is dormant."""
+    layer = NeuronLayer(("params", "heads"), ("params", "out"), ("intermediates", "heads"))
+    h = jnp.concatenate([jnp.ones((8, 4)), 0.1 * jnp.ones((8, 4))], axis=1)  # (B, 2 tasks x 4)
+    activations = {"intermediates": {"heads": h}}
+    representation = ("intermediates", "heads")
+    masks = {"params": {"heads": {"kernel": None}}}
+    pooled = network_metrics("actor", activations, (layer,), representation, masks, 0.2, 0.01)
+    per_task = network_metrics("actor", activations, (layer,), representation, masks, 0.2, 0.01,
+                                (("heads/kernel", -1, 2),))
+    assert float(pooled["plasticity/actor/dormant_fraction"]) == pytest.approx(0.5)
+    assert float(per_task["plasticity/actor/dormant_fraction"]) == 0.0
 
 
 def test_alive_neurons_from_kernel_masks():

@@ -30,6 +30,10 @@ from mtrl_sparse.config import (
 )
 from mtrl_sparse.methods.app import APPOptions
 from mtrl_sparse.methods.gmp import GMPOptions
+from mtrl_sparse.methods.redo import ReDoOptions
+from mtrl_sparse.methods.reset import ResetOptions
+from mtrl_sparse.methods.sign_in import SignInOptions
+from mtrl_sparse.methods.sparse_evolution import RigLOptions, SETOptions
 
 
 @dataclass(frozen=True)
@@ -69,12 +73,16 @@ def _minigrid_paper() -> PPOTrainConfig:
     """Table 2 (the defaults of ``PPOTrainConfig`` and ``PPOConfig``) with the paper's MiniGrid
     pruning interval: GMP every 500 actor updates, and the critic's intervals scaled by its share
     of updates (1 per rollout against the actor's 56), so both networks prune on the same env
-    steps (about every 18k)."""
+    steps (about every 18k). Reset's "every 100,000 steps" is read in env steps here (2,800 actor
+    updates, 50 rollouts): a MiniGrid run makes 11,200 actor updates, so 100,000 updates would
+    never reset (and the Reset arm would be the dense run)."""
     config = PPOTrainConfig()
     per_rollout = updates_per_rollout(config.ppo)
+    reset_updates = 100_000 // config.ppo.rollout_env_steps * per_rollout["actor"]
     return dataclasses.replace(
         config,
-        methods=dataclasses.replace(config.methods, gmp=GMPOptions(prune_every_updates=500)),
+        methods=dataclasses.replace(config.methods, gmp=GMPOptions(prune_every_updates=500),
+                                    reset=ResetOptions(every_updates=reset_updates)),
         critic=NetworkMethodConfig(interval_scale=per_rollout["critic"] / per_rollout["actor"]),
         plasticity=PlasticityConfig(every_updates=50 * per_rollout["actor"]),  # every 100k steps
     )
@@ -166,8 +174,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "minigrid-smoke",
             "MiniGrid MT3 PPO in seconds, for tests: 3 rollouts of 200 env steps, 2 eval "
-            "episodes per task; GMP every 4 actor updates, APP once per rollout, the critic's "
-            "intervals x 0.25 (its share of updates)",
+            "episodes per task; GMP every 4 actor updates, every other event every 8, APP once "
+            "per rollout, the critic's intervals x 0.25 (its share of updates)",
             dataclasses.replace(
                 _MINIGRID,
                 total_env_steps=600,
@@ -177,9 +185,12 @@ PRESETS: dict[str, Preset] = {
                                       backend="jax"),
                 ppo=PPOConfig(rollout_env_steps=200, policy_batch_size=50, critic_batch_size=100,
                               policy_epochs=2),
-                methods=dataclasses.replace(_MINIGRID.methods,
-                                            gmp=GMPOptions(prune_every_updates=4),
-                                            app=APPOptions(megabatches=3)),
+                methods=dataclasses.replace(
+                    _MINIGRID.methods, gmp=GMPOptions(prune_every_updates=4),
+                    app=APPOptions(megabatches=3), set=SETOptions(update_every_updates=8),
+                    rigl=RigLOptions(update_every_updates=8), reset=ResetOptions(every_updates=8),
+                    redo=ReDoOptions(every_updates=8),
+                    sign_in=SignInOptions(rescale_every_updates=8)),
                 critic=NetworkMethodConfig(interval_scale=0.25),  # 2 of the actor's 8 per rollout
                 plasticity=PlasticityConfig(every_updates=16, batch_size=100),
                 progress=False,

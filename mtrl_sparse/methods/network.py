@@ -10,12 +10,14 @@ methods' builders): code that builds networks from Python without a config calls
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import optax
 
 from mtrl_sparse.agents.optim import NetworkSetup
 from mtrl_sparse.methods.base import (
+    INTERVAL_SUFFIX,
     MethodEntry,
     MethodError,
     NetworkMethodSettings,
@@ -96,7 +98,26 @@ def check_network(
             entry.check_run(settings, member_options(entry, options, settings), network)
         except ValueError as error:
             raise MethodError(str(error)) from None
+        check_events_fire(entry, member_options(entry, options, settings), settings, network)
     return members
+
+
+def check_events_fire(entry: MethodEntry, options: Any, settings: NetworkMethodSettings,
+                      network: str) -> None:
+    """``MethodError`` when an event interval of ``entry`` (a ``*every_updates`` option, scaled)
+    is longer than the network's run: the method would silently never act (a Reset that never
+    resets trains exactly the dense network)."""
+    total = settings.total_updates
+    if options is None or total is None:
+        return
+    for field in dataclasses.fields(options):
+        every = getattr(options, field.name)
+        if field.name.endswith(INTERVAL_SUFFIX) and every > total:
+            flag = f"{_flag_group(entry)}.{field.name}".replace("_", "-")
+            raise MethodError(
+                f"{entry.name} on the {network} acts every {every} of its updates, but it makes "
+                f"{total} in this run, so it would never act; lower {flag} or "
+                f"--{network}.interval-scale")
 
 
 def member_options(entry: MethodEntry, options: Any, settings: NetworkMethodSettings) -> Any:

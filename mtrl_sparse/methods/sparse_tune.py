@@ -116,7 +116,11 @@ def check_sparse_tune_options(options: SparseTuneOptions) -> None:
 def check_sparse_tune_run(settings: NetworkMethodSettings, options: SparseTuneOptions,
                           network: str) -> None:
     """Tasks long enough to be scored (``sequential_only`` in the entry refuses multi-task
-    runs)."""
+    runs), and no reparameterised weights (the freeze masks the parameters' updates, not the
+    scales')."""
+    if "sign_in" in settings.name.split("+"):
+        raise ValueError(f"sparse_tune on the {network} freezes parameters but not sign_in's "
+                         "scales, so frozen weights would still change; use one of the two")
     total = settings.total_updates
     if total is not None and total // settings.phases <= options.score_updates:
         raise ValueError(

@@ -109,6 +109,9 @@ def test_without_task_boundaries_sparse_tune_is_refused():
         check_network(NetworkMethodSettings("sparse_tune", 0.0, total_updates=100), None,
                       "actor")
     check_network(NetworkMethodSettings("sparse_tune", 0.0, total_updates=100, phases=3))
+    with pytest.raises(MethodError, match="scales"):
+        check_network(NetworkMethodSettings("sparse_tune+sign_in", 0.0, total_updates=100,
+                                            phases=3))
     with pytest.raises(ValueError, match="score-updates 8"):
         check_sparse_tune_run(NetworkMethodSettings("sparse_tune", 0.0, total_updates=24,
                                                     phases=3), OPTIONS, "critic")

@@ -18,9 +18,11 @@ from mtrl_sparse.sweep import (
     SweepRun,
     SweepSpec,
     check_out_dir,
+    check_spec,
     expand_grid,
     parse_sweep_seeds,
     plan_groups,
+    spec_from_toml,
     write_manifest,
 )
 from mtrl_sparse.train_args import UsageError
@@ -29,6 +31,16 @@ from support.run_checks import assert_rows_close, complete_checkpoints, determin
 
 SMOKE_SWEEP = ["--preset", "minigrid-smoke", "--method", "dense,gmp", "--sparsity", "0.9",
                "--seeds", "2", "--checkpoint-every-env-steps", "200", "--keep-checkpoints", "5"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "scripts").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_the_grids_shipped_in_scripts_validate_in_every_cell(path):
+    """Every run of every TOML grid the project ships passes config validation (methods,
+    sparsities and options on its preset), as the sweep checks before it starts anything."""
+    spec, _ = spec_from_toml(path)
+    assert expand_grid(spec)
+    check_spec(spec)
 
 
 def test_the_grid_gives_sparse_methods_every_sparsity_and_dense_style_methods_none():

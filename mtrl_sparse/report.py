@@ -718,7 +718,8 @@ def sequential_section(score: str | None, finals: list[GroupFinal], reps: int,
     for final in finals:
         if score is None or final.group.finished[0].config.schedule != "sequential":
             continue
-        runs = [sequential_scores(r.rows, final.tasks, score) for r in final.group.finished]
+        order = final.group.finished[0].config.task_names()  # the schedule's order
+        runs = [sequential_scores(r.rows, order, score) for r in final.group.finished]
         runs = [r for r in runs if r is not None]
         if not runs:
             continue

@@ -80,7 +80,10 @@ def test_a_sequential_run_trains_one_task_per_phase_and_resumes_exactly(tmp_path
     assert [(r["step"], r["phase"]) for r in evals] == [(200, 0), (400, 1), (600, 2)]
     assert all(f"eval/normalized_return/{t}" in r for r in evals for t in tasks)
     report = write_report([full], tmp_path / "report", reps=100, figures=False)
-    assert "## Sequential schedule" in report and "| dense | 1 |" in report
+    scores = sequential_scores(rows, tasks, "eval/normalized_return")  # in schedule order
+    assert (f"| dense | 1 | {scores.final_average:.3f} |" in report
+            and f"| {scores.mean_forgetting:.3f} |" in report), report
+    assert " ".join(f"{a:.2f}" for a in scores.average_after) in report
     assert_resumes_like_uninterrupted(full, tmp_path / "interrupted", 600)
     capsys.readouterr()
 

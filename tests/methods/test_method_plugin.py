@@ -97,6 +97,7 @@ ENTRY = MethodEntry(
 
 SMOKE_ARGS = ["--preset", "mt10-smoke", "--method", NAME, "--sparsity", "0.8",
               "--critic.method", f"{NAME}+redo", "--methods.redo.tau", "0.3",
+              "--methods.redo.every-updates", "20",
               f"--methods.{NAME}.every-updates", "10", f"--methods.{NAME}.fraction", "0.3",
               "--actor.interval-scale", "1", "--critic.interval-scale", "1"]
 EVENTS = 8  # 80 updates of the smoke run, an event every 10

@@ -94,6 +94,9 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
     sequential = settings.phases > 1
     megabatches = settings.phases if sequential else options.megabatches
     megabatch_updates = max(settings.run_updates("app") // megabatches, 1)
+    # With one saliency update the event's own gradient is the saliency's: nothing to
+    # accumulate, and no parameter-sized sum in the state.
+    accumulates = options.saliency_updates > 1
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
         del key
@@ -102,8 +105,9 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
             "target_sparsity": jnp.asarray(settings.sparsity, jnp.float32),
             "megabatch": jnp.full((), -1, jnp.int32),
             "collected": jnp.zeros((), jnp.int32),
-            "grad_sum": jax.tree.map(lambda m, p: None if m is None else jnp.zeros_like(p),
-                                     masks, params, is_leaf=is_none),
+            "grad_sum": jax.tree.map(
+                lambda m, p: None if m is None or not accumulates else jnp.zeros_like(p),
+                masks, params, is_leaf=is_none),
             "density": jnp.ones((), jnp.float32),
             "mask_change": jnp.zeros((), jnp.float32),
             "events": jnp.zeros((), jnp.int32),
@@ -121,16 +125,21 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
         method_state = net_state.method_state
         megabatch = current_megabatch(step, context)
         pending = megabatch > method_state["megabatch"]
-        grad_sum = jax.tree.map(
-            lambda total, g: None if total is None else total + jnp.where(pending, g, 0.0),
-            method_state["grad_sum"], context.dense_grads, is_leaf=is_none)
+        grad_sum = method_state["grad_sum"]
+        if accumulates:
+            grad_sum = jax.lax.cond(  # a real branch: no work on the updates between events
+                pending,
+                lambda sums: jax.tree.map(lambda total, g: None if total is None else total + g,
+                                          sums, context.dense_grads, is_leaf=is_none),
+                lambda sums: sums, grad_sum)
         collected = method_state["collected"] + pending.astype(jnp.int32)
         state = net_state.replace(method_state={**method_state, "grad_sum": grad_sum,
                                                 "collected": collected})
 
         def prune_event(state: NetState) -> NetState:
             ms = state.method_state
-            mean_grads = jax.tree.map(lambda total: total / ms["collected"], ms["grad_sum"])
+            mean_grads = (jax.tree.map(lambda total: total / ms["collected"], ms["grad_sum"])
+                          if accumulates else context.dense_grads)
             density = geometric_density(megabatch, megabatches, options.first_density,
                                         1.0 - ms["target_sparsity"])
             masks = keep_top_globally(snip_saliency(effective_weights(state), mean_grads,

@@ -81,13 +81,15 @@ def freeze_updates(update_probability: float, first_task_dense: bool
         draw_key = state.sparse_tune_key
         leaves, treedef = jax.tree.flatten(updates)
         scales = treedef.flatten_up_to(state.sparse_tune_scale)
-        tuning = state.sparse_tune_tuning
-        kept = []
-        for k, (u, s) in enumerate(zip(leaves, scales, strict=True)):
-            draw = jax.random.bernoulli(jax.random.fold_in(draw_key, k), update_probability,
-                                        u.shape)
-            keep = (s > 0.0) & (draw | ~tuning)
-            kept.append(jnp.where(keep, u, jnp.zeros((), u.dtype)))
+        def draws() -> list[jax.Array]:
+            return [jax.random.bernoulli(jax.random.fold_in(draw_key, k), update_probability,
+                                         u.shape) for k, u in enumerate(leaves)]
+
+        # Draws only once tuning has begun (a real branch: the first task pays nothing).
+        drawn = jax.lax.cond(state.sparse_tune_tuning, draws,
+                             lambda: [jnp.ones(u.shape, bool) for u in leaves])
+        kept = [jnp.where((s > 0.0) & d, u, jnp.zeros((), u.dtype))
+                for u, s, d in zip(leaves, scales, drawn, strict=True)]
         changed = sum(jnp.sum(u != 0) for u in kept)
         total = sum(u.size for u in kept)
         return jax.tree.unflatten(treedef, kept), state._replace(
@@ -160,9 +162,11 @@ def sparse_tune(settings: NetworkMethodSettings, options: SparseTuneOptions) -> 
         phase = jnp.asarray(0 if context.phase is None else context.phase, jnp.int32)
         boundary = phase != ms["phase"]
         scoring = ms["scoring"] | boundary
-        fisher = jax.tree.map(
-            lambda f, g: jnp.where(boundary, 0.0, f) + jnp.where(scoring, g * g, 0.0),
-            ms["fisher"], context.grads)
+        fisher = jax.lax.cond(  # a real branch: no work outside the scoring updates
+            scoring,
+            lambda f: jax.tree.map(lambda f, g: jnp.where(boundary, 0.0, f) + g * g, f,
+                                   context.grads),
+            lambda f: f, ms["fisher"])
         scored = jnp.where(boundary, 0, ms["scored_updates"]) + scoring.astype(jnp.int32)
         chosen = scoring & (scored >= options.score_updates)
         scale = optax.tree_utils.tree_get(net_state.opt_state, "sparse_tune_scale")

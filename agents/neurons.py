@@ -46,6 +46,14 @@ def dormant_scores(activations: jax.Array, alive: jax.Array | None = None) -> ja
     return jnp.where(positive, mean_abs / jnp.where(positive, layer_mean, 1.0), 0.0)
 
 
+def pooled_fraction(dormant: list[jax.Array], alive: list[jax.Array]) -> jax.Array:
+    """Dormant units over alive units, pooled over layers: () float32 (0.0 when none is
+    alive). ``dormant[l]`` and ``alive[l]`` are (N_l,) bool."""
+    num_dormant = sum((jnp.sum(d, dtype=jnp.float32) for d in dormant), jnp.zeros(()))
+    num_alive = sum((jnp.sum(a, dtype=jnp.float32) for a in alive), jnp.zeros(()))
+    return num_dormant / jnp.maximum(num_alive, 1.0)
+
+
 def dormant_fraction(
     activations: list[jax.Array], tau: float, alive: list[jax.Array] | None = None
 ) -> tuple[jax.Array, list[jax.Array]]:
@@ -60,11 +68,7 @@ def dormant_fraction(
         alive = [None] * len(activations)
     if len(alive) != len(activations):
         raise ValueError(f"{len(activations)} activation layers but {len(alive)} alive masks")
-    dormant, num_dormant, num_alive = [], jnp.zeros(()), jnp.zeros(())
-    for h, a in zip(activations, alive, strict=True):
-        a = jnp.ones((h.shape[-1],), bool) if a is None else a
-        d = a & (dormant_scores(h, a) <= tau)
-        dormant.append(d)
-        num_dormant = num_dormant + jnp.sum(d, dtype=jnp.float32)
-        num_alive = num_alive + jnp.sum(a, dtype=jnp.float32)
-    return num_dormant / jnp.maximum(num_alive, 1.0), dormant
+    alive = [jnp.ones((h.shape[-1],), bool) if a is None else a
+             for h, a in zip(activations, alive, strict=True)]
+    dormant = [a & (dormant_scores(h, a) <= tau) for h, a in zip(activations, alive, strict=True)]
+    return pooled_fraction(dormant, alive), dormant

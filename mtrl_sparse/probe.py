@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from mtrl_sparse.agents.net_state import apply_masks, effective_weights, masked_params
 from mtrl_sparse.agents.networks import NeuronLayer
+from mtrl_sparse.agents.neurons import pooled_fraction
 from mtrl_sparse.agents.ppo import PPO, PPOState, categorical_log_prob
 from mtrl_sparse.agents.sac import SAC, SACState, gaussian_tanh_sample
 from mtrl_sparse.agents.tree_paths import get_path
@@ -36,9 +37,7 @@ def network_metrics(
     """Dormant fraction (alive units pooled over the layers; per-task head units scored task by
     task, as ReDo scores them) and srank of ``representation``."""
     dormant, alive = dormant_neurons(activations, masks, layers, tau, layer_slices)
-    fraction = (sum(jnp.sum(d, dtype=jnp.float32) for d in dormant)
-                / jnp.maximum(sum(jnp.sum(a, dtype=jnp.float32) for a in alive), 1.0))
-    return {f"plasticity/{name}/dormant_fraction": fraction,
+    return {f"plasticity/{name}/dormant_fraction": pooled_fraction(dormant, alive),
             f"plasticity/{name}/srank": effective_rank(get_path(activations, representation),
                                                        delta)}
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from mtrl_sparse.agents.net_state import MethodContext, NetState, masked_params, reinitialised_at
 from mtrl_sparse.agents.networks import NeuronLayer
-from mtrl_sparse.agents.neurons import alive_neurons, dormant_scores
+from mtrl_sparse.agents.neurons import alive_neurons, dormant_scores, pooled_fraction
 from mtrl_sparse.agents.tree_paths import get_path, has_path, set_path
 from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
 from mtrl_sparse.methods.topology import LayerSlices, named_leaf_slices, no_masks
@@ -163,13 +163,11 @@ def redo(settings: NetworkMethodSettings, options: ReDoOptions) -> Method:
                 params, positions = recycle_layer(params, positions, state.masks, fresh, layer, d)
             state = reinitialised_at(state, params, positions, context.optimizer)
             recycled = sum(jnp.sum(d, dtype=jnp.int32) for d in dormant)
-            num_alive = sum(jnp.sum(a, dtype=jnp.int32) for a in alive)
             return state.replace(method_state={
                 **state.method_state,
                 "recycled_last": recycled,
                 "recycled_total": state.method_state["recycled_total"] + recycled,
-                "dormant_fraction_last": recycled.astype(jnp.float32)
-                / jnp.maximum(num_alive, 1).astype(jnp.float32),
+                "dormant_fraction_last": pooled_fraction(dormant, alive),
             })
 
         is_event = (step % every == 0) & (step >= every)

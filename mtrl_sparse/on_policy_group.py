@@ -40,6 +40,10 @@ from mtrl_sparse.on_policy import (
     rollout_episode_steps,
 )
 
+SHARED_FIELDS = ("actor_step", "critic_step", "phase")
+"""``PPOState`` fields common to all runs of a group, kept out of the run axis (unbatched), so
+that method events on the update counters stay real branches."""
+
 VARYING_FIELDS = ("seed", "run_dir")
 """Config fields besides the target sparsities in which the runs of one group may differ."""
 
@@ -126,7 +130,7 @@ class VmappedOnPolicyRuns:
 
         # The method reads each run's target sparsity from its (batched) method state, so the
         # agent of the first run updates every run.
-        axes = PPOState(actor=0, critic=0, actor_step=None, critic_step=None, phase=None)
+        axes = PPOState(actor=0, critic=0, **dict.fromkeys(SHARED_FIELDS))
         self._init = jax.jit(jax.vmap(init))
         self._iteration = jax.jit(jax.vmap(
             make_compiled_iteration(first.ppo, env.core, first.horizon),
@@ -151,15 +155,17 @@ class VmappedOnPolicyRuns:
         """``tree`` (leading run axis) split over the devices (``run_axis_sharding``)."""
         return tree if self.sharding is None else jax.device_put(tree, self.sharding)
 
+    def _replicated(self, tree: Any) -> Any:
+        """``tree`` whole on every device of the run axis (the shared fields)."""
+        if self.sharding is None:
+            return tree
+        return jax.device_put(tree, replicated(self.sharding))
+
     def _set_state(self, state: PPOState) -> None:
-        """The stacked agent state, update counters and phase taken out of the run axis
-        (shared)."""
-        steps = {"actor_step": state.actor_step[0], "critic_step": state.critic_step[0],
-                 "phase": state.phase[0]}
-        state = self._place(state.replace(actor_step=None, critic_step=None, phase=None))
-        if self.sharding is not None:
-            steps = jax.device_put(steps, replicated(self.sharding))
-        self.state = state.replace(**steps)
+        """The stacked agent state, its ``SHARED_FIELDS`` taken out of the run axis."""
+        shared = {field: getattr(state, field)[0] for field in SHARED_FIELDS}
+        state = self._place(state.replace(**dict.fromkeys(SHARED_FIELDS)))
+        self.state = state.replace(**self._replicated(shared))
 
     def _stack_envs(self) -> None:
         """Stack the runs' env states (once, at start or restore; they stay stacked)."""
@@ -213,19 +219,15 @@ class VmappedOnPolicyRuns:
         if int(self.env_state.fixed_task[0]) == phase:
             return
         self.env_state, self.obs = self._with_fixed_task(self.env_state, self.obs, phase)
-        phase_array = jnp.asarray(phase, jnp.int32)
-        if self.sharding is not None:
-            phase_array = jax.device_put(phase_array, replicated(self.sharding))
-        self.state = self.state.replace(phase=phase_array)
+        self.state = self.state.replace(phase=self._replicated(jnp.asarray(phase, jnp.int32)))
 
     def _sync_runs(self) -> None:
         """Give every run its slice of the stacked state, metrics, latest rollout and envs (for
         its rows, probes and checkpoint)."""
-        batched = self.state.replace(actor_step=None, critic_step=None, phase=None)
+        batched = self.state.replace(**dict.fromkeys(SHARED_FIELDS))
+        shared = {field: getattr(self.state, field) for field in SHARED_FIELDS}
         for k, run in enumerate(self.runs):
-            run.state = run_slice(batched, k).replace(actor_step=self.state.actor_step,
-                                                      critic_step=self.state.critic_step,
-                                                      phase=self.state.phase)
+            run.state = run_slice(batched, k).replace(**shared)
             run.metrics = run_slice(self.metrics, k)
             run.rollout = run_slice(self.rollouts, k)
             run.env.set_device_state(run_slice(self.env_state, k), self.obs[k])

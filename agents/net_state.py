@@ -179,11 +179,19 @@ def create_net_state(
                     method_state=method_state, scales=scales, scale_opt_state=tx.init(scales))
 
 
+def unit_scales_at(scales: Any, positions: Any) -> Any:
+    """``scales`` with 1 where ``positions`` (bool arrays congruent with the params, None where
+    untouched) is True."""
+    return jax.tree.map(
+        lambda s, where: s if s is None or where is None
+        else jnp.where(where, jnp.ones((), s.dtype), s),
+        scales, positions, is_leaf=is_none)
+
+
 def unit_scales_where_masked(scales: Any, masks: Masks) -> Any:
     """``scales`` with 1 wherever the mask is False (a weight that regrows starts at scale 1)."""
-    return jax.tree.map(
-        lambda s, m: s if s is None or m is None else jnp.where(m, s, jnp.ones((), s.dtype)),
-        scales, masks, is_leaf=is_none)
+    return unit_scales_at(scales, jax.tree.map(lambda m: None if m is None else ~m, masks,
+                                               is_leaf=is_none))
 
 
 def apply_gradients(
@@ -218,14 +226,11 @@ def reinitialised_at(
                           opt_state=zero_moments_at(state.opt_state, positions, tx))
     if state.scales is None:
         return state
-    scales = jax.tree.map(
-        lambda s, where: s if s is None or where is None
-        else jnp.where(where, jnp.ones((), s.dtype), s),
-        state.scales, positions, is_leaf=is_none)
-    positions = jax.tree.map(lambda s, where: None if s is None else where, state.scales,
-                             positions, is_leaf=is_none)
-    return state.replace(scales=scales,
-                         scale_opt_state=zero_moments_at(state.scale_opt_state, positions, tx))
+    scaled_positions = jax.tree.map(lambda s, where: None if s is None else where, state.scales,
+                                    positions, is_leaf=is_none)
+    return state.replace(scales=unit_scales_at(state.scales, scaled_positions),
+                         scale_opt_state=zero_moments_at(state.scale_opt_state, scaled_positions,
+                                                         tx))
 
 
 def zero_moments_where_masked(

@@ -35,7 +35,12 @@ from mtrl_sparse.methods.base import (
     MethodEntry,
     NetworkMethodSettings,
 )
-from mtrl_sparse.methods.pruning import all_active_masks, install_masks, keep_top_globally
+from mtrl_sparse.methods.pruning import (
+    active_magnitudes,
+    all_active_masks,
+    install_masks,
+    keep_top_globally,
+)
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,14 @@ def check_app_options(options: APPOptions) -> None:
                          f"{options.megabatches} and {options.saliency_updates}")
 
 
+def run_megabatches(settings: NetworkMethodSettings, options: APPOptions) -> int:
+    """The run's megabatches: its tasks under a sequential schedule, else ``megabatches``."""
+    return settings.phases if settings.phases > 1 else options.megabatches
+
+
 def check_app_run(settings: NetworkMethodSettings, options: APPOptions, network: str) -> None:
     """Every megabatch must hold its saliency updates, or the last would never prune."""
-    megabatches = settings.phases if settings.phases > 1 else options.megabatches
+    megabatches = run_megabatches(settings, options)
     total = settings.total_updates
     if total is not None and total // megabatches < options.saliency_updates:
         raise ValueError(
@@ -84,15 +94,14 @@ def geometric_density(k: jax.Array, megabatches: int, first: float, final: jax.A
 def snip_saliency(params: Any, grads: Any, masks: Any) -> Any:
     """``|g * w|`` at the active weights of every masked leaf, -inf at the inactive ones (which
     never rank above an active one); None at unmasked leaves."""
-    return jax.tree.map(
-        lambda m, w, g: None if m is None else jnp.where(m, jnp.abs(g * w), -jnp.inf),
-        masks, params, grads, is_leaf=is_none)
+    return jax.tree.map(lambda m, w, g: None if m is None else active_magnitudes(g * w, m),
+                        masks, params, grads, is_leaf=is_none)
 
 
 def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
     """APP toward ``settings.sparsity`` (may be traced) over the run's megabatches."""
     sequential = settings.phases > 1
-    megabatches = settings.phases if sequential else options.megabatches
+    megabatches = run_megabatches(settings, options)
     megabatch_updates = max(settings.run_updates("app") // megabatches, 1)
     # With one saliency update the event's own gradient is the saliency's: nothing to
     # accumulate, and no parameter-sized sum in the state.

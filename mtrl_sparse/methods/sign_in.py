@@ -32,6 +32,7 @@ from mtrl_sparse.agents.net_state import (
 )
 from mtrl_sparse.agents.trees import is_none
 from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
+from mtrl_sparse.methods.topology import no_masks
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,10 @@ def balanced_split(theta: jax.Array, beta: float) -> tuple[jax.Array, jax.Array]
 def split_weights(weights: Any, maskable: Any, beta: float) -> tuple[Any, Any]:
     """``(params, scales)`` of ``weights``: maskable leaves split by ``balanced_split``, the
     others unchanged with no scale (None)."""
-    pairs = jax.tree.map(lambda x, f: balanced_split(x, beta) if f else None, weights, maskable)
-    is_pair = lambda node: node is None or isinstance(node, tuple)  # noqa: E731
-    params = jax.tree.map(lambda x, pair: x if pair is None else pair[1], weights, pairs,
-                          is_leaf=is_pair)
-    scales = jax.tree.map(lambda pair: None if pair is None else pair[0], pairs,
-                          is_leaf=is_pair)
+    scales = jax.tree.map(lambda x, f: balanced_split(x, beta)[0] if f else None, weights,
+                          maskable)
+    params = jax.tree.map(lambda m, x: x if m is None else x / m, scales, weights,
+                          is_leaf=is_none)
     return params, scales
 
 
@@ -89,7 +88,7 @@ def sign_in(settings: NetworkMethodSettings, options: SignInOptions) -> Method:
 
     def init(params: Any, maskable: Any, key: jax.Array) -> tuple[Any, dict]:
         del maskable, key
-        return jax.tree.map(lambda _: None, params), {
+        return no_masks(params), {
             "rescales": jnp.zeros((), jnp.int32),
             "balance_error": jnp.zeros((), jnp.float32),
         }

@@ -169,10 +169,13 @@ def sparse_tune(settings: NetworkMethodSettings, options: SparseTuneOptions) -> 
             lambda f: f, ms["fisher"])
         scored = jnp.where(boundary, 0, ms["scored_updates"]) + scoring.astype(jnp.int32)
         chosen = scoring & (scored >= options.score_updates)
-        scale = optax.tree_utils.tree_get(net_state.opt_state, "sparse_tune_scale")
-        scale = jax.tree.map(lambda s: jnp.where(boundary, 0.0, s), scale)  # frozen to score
-        scale = jax.lax.cond(chosen, lambda: top_per_tensor(fisher, options.trainable_fraction),
-                             lambda: scale)
+        # Unchanged, frozen to score (a boundary) or the chosen subset: a real branch, so an
+        # ordinary update rewrites nothing parameter-sized.
+        scale = jax.lax.switch(
+            jnp.where(chosen, 2, jnp.where(boundary, 1, 0)),
+            (lambda s: s, lambda s: jax.tree.map(jnp.zeros_like, s),
+             lambda s: top_per_tensor(fisher, options.trainable_fraction)),
+            optax.tree_utils.tree_get(net_state.opt_state, "sparse_tune_scale"))
         tuning = optax.tree_utils.tree_get(net_state.opt_state, "sparse_tune_tuning") | chosen
         opt_state = optax.tree_utils.tree_set(net_state.opt_state, sparse_tune_scale=scale,
                                               sparse_tune_tuning=tuning, sparse_tune_key=key)

@@ -337,9 +337,14 @@ def minibatch_indices(
     // batch_size`` minibatches; its last ``num_samples % batch_size`` entries are left out.
     """
     per_epoch = minibatches_per_epoch(num_samples, batch_size)
-    keys = jax.random.split(key, epochs)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(keys)
+    perms = epoch_permutations(key, num_samples, epochs)
     return perms[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
+
+
+def epoch_permutations(key: jax.Array, num_samples: int, epochs: int) -> jax.Array:
+    """(epochs, num_samples): a fresh permutation of the samples for every epoch."""
+    keys = jax.random.split(key, epochs)
+    return jax.vmap(lambda k: jax.random.permutation(k, num_samples))(keys)
 
 
 def padded_minibatch_indices(
@@ -351,8 +356,7 @@ def padded_minibatch_indices(
     every other entry has weight 1 (each sample once per epoch)."""
     per_epoch = minibatches_per_epoch(num_samples, batch_size, keep_partial=True)
     padding = per_epoch * batch_size - num_samples
-    keys = jax.random.split(key, epochs)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(keys)
+    perms = epoch_permutations(key, num_samples, epochs)
     padded = jnp.concatenate([perms, perms[:, :padding]], axis=1)
     weights = jnp.concatenate([jnp.ones(num_samples), jnp.zeros(padding)]).astype(jnp.float32)
     shape = (epochs * per_epoch, batch_size)

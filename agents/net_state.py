@@ -14,6 +14,12 @@ then holds the per-weight ``scales`` (None elsewhere) with their own optimizer s
 by the network's optimizer; the forward pass reads ``masks * scales * params`` (still through
 ``masked_params``), and a masked weight has scale 1 (a weight that regrows starts at
 ``(scale, w) = (1, 0)``).
+
+A method may also train the scales itself as stochastic gates (IBM): the network's optimizer then
+leaves them alone (``scale_opt_state`` None), and ``scale_noise`` holds additive noise on the scales
+that the training forward pass of the next gradient step reads (``training_weights``: ``masks *
+(scales + scale_noise) * params``); evaluation, acting and target networks read the noiseless
+``masked_params``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ class NetState(struct.PyTreeNode):
             e.g. its target sparsity, so that runs differing in it can be vmapped).
         scales: None, or for a reparameterised network the tree of ``params`` with a float array
             per maskable leaf (None elsewhere): the effective weight is ``scales * params``.
-        scale_opt_state: the optax state of ``scales`` (same optimizer; None without scales).
+        scale_opt_state: the optax state of ``scales`` (same optimizer; None without scales, and
+            None for scales that the method trains itself).
+        scale_noise: None, or the tree of ``scales`` with the additive noise the next gradient
+            step's forward pass puts on them (``training_weights``; drawn by the method).
     """
 
     params: Params
@@ -53,6 +62,7 @@ class NetState(struct.PyTreeNode):
     method_state: Any = None
     scales: Any = None
     scale_opt_state: optax.OptState = None
+    scale_noise: Any = None
 
 
 class MethodContext(NamedTuple):
@@ -80,6 +90,9 @@ class MethodContext(NamedTuple):
         phase: () int32, the phase of the run's schedule this update belongs to: 0 throughout
             a multi-task run; in a sequential schedule the index of the task being trained (a
             method sees a task boundary as a change of it).
+        scale_grads: for a network with scales, the gradient of the loss w.r.t. the scales
+            used by the step's forward pass (``scales + scale_noise``), zero where masked.
+        params_before: the params before this step's optimizer update.
     """
 
     optimizer: optax.GradientTransformation | None = None
@@ -90,6 +103,8 @@ class MethodContext(NamedTuple):
     neuron_layers: tuple[NeuronLayer, ...] = ()
     batch: Any = None
     phase: jax.Array | None = None
+    scale_grads: Params = None
+    params_before: Params = None
 
 
 class MaskMethod(Protocol):
@@ -132,6 +147,20 @@ def masked_params(state: NetState) -> Params:
     return apply_masks(effective_weights(state), state.masks)
 
 
+def training_scales(state: NetState) -> Any:
+    """The scales a gradient step's forward pass reads: ``scales + scale_noise`` (``scales``
+    without noise)."""
+    if state.scale_noise is None:
+        return state.scales
+    return jax.tree.map(lambda s, e: None if s is None else s + e, state.scales,
+                        state.scale_noise, is_leaf=is_none)
+
+
+def training_weights(state: NetState) -> Params:
+    """``masked_params`` with the scales' noise: the weights of a gradient step's forward pass."""
+    return apply_masks(scaled_params(state.params, training_scales(state)), state.masks)
+
+
 def default_maskable(params: Params, exclude_modules: tuple[str, ...] = ()) -> Any:
     """Which leaves may be masked by default: every weight matrix and convolution kernel.
 
@@ -162,10 +191,12 @@ def create_net_state(
     key: jax.Array,
     maskable: Any | None = None,
     reparameterize: Reparameterize | None = None,
+    noisy_scales: bool = False,
 ) -> NetState:
     """Build a network's state: masks from ``method``, params masked, optimizer initialised;
     with ``reparameterize``, the masked weights split into params and scales (each with its
-    optimizer state)."""
+    optimizer state, or, with ``noisy_scales``, no optimizer state for the scales, which the
+    method trains, and zero ``scale_noise``)."""
     if maskable is None:
         maskable = default_maskable(params)
     masks, method_state = method.init(params, maskable, key)
@@ -175,8 +206,11 @@ def create_net_state(
                         method_state=method_state)
     params, scales = reparameterize(params, maskable)
     scales = unit_scales_where_masked(scales, masks)
-    return NetState(params=params, masks=masks, opt_state=tx.init(params),
-                    method_state=method_state, scales=scales, scale_opt_state=tx.init(scales))
+    state = NetState(params=params, masks=masks, opt_state=tx.init(params),
+                     method_state=method_state, scales=scales)
+    if noisy_scales:
+        return state.replace(scale_noise=jax.tree.map(jnp.zeros_like, scales))
+    return state.replace(scale_opt_state=tx.init(scales))
 
 
 def unit_scales_at(scales: Any, positions: Any) -> Any:
@@ -203,12 +237,13 @@ def apply_gradients(
     ``grads`` are gradients with respect to ``state.params`` of a loss computed on
     ``masked_params(state)``, so they are zero where masked and the optimizer moments stay zero
     there too. A reparameterised network also steps its scales with ``scale_grads`` (zero where
-    masked), through its own optimizer state, and keeps scale 1 where masked.
+    masked), through its own optimizer state, and keeps scale 1 where masked; scales without an
+    optimizer state are the method's to train.
     """
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
     state = state.replace(params=params, opt_state=opt_state)
-    if state.scales is None:
+    if state.scales is None or state.scale_opt_state is None:
         return state
     updates, scale_opt_state = tx.update(scale_grads, state.scale_opt_state, state.scales)
     scales = unit_scales_where_masked(optax.apply_updates(state.scales, updates), state.masks)
@@ -228,9 +263,11 @@ def reinitialised_at(
         return state
     scaled_positions = jax.tree.map(lambda s, where: None if s is None else where, state.scales,
                                     positions, is_leaf=is_none)
-    return state.replace(scales=unit_scales_at(state.scales, scaled_positions),
-                         scale_opt_state=zero_moments_at(state.scale_opt_state, scaled_positions,
-                                                         tx))
+    state = state.replace(scales=unit_scales_at(state.scales, scaled_positions))
+    if state.scale_opt_state is None:  # the method's own scales (it restarts their state)
+        return state
+    return state.replace(scale_opt_state=zero_moments_at(state.scale_opt_state,
+                                                         scaled_positions, tx))
 
 
 def zero_moments_where_masked(

@@ -6,7 +6,8 @@ turns the setup into the network's optax chain. ``masked_gradient_step`` is the 
 takes for each of its networks:
 
 1. value and gradient of the loss with respect to the effective weights ``params * masks``
-   (``scales * params * masks`` for a reparameterised network);
+   (``scales * params * masks`` for a reparameterised network, with the scales' noise where a
+   method draws some: ``net_state.training_weights``);
 2. the gradient with respect to ``params`` (and ``scales``) by the chain rule (zero where masked);
 3. one optimizer step, after which the params are masked again (``apply_gradients``);
 4. the method's ``transform(net_state, step, key, context)`` with the network's update count.
@@ -29,8 +30,9 @@ from mtrl_sparse.agents.net_state import (
     Reparameterize,
     apply_gradients,
     apply_masks,
-    masked_params,
     scaled_params,
+    training_scales,
+    training_weights,
 )
 from mtrl_sparse.agents.trees import global_norm, is_none
 
@@ -48,6 +50,11 @@ class NetworkSetup(NamedTuple):
         reparameterize: splits the initial weights into params and per-weight scales
             (``net_state.create_net_state``), e.g. Sign-In's ``theta = m * w``; None: plain
             weights.
+        noisy_scales: the scales are the method's stochastic gates (IBM): it trains them and
+            draws their noise; the network's optimizer leaves them alone.
+        task_weights: ``(net_state, num_tasks) -> weights`` stacked over a leading task axis,
+            task t's own view of the effective weights at index t (a method that isolates a
+            sub-network per task, IBM); None: every task reads ``masked_params``.
     """
 
     method: MaskMethod
@@ -55,6 +62,8 @@ class NetworkSetup(NamedTuple):
     gradient_transforms: tuple[optax.GradientTransformation, ...] = ()
     update_transforms: tuple[optax.GradientTransformation, ...] = ()
     reparameterize: Reparameterize | None = None
+    noisy_scales: bool = False
+    task_weights: Callable[[NetState, int], Any] | None = None
 
 
 def make_optimizer(
@@ -88,19 +97,23 @@ def masked_gradient_step(
     ``step`` is the network's update count after this step (the unit of method schedules).
     The method receives ``context`` (the network fields the agent filled) with its gradient fields
     set: ``grads`` (w.r.t. the params, zero where masked), ``dense_grads`` (w.r.t. the effective
-    weights, defined everywhere: what RigL grows by) and ``optimizer`` (``tx``).
+    weights, defined everywhere: what RigL grows by), ``optimizer`` (``tx``), ``scale_grads``
+    (w.r.t. the scales, for a reparameterised network) and ``params_before`` (the params
+    before the optimizer step).
 
     Returns the new network state, ``aux`` and the global norm of ``grads`` (before clipping).
     """
     (_, aux), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        masked_params(net_state), *args)
+        training_weights(net_state), *args)
     grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
     scale_grads = None
     if net_state.scales is not None:  # chain rule through scales * params
         scale_grads = jax.tree.map(lambda s, g, p: None if s is None else g * p,
                                    net_state.scales, grads, net_state.params, is_leaf=is_none)
-        grads = scaled_params(grads, net_state.scales)
+        grads = scaled_params(grads, training_scales(net_state))
+    params_before = net_state.params
     net_state = apply_gradients(net_state, grads, tx, scale_grads)
-    context = context._replace(grads=grads, dense_grads=dense_grads, optimizer=tx)
+    context = context._replace(grads=grads, dense_grads=dense_grads, optimizer=tx,
+                               scale_grads=scale_grads, params_before=params_before)
     net_state = method.transform(net_state, step, key, context)
     return net_state, aux, global_norm(grads)

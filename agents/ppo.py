@@ -488,10 +488,12 @@ def make_ppo(
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
         return PPOState(
             actor=create_net_state(init_actor_params(k_actor), actor_tx, actor_setup.method,
-                                   k_actor_mask, reparameterize=actor_setup.reparameterize),
+                                   k_actor_mask, reparameterize=actor_setup.reparameterize,
+                                   noisy_scales=actor_setup.noisy_scales),
             critic=create_net_state(init_critic_params(k_critic), critic_tx,
                                     critic_setup.method, k_critic_mask,
-                                    reparameterize=critic_setup.reparameterize),
+                                    reparameterize=critic_setup.reparameterize,
+                                    noisy_scales=critic_setup.noisy_scales),
             actor_step=jnp.zeros((), jnp.int32),
             critic_step=jnp.zeros((), jnp.int32),
             phase=jnp.zeros((), jnp.int32),
@@ -499,8 +501,21 @@ def make_ppo(
 
     def acting_weights(state: PPOState) -> dict:
         """The effective weights ``{"actor": ..., "critic": ...}`` (params * masks) acting reads:
-        computed once per rollout, so that each vector step's call carries only these."""
-        return {"actor": masked_params(state.actor), "critic": masked_params(state.critic)}
+        computed once per rollout, so that each vector step's call carries only these. An actor
+        whose method isolates a sub-network per task (``NetworkSetup.task_weights``) acts with
+        each task's own view: its weights are stacked over a leading task axis. (The critic
+        only serves the task being trained, which reads the whole network.)"""
+        actor = (masked_params(state.actor) if actor_setup.task_weights is None
+                 else actor_setup.task_weights(state.actor, num_tasks))
+        return {"actor": actor, "critic": masked_params(state.critic)}
+
+    def view_logits(weights: Any, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
+        """``acting_weights["actor"]``, (B, H, W, C) obs, (B,) task ids -> (B, A) logits; with
+        per-task views, every sample's logits from its own task's view."""
+        if actor_setup.task_weights is None:
+            return actor_net.apply(weights, obs, task_ids)
+        per_view = jax.vmap(lambda w: actor_net.apply(w, obs, task_ids))(weights)  # (T, B, A)
+        return jnp.take_along_axis(per_view, task_ids[None, :, None], axis=0)[0]
 
     def value_with(weights: dict, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
         """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> (B,) state values."""
@@ -513,7 +528,7 @@ def make_ppo(
         """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> actions (B,) int32, their
         log-probs (B,), values (B,). Actions are sampled from the policy, or its most likely
         action if ``deterministic`` (a Python bool: jit with ``static_argnames``)."""
-        logits = actor_net.apply(weights["actor"], obs, task_ids)
+        logits = view_logits(weights["actor"], obs, task_ids)
         if deterministic:
             actions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:

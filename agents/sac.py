@@ -222,9 +222,11 @@ def make_sac(
     def init(key: jax.Array) -> SACState:
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
         actor_state = create_net_state(init_actor_params(k_actor), actor_tx, actor.method,
-                                       k_actor_mask, reparameterize=actor.reparameterize)
+                                       k_actor_mask, reparameterize=actor.reparameterize,
+                                       noisy_scales=actor.noisy_scales)
         critic_state = create_net_state(init_critic_params(k_critic), critic_tx, critic.method,
-                                        k_critic_mask, reparameterize=critic.reparameterize)
+                                        k_critic_mask, reparameterize=critic.reparameterize,
+                                        noisy_scales=critic.noisy_scales)
         log_alpha = jnp.full((num_tasks,), jnp.log(config.initial_alpha), jnp.float32)
         return SACState(
             actor=actor_state,

@@ -132,6 +132,14 @@ class MethodEntry:
         reparameterize: options -> ``(weights, maskable) -> (params, scales)``: the method trains
             the maskable weights as ``scales * params`` (``agents.net_state``), e.g. Sign-In;
             None: plain weights. At most one member of a composition reparameterises.
+        noisy_scales: with ``reparameterize``, the scales are the method's stochastic gates: it
+            trains them itself and draws the noise the training forward pass puts on them
+            (``NetState.scale_noise``); the network's optimizer leaves them alone.
+        task_weights: options -> ``(net_state, num_tasks) -> weights`` stacked over a leading
+            task axis (task t's own sub-network at index t), for a method that isolates a
+            sub-network per task; the function sees the member's own method state. The agent
+            acts with those views under a sequential schedule (None: every task acts with the
+            whole network).
         sequential_only: the method acts at task boundaries only, so it runs under a sequential
             schedule (``settings.phases`` > 1) and is refused elsewhere.
         layer_norm: the method asks the agent builder for LayerNorm in the network.
@@ -148,6 +156,8 @@ class MethodEntry:
     check: Callable[[Any], None] = _no_check
     check_run: Callable[[NetworkMethodSettings, Any, str], None] = _no_run_check
     reparameterize: Callable[[Any], Any] | None = None
+    noisy_scales: bool = False
+    task_weights: Callable[[Any], Callable[[NetState, int], Any]] | None = None
     sequential_only: bool = False
     layer_norm: bool = False
     optimizer: Callable[[Any], tuple[tuple, tuple]] = _no_optimizer

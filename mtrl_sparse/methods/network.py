@@ -148,6 +148,7 @@ def build_network(
     if len(reparameterizing) > 1:
         raise MethodError(f"at most one member of {settings.name!r} may reparameterise the "
                           f"weights; got {', '.join(m.name for m in reparameterizing)}")
+    isolating = [m for m in members if m.task_weights is not None]
     return NetworkSetup(
         method=compose({m.name: m.build(settings, member_options(m, options, settings))
                         for m in members}),
@@ -156,4 +157,16 @@ def build_network(
         update_transforms=tuple(update_transforms),
         reparameterize=next((m.reparameterize(member_options(m, options, settings))
                              for m in reparameterizing), None),
+        noisy_scales=any(m.noisy_scales for m in reparameterizing),
+        task_weights=(member_task_weights(isolating[0], member_options(isolating[0], options,
+                                                                        settings))
+                      if isolating and settings.phases > 1 else None),
     )
+
+
+def member_task_weights(entry: MethodEntry, options: Any) -> Any:
+    """``entry``'s per-task views on a network state whose method state is the composition's
+    (``{member name: state}``)."""
+    views = entry.task_weights(options)
+    return lambda state, num_tasks: views(
+        state.replace(method_state=state.method_state[entry.name]), num_tasks)

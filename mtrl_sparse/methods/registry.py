@@ -23,6 +23,7 @@ from mtrl_sparse.methods import (
     app,
     dense,
     gmp,
+    ibm,
     redo,
     regularizers,
     reset,
@@ -46,6 +47,7 @@ BUILTIN_ENTRIES: tuple[MethodEntry, ...] = (
     regularizers.LAYERNORM_ENTRY,
     sparse_tune.ENTRY,
     sign_in.ENTRY,
+    ibm.ENTRY,
 )
 
 METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in BUILTIN_ENTRIES}

@@ -12,7 +12,7 @@ from mtrl_sparse.methods.registry import METHODS
 from support.sac_vmap import assert_vmapped_equals_separate
 
 # Every method with events, in compositions (set shares rigl's code but for the grow scores).
-VMAPPED_METHODS = ["static", "gmp+redo", "rigl+reset", "app+sparse_tune+sign_in"]
+VMAPPED_METHODS = ["static", "gmp+redo", "rigl+reset", "app+sparse_tune+sign_in", "static+ibm"]
 
 
 def test_the_vmapped_methods_cover_every_method_with_events():

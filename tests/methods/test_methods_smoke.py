@@ -36,7 +36,7 @@ OPTIONS = MethodOptions(
 )
 RUNS = {
     "gmp+redo/rigl+reset": ("gmp+redo", "rigl+reset"),
-    "set+reset+sign_in/app+redo": ("set+reset+sign_in", "app+redo"),
+    "set+reset+sign_in/app+redo+ibm": ("set+reset+sign_in", "app+redo+ibm"),
 }
 
 
@@ -108,6 +108,16 @@ def test_app_prunes_once_per_megabatch_to_the_target(run_rows):
         sparsity = series(rows, f"{net}_sparsity")
         assert all(b >= a for a, b in zip(sparsity, sparsity[1:], strict=False))
         assert sparsity[-1] == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.mark.slow
+def test_ibm_gates_train_and_a_multi_task_run_freezes_nothing(run_rows):
+    methods, rows = run_rows
+    for net in networks_running(methods, "ibm"):
+        kept = series(rows, f"{net}/ibm/kept_fraction")
+        assert all(0 < k <= 1 for k in kept)
+        assert series(rows, f"{net}/ibm/consolidations") == [0] * len(rows)
+        assert series(rows, f"{net}/ibm/frozen_fraction") == [0.0] * len(rows)
 
 
 @pytest.mark.slow

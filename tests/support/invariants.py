@@ -59,11 +59,16 @@ def assert_mask_invariant(net: NetState, *, sparse: bool = False) -> None:
 
 def _assert_scales_invariant(net: NetState, mask_leaves: list) -> None:
     """A reparameterised network: scales congruent with the params (None where not maskable),
-    1 where masked, their Adam moments zero there; the effective weights masked too."""
+    1 where masked, their Adam moments zero there (or, for scales the method trains itself as
+    noisy gates, their noise zero there); the effective weights masked too."""
     scale_leaves = jax.tree.leaves(net.scales, is_leaf=is_none)
     assert len(scale_leaves) == len(mask_leaves)
-    moments = [jax.tree.leaves(tree, is_leaf=is_none)
-               for pair in adam_moments(net.scale_opt_state) for tree in pair]
+    if net.scale_opt_state is None:
+        assert net.scale_noise is not None, "scales with neither an optimizer state nor noise"
+        moments = [jax.tree.leaves(net.scale_noise, is_leaf=is_none)]
+    else:
+        moments = [jax.tree.leaves(tree, is_leaf=is_none)
+                   for pair in adam_moments(net.scale_opt_state) for tree in pair]
     assert moments, "no Adam state for the scales"
     for index, (s, m) in enumerate(zip(scale_leaves, mask_leaves, strict=True)):
         if s is None or m is None:

@@ -35,7 +35,8 @@ def options_firing_every_update() -> Any:
 def covering_compositions() -> tuple[str, ...]:
     """Compositions, derived from the registry's kinds, in which every registered method except
     ``dense`` appears: each sparsity method with one plasticity method and one regulariser in
-    turn, and every plasticity method together on a dense network."""
+    turn, and the plasticity methods together on a dense network (those that reparameterise
+    the weights, of which a network takes one, each with all the others)."""
     def of(kind: str) -> list[str]:
         return [name for name, entry in METHODS.items() if entry.kind == kind]
 
@@ -46,7 +47,11 @@ def covering_compositions() -> tuple[str, ...]:
                   *([regularizers[i % len(regularizers)]] if regularizers else [])])
         for i, sparse in enumerate(of("sparsity"))
     ]
-    return (*compositions, *(["+".join(plasticity)] if plasticity else []))
+    plain = [p for p in plasticity if METHODS[p].reparameterize is None]
+    reparameterizing = [p for p in plasticity if METHODS[p].reparameterize is not None]
+    together = ["+".join([*plain, r]) for r in reparameterizing] or (
+        ["+".join(plain)] if plain else [])
+    return (*compositions, *together)
 
 
 def sac_firing_every_update(

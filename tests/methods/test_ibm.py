@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtrl_sparse.agents.cnn import stacked_head_layers as cnn_head_layers
 from mtrl_sparse.agents.net_state import (
     MethodContext,
     NetState,
@@ -20,6 +21,7 @@ from mtrl_sparse.agents.net_state import (
 )
 from mtrl_sparse.agents.networks import MultiHeadMLP, stacked_head_layers
 from mtrl_sparse.agents.optim import make_optimizer, masked_gradient_step
+from mtrl_sparse.agents.ppo import PPOConfig, make_ppo
 from mtrl_sparse.methods.base import MethodError, NetworkMethodSettings
 from mtrl_sparse.methods.ibm import IBMOptions, kl_gradients, kl_penalty, task_index
 from mtrl_sparse.methods.network import build_network, check_network
@@ -178,3 +180,38 @@ def test_refuses_compositions_that_clash(name):
 def test_multi_task_runs_act_with_the_whole_network():
     assert build_network(settings(phases=1)).task_weights is None
     assert build_network(settings()).task_weights is not None
+
+
+def test_ppo_acts_with_each_samples_own_task_view():
+    """A PPO actor under sequential IBM: each sample's log-probabilities are those of its own
+    task's view (here task 0 owns a part of the network, task 1 is being trained)."""
+    tasks = 2
+    config = PPOConfig(rollout_env_steps=8, policy_batch_size=4, critic_batch_size=8,
+                       conv_channels=(4, 8, 8), head_hidden_dim=8)
+    setup = build_network(NetworkMethodSettings("ibm", 0.0, total_updates=100, phases=tasks,
+                                                layer_slices=cnn_head_layers(tasks)))
+    ppo = make_ppo(config, tasks, (7, 7, 3), 7, setup, setup)
+    state = ppo.init(jax.random.PRNGKey(0))
+    # Task 0 owns a random half of every gated leaf; the schedule is in phase 1.
+    ibm_state = state.actor.method_state["ibm"]
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
+    owner = jax.tree.map(lambda o: jnp.where(jax.random.bernoulli(next(keys), 0.5, o.shape),
+                                             0, o), ibm_state["owner"])
+    actor = state.actor.replace(method_state={"ibm": {**ibm_state, "owner": owner,
+                                                      "phase": jnp.int32(1)}})
+    state = state.replace(actor=actor)
+    obs = jax.random.randint(jax.random.PRNGKey(2), (6, 7, 7, 3), 0, 6).astype(jnp.float32)
+    task_ids = jnp.array([0, 1, 0, 1, 1, 0], jnp.int32)
+    actions, log_probs, _ = ppo.act(state, obs, task_ids, jax.random.PRNGKey(3))
+    views = setup.task_weights(state.actor, tasks)
+    for t in range(tasks):
+        logits = ppo.actor_logits(view_of(views, t), obs, task_ids)
+        expected = jax.nn.log_softmax(logits)[jnp.arange(6), actions]
+        rows = np.asarray(task_ids) == t
+        np.testing.assert_allclose(np.asarray(log_probs)[rows], np.asarray(expected)[rows],
+                                   rtol=1e-5, atol=1e-6)
+    # Task 0's view differs from the whole network (else the check above proves nothing).
+    whole = ppo.actor_logits(masked_params(state.actor), obs, task_ids)
+    assert not np.allclose(np.asarray(whole)[np.asarray(task_ids) == 0],
+                           np.asarray(ppo.actor_logits(view_of(views, 0), obs,
+                                                       task_ids))[np.asarray(task_ids) == 0])

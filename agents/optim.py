@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from mtrl_sparse.agents.net_state import (
@@ -30,6 +31,7 @@ from mtrl_sparse.agents.net_state import (
     Reparameterize,
     apply_gradients,
     apply_masks,
+    masked_params,
     scaled_params,
     training_scales,
     training_weights,
@@ -117,3 +119,23 @@ def masked_gradient_step(
                                scale_grads=scale_grads, params_before=params_before)
     net_state = method.transform(net_state, step, key, context)
     return net_state, aux, global_norm(grads)
+
+
+def acting_weights(net_state: NetState, setup: NetworkSetup, num_tasks: int) -> Any:
+    """The weights a network acts with: ``masked_params``, or with per-task views
+    (``setup.task_weights``) every task's own, stacked over a leading task axis."""
+    if setup.task_weights is None:
+        return masked_params(net_state)
+    return setup.task_weights(net_state, num_tasks)
+
+
+def apply_task_views(apply: Callable[..., Any], setup: NetworkSetup, weights: Any,
+                     task_ids: jax.Array, *inputs: Any) -> Any:
+    """``apply(weights, *inputs, task_ids)`` on ``acting_weights``: with per-task views, each
+    sample's outputs (leading axis B) come from its own task's view (one forward pass per
+    view)."""
+    if setup.task_weights is None:
+        return apply(weights, *inputs, task_ids)
+    per_view = jax.vmap(lambda w: apply(w, *inputs, task_ids))(weights)  # leaves (T, B, ...)
+    rows = jnp.arange(task_ids.shape[0])
+    return jax.tree.map(lambda x: x[task_ids, rows], per_view)

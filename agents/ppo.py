@@ -53,7 +53,13 @@ from mtrl_sparse.agents.networks import (
     check_neuron_layers,
     sown_activations,
 )
-from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer, masked_gradient_step
+from mtrl_sparse.agents.optim import (
+    NetworkSetup,
+    apply_task_views,
+    make_optimizer,
+    masked_gradient_step,
+)
+from mtrl_sparse.agents.optim import acting_weights as optim_acting_weights
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -502,20 +508,11 @@ def make_ppo(
     def acting_weights(state: PPOState) -> dict:
         """The effective weights ``{"actor": ..., "critic": ...}`` (params * masks) acting reads:
         computed once per rollout, so that each vector step's call carries only these. An actor
-        whose method isolates a sub-network per task (``NetworkSetup.task_weights``) acts with
-        each task's own view: its weights are stacked over a leading task axis. (The critic
-        only serves the task being trained, which reads the whole network.)"""
-        actor = (masked_params(state.actor) if actor_setup.task_weights is None
-                 else actor_setup.task_weights(state.actor, num_tasks))
-        return {"actor": actor, "critic": masked_params(state.critic)}
-
-    def view_logits(weights: Any, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
-        """``acting_weights["actor"]``, (B, H, W, C) obs, (B,) task ids -> (B, A) logits; with
-        per-task views, every sample's logits from its own task's view."""
-        if actor_setup.task_weights is None:
-            return actor_net.apply(weights, obs, task_ids)
-        per_view = jax.vmap(lambda w: actor_net.apply(w, obs, task_ids))(weights)  # (T, B, A)
-        return jnp.take_along_axis(per_view, task_ids[None, :, None], axis=0)[0]
+        whose method isolates a sub-network per task acts with each task's own view
+        (``optim.acting_weights``); the critic only serves the task being trained, which reads
+        the whole network."""
+        return {"actor": optim_acting_weights(state.actor, actor_setup, num_tasks),
+                "critic": masked_params(state.critic)}
 
     def value_with(weights: dict, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
         """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> (B,) state values."""
@@ -528,7 +525,7 @@ def make_ppo(
         """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> actions (B,) int32, their
         log-probs (B,), values (B,). Actions are sampled from the policy, or its most likely
         action if ``deterministic`` (a Python bool: jit with ``static_argnames``)."""
-        logits = view_logits(weights["actor"], obs, task_ids)
+        logits = apply_task_views(actor_net.apply, actor_setup, weights["actor"], task_ids, obs)
         if deterministic:
             actions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:

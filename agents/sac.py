@@ -43,7 +43,13 @@ from mtrl_sparse.agents.networks import (
     multi_task_mlp_layers,
     sown_activations,
 )
-from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer, masked_gradient_step
+from mtrl_sparse.agents.optim import (
+    NetworkSetup,
+    acting_weights,
+    apply_task_views,
+    make_optimizer,
+    masked_gradient_step,
+)
 from mtrl_sparse.agents.replay_buffer import Transition
 
 
@@ -95,6 +101,9 @@ class SACState(struct.PyTreeNode):
         target_critic_params: Polyak average of the masked critic params.
         log_alpha: per-task log temperature, (T,), with its own Adam state (never masked).
         step: number of updates done, () int32 (the ``updates`` unit of method schedules).
+        phase: the phase of the run's schedule, () int32 (0 for multi-task; the task being
+            trained under a sequential schedule), which reaches the methods as
+            ``MethodContext.phase``.
     """
 
     actor: NetState
@@ -102,6 +111,7 @@ class SACState(struct.PyTreeNode):
     target_critic_params: dict
     log_alpha: NetState
     step: jax.Array
+    phase: jax.Array
 
 
 class SAC(NamedTuple):
@@ -234,14 +244,17 @@ def make_sac(
             target_critic_params=masked_params(critic_state),
             log_alpha=NetState(params=log_alpha, masks=None, opt_state=alpha_tx.init(log_alpha)),
             step=jnp.zeros((), jnp.int32),
+            phase=jnp.zeros((), jnp.int32),
         )
 
     def act(
         state: SACState, obs: jax.Array, task_ids: jax.Array, key: jax.Array,
         deterministic: bool = False,
     ) -> jax.Array:
-        """(B, D) obs, (B,) task ids -> (B, A) actions in [-1, 1]; deterministic = tanh(mean)."""
-        mean, log_std = actor_net.apply(masked_params(state.actor), obs, task_ids)
+        """(B, D) obs, (B,) task ids -> (B, A) actions in [-1, 1]; deterministic = tanh(mean).
+        An actor with per-task views acts with each sample's own task's view."""
+        mean, log_std = apply_task_views(
+            actor_net.apply, actor, acting_weights(state.actor, actor, num_tasks), task_ids, obs)
         if deterministic:
             return jnp.tanh(mean)
         return gaussian_tanh_sample(mean, log_std, key)[0]
@@ -291,6 +304,7 @@ def make_sac(
             activations=lambda w: critic_activations(w, batch.obs, batch.actions, task_ids),
             neuron_layers=tuple(critic_layers),
             batch=(batch, task_ids),
+            phase=state.phase,
         )
         critic_state, critic_info, critic_grad_norm = masked_gradient_step(
             state.critic, critic_loss_fn, critic_tx, critic.method, step, k_critic_method,
@@ -302,6 +316,7 @@ def make_sac(
             activations=lambda w: actor_activations(w, batch.obs, task_ids),
             neuron_layers=tuple(actor_layers),
             batch=(batch, task_ids),
+            phase=state.phase,
         )
         actor_state, (logp, actor_info), actor_grad_norm = masked_gradient_step(
             state.actor, actor_loss_fn, actor_tx, actor.method, step, k_actor_method,

@@ -33,7 +33,12 @@ from mtrl_sparse.envs.base import (
     checked_done,
 )
 
-METAWORLD_BENCHMARKS = ("MT1", "MT10", "MT50")
+METAWORLD_BENCHMARKS = ("MT1", "MT10", "MT50", "CW10")
+
+CW10_TASKS = ("hammer-v3", "push-wall-v3", "faucet-close-v3", "push-back-v3", "stick-pull-v3",
+              "handle-press-side-v3", "push-v3", "shelf-place-v3", "window-close-v3",
+              "peg-unplug-side-v3")
+"""The Continual World CW10 sequence (Wolczyk et al. 2021), in its order, as v3 tasks."""
 
 # Meta-World's envs refuse to step past their own horizon (``SawyerXYZEnv.max_path_length``).
 _MAX_PATH_LENGTH = 500
@@ -46,8 +51,9 @@ _RNG_KEYS = ("rng_state", "env_rng_state")
 def metaworld_task_names(benchmark: str, task: str | None = None) -> tuple[str, ...]:
     """Task names of a benchmark; a task id indexes this tuple.
 
-    MT10 / MT50: the benchmark's tasks in metaworld's order (``train_classes``); ``task`` must be
-    None. MT1: ``(task,)``, where ``task`` is any Meta-World v3 task name (e.g. ``"reach-v3"``).
+    MT10 / MT50: the benchmark's tasks in metaworld's order (``train_classes``); CW10: the
+    Continual World sequence (``CW10_TASKS``); ``task`` must be None. MT1: ``(task,)``, where
+    ``task`` is any Meta-World v3 task name (e.g. ``"reach-v3"``).
 
     Raises:
         ValueError: unknown benchmark or task (the message lists the accepted values).
@@ -65,6 +71,8 @@ def metaworld_task_names(benchmark: str, task: str | None = None) -> tuple[str, 
         return (task,)
     if task is not None:
         raise ValueError(f"task is only accepted with benchmark 'MT1' (got task={task!r})")
+    if benchmark == "CW10":
+        return CW10_TASKS
     return tuple(MT10_V3 if benchmark == "MT10" else MT50_V3)
 
 
@@ -86,7 +94,19 @@ def _make_benchmark(benchmark: str, task: str | None, seed: int) -> metaworld.Be
     """
     if benchmark == "MT1":
         return metaworld.MT1(task, seed=seed)
+    if benchmark == "CW10":  # each task as its own MT1 (MT50 would draw 40 other tasks' layouts)
+        return _JoinedBenchmark([metaworld.MT1(name, seed=seed) for name in CW10_TASKS])
     return metaworld.MT10(seed=seed) if benchmark == "MT10" else metaworld.MT50(seed=seed)
+
+
+class _JoinedBenchmark:
+    """The env classes and layouts of several benchmarks together (what ``_env_factories``
+    reads: ``train_classes`` and ``train_tasks``)."""
+
+    def __init__(self, parts: list[metaworld.Benchmark]):
+        self.train_classes = {k: v for part in parts for k, v in part.train_classes.items()}
+        self.train_tasks = [t for part in parts for t in part.train_tasks]
+
 
 
 def _env_factories(

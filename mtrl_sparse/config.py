@@ -33,8 +33,9 @@ class ConfigError(ValueError):
 class EnvConfig:
     """Which benchmark to train on and how its environments are vectorised."""
 
-    benchmark: Literal["MT1", "MT10", "MT50"] = "MT10"
-    """Meta-World benchmark: MT10 and MT50 run one env per task; MT1 runs one task."""
+    benchmark: Literal["MT1", "MT10", "MT50", "CW10"] = "MT10"
+    """Meta-World benchmark: MT10 and MT50 run one env per task; MT1 runs one task; CW10 the
+    ten tasks of the Continual World sequence (usually with --schedule sequential)."""
     task: str | None = None
     """MT1 only: the Meta-World task name (e.g. reach-v3)."""
     envs_per_task: int = 1
@@ -179,13 +180,18 @@ class SACTrainConfig(RunConfig):
     buffer_capacity: int = 1_000_000
     """Replay capacity in transitions, shared equally by the tasks."""
 
+    def vector_env_steps(self) -> int:
+        """Env steps of one vector step: every task's copies, or under the sequential schedule
+        the copies of the task being trained."""
+        tasks = 1 if self.schedule == "sequential" else len(self.task_names())
+        return tasks * self.env.envs_per_task
+
     def total_updates(self, network: str = "actor") -> int:
         """Gradient updates of each network over the whole run (at least 1); SAC's actor and
         critics update together."""
         del network
-        tasks = metaworld_task_names(self.env.benchmark, self.env.task)
-        vector_steps = max(self.total_env_steps - self.warmup_env_steps, 0) // (
-            len(tasks) * self.env.envs_per_task)
+        vector_steps = (max(self.total_env_steps - self.warmup_env_steps, 0)
+                        // self.vector_env_steps())
         return max(1, vector_steps * self.updates_per_vector_step)
 
     def task_names(self) -> tuple[str, ...]:
@@ -319,9 +325,6 @@ def _validate_methods(config: RunConfig) -> None:
 
 def _validate_sac(config: SACTrainConfig) -> None:
     env = config.env
-    if config.schedule != "multitask":
-        raise ConfigError("--schedule sequential runs PPO on MiniGrid (minigrid-seq) in this "
-                          "version; SAC on Meta-World accepts: multitask")
     if env.benchmark not in METAWORLD_BENCHMARKS:
         raise ConfigError(
             f"unknown benchmark {env.benchmark!r}; accepted: {', '.join(METAWORLD_BENCHMARKS)}"
@@ -347,7 +350,9 @@ def _validate_sac(config: SACTrainConfig) -> None:
     })
     if config.warmup_env_steps < 0:
         raise ConfigError(f"--warmup-env-steps must be >= 0; got {config.warmup_env_steps}")
-    if config.sac.batch_size % num_tasks:
+    if config.schedule == "sequential":
+        _validate_sequential_sac(config, num_tasks)
+    elif config.sac.batch_size % num_tasks:
         raise ConfigError(
             f"--sac.batch-size {config.sac.batch_size} is not divisible by the {num_tasks} tasks "
             f"of {env.benchmark}; accepted: multiples of {num_tasks}"
@@ -407,6 +412,20 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
     feature_size = (cnn_feature_size(MINIGRID_OBS_SHAPE, ppo.conv_channels, ppo.cnn_pooling)
                     if ppo.arch == "moore" else 0)
     _validate_experts(ppo.arch, ppo.num_experts, feature_size, "the flattened CNN features")
+
+
+def _validate_sequential_sac(config: SACTrainConfig, num_tasks: int) -> None:
+    """The sequential schedule switches task between episodes: every task's share of the budget
+    is whole episodes of its envs."""
+    episode = config.env.envs_per_task * config.env.max_episode_steps
+    if num_tasks < 2:
+        raise ConfigError(f"--schedule sequential needs several tasks; {config.env.benchmark} has "
+                          f"{num_tasks} (accepted: MT10, MT50, CW10)")
+    if config.total_env_steps % (num_tasks * episode):
+        raise ConfigError(
+            f"--schedule sequential splits --total-env-steps {config.total_env_steps} into "
+            f"{num_tasks} tasks of whole episodes; accepted: multiples of {num_tasks * episode} "
+            f"(tasks x envs per task x max episode steps)")
 
 
 def _validate_sequential_ppo(config: PPOTrainConfig) -> None:

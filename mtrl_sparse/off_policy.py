@@ -11,6 +11,12 @@ run may checkpoint or end (exact for budgets that are multiples of
 
 Evaluation runs ``eval_episodes_per_task`` deterministic episodes per task on separate envs, always
 from the same environment random state (``mtrl_sparse.evaluation.evaluate_success``).
+
+Under the sequential schedule the training envs are ``envs_per_task`` copies of the task being
+trained (a one-task Meta-World vector env, rebuilt at every task boundary with the run's seed, the
+same layouts as the evaluation envs); the agent's ``phase`` is that task, and the replay buffer
+is emptied at the boundary (``sac_learner``). Evaluation covers every task. A checkpoint holds the
+phase's env state, so a run resumed at a boundary rebuilds that phase's envs first.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtrl_sparse.agent_kind import (
@@ -40,20 +47,36 @@ from mtrl_sparse.sac_learner import LOSS_NAMES, Learner, SACTrainState, make_lea
 
 
 def make_envs(config: SACTrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorEnv]:
-    """Training and evaluation vector envs of ``config``."""
+    """Training and evaluation vector envs of ``config`` (the training envs of phase 0 under
+    the sequential schedule)."""
     env_cfg = config.env
-    common = dict(task=env_cfg.task, vector_strategy=env_cfg.vector_strategy,
-                  max_episode_steps=env_cfg.max_episode_steps)
-    train_env = MetaWorldVectorEnv(env_cfg.benchmark, envs_per_task=env_cfg.envs_per_task,
-                                   seed=config.seed, **common)
-    eval_env = MetaWorldVectorEnv(env_cfg.benchmark, envs_per_task=env_cfg.eval_envs_per_task,
+    eval_env = MetaWorldVectorEnv(env_cfg.benchmark, task=env_cfg.task,
+                                  envs_per_task=env_cfg.eval_envs_per_task,
                                   seed=eval_env_seed(config.seed), layout_seed=config.seed,
-                                  **common)
+                                  vector_strategy=env_cfg.vector_strategy,
+                                  max_episode_steps=env_cfg.max_episode_steps)
+    if config.schedule == "sequential":
+        return make_phase_env(config, 0), eval_env
+    train_env = MetaWorldVectorEnv(env_cfg.benchmark, task=env_cfg.task,
+                                   envs_per_task=env_cfg.envs_per_task, seed=config.seed,
+                                   vector_strategy=env_cfg.vector_strategy,
+                                   max_episode_steps=env_cfg.max_episode_steps)
     return train_env, eval_env
 
 
+def make_phase_env(config: SACTrainConfig, phase: int) -> MetaWorldVectorEnv:
+    """The training envs of a sequential schedule's ``phase``: ``envs_per_task`` copies of its
+    task (an MT1 env of that task, with the layouts of the benchmark's)."""
+    env_cfg = config.env
+    return MetaWorldVectorEnv("MT1", task=config.task_names()[phase],
+                              envs_per_task=env_cfg.envs_per_task, seed=config.seed,
+                              vector_strategy=env_cfg.vector_strategy,
+                              max_episode_steps=env_cfg.max_episode_steps)
+
+
 def make_run_learner(config: SACTrainConfig, env: MetaWorldVectorEnv) -> Learner:
-    """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner."""
+    """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner;
+    ``env`` has every task of the run (the evaluation envs under the sequential schedule)."""
     spec = env.spec
     networks = {name: build_network(
                     dataclasses.replace(settings,
@@ -63,7 +86,7 @@ def make_run_learner(config: SACTrainConfig, env: MetaWorldVectorEnv) -> Learner
     sac = make_sac(config.sac, spec.num_tasks, spec.obs_shape[0], spec.action_dim,
                    networks["actor"], networks["critic"])
     return make_learner(sac, spec, config.buffer_capacity, config.updates_per_vector_step,
-                        config.plasticity)
+                        config.plasticity, sequential=config.schedule == "sequential")
 
 
 class OffPolicyRun:
@@ -74,12 +97,13 @@ class OffPolicyRun:
     def __init__(self, config: SACTrainConfig):
         self.config = config
         self.env, self.eval_env = make_envs(config)
-        spec = self.env.spec
+        spec = self.eval_env.spec
         self.task_names = spec.task_names
-        self.num_envs = spec.num_envs
+        self.num_envs = self.env.spec.num_envs
         self.budget_env_steps = config.total_env_steps
         self.array_labels = {"alpha": spec.task_names}
-        self.learner = make_run_learner(config, self.env)
+        self.learner = make_run_learner(config, self.eval_env)
+        self.phase = 0  # the task the training envs run (sequential schedule)
         self.eval_rng_state = self.eval_env.get_rng_state()
         self.compiled: set[bool] = set()  # variants (warm-up or not) whose first call was timed
         self.last_metrics: dict[str, jax.Array] = {}
@@ -97,9 +121,34 @@ class OffPolicyRun:
 
     def restore(self, state: SACTrainState, meta: dict[str, Any]) -> None:
         self.state = state
+        self._use_phase_env(int(state.agent.phase))  # the envs whose state was saved
         self.env.set_rng_state(meta["env_rng_state"])
         self.env_steps, self.updates_done = meta["env_steps"], int(state.agent.step)
         self.done = np.ones(self.num_envs, bool)  # checkpoints are taken at episode boundaries
+
+    def set_phase(self, phase: int) -> None:
+        """Enter ``phase`` of the sequential schedule: new training envs of its task, the
+        agent's ``phase`` set, the replay buffer emptied. Nothing happens if already there."""
+        if phase == self.phase:
+            return
+        self._use_phase_env(phase)
+        self.obs, self.done = self.env.reset(), None
+        buffer = self.state.buffer
+        self.state = self.state.replace(
+            agent=self.state.agent.replace(phase=jnp.asarray(phase, jnp.int32)),
+            buffer=buffer.replace(insert_pos=jnp.zeros_like(buffer.insert_pos),
+                                  size=jnp.zeros_like(buffer.size)))
+
+    def _use_phase_env(self, phase: int) -> None:
+        if phase != self.phase:
+            self.env.close()
+            self.env, self.phase = make_phase_env(self.config, phase), phase
+
+    def _env_task_ids(self) -> np.ndarray:
+        """The task of every training env (the phase's task under the sequential schedule)."""
+        if self.config.schedule == "sequential":
+            return np.full(self.num_envs, self.phase, np.int32)
+        return self.env.spec.env_task_ids
 
     def iterate(self, episodes: EpisodeTracker) -> Iteration:
         config, env = self.config, self.env
@@ -129,7 +178,7 @@ class OffPolicyRun:
         if not warmup:
             self.updates_done += config.updates_per_vector_step
         self.done = step.terminated | step.truncated
-        episodes.record(env.spec.env_task_ids, step.reward, self.done, step.success)
+        episodes.record(self._env_task_ids(), step.reward, self.done, step.success)
         self.obs = step.obs
         return Iteration(
             env_steps=self.num_envs, updates=self.updates_done,

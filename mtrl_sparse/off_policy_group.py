@@ -47,7 +47,7 @@ from jax.sharding import NamedSharding
 from mtrl_sparse.agent_kind import EpisodeTracker, Iteration, NonFiniteLossError
 from mtrl_sparse.agents.replay_buffer import ReplayBufferState, Transition
 from mtrl_sparse.agents.sac import SACState
-from mtrl_sparse.config import SACTrainConfig
+from mtrl_sparse.config import ConfigError, SACTrainConfig
 from mtrl_sparse.off_policy import OffPolicyRun
 from mtrl_sparse.on_policy_group import (
     check_same_program,
@@ -60,33 +60,37 @@ from mtrl_sparse.run_dir import scalar_row
 from mtrl_sparse.sac_learner import Learner, SACTrainState
 
 TRAIN_STATE_AXES = SACTrainState(
-    agent=SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None),
+    agent=SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None,
+                   phase=None),
     buffer=0, rng=0, first_nonfinite=0)
 """``vmap`` axes of K runs' stacked train states: every leaf has a leading run axis (0) but the
-update counter, which the runs share (None)."""
+update counter and the phase, which the runs share (None)."""
 
 Result = TypeVar("Result")
 
 
 def _without_step(state: SACTrainState) -> SACTrainState:
-    return state.replace(agent=state.agent.replace(step=None))
+    return state.replace(agent=state.agent.replace(step=None, phase=None))
 
 
-def _with_step(state: SACTrainState, step: jax.Array) -> SACTrainState:
-    return state.replace(agent=state.agent.replace(step=step))
+def _with_step(state: SACTrainState, shared: SACState, place: Callable = jnp.copy
+               ) -> SACTrainState:
+    """``state`` with the shared fields (update counter, phase) of ``shared``, each
+    ``place``d."""
+    return state.replace(agent=state.agent.replace(step=place(shared.step),
+                                                   phase=place(shared.phase)))
 
 
 def stack_train_states(states: list[SACTrainState]) -> SACTrainState:
     """K runs' train states (taken at the same update) -> one, laid out as ``TRAIN_STATE_AXES``
     says: leaves (K, ...), the update counter () shared. Shares no array with ``states``."""
-    return _with_step(stack_runs([_without_step(state) for state in states]),
-                      jnp.copy(states[0].agent.step))
+    return _with_step(stack_runs([_without_step(state) for state in states]), states[0].agent)
 
 
 def train_state_of_run(states: SACTrainState, index: int) -> SACTrainState:
     """Run ``index``'s train state, as the run alone holds it, from stacked ``states`` (sharing
     no array with them)."""
-    return _with_step(run_slice(_without_step(states), index), jnp.copy(states.agent.step))
+    return _with_step(run_slice(_without_step(states), index), states.agent)
 
 
 class GroupLearner(NamedTuple):
@@ -149,8 +153,8 @@ def place_train_states(states: SACTrainState, sharding: NamedSharding | None) ->
     update counter replicated on each."""
     if sharding is None:
         return states
-    step = jax.device_put(states.agent.step, replicated(sharding))
-    return _with_step(place_runs(_without_step(states), sharding), step)
+    return _with_step(place_runs(_without_step(states), sharding), states.agent,
+                      lambda x: jax.device_put(x, replicated(sharding)))
 
 
 def run_name(config: SACTrainConfig) -> str:
@@ -179,6 +183,9 @@ class VmappedOffPolicyRuns:
 
     def __init__(self, configs: list[SACTrainConfig]):
         check_same_program(configs)
+        if configs[0].schedule == "sequential":
+            raise ConfigError("sequential SAC runs train one at a time (each switches its envs "
+                              "at task boundaries); accepted: one run per group (--group-size 1)")
         self.runs = _open_runs(configs)
         first = self.runs[0]
         self.config = first.config  # the schedule every run shares

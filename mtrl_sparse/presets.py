@@ -117,6 +117,44 @@ _MT10_SMOKE = scaled_to_paper(dataclasses.replace(
     progress=False,
 ), _PAPER)
 
+_CW10 = scaled_to_paper(dataclasses.replace(
+    _PAPER,
+    schedule="sequential",
+    total_env_steps=10_000_000,
+    warmup_env_steps=10_000,
+    buffer_capacity=1_000_000,
+    eval_every_env_steps=100_000,
+    env=EnvConfig(benchmark="CW10", eval_envs_per_task=10, eval_episodes_per_task=10),
+    sac=dataclasses.replace(_PAPER.sac, batch_size=128),
+), _PAPER)
+
+_CW10_QUICK = scaled_to_paper(dataclasses.replace(
+    _CW10,
+    total_env_steps=100_000,
+    warmup_env_steps=5_000,
+    buffer_capacity=10_000,
+    eval_every_env_steps=10_000,
+    log_every_env_steps=5_000,
+    checkpoint_every_env_steps=10_000,
+    env=EnvConfig(benchmark="CW10", eval_envs_per_task=2, eval_episodes_per_task=2),
+    sac=SACConfig(hidden_sizes=(256, 256, 256), batch_size=128),
+    plasticity=PlasticityConfig(every_updates=10_000),
+), _PAPER)
+
+_CW10_SMOKE = scaled_to_paper(dataclasses.replace(
+    _MT10_SMOKE,
+    schedule="sequential",
+    total_env_steps=400,
+    warmup_env_steps=20,
+    buffer_capacity=100,
+    eval_every_env_steps=40,
+    log_every_env_steps=40,
+    checkpoint_every_env_steps=40,
+    env=EnvConfig(benchmark="CW10", max_episode_steps=20, eval_envs_per_task=1,
+                  eval_episodes_per_task=1),
+    sac=SACConfig(hidden_sizes=(32, 32), batch_size=16),
+), _PAPER)
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -137,6 +175,26 @@ PRESETS: dict[str, Preset] = {
             "Meta-World MT10 in seconds, for tests: 20-step episodes, 2x32 networks, batch 40; "
             f"{_scale_note(_MT10_SMOKE)}",
             _MT10_SMOKE,
+        ),
+        Preset(
+            "cw10",
+            "Continual World CW10 (--schedule sequential): the ten Meta-World v3 tasks one after "
+            "another, 1M env steps each, the paper's SAC network, batch 128 from the current "
+            "task's replay buffer (emptied at every task), 10 eval episodes per task every 100k "
+            f"steps and at every task's end; {_scale_note(_CW10)}",
+            _CW10,
+        ),
+        Preset(
+            "cw10-quick",
+            "CW10 sized for a CPU: 10k env steps per task (100k in all), 3x256, batch 128, 2 eval "
+            f"episodes per task at every task's end; {_scale_note(_CW10_QUICK)}",
+            _CW10_QUICK,
+        ),
+        Preset(
+            "cw10-smoke",
+            "CW10 in seconds, for tests: two 20-step episodes per task, 2x32 networks, batch 16; "
+            f"{_scale_note(_CW10_SMOKE)}",
+            _CW10_SMOKE,
         ),
         *(
             Preset(

@@ -13,6 +13,11 @@ it keeps full copies of buffer arrays (with the paper's 1M-transition buffer, tw
 train state donated and returns it unchanged but for the rng (no copy: outputs alias inputs).
 Each step is compiled once per variant (warm-up and training).
 
+Under a sequential schedule (``sequential``) the envs all run the task being trained
+(``SACState.phase``): the replay buffer is one ring of the whole capacity holding that task's
+transitions (the run empties it at every task boundary, as Continual World's SAC does), every
+update samples its whole batch from it, and acting, updates and probes use the phase as task id.
+
 A non-finite loss is recorded on the device (update count and which loss) and read by the run
 adapter at its logging points, so the hot loop has no extra host round trip.
 """
@@ -80,18 +85,29 @@ class Learner(NamedTuple):
 
 def make_learner(
     sac: SAC, spec: MultiTaskEnvSpec, buffer_capacity: int, updates_per_vector_step: int,
-    plasticity: PlasticityConfig,
+    plasticity: PlasticityConfig, sequential: bool = False,
 ) -> Learner:
-    """Build the train state's initialiser, the jitted act / learn steps and the probe."""
+    """Build the train state's initialiser, the jitted act / learn steps and the probe.
+    ``spec`` describes every task (the heads); under ``sequential`` the vector envs run the
+    current phase's task (see the module docstring)."""
     env_task_ids = jnp.asarray(spec.env_task_ids)
-    capacity_per_task = buffer_capacity // spec.num_tasks
-    samples_per_task = sac.config.batch_size // spec.num_tasks
+    rings = 1 if sequential else spec.num_tasks
+    capacity_per_task = buffer_capacity // rings
+    samples_per_task = sac.config.batch_size // rings
+
+    def acting_task_ids(agent: SACState, num_envs: int) -> jax.Array:
+        return jnp.full((num_envs,), agent.phase, jnp.int32) if sequential else env_task_ids
+
+    def replay_task_ids(agent: SACState, ring_ids: jax.Array) -> jax.Array:
+        """Task ids of sampled transitions from their ring ids: the phase's task under a
+        sequential schedule, else the ring's."""
+        return jnp.full_like(ring_ids, agent.phase) if sequential else ring_ids
 
     def init(seed: int) -> SACTrainState:
         agent_key, rng = jax.random.split(jax.random.PRNGKey(seed))
         return SACTrainState(
             agent=sac.init(agent_key),
-            buffer=init_replay_buffer(spec.num_tasks, capacity_per_task, spec.obs_shape,
+            buffer=init_replay_buffer(rings, capacity_per_task, spec.obs_shape,
                                       spec.action_dim),
             rng=rng,
             first_nonfinite=jnp.full((2,), -1, jnp.int32),
@@ -104,14 +120,14 @@ def make_learner(
             actions = jax.random.uniform(key, (obs.shape[0], spec.action_dim), minval=-1.0,
                                          maxval=1.0)
         else:
-            actions = sac.act(state.agent, obs, env_task_ids, key)
+            actions = sac.act(state.agent, obs, acting_task_ids(state.agent, obs.shape[0]), key)
         return state.replace(rng=rng), actions
 
     def one_update(buffer: ReplayBufferState, carry, _):
         agent, rng, first_nonfinite = carry
         rng, sample_key, update_key = jax.random.split(rng, 3)
-        batch, task_ids = sample_balanced(buffer, sample_key, samples_per_task)
-        agent, metrics = sac.update(agent, batch, task_ids, update_key)
+        batch, ring_ids = sample_balanced(buffer, sample_key, samples_per_task)
+        agent, metrics = sac.update(agent, batch, replay_task_ids(agent, ring_ids), update_key)
         finite = jnp.stack([jnp.isfinite(metrics[name]) for name in LOSS_NAMES])
         record = jnp.stack([agent.step, jnp.argmin(finite).astype(jnp.int32)])
         first_nonfinite = jnp.where(
@@ -148,12 +164,13 @@ def make_learner(
         return sac.act(agent, obs, task_ids, jax.random.PRNGKey(0), deterministic=True)
 
     sac_probe = make_sac_probe(sac, plasticity.dormant_tau, plasticity.srank_delta)
-    probe_per_task = -(-plasticity.batch_size // spec.num_tasks)
+    probe_per_task = -(-plasticity.batch_size // rings)
 
     def probe(state: SACTrainState) -> dict[str, jax.Array]:
         """Plasticity metrics on the most recent transitions; leaves the state unchanged."""
-        batch, task_ids = recent_transitions(state.buffer, probe_per_task)
-        return sac_probe(state.agent, batch, task_ids, jax.random.fold_in(state.rng, 1))
+        batch, ring_ids = recent_transitions(state.buffer, probe_per_task)
+        return sac_probe(state.agent, batch, replay_task_ids(state.agent, ring_ids),
+                         jax.random.fold_in(state.rng, 1))
 
     return Learner(
         init=jax.jit(init, static_argnums=0),

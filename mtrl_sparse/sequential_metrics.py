@@ -51,10 +51,11 @@ class SequentialScores:
 
 def evaluation_rows(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...],
                     score: str) -> list[dict[str, Any]]:
-    """The evaluation rows (holding ``score`` and a phase), ascending in env steps; a step
-    logged twice counts once (its last row)."""
+    """The evaluation rows (holding per-task ``score/<task>`` values and a phase), ascending in
+    env steps; a step logged twice counts once (its last row)."""
+    prefix = score + "/"
     by_step = {int(r["step"]): r for r in rows
-               if isinstance(r.get(score), int | float) and PHASE_FIELD in r}
+               if PHASE_FIELD in r and any(k.startswith(prefix) for k in r)}
     return [by_step[s] for s in sorted(by_step)]
 
 

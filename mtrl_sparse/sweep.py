@@ -273,9 +273,10 @@ def default_group_size(preset: str, accelerators: int = 0) -> int:
     envs step on the host (untested: no GPU was available)."""
     from mtrl_sparse.run_loop import GROUP_KINDS
 
-    agent = PRESETS[preset].config.AGENT
-    if agent not in GROUP_KINDS:
-        return 1
+    config = PRESETS[preset].config
+    agent = config.AGENT
+    if agent not in GROUP_KINDS or (agent == "sac" and config.schedule == "sequential"):
+        return 1  # sequential SAC runs switch their envs at boundaries: one at a time
     if agent == "ppo":
         return 8 * max(accelerators, 1)
     return 4 * accelerators if accelerators else 1

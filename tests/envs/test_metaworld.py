@@ -99,7 +99,10 @@ def test_task_names_follow_metaworld_order():
     assert len(mt50) == len(set(mt50)) == 50
     assert set(MT10_NAMES) <= set(mt50)
     assert metaworld_task_names("MT1", "push-v3") == ("push-v3",)
-    assert METAWORLD_BENCHMARKS == ("MT1", "MT10", "MT50")
+    assert METAWORLD_BENCHMARKS == ("MT1", "MT10", "MT50", "CW10")
+    cw10 = metaworld_task_names("CW10")
+    assert cw10[0] == "hammer-v3" and cw10[-1] == "peg-unplug-side-v3"
+    assert len(set(cw10)) == 10 and set(cw10) <= set(mt50)
 
 
 @pytest.mark.parametrize(

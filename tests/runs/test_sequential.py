@@ -158,3 +158,55 @@ def test_ibm_consolidates_at_every_boundary_and_resumes_exactly(tmp_path, capsys
         assert frozen[0] == 0.0 < frozen[1] < frozen[2] <= 1.0
     assert_resumes_like_uninterrupted(run, tmp_path / "interrupted", 600)
     capsys.readouterr()
+
+
+CW10_FLAGS = ["--preset", "cw10-smoke"]
+
+
+@pytest.mark.slow
+def test_a_sequential_sac_run_trains_one_task_per_phase_and_resumes_exactly(tmp_path, capsys):
+    """cw10-smoke (SAC, the ten CW10 tasks x two 20-step episodes): each phase's training
+    episodes are of its task only, an evaluation of all tasks ends every phase, the report has
+    the sequential table, and a run resumed from the checkpoint before the last boundary ends
+    exactly as the uninterrupted one (the phase's envs rebuilt from the checkpoint)."""
+    full = tmp_path / "full"
+    assert main(["train", *CW10_FLAGS, "--run-dir", str(full)]) == 0
+    rows = read_metrics(full)
+    tasks = get_preset("cw10-smoke").config.task_names()
+    train = [r for r in rows if "train/episodes" in r]
+    assert len(train) == len(tasks) == 10
+    for phase, row in enumerate(train):
+        ended = {t for t in tasks if row[f"train/return/{t}"] is not None}
+        assert ended == {tasks[phase]}, (phase, ended)
+    evals = [r for r in rows if "eval/success_rate" in r]
+    assert [(r["step"], r["phase"]) for r in evals] == [(40 * (p + 1), p) for p in range(10)]
+    report = write_report([full], tmp_path / "report", reps=100, figures=False)
+    assert "forgetting" in report.lower(), report
+    assert_resumes_like_uninterrupted(full, tmp_path / "interrupted", 400)
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_ibm_and_app_see_every_sac_task_boundary(tmp_path, capsys):
+    """SAC on cw10-smoke: IBM consolidates at each of the nine boundaries (actor and critics),
+    APP prunes once per task (a megabatch each) to the target after the last."""
+    ibm, app = tmp_path / "ibm", tmp_path / "app"
+    assert main(["train", *CW10_FLAGS, "--method", "ibm", "--run-dir", str(ibm)]) == 0
+    assert main(["train", *CW10_FLAGS, "--method", "app", "--sparsity", "0.9",
+                 "--run-dir", str(app)]) == 0
+    train = [r for r in read_metrics(ibm) if "train/episodes" in r]
+    for net in ("actor", "critic"):
+        assert [r[f"{net}/ibm/consolidations"] for r in train] == list(range(10))
+    train = [r for r in read_metrics(app) if "train/episodes" in r]
+    assert [r["actor/app/events"] for r in train] == list(range(1, 11))
+    assert train[-1]["actor_sparsity"] == pytest.approx(0.9, abs=0.005)
+    capsys.readouterr()
+
+
+def test_sequential_sac_refuses_budgets_of_partial_episodes_and_vmapped_groups():
+    config = get_preset("cw10-smoke").config
+    with pytest.raises(ConfigError, match="multiples of 200"):
+        validate(dataclasses.replace(config, total_env_steps=500))
+    from mtrl_sparse.run_loop import make_group
+    with pytest.raises(ConfigError, match="one run per group"):
+        make_group([config, dataclasses.replace(config, seed=1)])

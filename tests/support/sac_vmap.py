@@ -72,8 +72,9 @@ def vmapped_and_separate_runs(method: str) -> tuple[list[SACState], SACState]:
     seeds = jnp.array([s for s, _ in runs])
     sparsities = jnp.array([p for _, p in runs], jnp.float32)
     states = jax.jit(jax.vmap(init))(seeds, sparsities)
-    axes = SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None)
-    states = states.replace(step=states.step[0])
+    axes = SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None,
+                    phase=None)
+    states = states.replace(step=states.step[0], phase=states.phase[0])
     # The method reads the target sparsity from the (batched) state: one update serves every run.
     vmapped = jax.jit(jax.vmap(functools.partial(update, 0.5), in_axes=(axes, 0, 0, 0),
                                out_axes=(axes, 0)))
@@ -89,8 +90,8 @@ def assert_vmapped_equals_separate(method: str) -> list[SACState]:
     and method state); returns the separate final states."""
     separate, states = vmapped_and_separate_runs(method)
     for index, single in enumerate(separate):
-        batched = jax.tree.map(lambda x, i=index: x[i], states.replace(step=None))
-        assert_trees_close(single.replace(step=None), batched, rtol=2e-5, atol=2e-6)
+        batched = jax.tree.map(lambda x, i=index: x[i], states.replace(step=None, phase=None))
+        assert_trees_close(single.replace(step=None, phase=None), batched, rtol=2e-5, atol=2e-6)
         masks = jax.tree.leaves(single.actor.masks)
         np.testing.assert_array_equal(
             np.concatenate([np.asarray(m).ravel() for m in masks]),

@@ -75,7 +75,8 @@ def _minigrid_paper() -> PPOTrainConfig:
     of updates (1 per rollout against the actor's 56), so both networks prune on the same env
     steps (about every 18k). Reset's "every 100,000 steps" is read in env steps here (2,800 actor
     updates, 50 rollouts): a MiniGrid run makes 11,200 actor updates, so 100,000 updates would
-    never reset (and the Reset arm would be the dense run)."""
+    never reset (and the Reset arm would be the dense run). Checkpoints every 100k env
+    steps."""
     config = PPOTrainConfig()
     per_rollout = updates_per_rollout(config.ppo)
     reset_updates = 100_000 // config.ppo.rollout_env_steps * per_rollout["actor"]
@@ -85,6 +86,9 @@ def _minigrid_paper() -> PPOTrainConfig:
                                     reset=ResetOptions(every_updates=reset_updates)),
         critic=NetworkMethodConfig(interval_scale=per_rollout["critic"] / per_rollout["actor"]),
         plasticity=PlasticityConfig(every_updates=50 * per_rollout["actor"]),  # every 100k steps
+        # A checkpoint every 100k env steps (a few MB of agent state): a killed MiniGrid run or
+        # sweep resumes mid-run (at the default 500k a 400k-step run restarted from scratch).
+        checkpoint_every_env_steps=100_000,
     )
 
 

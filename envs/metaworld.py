@@ -108,7 +108,6 @@ class _JoinedBenchmark:
         self.train_tasks = [t for part in parts for t in part.train_tasks]
 
 
-
 def _env_factories(
     benchmark: metaworld.Benchmark,
     task_names: tuple[str, ...],

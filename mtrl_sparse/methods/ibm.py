@@ -44,6 +44,7 @@ from mtrl_sparse.agents.net_state import (
     NetState,
     apply_masks,
     masked_params,
+    unit_scales_where_masked,
     zero_moments_at,
 )
 from mtrl_sparse.agents.tree_paths import path_str
@@ -62,7 +63,7 @@ class IBMOptions:
 
     kl_weight: float = 1e-5
     """lambda, the weight of the information-bottleneck penalty (divided by the batch size).
-    The issue's 1e-3 closed 99% of the gates of the MiniGrid PPO actor within 280 updates of
+    1e-3 closed 99% of the gates of the MiniGrid PPO actor within 280 updates of
     the first task (Adam steps every gate whose RL gradient is below the penalty's at the full
     learning rate); 1e-5 keeps about 15% and 1e-7 nearly all (minigrid-seq, one seed)."""
     gate_learning_rate: float = 1e-2
@@ -236,9 +237,8 @@ def ibm(settings: NetworkMethodSettings, options: IBMOptions) -> Method:
             for i, x in enumerate(leaves)])
         noise = jax.tree.map(lambda f, e, v: None if f is None else jnp.where(
             f, e * jnp.exp(0.5 * v), 0.0), free, draws, log_var, is_leaf=is_none)
-        scales = jax.tree.map(lambda m, a: None if m is None else jnp.where(a, m, 1.0), mu,
-                              active_where(state.masks, mu), is_leaf=is_none)
-        return state.replace(scales=scales, scale_noise=noise, method_state={
+        return state.replace(scales=unit_scales_where_masked(mu, state.masks), scale_noise=noise,
+                             method_state={
             **ms, "log_var": log_var, "gate_opt": gate_opt})
 
     def consolidate(state: NetState, context: MethodContext) -> NetState:
@@ -276,8 +276,7 @@ def ibm(settings: NetworkMethodSettings, options: IBMOptions) -> Method:
         state = state.replace(
             params=params,
             opt_state=zero_moments_at(state.opt_state, free_weights, context.optimizer),
-            scales=jax.tree.map(lambda m, a: None if m is None else jnp.where(a, m, 1.0), mu,
-                                active, is_leaf=is_none),
+            scales=unit_scales_where_masked(mu, state.masks),
             scale_noise=jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), mu,
                                      is_leaf=is_none))
         return state.replace(method_state={
@@ -297,6 +296,9 @@ def ibm(settings: NetworkMethodSettings, options: IBMOptions) -> Method:
         del step
         if net_state.scale_noise is None:
             raise ValueError("ibm needs a network built with its gates (build_network)")
+        if settings.phases == 1:  # a multi-task run: no boundary, nothing frozen to restore
+            state = train_gates(net_state, key, context)
+            return state.replace(method_state={**state.method_state, **statistics(state)})
         phase = jnp.asarray(0 if context.phase is None else context.phase, jnp.int32)
         boundary = phase != net_state.method_state["phase"]
         state = jax.lax.cond(boundary, lambda s: consolidate(s, context),

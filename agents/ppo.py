@@ -276,9 +276,17 @@ def standardize_per_task(x: jax.Array, task_ids: jax.Array, num_tasks: int,
     (mean 0, std 1; a task absent from the batch changes nothing)."""
     one_hot = jax.nn.one_hot(task_ids, num_tasks, dtype=x.dtype)  # (N, T)
     counts = jnp.maximum(one_hot.sum(0), 1.0)
-    mean = (one_hot * x[:, None]).sum(0) / counts
-    var = (one_hot * jnp.square(x[:, None] - mean)).sum(0) / counts
-    return (x - mean[task_ids]) / (jnp.sqrt(var)[task_ids] + eps)
+
+    def task_means(values):  # (N,) -> (T,)
+        return (one_hot * values[:, None]).sum(0) / counts
+
+    # Corrected two-pass: the first mean's rounding error, divided by a small std, would leave
+    # the result off-centre; the residuals x - mean are exact for values near their mean
+    # (Sterbenz), so their mean removes it.
+    residuals = x - task_means(x)[task_ids]
+    centred = residuals - task_means(residuals)[task_ids]
+    var = task_means(jnp.square(centred))
+    return centred / (jnp.sqrt(var)[task_ids] + eps)
 
 
 def clipped_surrogate(

@@ -1,0 +1,136 @@
+"""The sparse kernels equal the masked dense computation: forward, input and weight gradients,
+for random shapes, densities from 0.5 to 0.999 and batch sizes, under jit and vmap, with the
+compiled extension and with its pure-JAX fallback."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mtrl_sparse.agents.sparse_linear import (
+    active_mask,
+    compress,
+    kernels_available,
+    sparse_matmul,
+)
+
+TOLERANCE = {"rtol": 2e-5, "atol": 2e-5}
+
+
+def masked_problem(seed: int, batch: int, inputs: int, outputs: int, density: float):
+    """A mask of about ``density``, weights zero outside it, inputs and an output cotangent."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    mask = jax.random.uniform(keys[0], (inputs, outputs)) < density
+    w = jnp.where(mask, jax.random.normal(keys[1], (inputs, outputs)), 0.0)
+    x = jax.random.normal(keys[2], (batch, inputs))
+    cotangent = jax.random.normal(keys[3], (batch, outputs))
+    return mask, w, x, cotangent
+
+
+def products(x, w, mask, index, use_kernel, cotangent):
+    """(y, dx, dw) of the sparse product and of the masked dense one, the gradients of
+    ``sum(y * cotangent)``."""
+    sparse = lambda x, w: sparse_matmul(x, w, index, use_kernel)
+    dense = lambda x, w: x @ (w * mask)
+    loss = lambda product: lambda x, w: jnp.sum(product(x, w) * cotangent)
+    got = (jax.jit(sparse)(x, w), *jax.jit(jax.grad(loss(sparse), (0, 1)))(x, w))
+    want = (dense(x, w), *jax.grad(loss(dense), (0, 1))(x, w))
+    return got, want
+
+
+def test_a_compiler_builds_the_extension():
+    """Where the install could compile (a C++ compiler on the PATH), the kernels must be there:
+    a silent fallback to the pure-JAX path would hide a broken build."""
+    compiler = sysconfig.get_config_var("CXX") or "c++"
+    if shutil.which(compiler.split()[0]) is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the install falls back to the pure-JAX path")
+    assert kernels_available(), "a C++ compiler is present but the sparse kernels were not built"
+
+
+@pytest.mark.parametrize("use_kernel", [True, False], ids=["kernel", "fallback"])
+# Shapes from a few sizes (each new shape compiles anew); masks, densities and values vary freely.
+@given(seed=st.integers(0, 2**16), batch=st.sampled_from([1, 7, 64]),
+       inputs=st.sampled_from([1, 5, 48]), outputs=st.sampled_from([1, 9, 33]),
+       density=st.floats(0.001, 0.5))
+def test_forward_and_gradients_equal_the_masked_dense_computation(
+        use_kernel, seed, batch, inputs, outputs, density):
+    mask, w, x, cotangent = masked_problem(seed, batch, inputs, outputs, density)
+    index = compress(mask, inputs * outputs)  # capacity padded past the active count
+    assert bool(index.fits)
+    got, want = products(x, w, mask, index, use_kernel, cotangent)
+    for ours, theirs in zip(got, want, strict=True):
+        np.testing.assert_allclose(ours, theirs, **TOLERANCE)
+    assert np.all(np.asarray(got[2])[~np.asarray(mask)] == 0.0)  # no gradient outside the mask
+
+
+@pytest.mark.parametrize("density", [0.5, 0.2, 0.05, 0.01, 0.001])
+def test_paper_sized_layers_at_every_density(density):
+    mask, w, x, cotangent = masked_problem(1, 1280, 400, 400, density)
+    index = compress(mask, int(mask.sum()))
+    got, want = products(x, w, mask, index, True, cotangent)
+    for ours, theirs in zip(got, want, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_fallback_gives_the_kernels_numbers():
+    mask, w, x, cotangent = masked_problem(2, 33, 40, 24, 0.1)
+    index = compress(mask, 200)
+    kernel, _ = products(x, w, mask, index, True, cotangent)
+    fallback, _ = products(x, w, mask, index, False, cotangent)
+    for a, b in zip(kernel, fallback, strict=True):
+        np.testing.assert_allclose(a, b, **TOLERANCE)
+
+
+def test_vmapped_runs_each_use_their_own_mask():
+    problems = [masked_problem(seed, 16, 20, 12, density)
+                for seed, density in ((3, 0.05), (4, 0.3), (5, 0.5))]
+    masks, ws, xs = (jnp.stack([p[i] for p in problems]) for i in range(3))
+    indices = jax.vmap(lambda m: compress(m, 120))(masks)
+
+    def loss(x, w, index):
+        return jnp.sum(jnp.tanh(sparse_matmul(x, w, index)))
+
+    def dense_loss(x, w, mask):
+        return jnp.sum(jnp.tanh(x @ (w * mask)))
+
+    got = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1))))(xs, ws, indices)
+    want = jax.vmap(jax.value_and_grad(dense_loss, (0, 1)))(xs, ws, masks)
+    np.testing.assert_allclose(got[0], want[0], **TOLERANCE)
+    for ours, theirs in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(ours, theirs, **TOLERANCE)
+
+
+def test_compress_inside_jit_after_a_mask_change():
+    """An index rebuilt inside a compiled step (as at a method's event) describes the new mask."""
+    mask, w, x, _ = masked_problem(6, 8, 30, 10, 0.2)
+    capacity = 80
+
+    @jax.jit
+    def rebuild_and_apply(mask, w, x):
+        pruned = mask & (jnp.abs(w) > 0.5)
+        index = compress(pruned, capacity)
+        return sparse_matmul(x, jnp.where(pruned, w, 0.0), index), active_mask(index, mask.shape)
+
+    y, described = rebuild_and_apply(mask, w, x)
+    pruned = np.asarray(mask & (jnp.abs(w) > 0.5))
+    np.testing.assert_array_equal(described, pruned)
+    np.testing.assert_allclose(y, x @ np.where(pruned, w, 0.0), **TOLERANCE)
+
+
+def test_an_index_reports_a_mask_past_its_capacity():
+    mask = jnp.ones((4, 5), bool)
+    assert not bool(compress(mask, 19).fits)
+    assert bool(compress(mask, 20).fits)
+
+
+def test_sparse_matmul_is_float32_only():
+    mask, w, x, _ = masked_problem(7, 2, 3, 4, 0.5)
+    with pytest.raises(TypeError, match="float32"):
+        sparse_matmul(x.astype(jnp.bfloat16), w, compress(mask, 12))

@@ -54,6 +54,7 @@ from mtrl_sparse.agents.networks import (
     task_one_hot,
     torch_linear_init,
 )
+from mtrl_sparse.agents.sparse_linear import MaskedDense, kernel_product
 
 CONV_ACTIVATIONS = (nn.relu, nn.relu, nn.tanh)
 """Activation after each convolution (Table 2)."""
@@ -105,7 +106,7 @@ class PatchConv(nn.Module):
                             (self.size, self.size, channels, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         windows = kernel_patches(x, self.size)
-        return windows @ kernel.reshape(-1, self.features) + bias
+        return kernel_product(self, windows, kernel) + bias
 
 
 class MiniGridCNN(nn.Module):
@@ -151,7 +152,7 @@ class TaskOutputs(nn.Module):
         kernel = self.param("kernel", per_task_torch_init(self.num_tasks),
                             (own_units.shape[-1], self.out_dim))
         bias = self.param("bias", nn.initializers.zeros, (self.num_tasks, self.out_dim))
-        return own_units @ kernel + bias[task_ids]
+        return kernel_product(self, own_units, kernel) + bias[task_ids]
 
 
 class TaskHeads(nn.Module):
@@ -174,8 +175,7 @@ class TaskHeads(nn.Module):
     @nn.compact
     def __call__(self, features: jax.Array, task_ids: jax.Array) -> jax.Array:
         batch, units = features.shape[0], self.num_tasks * self.hidden_dim
-        h = nn.DenseGeneral(units, axis=tuple(range(1, features.ndim)),
-                            kernel_init=torch_linear_init, name="head_hidden")(features)
+        h = MaskedDense(units, torch_linear_init, contract_all=True, name="head_hidden")(features)
         if self.layer_norm:
             per_task = h.reshape(batch, self.num_tasks, self.hidden_dim)
             h = nn.LayerNorm(feature_axes=(-2, -1), name="head_norm")(per_task).reshape(batch, -1)

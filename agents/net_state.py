@@ -33,6 +33,7 @@ import optax
 from flax import struct
 
 from mtrl_sparse.agents.networks import TASK_ENCODER, NeuronLayer
+from mtrl_sparse.agents.sparse_linear import index_masks, refresh_index, with_index
 from mtrl_sparse.agents.trees import is_none
 
 Params = Any  # a pytree of arrays
@@ -54,6 +55,10 @@ class NetState(struct.PyTreeNode):
             None for scales that the method trains itself).
         scale_noise: None, or the tree of ``scales`` with the additive noise the next gradient
             step's forward pass puts on them (``training_weights``; drawn by the method).
+        sparse_index: None (dense compute), or the tree of ``masks`` with the compressed index
+            of each masked kernel (``agents.sparse_linear``), rebuilt wherever the masks change,
+            through which the forward and backward passes compute with the active weights only
+            (``forward_weights``).
     """
 
     params: Params
@@ -63,6 +68,7 @@ class NetState(struct.PyTreeNode):
     scales: Any = None
     scale_opt_state: optax.OptState = None
     scale_noise: Any = None
+    sparse_index: Any = None
 
 
 class MethodContext(NamedTuple):
@@ -115,6 +121,9 @@ class MaskMethod(Protocol):
     ``transform(net_state, step, key, context) -> net_state``: called after every gradient step of
     the network with that network's update count ``step``; pure and jit-compatible. ``context`` is
     the ``MethodContext`` of the step (gradients, activations, a fresh initialisation...).
+    A method that reads ``context.dense_grads`` also has ``dense_grads_due(net_state, step,
+    context) -> bool array``: under sparse compute the gradient is dense only at those updates
+    (elsewhere it is zero at inactive weights); methods without the attribute never read it.
     """
 
     init: Callable[[Params, Any, jax.Array], tuple[Masks, Any]]
@@ -145,6 +154,12 @@ def masked_params(state: NetState) -> Params:
     """The parameters the forward pass uses: the one place where masks (and scales) meet the
     network."""
     return apply_masks(effective_weights(state), state.masks)
+
+
+def forward_weights(state: NetState) -> Params:
+    """``masked_params`` as the variables a network applies: with the state's sparse index, if
+    any, so that the masked kernels compute with their active weights only."""
+    return with_index(masked_params(state), state.sparse_index)
 
 
 def training_scales(state: NetState) -> Any:
@@ -192,25 +207,34 @@ def create_net_state(
     maskable: Any | None = None,
     reparameterize: Reparameterize | None = None,
     noisy_scales: bool = False,
+    compute_density: float | None = None,
 ) -> NetState:
     """Build a network's state: masks from ``method``, params masked, optimizer initialised;
     with ``reparameterize``, the masked weights split into params and scales (each with its
     optimizer state, or, with ``noisy_scales``, no optimizer state for the scales, which the
-    method trains, and zero ``scale_noise``)."""
+    method trains, and zero ``scale_noise``); with ``compute_density``, the sparse index of the
+    masks (each kernel computes sparsely while its density is at most ``compute_density``)."""
     if maskable is None:
         maskable = default_maskable(params)
     masks, method_state = method.init(params, maskable, key)
     params = apply_masks(params, masks)
+    index = None if compute_density is None else index_masks(masks, compute_density)
     if reparameterize is None:
         return NetState(params=params, masks=masks, opt_state=tx.init(params),
-                        method_state=method_state)
+                        method_state=method_state, sparse_index=index)
     params, scales = reparameterize(params, maskable)
     scales = unit_scales_where_masked(scales, masks)
     state = NetState(params=params, masks=masks, opt_state=tx.init(params),
-                     method_state=method_state, scales=scales)
+                     method_state=method_state, scales=scales, sparse_index=index)
     if noisy_scales:
         return state.replace(scale_noise=jax.tree.map(jnp.zeros_like, scales))
     return state.replace(scale_opt_state=tx.init(scales))
+
+
+def with_masks(state: NetState, masks: Masks) -> NetState:
+    """``state`` with new ``masks`` (and its sparse index rebuilt from them): the one way masks
+    change after ``create_net_state``."""
+    return state.replace(masks=masks, sparse_index=refresh_index(state.sparse_index, masks))
 
 
 def unit_scales_at(scales: Any, positions: Any) -> Any:

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtrl_sparse.agents.sparse_linear import MaskedDense
 from mtrl_sparse.agents.tree_paths import get_path
 
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -220,14 +221,12 @@ class MultiHeadMLP(nn.Module):
         """(B, D) features, (B,) task ids -> (B, O)."""
         x = jnp.concatenate([features, task_one_hot(task_ids, self.num_tasks)], axis=-1)
         for i, width in enumerate(self.hidden_sizes):
-            x = nn.Dense(width, kernel_init=torch_linear_init, name=f"hidden_{i}")(x)
+            x = MaskedDense(width, torch_linear_init, name=f"hidden_{i}")(x)
             if self.layer_norm:
                 x = nn.LayerNorm(name=f"norm_{i}")(x)
             x = nn.relu(x)
             self.sow("intermediates", f"hidden_{i}_out", x)
-        heads = nn.Dense(
-            self.num_tasks * self.head_dim, kernel_init=torch_linear_init, name="heads"
-        )(x)
+        heads = MaskedDense(self.num_tasks * self.head_dim, torch_linear_init, name="heads")(x)
         return select_task_head(heads.reshape(x.shape[0], self.num_tasks, self.head_dim), task_ids)
 
 
@@ -246,7 +245,7 @@ class ExpertMLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         last = len(self.hidden_sizes) - 1
         for i, width in enumerate(self.hidden_sizes):
-            x = nn.Dense(width, kernel_init=torch_linear_init, name=f"hidden_{i}")(x)
+            x = MaskedDense(width, torch_linear_init, name=f"hidden_{i}")(x)
             if i < last:
                 if self.layer_norm:
                     x = nn.LayerNorm(name=f"norm_{i}")(x)
@@ -282,9 +281,8 @@ class MixtureOfExpertsMLP(nn.Module):
         weights = task_encoder(self.num_experts)(task_one_hot(task_ids, self.num_tasks))
         representation = mix_experts(experts, weights, self.orthogonal)
         self.sow("intermediates", REPRESENTATION_OUT, representation)
-        heads = nn.Dense(
-            self.num_tasks * self.head_dim, kernel_init=torch_linear_init, name="heads"
-        )(representation)
+        heads = MaskedDense(self.num_tasks * self.head_dim, torch_linear_init,
+                            name="heads")(representation)
         return select_task_head(
             heads.reshape(features.shape[0], self.num_tasks, self.head_dim), task_ids)
 

@@ -31,11 +31,12 @@ from mtrl_sparse.agents.net_state import (
     Reparameterize,
     apply_gradients,
     apply_masks,
-    masked_params,
+    forward_weights,
     scaled_params,
     training_scales,
     training_weights,
 )
+from mtrl_sparse.agents.sparse_linear import with_index
 from mtrl_sparse.agents.trees import global_norm, is_none
 
 
@@ -57,6 +58,9 @@ class NetworkSetup(NamedTuple):
         task_weights: ``(net_state, num_tasks) -> weights`` stacked over a leading task axis,
             task t's own view of the effective weights at index t (a method that isolates a
             sub-network per task, IBM); None: every task reads ``masked_params``.
+        compute_density: None: the masked layers compute densely; else each masked kernel
+            computes with the sparse kernels while its density is at most this
+            (``net_state.create_net_state``).
     """
 
     method: MaskMethod
@@ -66,6 +70,7 @@ class NetworkSetup(NamedTuple):
     reparameterize: Reparameterize | None = None
     noisy_scales: bool = False
     task_weights: Callable[[NetState, int], Any] | None = None
+    compute_density: float | None = None
 
 
 def make_optimizer(
@@ -105,8 +110,21 @@ def masked_gradient_step(
 
     Returns the new network state, ``aux`` and the global norm of ``grads`` (before clipping).
     """
-    (_, aux), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        training_weights(net_state), *args)
+    weights = training_weights(net_state)
+
+    def value_and_grads(index: Any) -> tuple[tuple[jax.Array, Any], Any]:
+        return jax.value_and_grad(lambda w, *a: loss_fn(with_index(w, index), *a),
+                                  has_aux=True)(weights, *args)
+
+    due = getattr(method, "dense_grads_due", None)
+    if net_state.sparse_index is None:
+        (_, aux), dense_grads = value_and_grads(None)
+    elif due is None:  # no method reads the gradient at inactive weights
+        (_, aux), dense_grads = value_and_grads(net_state.sparse_index)
+    else:  # dense where a method reads it (RigL's regrowth, APP's saliency), sparse elsewhere
+        (_, aux), dense_grads = jax.lax.cond(
+            due(net_state, step, context), lambda: value_and_grads(None),
+            lambda: value_and_grads(net_state.sparse_index))
     grads = apply_masks(dense_grads, net_state.masks)  # chain rule through params * masks
     scale_grads = None
     if net_state.scales is not None:  # chain rule through scales * params
@@ -122,10 +140,11 @@ def masked_gradient_step(
 
 
 def acting_weights(net_state: NetState, setup: NetworkSetup, num_tasks: int) -> Any:
-    """The weights a network acts with: ``masked_params``, or with per-task views
-    (``setup.task_weights``) every task's own, stacked over a leading task axis."""
+    """The weights a network acts with: ``forward_weights``, or with per-task views
+    (``setup.task_weights``) every task's own, stacked over a leading task axis (computed
+    densely)."""
     if setup.task_weights is None:
-        return masked_params(net_state)
+        return forward_weights(net_state)
     return setup.task_weights(net_state, num_tasks)
 
 

@@ -43,7 +43,7 @@ from mtrl_sparse.agents.net_state import (
     MethodContext,
     NetState,
     create_net_state,
-    masked_params,
+    forward_weights,
     network_sparsity,
 )
 from mtrl_sparse.agents.networks import (
@@ -503,11 +503,13 @@ def make_ppo(
         return PPOState(
             actor=create_net_state(init_actor_params(k_actor), actor_tx, actor_setup.method,
                                    k_actor_mask, reparameterize=actor_setup.reparameterize,
-                                   noisy_scales=actor_setup.noisy_scales),
+                                   noisy_scales=actor_setup.noisy_scales,
+                                   compute_density=actor_setup.compute_density),
             critic=create_net_state(init_critic_params(k_critic), critic_tx,
                                     critic_setup.method, k_critic_mask,
                                     reparameterize=critic_setup.reparameterize,
-                                    noisy_scales=critic_setup.noisy_scales),
+                                    noisy_scales=critic_setup.noisy_scales,
+                                    compute_density=critic_setup.compute_density),
             actor_step=jnp.zeros((), jnp.int32),
             critic_step=jnp.zeros((), jnp.int32),
             phase=jnp.zeros((), jnp.int32),
@@ -520,7 +522,7 @@ def make_ppo(
         (``optim.acting_weights``); the critic only serves the task being trained, which reads
         the whole network."""
         return {"actor": optim_acting_weights(state.actor, actor_setup, num_tasks),
-                "critic": masked_params(state.critic)}
+                "critic": forward_weights(state.critic)}
 
     def value_with(weights: dict, obs: jax.Array, task_ids: jax.Array) -> jax.Array:
         """``acting_weights``, (B, H, W, C) obs, (B,) task ids -> (B,) state values."""

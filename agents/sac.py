@@ -30,6 +30,7 @@ from mtrl_sparse.agents.net_state import (
     NetState,
     apply_gradients,
     create_net_state,
+    forward_weights,
     masked_params,
     network_sparsity,
 )
@@ -233,10 +234,12 @@ def make_sac(
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
         actor_state = create_net_state(init_actor_params(k_actor), actor_tx, actor.method,
                                        k_actor_mask, reparameterize=actor.reparameterize,
-                                       noisy_scales=actor.noisy_scales)
+                                       noisy_scales=actor.noisy_scales,
+                                       compute_density=actor.compute_density)
         critic_state = create_net_state(init_critic_params(k_critic), critic_tx, critic.method,
                                         k_critic_mask, reparameterize=critic.reparameterize,
-                                        noisy_scales=critic.noisy_scales)
+                                        noisy_scales=critic.noisy_scales,
+                                        compute_density=critic.compute_density)
         log_alpha = jnp.full((num_tasks,), jnp.log(config.initial_alpha), jnp.float32)
         return SACState(
             actor=actor_state,
@@ -262,7 +265,7 @@ def make_sac(
     def critic_loss_fn(critic_weights, state, batch, task_ids, key):
         """Loss of the twin critics as a function of their effective weights (params * masks)."""
         alpha = jnp.exp(state.log_alpha.params)[task_ids]  # (B,)
-        mean, log_std = actor_net.apply(masked_params(state.actor), batch.next_obs, task_ids)
+        mean, log_std = actor_net.apply(forward_weights(state.actor), batch.next_obs, task_ids)
         next_actions, next_logp = gaussian_tanh_sample(mean, log_std, key)
         next_q = critic_net.apply(state.target_critic_params, batch.next_obs, next_actions,
                                   task_ids).min(axis=0)
@@ -279,7 +282,8 @@ def make_sac(
         alpha = jnp.exp(state.log_alpha.params)[task_ids]
         mean, log_std = actor_net.apply(actor_weights, batch.obs, task_ids)
         actions, logp = gaussian_tanh_sample(mean, log_std, key)
-        q = critic_net.apply(masked_params(state.critic), batch.obs, actions, task_ids).min(axis=0)
+        q = critic_net.apply(forward_weights(state.critic), batch.obs, actions,
+                             task_ids).min(axis=0)
         loss = jnp.mean(jax.lax.stop_gradient(alpha) * logp - q)
         return loss, (logp, {"actor_loss": loss, "entropy": -jnp.mean(logp)})
 

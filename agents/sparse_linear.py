@@ -26,10 +26,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 EXTENSION = "mtrl_sparse.agents._sparse_kernels"
 GATHER_TARGET = "mtrl_sparse_compressed_gather"
@@ -64,7 +67,9 @@ class CompressedKernel(NamedTuple):
     ``row_ptr[i] .. row_ptr[i + 1] - 1``, at output columns ``row_cols`` and flat positions
     ``row_weights`` (``i * O + col``). Entries past the active count are padding (never read).
     ``fits`` is False when the mask had more active entries than K (the structures then hold
-    only the first K: the caller must not use them).
+    only the first K: the caller must not use them). ``enabled``: the products use the kernels
+    (the mask fits and its density is at most ``max_density``, the crossover below which the
+    kernels beat XLA's dense matmul); otherwise they take the dense path.
     """
 
     col_ptr: jax.Array  # (O + 1,) int32
@@ -74,6 +79,8 @@ class CompressedKernel(NamedTuple):
     row_cols: jax.Array  # (K,) int32
     row_weights: jax.Array  # (K,) int32
     fits: jax.Array  # () bool
+    enabled: jax.Array  # () bool
+    max_density: jax.Array  # () float32
 
 
 def _pointers(counts: jax.Array) -> jax.Array:
@@ -81,9 +88,13 @@ def _pointers(counts: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
 
 
-def compress(mask: jax.Array, capacity: int) -> CompressedKernel:
-    """(I, O) bool mask -> its ``CompressedKernel`` with ``capacity`` entries (static)."""
+def compress(mask: jax.Array, capacity: int, max_density: float | jax.Array = 1.0
+             ) -> CompressedKernel:
+    """(I, O) bool mask -> its ``CompressedKernel`` with ``capacity`` entries (static), enabled
+    when its density is at most ``max_density``."""
     inputs, outputs = mask.shape
+    active = mask.sum()
+    max_density = jnp.asarray(max_density, jnp.float32)
     (row_major,) = jnp.nonzero(mask.reshape(-1), size=capacity, fill_value=0)
     (col_major,) = jnp.nonzero(mask.T.reshape(-1), size=capacity, fill_value=0)
     col_rows = (col_major % inputs).astype(jnp.int32)
@@ -95,7 +106,9 @@ def compress(mask: jax.Array, capacity: int) -> CompressedKernel:
         row_ptr=_pointers(mask.sum(1)),
         row_cols=(row_major % outputs).astype(jnp.int32),
         row_weights=row_major.astype(jnp.int32),
-        fits=mask.sum() <= capacity,
+        fits=active <= capacity,
+        enabled=(active <= capacity) & (active <= max_density * mask.size),
+        max_density=max_density,
     )
 
 
@@ -121,11 +134,26 @@ def _sampled(x_t: jax.Array, dy_t: jax.Array, index: CompressedKernel) -> jax.Ar
         x_t, dy_t, index.row_ptr, index.row_cols, index.row_weights)
 
 
+def _kernel_forward(x: jax.Array, w: jax.Array, index: CompressedKernel) -> jax.Array:
+    return _gather(x.T, w, index.col_ptr, index.col_rows, index.col_weights).T
+
+
+def _kernel_backward(x: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
+    dy_t = dy.T
+    dx = _gather(dy_t, w, index.row_ptr, index.row_cols, index.row_weights).T
+    return dx, _sampled(x.T, dy_t, index)
+
+
+def _dense_backward(x: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
+    del index
+    return dy @ w.T, x.T @ dy
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _matmul(x: jax.Array, w: jax.Array, index: CompressedKernel, use_kernel: bool) -> jax.Array:
     if not use_kernel:
         return x @ w
-    return _gather(x.T, w, index.col_ptr, index.col_rows, index.col_weights).T
+    return jax.lax.cond(index.enabled, _kernel_forward, lambda x, w, _: x @ w, x, w, index)
 
 
 def _matmul_fwd(x, w, index, use_kernel):
@@ -135,12 +163,9 @@ def _matmul_fwd(x, w, index, use_kernel):
 def _matmul_bwd(use_kernel, residuals, dy):
     x, w, index = residuals
     if use_kernel:
-        dy_t = dy.T
-        dx = _gather(dy_t, w, index.row_ptr, index.row_cols, index.row_weights).T
-        dw = _sampled(x.T, dy_t, index)
+        dx, dw = jax.lax.cond(index.enabled, _kernel_backward, _dense_backward, x, w, index, dy)
     else:
-        dx = dy @ w.T
-        dw = jnp.where(active_mask(index, w.shape), x.T @ dy, 0.0)
+        dx, dw = _dense_backward(x, w, index, dy)
     return dx, dw, None  # the index is integer: no cotangent
 
 
@@ -151,10 +176,95 @@ def sparse_matmul(x: jax.Array, w: jax.Array, index: CompressedKernel,
                   use_kernel: bool = True) -> jax.Array:
     """(B, I) @ masked (I, O) -> (B, O), computing with the active entries of ``index`` only.
 
-    ``w`` must be zero outside the mask ``index`` was built from; the gradient w.r.t. ``w`` is
-    zero there. ``use_kernel=False`` (or no compiled extension) takes XLA's dense path with the
-    same results. float32 only.
+    ``w`` must be zero outside the mask ``index`` was built from. The gradient w.r.t. ``w`` is the
+    masked dense one at the mask's active entries; outside them it is zero on the kernels' path
+    and ``x^T dy`` on the dense path (the gradient w.r.t. the effective weights that RigL grows
+    by; the agents mask it before the optimizer sees it). The dense path runs when ``index`` is
+    not ``enabled``, with ``use_kernel=False`` or without the compiled extension, with the same
+    results where it matters. float32 only.
     """
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise TypeError(f"sparse_matmul is float32 only; got {x.dtype} and {w.dtype}")
     return _matmul(x, w, index, bool(use_kernel) and kernels_available())
+
+
+# ----------------------------------------------------------------------------- in the train state
+SPARSE_INDEX = "sparse_index"
+"""The Flax variable collection that carries the indices into a network's ``apply``."""
+
+
+def kernel_view(mask: jax.Array) -> jax.Array:
+    """A kernel (or its mask) as the 2-D (I, O) matrix its layer multiplies by: every axis but
+    the last flattened (a convolution's (kh, kw, C_in, C_out), a DenseGeneral's (h, w, C, U))."""
+    return mask.reshape(-1, mask.shape[-1])
+
+
+def index_masks(masks: Any, max_density: float) -> Any:
+    """The tree of ``masks`` with a ``CompressedKernel`` per masked kernel (None elsewhere),
+    enabled below ``max_density``; capacity is the kernel's size, so every mask fits."""
+    return jax.tree.map(
+        lambda m: None if m is None else compress(kernel_view(m), m.size, max_density),
+        masks, is_leaf=lambda x: x is None)
+
+
+def refresh_index(index: Any, masks: Any) -> Any:
+    """``index`` rebuilt from new ``masks`` (each kernel keeps its own density limit): call it
+    wherever masks change, inside the change's own branch."""
+    if index is None:
+        return None
+    return jax.tree.map(
+        lambda old, m: None if old is None
+        else compress(kernel_view(m), old.col_rows.shape[0], old.max_density),
+        index, masks, is_leaf=lambda x: x is None or isinstance(x, CompressedKernel))
+
+
+def _without_none(tree: Any) -> Any:
+    """A nested dict with its None leaves (and dicts left empty) removed."""
+    if not isinstance(tree, dict):
+        return tree
+    kept = {k: _without_none(v) for k, v in tree.items() if v is not None}
+    return {k: v for k, v in kept.items() if not (isinstance(v, dict) and not v)}
+
+
+def with_index(weights: Any, index: Any) -> Any:
+    """The variables ``{"params": ...}`` a network applies, with ``index`` (of a state whose
+    masks the weights obey) as the ``SPARSE_INDEX`` collection; ``weights`` for no index."""
+    if index is None:
+        return weights
+    return {**weights, SPARSE_INDEX: _without_none(index["params"])}
+
+
+def kernel_product(module: nn.Module, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x (..., I) @ kernel`` viewed as (I, O) (``kernel_view``), inside ``module``'s call:
+    through ``sparse_matmul`` when the module's variables carry an index for its ``kernel``."""
+    matrix = kernel_view(kernel)
+    index = (module.get_variable(SPARSE_INDEX, "kernel")
+             if module.has_variable(SPARSE_INDEX, "kernel") else None)
+    if index is None:
+        return x @ matrix
+    flat = sparse_matmul(x.reshape(-1, x.shape[-1]), matrix, index)
+    return flat.reshape(*x.shape[:-1], matrix.shape[-1])
+
+
+class MaskedDense(nn.Module):
+    """``nn.Dense`` (kernel, then a zero-initialised bias) whose product goes through
+    ``kernel_product``; with ``contract_all`` it contracts every non-batch axis of its input,
+    as ``nn.DenseGeneral(axis=(1, ..., ndim - 1))`` does (same kernel shape and init)."""
+
+    features: int
+    kernel_init: Callable[..., jax.Array]
+    contract_all: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[1:] if self.contract_all else x.shape[-1:]
+        flat_in = int(np.prod(in_shape))
+
+        def init(key, shape, dtype=jnp.float32):  # drawn flat, as DenseGeneral does
+            return self.kernel_init(key, (flat_in, self.features), dtype).reshape(shape)
+
+        kernel = self.param("kernel", init, (*in_shape, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.contract_all:
+            x = x.reshape(x.shape[0], flat_in)
+        return kernel_product(self, x, kernel) + bias

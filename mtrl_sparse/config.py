@@ -125,6 +125,15 @@ class RunConfig:
     after another in the benchmark's order, the budget split equally among them (a phase per
     task; every task keeps its head; evaluations on all tasks at every task boundary too)."""
 
+    compute: Literal["dense", "sparse", "auto"] = "dense"
+    """How masked layers compute: dense (masked weights in XLA's dense matmul), sparse (the
+    compiled sparse kernels, computing with the active weights only), auto (sparse kernels for a
+    kernel whose density is at most --compute-crossover, dense above). Same numbers up to
+    float32 summation order; without the compiled extension, sparse and auto run densely."""
+    compute_crossover: float = 0.15
+    """auto: the density at or below which a kernel computes sparsely (measured crossover of
+    bench/sparse_compute.py on a 2-core CPU)."""
+
     def total_updates(self, network: str) -> int:
         """Gradient updates of ``network`` over the whole run (at least 1)."""
         raise NotImplementedError
@@ -145,6 +154,10 @@ class RunConfig:
         """The phase that trains from ``env_steps`` on (the last one past the budget)."""
         return min(env_steps // self.phase_env_steps(), self.phases() - 1)
 
+    def compute_density(self) -> float | None:
+        """The density limit of sparse compute (``NetworkMethodSettings.compute_density``)."""
+        return {"dense": None, "sparse": 1.0, "auto": self.compute_crossover}[self.compute]
+
     def network_methods(self) -> dict[str, NetworkMethodSettings]:
         """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
         overrides = {"actor": self.actor, "critic": self.critic}
@@ -158,6 +171,7 @@ class RunConfig:
                 total_updates=self.total_updates(name),
                 interval_scale=overrides[name].interval_scale,
                 phases=self.phases(),
+                compute_density=self.compute_density(),
             )
             for name in self.NETWORKS
         }
@@ -319,6 +333,9 @@ def _validate_methods(config: RunConfig) -> None:
             check_network(settings, config.methods, network)
         except MethodError as error:
             raise ConfigError(str(error)) from None
+    if not 0.0 < config.compute_crossover <= 1.0:
+        raise ConfigError(f"--compute-crossover must be a density in (0, 1]; got "
+                          f"{config.compute_crossover}")
     if config.plasticity.every_updates < 0 or config.plasticity.batch_size <= 0:
         raise ConfigError("--plasticity.every-updates must be >= 0 and --plasticity.batch-size > 0")
 

@@ -29,6 +29,7 @@ rates since the previous training row, ``time/elapsed_s`` the seconds since the 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -45,6 +46,7 @@ from mtrl_sparse.agent_kind import (
     OneRun,
     RunGroup,
 )
+from mtrl_sparse.agents.sparse_linear import kernels_available
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
 from mtrl_sparse.config import ConfigError, RunConfig, differing_fields, validate
 from mtrl_sparse.off_policy import OffPolicyRun
@@ -191,6 +193,10 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
     from its latest checkpoint (all at the same env step)."""
     for config in configs:
         validate(config)
+    if configs[0].compute != "dense" and not kernels_available():
+        print(f"mtrl-sparse: --compute {configs[0].compute}: the sparse-kernel extension was not "
+              "built (no C++ compiler at install?); masked layers run the pure-JAX dense "
+              "fallback", file=sys.stderr)
     if not resume:
         for config in configs:
             if config.run_dir:

@@ -168,7 +168,11 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
         is_event = pending & (collected >= options.saliency_updates)
         return jax.lax.cond(is_event, prune_event, lambda s: s, state)
 
-    return Method(init=init, transform=transform)
+    def dense_grads_due(net_state: NetState, step: jax.Array, context: MethodContext):
+        """The saliency's updates: those of a megabatch not yet pruned for."""
+        return current_megabatch(step, context) > net_state.method_state["megabatch"]
+
+    return Method(init=init, transform=transform, dense_grads_due=dense_grads_due)
 
 
 ENTRY = MethodEntry(

@@ -33,10 +33,13 @@ DISTRIBUTION_PARAMETER = ("--distribution",
 
 class Method(NamedTuple):
     """``init(params, maskable, key) -> (masks, method_state)``;
-    ``transform(net_state, step, key, context) -> net_state``."""
+    ``transform(net_state, step, key, context) -> net_state``; a method that reads
+    ``context.dense_grads`` says at which updates with ``dense_grads_due(net_state, step,
+    context) -> bool array`` (sparse compute gives them only then; see ``MaskMethod``)."""
 
     init: Callable[[Any, Any, jax.Array], tuple[Any, Any]]
     transform: Callable[[NetState, jax.Array, jax.Array, MethodContext], NetState]
+    dense_grads_due: Callable[[NetState, jax.Array, MethodContext], jax.Array] | None = None
 
 
 class MethodError(ValueError):
@@ -63,6 +66,9 @@ class NetworkMethodSettings:
         phases: phases of the run's schedule: 1 for the multi-task schedule, the number of
             tasks for the sequential one (whose current phase reaches ``transform`` as
             ``MethodContext.phase``).
+        compute_density: None to compute the masked layers densely; else the density at or
+            below which a masked kernel computes with the sparse kernels
+            (``agents.sparse_linear``; 1.0: always).
     """
 
     name: str
@@ -72,6 +78,7 @@ class NetworkMethodSettings:
     interval_scale: float = 1.0
     layer_slices: LayerSlices = ()
     phases: int = 1
+    compute_density: float | None = None
 
     def run_updates(self, method: str) -> int:
         """``total_updates``, or ``ValueError`` for a scheduled method built without it."""

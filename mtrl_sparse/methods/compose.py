@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.methods.base import Method
@@ -41,4 +42,13 @@ def compose(members: dict[str, Method]) -> Method:
             states[name] = net_state.method_state
         return net_state.replace(method_state=states)
 
-    return Method(init=init, transform=transform)
+    due = {name: m.dense_grads_due for name, m in members.items() if m.dense_grads_due}
+
+    def dense_grads_due(net_state: NetState, step: jax.Array, context: Any) -> jax.Array:
+        return jnp.any(jnp.stack([
+            member_due(net_state.replace(method_state=net_state.method_state[name]), step,
+                       context)
+            for name, member_due in due.items()]))
+
+    return Method(init=init, transform=transform,
+                  dense_grads_due=dense_grads_due if due else None)

@@ -158,6 +158,7 @@ def build_network(
         reparameterize=next((m.reparameterize(member_options(m, options, settings))
                              for m in reparameterizing), None),
         noisy_scales=any(m.noisy_scales for m in reparameterizing),
+        compute_density=settings.compute_density,
         task_weights=(member_task_weights(isolating[0], member_options(isolating[0], options,
                                                                         settings))
                       if isolating and settings.phases > 1 else None),

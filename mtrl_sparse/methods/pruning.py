@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtrl_sparse.agents.net_state import NetState, reinitialised_at
+from mtrl_sparse.agents.net_state import NetState, reinitialised_at, with_masks
 from mtrl_sparse.agents.trees import is_none
 from mtrl_sparse.methods.topology import (
     Distribution,
@@ -155,4 +155,4 @@ def install_masks(
         lambda m, c, p: p if m is None else jnp.where(m & ~c, p, jnp.zeros((), p.dtype)),
         masks, changed, net_state.params, is_leaf=is_none,
     )
-    return reinitialised_at(net_state.replace(masks=masks), params, changed, tx)
+    return reinitialised_at(with_masks(net_state, masks), params, changed, tx)

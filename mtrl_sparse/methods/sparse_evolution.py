@@ -94,9 +94,11 @@ def check_evolution_options(options: SETOptions | RigLOptions, name: str) -> Non
 def sparse_evolution(
     settings: NetworkMethodSettings, options: SETOptions | RigLOptions, name: str,
     grow_scores: Callable[[NetState, jax.Array, MethodContext], Any],
+    reads_dense_grads: bool = False,
 ) -> Method:
     """Random topology, then periodic drop and regrow; ``grow_scores(state, key, context)`` ranks
-    the candidates for regrowth (a tree congruent with the params)."""
+    the candidates for regrowth (a tree congruent with the params; ``reads_dense_grads``: it
+    reads ``context.dense_grads``, needed at the events)."""
     every = options.update_every_updates
     t_end = options.end_fraction * settings.run_updates(name)
     last_event = math.floor(t_end / every) * every
@@ -128,10 +130,17 @@ def sparse_evolution(
                 "events": state.method_state["events"] + 1,
             })
 
-        is_event = (step % every == 0) & (step >= every) & (step <= last_event)
-        return jax.lax.cond(is_event, evolve_event, lambda state: state, net_state)
+        return jax.lax.cond(is_event(step), evolve_event, lambda state: state, net_state)
 
-    return Method(init=init, transform=transform)
+    def is_event(step: jax.Array) -> jax.Array:
+        return (step % every == 0) & (step >= every) & (step <= last_event)
+
+    def dense_grads_due(net_state: NetState, step: jax.Array, context: MethodContext):
+        del net_state, context
+        return is_event(step)
+
+    return Method(init=init, transform=transform,
+                  dense_grads_due=dense_grads_due if reads_dense_grads else None)
 
 
 def random_scores(state: NetState, key: jax.Array, context: MethodContext) -> Any:
@@ -156,7 +165,7 @@ def sparse_evolution_set(settings: NetworkMethodSettings, options: SETOptions) -
 
 def rigl(settings: NetworkMethodSettings, options: RigLOptions) -> Method:
     """RigL at ``settings.sparsity`` (may be traced) with ``settings.distribution``."""
-    return sparse_evolution(settings, options, "rigl", gradient_scores)
+    return sparse_evolution(settings, options, "rigl", gradient_scores, reads_dense_grads=True)
 
 
 SET_ENTRY = MethodEntry(

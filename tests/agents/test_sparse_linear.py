@@ -45,6 +45,14 @@ def products(x, w, mask, index, use_kernel, cotangent):
     return got, want
 
 
+def assert_masked_equal(got, want, mask, tolerance=TOLERANCE):
+    """Outputs, input gradients and the weight gradients at the mask's entries agree."""
+    y, dx, dw = got
+    np.testing.assert_allclose(y, want[0], **tolerance)
+    np.testing.assert_allclose(dx, want[1], **tolerance)
+    np.testing.assert_allclose(np.where(mask, dw, 0.0), want[2], **tolerance)
+
+
 def test_a_compiler_builds_the_extension():
     """Where the install could compile (a C++ compiler on the PATH), the kernels must be there:
     a silent fallback to the pure-JAX path would hide a broken build."""
@@ -65,9 +73,9 @@ def test_forward_and_gradients_equal_the_masked_dense_computation(
     index = compress(mask, inputs * outputs)  # capacity padded past the active count
     assert bool(index.fits)
     got, want = products(x, w, mask, index, use_kernel, cotangent)
-    for ours, theirs in zip(got, want, strict=True):
-        np.testing.assert_allclose(ours, theirs, **TOLERANCE)
-    assert np.all(np.asarray(got[2])[~np.asarray(mask)] == 0.0)  # no gradient outside the mask
+    assert_masked_equal(got, want, mask)
+    if use_kernel:  # the kernels compute no gradient outside the mask
+        assert np.all(np.asarray(got[2])[~np.asarray(mask)] == 0.0)
 
 
 @pytest.mark.parametrize("density", [0.5, 0.2, 0.05, 0.01, 0.001])
@@ -75,8 +83,7 @@ def test_paper_sized_layers_at_every_density(density):
     mask, w, x, cotangent = masked_problem(1, 1280, 400, 400, density)
     index = compress(mask, int(mask.sum()))
     got, want = products(x, w, mask, index, True, cotangent)
-    for ours, theirs in zip(got, want, strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert_masked_equal(got, want, mask, {"rtol": 1e-4, "atol": 1e-4})
 
 
 def test_the_fallback_gives_the_kernels_numbers():
@@ -84,8 +91,7 @@ def test_the_fallback_gives_the_kernels_numbers():
     index = compress(mask, 200)
     kernel, _ = products(x, w, mask, index, True, cotangent)
     fallback, _ = products(x, w, mask, index, False, cotangent)
-    for a, b in zip(kernel, fallback, strict=True):
-        np.testing.assert_allclose(a, b, **TOLERANCE)
+    assert_masked_equal(kernel, (fallback[0], fallback[1], np.where(mask, fallback[2], 0)), mask)
 
 
 def test_vmapped_runs_each_use_their_own_mask():
@@ -103,8 +109,17 @@ def test_vmapped_runs_each_use_their_own_mask():
     got = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1))))(xs, ws, indices)
     want = jax.vmap(jax.value_and_grad(dense_loss, (0, 1)))(xs, ws, masks)
     np.testing.assert_allclose(got[0], want[0], **TOLERANCE)
-    for ours, theirs in zip(got[1], want[1], strict=True):
-        np.testing.assert_allclose(ours, theirs, **TOLERANCE)
+    np.testing.assert_allclose(got[1][0], want[1][0], **TOLERANCE)
+    np.testing.assert_allclose(np.where(masks, got[1][1], 0.0), want[1][1], **TOLERANCE)
+
+
+def test_an_index_above_its_density_limit_takes_the_dense_path():
+    mask, w, x, cotangent = masked_problem(8, 9, 20, 10, 0.5)
+    index = compress(mask, 200, max_density=0.1)
+    assert bool(index.fits) and not bool(index.enabled)
+    got, want = products(x, w, mask, index, True, cotangent)
+    assert_masked_equal(got, want, mask)
+    assert np.any(np.asarray(got[2])[~np.asarray(mask)] != 0.0)  # the dense path's x^T dy
 
 
 def test_compress_inside_jit_after_a_mask_change():

@@ -56,9 +56,12 @@ def covering_compositions() -> tuple[str, ...]:
 
 def sac_firing_every_update(
     name: str, sparsity, config: SACConfig, num_tasks: int, obs_dim: int, action_dim: int,
+    compute_density: float | None = None,
 ) -> SAC:
     """SAC whose actor and critic both run ``name`` at ``sparsity`` (may be traced) over a
-    4-update run, with every event firing at every update."""
-    settings = NetworkMethodSettings(name, sparsity, "erk", total_updates=4)
+    4-update run, with every event firing at every update (``compute_density``: sparse
+    compute, see ``NetworkMethodSettings``)."""
+    settings = NetworkMethodSettings(name, sparsity, "erk", total_updates=4,
+                                     compute_density=compute_density)
     setup = build_network(settings, options_firing_every_update())
     return make_sac(config, num_tasks, obs_dim, action_dim, setup, setup)

@@ -1,0 +1,161 @@
+"""Sparse kernels against the masked dense computation, measured in one process.
+
+For each sparsity (default 80, 90, 95 and 99%), the time of the sparse-kernel computation over
+the time of the masked dense one (``--compute sparse`` against ``--compute dense``; a ratio
+above 1 means the kernels are faster), the two timed alternately over ``--rounds`` rounds and
+the ratio the median of the rounds' ratios:
+
+- layers: forward and backward (input and weight gradients) of single masked layers at the
+  shapes the presets train: the paper-config SAC hidden layer (batch 1280, 400 -> 400), the
+  un-pooled MiniGrid CNN's second and third convolutions as window products and its MT3 head
+  layer (1,024 -> 3 x 128), per minibatch of 256;
+- sac: the full paper-config SAC update (MT10, batch 1280, 3 x 400, twin critics; static masks,
+  ERK, actor and critics at the sparsity);
+- ppo: the full un-pooled ``minigrid-mt3`` PPO update (56 actor and 1 critic minibatch steps on
+  one rollout of 2,000 env steps; static masks).
+
+Targets (issue: sparse kernels): SAC update at 95% >= 2x, at 99% >= 4x; PPO update at 95% >= 2x.
+
+Usage: python bench/sparse_compute.py [--sections layers sac ppo] [--sparsities 0.8 0.9 0.95 0.99]
+       [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from update_throughput import ACTION_DIM, OBS_DIM, random_batch  # the update benchmark's batch
+
+from mtrl_sparse.agent_kind import EpisodeTracker
+from mtrl_sparse.agents.sac import SACConfig, make_sac
+from mtrl_sparse.agents.sparse_linear import compress, kernels_available, sparse_matmul
+from mtrl_sparse.methods.base import NetworkMethodSettings
+from mtrl_sparse.methods.network import build_network
+from mtrl_sparse.on_policy import OnPolicyRun
+from mtrl_sparse.presets import get_preset
+
+TASKS = 10
+LAYERS = {  # name: (batch, inputs, outputs)
+    "SAC hidden 400x400, batch 1280": (1280, 400, 400),
+    "MiniGrid conv_1 (2x2x16 -> 32), 256 x 25 windows": (256 * 25, 64, 32),
+    "MiniGrid conv_2 (2x2x32 -> 64), 256 x 16 windows": (256 * 16, 128, 64),
+    "MiniGrid MT3 head layer 1024 -> 384, batch 256": (256, 1024, 384),
+}
+
+
+def seconds_per_call(step: Callable[[object], object], carry: object, calls: int
+                     ) -> tuple[float, object]:
+    start = time.perf_counter()
+    for _ in range(calls):
+        carry = step(carry)
+    jax.block_until_ready(carry)
+    return (time.perf_counter() - start) / calls, carry
+
+
+def ratio_of(dense: tuple, sparse: tuple, rounds: int, calls: int) -> tuple[float, float, float]:
+    """(median dense seconds, median sparse seconds, median of the rounds' dense/sparse) of two
+    (step, carry) workloads, warmed up, then timed alternately."""
+    workloads = {"dense": list(dense), "sparse": list(sparse)}
+    for w in workloads.values():
+        _, w[1] = seconds_per_call(w[0], w[1], 2)
+    times: dict[str, list[float]] = {"dense": [], "sparse": []}
+    for r in range(rounds):
+        for name in ("dense", "sparse") if r % 2 == 0 else ("sparse", "dense"):
+            seconds, workloads[name][1] = seconds_per_call(*workloads[name], calls)
+            times[name].append(seconds)
+    ratios = [d / s for d, s in zip(times["dense"], times["sparse"], strict=True)]
+    return statistics.median(times["dense"]), statistics.median(times["sparse"]), \
+        statistics.median(ratios)
+
+
+def layer_workloads(batch: int, inputs: int, outputs: int, sparsity: float):
+    """(dense, sparse) steps of one layer's forward and backward pass: value and gradients of
+    ``sum(y * c)`` w.r.t. the input and the weights."""
+    k_mask, k_w, k_x, k_c = jax.random.split(jax.random.key(0), 4)
+    mask = jax.random.uniform(k_mask, (inputs, outputs)) >= sparsity
+    w = jnp.where(mask, jax.random.normal(k_w, (inputs, outputs)), 0.0)
+    x = jax.random.normal(k_x, (batch, inputs))
+    c = jax.random.normal(k_c, (batch, outputs))
+    index = compress(mask, mask.size)
+
+    def step_of(product):
+        grad = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(product(x, w) * c), (0, 1)))
+        return lambda carry: grad(x + 0.0 * carry[0], w)[0:1]
+
+    dense = step_of(lambda x, w: x @ jnp.where(mask, w, 0.0))
+    sparse = step_of(lambda x, w: sparse_matmul(x, w, index))
+    return (dense, (jnp.zeros(()),)), (sparse, (jnp.zeros(()),))
+
+
+def sac_workload(sparsity: float, compute_density: float | None):
+    settings = NetworkMethodSettings("static", sparsity, "erk", total_updates=1,
+                                     compute_density=compute_density)
+    network = build_network(settings)
+    config = SACConfig(hidden_sizes=(400, 400, 400), batch_size=1280)
+    sac = make_sac(config, TASKS, OBS_DIM, ACTION_DIM, network, network)
+    k_init, k_batch, k_update = jax.random.split(jax.random.key(0), 3)
+    state = jax.jit(sac.init)(k_init)
+    batch, task_ids = random_batch(k_batch, config.batch_size, TASKS)
+    update = jax.jit(sac.update, donate_argnums=0)
+    return lambda s: update(s, batch, task_ids, k_update)[0], state
+
+
+def ppo_workload(sparsity: float, compute: str):
+    base = get_preset("minigrid-mt3").config
+    config = dataclasses.replace(base, method="static", sparsity=sparsity, compute=compute,
+                                 progress=False)
+    run = OnPolicyRun(config)
+    run.start()
+    run.iterate(EpisodeTracker(run.task_names, run.num_envs))  # a real rollout to train on
+    rollout, key = run.rollout, jax.random.key(1)
+    update = jax.jit(run.ppo.update, donate_argnums=0)
+    state = run.state
+    return lambda s: update(s, rollout, key)[0], state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", choices=["layers", "sac", "ppo"],
+                        default=["layers", "sac", "ppo"])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.9, 0.95, 0.99])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if not kernels_available():
+        raise SystemExit("the sparse-kernel extension is not built: nothing to compare")
+    print(f"sparse kernels vs masked dense; jax {jax.__version__}, {os.cpu_count()} CPU cores, "
+          f"{jax.devices()[0].platform}; dense/sparse time = speed-up (median of {args.rounds} "
+          "alternating rounds)")
+    if "layers" in args.sections:
+        print("\nlayers (forward + input and weight gradients), ms per call:")
+        for name, shape in LAYERS.items():
+            for sparsity in args.sparsities:
+                dense, sparse = layer_workloads(*shape, sparsity)
+                d, s, r = ratio_of(dense, sparse, args.rounds, calls=20)
+                print(f"  {name:50s} {sparsity:5.0%}: dense {d * 1e3:7.2f} sparse "
+                      f"{s * 1e3:7.2f}  {r:5.2f}x", flush=True)
+    if "sac" in args.sections:
+        print("\npaper-config SAC update (MT10, batch 1280, 3x400, static ERK), ms per update:")
+        for sparsity in args.sparsities:
+            d, s, r = ratio_of(sac_workload(sparsity, None), sac_workload(sparsity, 1.0),
+                               args.rounds, calls=5)
+            print(f"  {sparsity:5.0%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
+                  flush=True)
+    if "ppo" in args.sections:
+        print("\nun-pooled minigrid-mt3 PPO update (one rollout: 56 actor + 1 critic steps, "
+              "static ERK), ms per update:")
+        for sparsity in args.sparsities:
+            d, s, r = ratio_of(ppo_workload(sparsity, "dense"), ppo_workload(sparsity, "sparse"),
+                               args.rounds, calls=1)
+            print(f"  {sparsity:5.0%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,12 +27,13 @@ import ctypes
 import functools
 import importlib.util
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 EXTENSION = "mtrl_sparse.agents._sparse_kernels"
 GATHER_TARGET = "mtrl_sparse_compressed_gather"
@@ -58,7 +59,7 @@ def kernels_available() -> bool:
     return True
 
 
-class CompressedKernel(NamedTuple):
+class CompressedKernel(struct.PyTreeNode):
     """The active entries of one (I, O) mask, twice compressed, padded to capacity K.
 
     Column-compressed (the forward product): output ``j``'s entries are ``col_ptr[j] ..
@@ -69,7 +70,9 @@ class CompressedKernel(NamedTuple):
     ``fits`` is False when the mask had more active entries than K (the structures then hold
     only the first K: the caller must not use them). ``enabled``: the products use the kernels
     (the mask fits and its density is at most ``max_density``, the crossover below which the
-    kernels beat XLA's dense matmul); otherwise they take the dense path.
+    kernels beat XLA's dense matmul; static, part of the tree's structure); otherwise they take
+    the dense path, chosen by a ``lax.cond`` per product (whose operand copies cost time), unless
+    the index can never be disabled (``always_enabled``).
     """
 
     col_ptr: jax.Array  # (O + 1,) int32
@@ -80,7 +83,11 @@ class CompressedKernel(NamedTuple):
     row_weights: jax.Array  # (K,) int32
     fits: jax.Array  # () bool
     enabled: jax.Array  # () bool
-    max_density: jax.Array  # () float32
+    max_density: float = struct.field(pytree_node=False, default=1.0)
+
+    def always_enabled(self, kernel_size: int) -> bool:
+        """Whether every mask of a kernel of ``kernel_size`` weights is enabled (statically)."""
+        return self.max_density >= 1.0 and self.col_rows.shape[0] >= kernel_size
 
 
 def _pointers(counts: jax.Array) -> jax.Array:
@@ -88,13 +95,11 @@ def _pointers(counts: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
 
 
-def compress(mask: jax.Array, capacity: int, max_density: float | jax.Array = 1.0
-             ) -> CompressedKernel:
+def compress(mask: jax.Array, capacity: int, max_density: float = 1.0) -> CompressedKernel:
     """(I, O) bool mask -> its ``CompressedKernel`` with ``capacity`` entries (static), enabled
     when its density is at most ``max_density``."""
     inputs, outputs = mask.shape
     active = mask.sum()
-    max_density = jnp.asarray(max_density, jnp.float32)
     (row_major,) = jnp.nonzero(mask.reshape(-1), size=capacity, fill_value=0)
     (col_major,) = jnp.nonzero(mask.T.reshape(-1), size=capacity, fill_value=0)
     col_rows = (col_major % inputs).astype(jnp.int32)
@@ -108,7 +113,7 @@ def compress(mask: jax.Array, capacity: int, max_density: float | jax.Array = 1.
         row_weights=row_major.astype(jnp.int32),
         fits=active <= capacity,
         enabled=(active <= capacity) & (active <= max_density * mask.size),
-        max_density=max_density,
+        max_density=float(max_density),
     )
 
 
@@ -134,38 +139,47 @@ def _sampled(x_t: jax.Array, dy_t: jax.Array, index: CompressedKernel) -> jax.Ar
         x_t, dy_t, index.row_ptr, index.row_cols, index.row_weights)
 
 
-def _kernel_forward(x: jax.Array, w: jax.Array, index: CompressedKernel) -> jax.Array:
-    return _gather(x.T, w, index.col_ptr, index.col_rows, index.col_weights).T
+def _kernel_forward(x_t: jax.Array, w: jax.Array, index: CompressedKernel) -> jax.Array:
+    return _gather(x_t, w, index.col_ptr, index.col_rows, index.col_weights).T
 
 
-def _kernel_backward(x: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
+def _kernel_backward(x_t: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
     dy_t = dy.T
     dx = _gather(dy_t, w, index.row_ptr, index.row_cols, index.row_weights).T
-    return dx, _sampled(x.T, dy_t, index)
+    return dx, _sampled(x_t, dy_t, index)
 
 
-def _dense_backward(x: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
+def _dense_backward(x_t: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
     del index
-    return dy @ w.T, x.T @ dy
+    return dy @ w.T, x_t @ dy
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _matmul(x: jax.Array, w: jax.Array, index: CompressedKernel, use_kernel: bool) -> jax.Array:
-    if not use_kernel:
-        return x @ w
-    return jax.lax.cond(index.enabled, _kernel_forward, lambda x, w, _: x @ w, x, w, index)
+    return _matmul_fwd(x, w, index, use_kernel)[0]
 
 
 def _matmul_fwd(x, w, index, use_kernel):
-    return _matmul(x, w, index, use_kernel), (x, w, index)
+    """The product and the residuals: the inputs batch-contiguous ((I, B), as the kernels read
+    them; transposed once for the forward and the weight gradient)."""
+    if not use_kernel:
+        return x @ w, (x.T, w, index)
+    x_t = x.T
+    if index.always_enabled(w.size):
+        return _kernel_forward(x_t, w, index), (x_t, w, index)
+    y = jax.lax.cond(index.enabled, _kernel_forward, lambda x_t, w, _: x_t.T @ w, x_t, w, index)
+    return y, (x_t, w, index)
 
 
 def _matmul_bwd(use_kernel, residuals, dy):
-    x, w, index = residuals
-    if use_kernel:
-        dx, dw = jax.lax.cond(index.enabled, _kernel_backward, _dense_backward, x, w, index, dy)
+    x_t, w, index = residuals
+    if use_kernel and index.always_enabled(w.size):
+        dx, dw = _kernel_backward(x_t, w, index, dy)
+    elif use_kernel:
+        dx, dw = jax.lax.cond(index.enabled, _kernel_backward, _dense_backward, x_t, w, index,
+                              dy)
     else:
-        dx, dw = _dense_backward(x, w, index, dy)
+        dx, dw = _dense_backward(x_t, w, index, dy)
     return dx, dw, None  # the index is integer: no cotangent
 
 

@@ -130,7 +130,7 @@ class RunConfig:
     compiled sparse kernels, computing with the active weights only), auto (sparse kernels for a
     kernel whose density is at most --compute-crossover, dense above). Same numbers up to
     float32 summation order; without the compiled extension, sparse and auto run densely."""
-    compute_crossover: float = 0.15
+    compute_crossover: float = 0.1
     """auto: the density at or below which a kernel computes sparsely (measured crossover of
     bench/sparse_compute.py on a 2-core CPU)."""
 

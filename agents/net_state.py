@@ -208,17 +208,20 @@ def create_net_state(
     reparameterize: Reparameterize | None = None,
     noisy_scales: bool = False,
     compute_density: float | None = None,
+    kernel_layers: Callable[[Params, Any], Any] | None = None,
 ) -> NetState:
     """Build a network's state: masks from ``method``, params masked, optimizer initialised;
     with ``reparameterize``, the masked weights split into params and scales (each with its
     optimizer state, or, with ``noisy_scales``, no optimizer state for the scales, which the
     method trains, and zero ``scale_noise``); with ``compute_density``, the sparse index of the
-    masks (each kernel computes sparsely while its density is at most ``compute_density``)."""
+    masked kernels that ``kernel_layers(params, maskable)`` selects (all without it), each
+    computing sparsely while its density is at most ``compute_density``."""
     if maskable is None:
         maskable = default_maskable(params)
     masks, method_state = method.init(params, maskable, key)
     params = apply_masks(params, masks)
-    index = None if compute_density is None else index_masks(masks, compute_density)
+    index = None if compute_density is None else index_masks(
+        masks, compute_density, None if kernel_layers is None else kernel_layers(params, maskable))
     if reparameterize is None:
         return NetState(params=params, masks=masks, opt_state=tx.init(params),
                         method_state=method_state, sparse_index=index)

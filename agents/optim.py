@@ -58,9 +58,11 @@ class NetworkSetup(NamedTuple):
         task_weights: ``(net_state, num_tasks) -> weights`` stacked over a leading task axis,
             task t's own view of the effective weights at index t (a method that isolates a
             sub-network per task, IBM); None: every task reads ``masked_params``.
-        compute_density: None: the masked layers compute densely; else each masked kernel
-            computes with the sparse kernels while its density is at most this
-            (``net_state.create_net_state``).
+        compute_density: None: the masked layers compute densely; else each kernel that
+            ``kernel_layers`` covers computes with the sparse kernels while its density is at
+            most this (1.0: always; ``net_state.create_net_state``).
+        kernel_layers: ``(params, maskable) -> tree of bool``: the kernels sparse compute
+            covers (None: every masked kernel).
     """
 
     method: MaskMethod
@@ -71,6 +73,7 @@ class NetworkSetup(NamedTuple):
     noisy_scales: bool = False
     task_weights: Callable[[NetState, int], Any] | None = None
     compute_density: float | None = None
+    kernel_layers: Callable[[Any, Any], Any] | None = None
 
 
 def make_optimizer(

@@ -235,11 +235,13 @@ def make_sac(
         actor_state = create_net_state(init_actor_params(k_actor), actor_tx, actor.method,
                                        k_actor_mask, reparameterize=actor.reparameterize,
                                        noisy_scales=actor.noisy_scales,
-                                       compute_density=actor.compute_density)
+                                       compute_density=actor.compute_density,
+                                       kernel_layers=actor.kernel_layers)
         critic_state = create_net_state(init_critic_params(k_critic), critic_tx, critic.method,
                                         k_critic_mask, reparameterize=critic.reparameterize,
                                         noisy_scales=critic.noisy_scales,
-                                        compute_density=critic.compute_density)
+                                        compute_density=critic.compute_density,
+                                       kernel_layers=critic.kernel_layers)
         log_alpha = jnp.full((num_tasks,), jnp.log(config.initial_alpha), jnp.float32)
         return SACState(
             actor=actor_state,

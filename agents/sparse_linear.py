@@ -213,12 +213,16 @@ def kernel_view(mask: jax.Array) -> jax.Array:
     return mask.reshape(-1, mask.shape[-1])
 
 
-def index_masks(masks: Any, max_density: float) -> Any:
-    """The tree of ``masks`` with a ``CompressedKernel`` per masked kernel (None elsewhere),
-    enabled below ``max_density``; capacity is the kernel's size, so every mask fits."""
+def index_masks(masks: Any, max_density: float, covered: Any = None) -> Any:
+    """The tree of ``masks`` with a ``CompressedKernel`` per masked kernel (None elsewhere, and
+    where ``covered``, a tree of bools, is False), enabled below ``max_density``; capacity is the
+    kernel's size, so every mask fits."""
+    if covered is None:
+        covered = jax.tree.map(lambda m: m is not None, masks, is_leaf=lambda x: x is None)
     return jax.tree.map(
-        lambda m: None if m is None else compress(kernel_view(m), m.size, max_density),
-        masks, is_leaf=lambda x: x is None)
+        lambda m, c: None if m is None or not c
+        else compress(kernel_view(m), m.size, max_density),
+        masks, covered, is_leaf=lambda x: x is None)
 
 
 def refresh_index(index: Any, masks: Any) -> Any:

@@ -36,6 +36,7 @@ from update_throughput import ACTION_DIM, OBS_DIM, random_batch  # the update be
 from mtrl_sparse.agent_kind import EpisodeTracker
 from mtrl_sparse.agents.sac import SACConfig, make_sac
 from mtrl_sparse.agents.sparse_linear import compress, kernels_available, sparse_matmul
+from mtrl_sparse.config import RunConfig
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.on_policy import OnPolicyRun
@@ -96,7 +97,8 @@ def layer_workloads(batch: int, inputs: int, outputs: int, sparsity: float):
 
 def sac_workload(sparsity: float, compute_density: float | None):
     settings = NetworkMethodSettings("static", sparsity, "erk", total_updates=1,
-                                     compute_density=compute_density)
+                                     compute_density=compute_density,
+                                     compute_crossover=RunConfig.compute_crossover)
     network = build_network(settings)
     config = SACConfig(hidden_sizes=(400, 400, 400), batch_size=1280)
     sac = make_sac(config, TASKS, OBS_DIM, ACTION_DIM, network, network)

@@ -126,12 +126,14 @@ class RunConfig:
     task; every task keeps its head; evaluations on all tasks at every task boundary too)."""
 
     compute: Literal["dense", "sparse", "auto"] = "dense"
-    """How masked layers compute: dense (masked weights in XLA's dense matmul), sparse (the
-    compiled sparse kernels, computing with the active weights only), auto (sparse kernels for a
-    kernel whose density is at most --compute-crossover, dense above). Same numbers up to
-    float32 summation order; without the compiled extension, sparse and auto run densely."""
+    """How masked layers compute: dense (masked weights in XLA's dense matmul); sparse (the
+    compiled sparse kernels, computing with the active weights only, for every kernel whose
+    target density is at most --compute-crossover; for masks of fixed density: static, SET,
+    RigL); auto (the same kernels, each switching to them at run time once its density falls
+    to the crossover: for GMP and APP, whose masks start dense). Same numbers up to float32
+    summation order; without the compiled extension, sparse and auto run densely."""
     compute_crossover: float = 0.1
-    """auto: the density at or below which a kernel computes sparsely (measured crossover of
+    """The density at or below which a kernel computes sparsely (the measured crossover of
     bench/sparse_compute.py on a 2-core CPU)."""
 
     def total_updates(self, network: str) -> int:
@@ -158,6 +160,7 @@ class RunConfig:
         """The density limit of sparse compute (``NetworkMethodSettings.compute_density``)."""
         return {"dense": None, "sparse": 1.0, "auto": self.compute_crossover}[self.compute]
 
+
     def network_methods(self) -> dict[str, NetworkMethodSettings]:
         """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
         overrides = {"actor": self.actor, "critic": self.critic}
@@ -172,6 +175,7 @@ class RunConfig:
                 interval_scale=overrides[name].interval_scale,
                 phases=self.phases(),
                 compute_density=self.compute_density(),
+                compute_crossover=self.compute_crossover,
             )
             for name in self.NETWORKS
         }

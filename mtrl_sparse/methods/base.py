@@ -67,8 +67,10 @@ class NetworkMethodSettings:
             tasks for the sequential one (whose current phase reaches ``transform`` as
             ``MethodContext.phase``).
         compute_density: None to compute the masked layers densely; else the density at or
-            below which a masked kernel computes with the sparse kernels
-            (``agents.sparse_linear``; 1.0: always).
+            below which a masked kernel computes with the sparse kernels at run time
+            (``agents.sparse_linear``; 1.0: no run-time check).
+        compute_crossover: sparse compute covers only the kernels whose target density (of
+            ``sparsity`` and ``distribution``) is at most this; the others compute densely.
     """
 
     name: str
@@ -79,6 +81,7 @@ class NetworkMethodSettings:
     layer_slices: LayerSlices = ()
     phases: int = 1
     compute_density: float | None = None
+    compute_crossover: float = 1.0
 
     def run_updates(self, method: str) -> int:
         """``total_updates``, or ``ValueError`` for a scheduled method built without it."""

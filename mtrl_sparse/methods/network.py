@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import optax
 
 from mtrl_sparse.agents.optim import NetworkSetup
@@ -25,7 +26,7 @@ from mtrl_sparse.methods.base import (
 )
 from mtrl_sparse.methods.compose import compose
 from mtrl_sparse.methods.registry import method_members, method_options_class
-from mtrl_sparse.methods.topology import DISTRIBUTIONS
+from mtrl_sparse.methods.topology import DISTRIBUTIONS, planned_leaf_densities
 
 
 def check_method(name: str, sparsity: float, network: str = "network") -> list[MethodEntry]:
@@ -159,10 +160,27 @@ def build_network(
                              for m in reparameterizing), None),
         noisy_scales=any(m.noisy_scales for m in reparameterizing),
         compute_density=settings.compute_density,
+        kernel_layers=None if settings.compute_density is None else kernel_layers(settings),
         task_weights=(member_task_weights(isolating[0], member_options(isolating[0], options,
                                                                         settings))
                       if isolating and settings.phases > 1 else None),
     )
+
+
+def kernel_layers(settings: NetworkMethodSettings) -> Any:
+    """``(params, maskable) -> tree of bool``: the maskable kernels whose target density is at
+    most ``settings.compute_crossover`` (all of them when the sparsity is known only at run
+    time), which sparse compute covers."""
+
+    def plan(params: Any, maskable: Any) -> Any:
+        planned = planned_leaf_densities(params, maskable, settings.sparsity,
+                                         settings.distribution, settings.layer_slices)
+        if planned is None:
+            return maskable
+        return jax.tree.map(lambda d: d is not None and d <= settings.compute_crossover,
+                            planned, is_leaf=lambda x: x is None)
+
+    return plan
 
 
 def member_task_weights(entry: MethodEntry, options: Any) -> Any:

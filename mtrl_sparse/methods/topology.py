@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.agents.trees import is_none
@@ -124,6 +125,29 @@ def layer_densities(
     budget = kept_total - jnp.sum(jnp.where(dense, sizes, 0.0))
     scale = budget / jnp.maximum(jnp.sum(jnp.where(dense, 0.0, raw * sizes)), 1e-12)
     return jnp.where(dense, 1.0, jnp.clip(scale * raw, 0.0, 1.0))
+
+
+def planned_leaf_densities(
+    params: Any, maskable: Any, sparsity: Any, distribution: Distribution,
+    layer_slices: LayerSlices = (),
+) -> Any:
+    """The tree of ``params`` with each maskable leaf's target density as a Python float (the
+    largest of its layers'; None elsewhere), or None when ``sparsity`` is traced (unknown
+    until run time, as in runs vmapped over sparsities)."""
+    if isinstance(sparsity, jax.core.Tracer):
+        return None
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    flags = jax.tree.leaves(maskable)
+    maskable_leaves = [(path, p) for (path, p), f in zip(flat, flags, strict=True) if f]
+    with jax.ensure_compile_time_eval():
+        densities = iter(np.asarray(layer_densities(
+            layer_shapes(maskable_leaves, layer_slices), float(sparsity), distribution)).tolist())
+    planned = []
+    for (path, _), f in zip(flat, flags, strict=True):
+        slices = leaf_slices(path, layer_slices)
+        planned.append(max(next(densities) for _ in range(1 if slices is None else slices[1]))
+                       if f else None)
+    return jax.tree_util.tree_unflatten(treedef, planned)
 
 
 def keep_top_scores(scores: jax.Array, num_keep: jax.Array) -> jax.Array:

@@ -10,8 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtrl_sparse.agents.networks import stacked_head_layers
+from mtrl_sparse.agents.sac import SACConfig, make_sac
 from mtrl_sparse.agents.sparse_linear import active_mask, kernel_view
+from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.agents.trees import is_none
+from mtrl_sparse.methods.base import NetworkMethodSettings
+from mtrl_sparse.methods.network import build_network
 from support.cli import run_cli
 from support.invariants import assert_mask_invariant, assert_trees_close
 from support.method_options import sac_firing_every_update
@@ -120,3 +125,24 @@ def test_without_the_extension_sparse_compute_says_it_runs_the_fallback(
                          "--run-dir", str(tmp_path / "run"), "--no-progress"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "pure-JAX dense fallback" in lines[0], lines
+
+
+def test_sparse_compute_covers_the_kernels_planned_below_the_crossover():
+    """The plan reads the masks' target densities: the kernels it covers are those whose masks
+    come out at or below the crossover (at 95% ERK the SAC actor's hidden layers, not its
+    per-task heads)."""
+    settings = NetworkMethodSettings("static", 0.95, "erk", total_updates=1, compute_density=1.0,
+                                     compute_crossover=0.1,
+                                     layer_slices=stacked_head_layers(NUM_TASKS))
+    network = build_network(settings)
+    sac = make_sac(SACConfig(hidden_sizes=(64, 64)), NUM_TASKS, OBS_DIM, ACTION_DIM, network,
+                   network)
+    state = jax.jit(sac.init)(jax.random.PRNGKey(0))
+    for net in (state.actor, state.critic):
+        pairs = jax.tree_util.tree_flatten_with_path(
+            jax.tree.map(lambda m, i: None if m is None else (float(jnp.mean(m)), i is not None),
+                         net.masks, net.sparse_index, is_leaf=is_none),
+            is_leaf=lambda x: isinstance(x, tuple))[0]
+        covered = {path_str(path): c for path, (_, c) in pairs}
+        assert covered and all(c == (d <= 0.1 + 1e-6) for _, (d, c) in pairs), covered
+        assert any(covered.values()) and not all(covered.values()), covered

@@ -42,10 +42,14 @@ SAMPLED_TARGET = "mtrl_sparse_sampled_product"
 
 @functools.cache
 def kernels_available() -> bool:
-    """Whether the compiled extension was built and its handlers are registered with XLA (CPU).
+    """Whether the compiled extension was built and its handlers are registered with XLA, and
+    the computation runs on the CPU (the only platform the kernels exist for so far: elsewhere
+    the products take XLA's dense path).
 
     Loads the shared library once per process and registers its two FFI targets.
     """
+    if jax.default_backend() != "cpu":
+        return False
     spec = importlib.util.find_spec(EXTENSION)
     if spec is None or spec.origin is None:
         return False

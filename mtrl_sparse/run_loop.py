@@ -194,9 +194,9 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
     for config in configs:
         validate(config)
     if configs[0].compute != "dense" and not kernels_available():
-        print(f"mtrl-sparse: --compute {configs[0].compute}: the sparse-kernel extension was not "
-              "built (no C++ compiler at install?); masked layers run the pure-JAX dense "
-              "fallback", file=sys.stderr)
+        print(f"mtrl-sparse: --compute {configs[0].compute}: no sparse kernels for this run (the "
+              "extension was not built, e.g. no C++ compiler at install, or the platform is not "
+              "the CPU); masked layers run the pure-JAX dense fallback", file=sys.stderr)
     if not resume:
         for config in configs:
             if config.run_dir:

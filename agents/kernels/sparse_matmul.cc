@@ -100,15 +100,23 @@ void ForRowChunks(ffi::ThreadPool& pool, const int32_t* ptr, int64_t rows, int64
   });
 }
 
-ffi::Error CheckIndex(int64_t rows, int64_t capacity, const ffi::Buffer<ffi::S32>& ptr,
-                      const ffi::Buffer<ffi::S32>& idx, const ffi::Buffer<ffi::S32>& widx) {
+// The three arrays of one compressed structure with `rows` rows, checked.
+struct Index {
+  const int32_t* ptr;
+  const int32_t* idx;
+  const int32_t* widx;
+};
+
+ffi::Error ReadIndex(int64_t rows, const ffi::Buffer<ffi::S32>& ptr,
+                     const ffi::Buffer<ffi::S32>& idx, const ffi::Buffer<ffi::S32>& widx,
+                     Index* index) {
   if (static_cast<int64_t>(ptr.element_count()) != rows + 1) {
     return ffi::Error::InvalidArgument("index pointer length must be rows + 1");
   }
-  if (static_cast<int64_t>(idx.element_count()) != capacity ||
-      static_cast<int64_t>(widx.element_count()) != capacity) {
+  if (idx.element_count() != widx.element_count()) {
     return ffi::Error::InvalidArgument("index and weight-position arrays must have one length");
   }
+  *index = Index{ptr.typed_data(), idx.typed_data(), widx.typed_data()};
   return ffi::Error::Success();
 }
 
@@ -123,14 +131,11 @@ ffi::Error CompressedGatherImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in,
     return ffi::Error::InvalidArgument("expected in (N, B) and out (P, B)");
   }
   const int64_t rows = out_dims[0], batch = out_dims[1];
-  if (ffi::Error error = CheckIndex(rows, idx.element_count(), ptr, idx, widx); error.failure()) {
-    return error;
-  }
+  Index index;
+  if (ffi::Error error = ReadIndex(rows, ptr, idx, widx, &index); error.failure()) return error;
+  const auto [p_ptr, p_idx, p_widx] = index;
   const float* __restrict__ x = in.typed_data();
   const float* __restrict__ weights = w.typed_data();
-  const int32_t* p_ptr = ptr.typed_data();
-  const int32_t* p_idx = idx.typed_data();
-  const int32_t* p_widx = widx.typed_data();
   float* __restrict__ y = out->typed_data();
   ForRowChunks(pool, p_ptr, rows, batch, [&](int64_t p) {
     float* __restrict__ y_row = y + p * batch;
@@ -157,14 +162,11 @@ ffi::Error SampledProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xt,
     return ffi::Error::InvalidArgument("expected xt (I, B), dyt (O, B) and dw (I, O)");
   }
   const int64_t rows = dw_dims[0], cols = dw_dims[1], batch = x_dims[1];
-  if (ffi::Error error = CheckIndex(rows, idx.element_count(), ptr, idx, widx); error.failure()) {
-    return error;
-  }
+  Index index;
+  if (ffi::Error error = ReadIndex(rows, ptr, idx, widx, &index); error.failure()) return error;
+  const auto [p_ptr, p_idx, p_widx] = index;
   const float* __restrict__ x = xt.typed_data();
   const float* __restrict__ dy = dyt.typed_data();
-  const int32_t* p_ptr = ptr.typed_data();
-  const int32_t* p_idx = idx.typed_data();
-  const int32_t* p_widx = widx.typed_data();
   float* __restrict__ grad = dw->typed_data();
   ForRowChunks(pool, p_ptr, rows, batch, [&](int64_t i) {
     std::memset(grad + i * cols, 0, sizeof(float) * cols);
@@ -182,22 +184,17 @@ ffi::Error SampledProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xt,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseCompressedGather, CompressedGatherImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// Both handlers: (thread pool; two float32 arrays, ptr, idx, widx) -> one float32 array.
+static auto Binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Ret<ffi::Buffer<ffi::F32>>();
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseSampledProduct, SampledProductImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseCompressedGather, CompressedGatherImpl, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseSampledProduct, SampledProductImpl, Binding());

@@ -268,6 +268,11 @@ def cmd_report(args: list[str]) -> int:
                              "where report.md and the figures go")
         out = paths[0]
     try:
+        import rliable  # noqa: F401
+    except ImportError:
+        raise UsageError("report needs rliable (the report extra): pip install "
+                         "'mtrl-sparse[report]'") from None
+    try:
         markdown = write_report(paths, Path(out), parsed.reps, parsed.confidence, parsed.seed,
                                 figures=parsed.figures)
     except (ReportError, RunDirError) as error:

@@ -43,9 +43,11 @@ from mtrl_sparse.sequential_metrics import bootstrap_mean, sequential_scores
 SCORES = ("eval/normalized_return", "eval/success")
 """Score prefixes, the first one a run logs wins: per task ``<prefix>/<task>``."""
 IGNORED_FIELDS = ("seed", "run_dir", "progress", "log_every_env_steps",
-                  "checkpoint_every_env_steps", "keep_checkpoints", "plasticity")
-"""Fields (or field groups) whose values never split runs into groups: the seed, and what only
-decides what is logged or saved, never the numbers a run computes."""
+                  "checkpoint_every_env_steps", "keep_checkpoints", "plasticity", "compute",
+                  "compute_crossover")
+"""Fields (or field groups) whose values never split runs into groups: the seed, what only
+decides what is logged or saved, and how masked layers compute (the same numbers up to float32
+summation order), never the numbers a run computes."""
 
 
 class ReportError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,8 @@ def test_python_api_is_importable_as_one_call():
 
     assert callable(mtrl_sparse.train)
     assert Path(mtrl_sparse.__file__).parent.name == "mtrl_sparse"
+
+
+def test_report_without_rliable_names_the_extra(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rliable", None)  # import rliable raises ImportError
+    assert_usage_error(capsys, ["report", str(tmp_path)], "rliable", "mtrl-sparse[report]")

@@ -287,6 +287,10 @@ class MaskedDense(nn.Module):
 
         kernel = self.param("kernel", init, (*in_shape, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.contract_all and not self.has_variable(SPARSE_INDEX, "kernel"):
+            axes = tuple(range(1, x.ndim))  # DenseGeneral's product, to the last bit
+            return jax.lax.dot_general(x, kernel, ((axes, tuple(a - 1 for a in axes)),
+                                                   ((), ()))) + bias
         if self.contract_all:
             x = x.reshape(x.shape[0], flat_in)
         return kernel_product(self, x, kernel) + bias

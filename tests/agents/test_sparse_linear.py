@@ -149,3 +149,33 @@ def test_sparse_matmul_is_float32_only():
     mask, w, x, _ = masked_problem(7, 2, 3, 4, 0.5)
     with pytest.raises(TypeError, match="float32"):
         sparse_matmul(x.astype(jnp.bfloat16), w, compress(mask, 12))
+
+
+@pytest.mark.parametrize(("contract_all", "shape"), [
+    (False, (16, 24)), (True, (256, 1, 1, 64)), (True, (256, 4, 4, 64))],
+    ids=["dense", "dense_general_pooled_cnn", "dense_general_cnn"])
+def test_masked_dense_computes_what_the_flax_layer_computes_to_the_last_bit(contract_all, shape):
+    """Without an index, MaskedDense is nn.Dense / nn.DenseGeneral: the same parameters, outputs
+    and gradients, bit for bit, at the shapes of the networks' layers. (Inside a whole update
+    XLA may still fuse a different product differently: a reshaped matmul in place of
+    DenseGeneral's contraction changed the Quick start's final score, which is why MaskedDense
+    keeps DenseGeneral's dot_general.)"""
+    from flax import linen as nn
+
+    from mtrl_sparse.agents.networks import torch_linear_init
+    from mtrl_sparse.agents.sparse_linear import MaskedDense
+
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    flax_layer = (nn.DenseGeneral(384, axis=(1, 2, 3), kernel_init=torch_linear_init)
+                  if contract_all else nn.Dense(384, kernel_init=torch_linear_init))
+    ours = MaskedDense(384, torch_linear_init, contract_all=contract_all)
+    theirs_vars, our_vars = (m.init(jax.random.PRNGKey(1), x) for m in (flax_layer, ours))
+
+    def value_and_grads(layer, variables):
+        return jax.jit(jax.value_and_grad(lambda v: jnp.sum(jnp.sin(layer.apply(v, x)))))(
+            variables)
+
+    want, got = value_and_grads(flax_layer, theirs_vars), value_and_grads(ours, our_vars)
+    for a, b in zip(jax.tree.leaves((theirs_vars, want)), jax.tree.leaves((our_vars, got)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -31,6 +31,7 @@ from mtrl_sparse.agents.net_state import (
     Reparameterize,
     apply_gradients,
     apply_masks,
+    create_net_state,
     forward_weights,
     scaled_params,
     training_scales,
@@ -74,6 +75,16 @@ class NetworkSetup(NamedTuple):
     task_weights: Callable[[NetState, int], Any] | None = None
     compute_density: float | None = None
     kernel_layers: Callable[[Any, Any], Any] | None = None
+
+
+def init_network_state(params: Any, tx: optax.GradientTransformation, setup: NetworkSetup,
+                       key: jax.Array) -> NetState:
+    """``create_net_state`` of a network built from ``setup`` (its method, reparameterisation,
+    gates and sparse compute)."""
+    return create_net_state(params, tx, setup.method, key, reparameterize=setup.reparameterize,
+                            noisy_scales=setup.noisy_scales,
+                            compute_density=setup.compute_density,
+                            kernel_layers=setup.kernel_layers)
 
 
 def make_optimizer(

@@ -42,7 +42,6 @@ from mtrl_sparse.agents.net_state import (
     MaskMethod,
     MethodContext,
     NetState,
-    create_net_state,
     forward_weights,
     network_sparsity,
 )
@@ -56,6 +55,7 @@ from mtrl_sparse.agents.networks import (
 from mtrl_sparse.agents.optim import (
     NetworkSetup,
     apply_task_views,
+    init_network_state,
     make_optimizer,
     masked_gradient_step,
 )
@@ -501,17 +501,10 @@ def make_ppo(
     def init(key: jax.Array) -> PPOState:
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
         return PPOState(
-            actor=create_net_state(init_actor_params(k_actor), actor_tx, actor_setup.method,
-                                   k_actor_mask, reparameterize=actor_setup.reparameterize,
-                                   noisy_scales=actor_setup.noisy_scales,
-                                   compute_density=actor_setup.compute_density,
-                                   kernel_layers=actor_setup.kernel_layers),
-            critic=create_net_state(init_critic_params(k_critic), critic_tx,
-                                    critic_setup.method, k_critic_mask,
-                                    reparameterize=critic_setup.reparameterize,
-                                    noisy_scales=critic_setup.noisy_scales,
-                                    compute_density=critic_setup.compute_density,
-                                   kernel_layers=critic_setup.kernel_layers),
+            actor=init_network_state(init_actor_params(k_actor), actor_tx, actor_setup,
+                                     k_actor_mask),
+            critic=init_network_state(init_critic_params(k_critic), critic_tx, critic_setup,
+                                      k_critic_mask),
             actor_step=jnp.zeros((), jnp.int32),
             critic_step=jnp.zeros((), jnp.int32),
             phase=jnp.zeros((), jnp.int32),

@@ -29,7 +29,6 @@ from mtrl_sparse.agents.net_state import (
     MethodContext,
     NetState,
     apply_gradients,
-    create_net_state,
     forward_weights,
     masked_params,
     network_sparsity,
@@ -48,6 +47,7 @@ from mtrl_sparse.agents.optim import (
     NetworkSetup,
     acting_weights,
     apply_task_views,
+    init_network_state,
     make_optimizer,
     masked_gradient_step,
 )
@@ -232,16 +232,10 @@ def make_sac(
 
     def init(key: jax.Array) -> SACState:
         k_actor, k_critic, k_actor_mask, k_critic_mask = jax.random.split(key, 4)
-        actor_state = create_net_state(init_actor_params(k_actor), actor_tx, actor.method,
-                                       k_actor_mask, reparameterize=actor.reparameterize,
-                                       noisy_scales=actor.noisy_scales,
-                                       compute_density=actor.compute_density,
-                                       kernel_layers=actor.kernel_layers)
-        critic_state = create_net_state(init_critic_params(k_critic), critic_tx, critic.method,
-                                        k_critic_mask, reparameterize=critic.reparameterize,
-                                        noisy_scales=critic.noisy_scales,
-                                        compute_density=critic.compute_density,
-                                       kernel_layers=critic.kernel_layers)
+        actor_state = init_network_state(init_actor_params(k_actor), actor_tx, actor,
+                                         k_actor_mask)
+        critic_state = init_network_state(init_critic_params(k_critic), critic_tx, critic,
+                                          k_critic_mask)
         log_alpha = jnp.full((num_tasks,), jnp.log(config.initial_alpha), jnp.float32)
         return SACState(
             actor=actor_state,

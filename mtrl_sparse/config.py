@@ -160,7 +160,6 @@ class RunConfig:
         """The density limit of sparse compute (``NetworkMethodSettings.compute_density``)."""
         return {"dense": None, "sparse": 1.0, "auto": self.compute_crossover}[self.compute]
 
-
     def network_methods(self) -> dict[str, NetworkMethodSettings]:
         """The resolved method of each network: ``{"actor": ..., "critic": ...}``."""
         overrides = {"actor": self.actor, "critic": self.critic}

@@ -21,6 +21,7 @@ Distributions:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -127,6 +128,21 @@ def layer_densities(
     return jnp.where(dense, 1.0, jnp.clip(scale * raw, 0.0, 1.0))
 
 
+def leaves_and_layer_densities(
+    params: Any, maskable: Any, sparsity: jax.Array | float, distribution: Distribution,
+    layer_slices: LayerSlices, eager: bool = False,
+) -> tuple[list, Any, list[bool], jax.Array]:
+    """(the (path, leaf) pairs of ``params``, its treedef, the maskable flag of each leaf, the
+    target density of every layer of the maskable leaves in order: ``layer_densities``, computed
+    outside any trace with ``eager``)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    flags = jax.tree.leaves(maskable)
+    maskable_leaves = [(path, p) for (path, p), f in zip(flat, flags, strict=True) if f]
+    shapes = layer_shapes(maskable_leaves, layer_slices)
+    with jax.ensure_compile_time_eval() if eager else contextlib.nullcontext():
+        return flat, treedef, flags, layer_densities(shapes, sparsity, distribution)
+
+
 def planned_leaf_densities(
     params: Any, maskable: Any, sparsity: Any, distribution: Distribution,
     layer_slices: LayerSlices = (),
@@ -136,12 +152,9 @@ def planned_leaf_densities(
     until run time, as in runs vmapped over sparsities)."""
     if isinstance(sparsity, jax.core.Tracer):
         return None
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    flags = jax.tree.leaves(maskable)
-    maskable_leaves = [(path, p) for (path, p), f in zip(flat, flags, strict=True) if f]
-    with jax.ensure_compile_time_eval():
-        densities = iter(np.asarray(layer_densities(
-            layer_shapes(maskable_leaves, layer_slices), float(sparsity), distribution)).tolist())
+    flat, treedef, flags, layer_targets = leaves_and_layer_densities(
+        params, maskable, float(sparsity), distribution, layer_slices, eager=True)
+    densities = iter(np.asarray(layer_targets).tolist())
     planned = []
     for (path, _), f in zip(flat, flags, strict=True):
         slices = leaf_slices(path, layer_slices)
@@ -186,12 +199,10 @@ def random_masks(
     Returns masks congruent with ``params``: bool arrays on maskable leaves, None elsewhere. A leaf
     stacking layers (``layer_slices``) gets its count per layer.
     """
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    flags = jax.tree.leaves(maskable)
-    maskable_leaves = [(path, p) for (path, p), f in zip(flat, flags, strict=True) if f]
-    densities = iter(layer_densities(layer_shapes(maskable_leaves, layer_slices), sparsity,
-                                     distribution))
-    keys = iter(jax.random.split(key, max(len(maskable_leaves), 1)))
+    flat, treedef, flags, layer_targets = leaves_and_layer_densities(
+        params, maskable, sparsity, distribution, layer_slices)
+    densities = iter(layer_targets)
+    keys = iter(jax.random.split(key, max(sum(flags), 1)))
     masks = []
     for (path, p), f in zip(flat, flags, strict=True):
         if not f:

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtrl_sparse.agents.sparse_linear import MaskedDense
+from mtrl_sparse.agents.sparse_linear import MaskedDense, has_index
 from mtrl_sparse.agents.tree_paths import get_path
 
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -202,6 +202,19 @@ def stacked_head_layers(num_tasks: int) -> tuple[tuple[str, int, int], ...]:
     return (("heads/kernel", -1, num_tasks),)
 
 
+def feature_major_chain(module: nn.Module, layers: Sequence[str],
+                        layer_norm: bool) -> list[bool]:
+    """For a stack of ``MaskedDense`` children ``layers`` of ``module`` (each reading the
+    previous one's output through elementwise ops only), whether layer ``i`` hands its output
+    to layer ``i + 1`` feature-major: when both compute through the sparse kernels
+    (``has_index``), so that the activations between them skip the transposes into and out of
+    the kernels' layout. Never with ``layer_norm`` (it normalises over the feature axis), never
+    for the last layer. Values are the same either way (the layout changes, not the sums)."""
+    indexed = [has_index(module, name) for name in layers]
+    return [not layer_norm and indexed[i] and indexed[i + 1] for i in range(len(layers) - 1)
+            ] + [False]
+
+
 class MultiHeadMLP(nn.Module):
     """ReLU MLP trunk on [features, one-hot task] and a linear head per task.
 
@@ -220,14 +233,19 @@ class MultiHeadMLP(nn.Module):
     def __call__(self, features: jax.Array, task_ids: jax.Array) -> jax.Array:
         """(B, D) features, (B,) task ids -> (B, O)."""
         x = jnp.concatenate([features, task_one_hot(task_ids, self.num_tasks)], axis=-1)
+        names = [f"hidden_{i}" for i in range(len(self.hidden_sizes))] + ["heads"]
+        chained = feature_major_chain(self, names, self.layer_norm)
         for i, width in enumerate(self.hidden_sizes):
-            x = MaskedDense(width, torch_linear_init, name=f"hidden_{i}")(x)
+            x = MaskedDense(width, torch_linear_init, name=names[i])(
+                x, x_feature_major=chained[i - 1] if i else False, y_feature_major=chained[i])
             if self.layer_norm:
                 x = nn.LayerNorm(name=f"norm_{i}")(x)
             x = nn.relu(x)
-            self.sow("intermediates", f"hidden_{i}_out", x)
-        heads = MaskedDense(self.num_tasks * self.head_dim, torch_linear_init, name="heads")(x)
-        return select_task_head(heads.reshape(x.shape[0], self.num_tasks, self.head_dim), task_ids)
+            self.sow("intermediates", f"hidden_{i}_out", x.T if chained[i] else x)
+        heads = MaskedDense(self.num_tasks * self.head_dim, torch_linear_init, name="heads")(
+            x, x_feature_major=chained[-2] if self.hidden_sizes else False)
+        return select_task_head(
+            heads.reshape(features.shape[0], self.num_tasks, self.head_dim), task_ids)
 
 
 class ExpertMLP(nn.Module):
@@ -244,13 +262,16 @@ class ExpertMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         last = len(self.hidden_sizes) - 1
+        names = [f"hidden_{i}" for i in range(len(self.hidden_sizes))]
+        chained = feature_major_chain(self, names, self.layer_norm)  # the last one is False
         for i, width in enumerate(self.hidden_sizes):
-            x = MaskedDense(width, torch_linear_init, name=f"hidden_{i}")(x)
+            x = MaskedDense(width, torch_linear_init, name=names[i])(
+                x, x_feature_major=chained[i - 1] if i else False, y_feature_major=chained[i])
             if i < last:
                 if self.layer_norm:
                     x = nn.LayerNorm(name=f"norm_{i}")(x)
                 x = nn.relu(x)
-                self.sow("intermediates", f"hidden_{i}_out", x)
+                self.sow("intermediates", f"hidden_{i}_out", x.T if chained[i] else x)
         return x
 
 

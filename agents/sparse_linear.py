@@ -144,54 +144,72 @@ def _sampled(x_t: jax.Array, dy_t: jax.Array, index: CompressedKernel) -> jax.Ar
 
 
 def _kernel_forward(x_t: jax.Array, w: jax.Array, index: CompressedKernel) -> jax.Array:
-    return _gather(x_t, w, index.col_ptr, index.col_rows, index.col_weights).T
+    """(I, B) -> (O, B): the forward product, feature-major in and out."""
+    return _gather(x_t, w, index.col_ptr, index.col_rows, index.col_weights)
 
 
-def _kernel_backward(x_t: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
-    dy_t = dy.T
-    dx = _gather(dy_t, w, index.row_ptr, index.row_cols, index.row_weights).T
-    return dx, _sampled(x_t, dy_t, index)
-
-
-def _dense_backward(x_t: jax.Array, w: jax.Array, index: CompressedKernel, dy: jax.Array):
+def _dense_forward(x_t: jax.Array, w: jax.Array, index: CompressedKernel) -> jax.Array:
     del index
-    return dy @ w.T, x_t @ dy
+    return (x_t.T @ w).T
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _matmul(x: jax.Array, w: jax.Array, index: CompressedKernel, use_kernel: bool) -> jax.Array:
-    return _matmul_fwd(x, w, index, use_kernel)[0]
+def _kernel_backward(x_t: jax.Array, w: jax.Array, index: CompressedKernel, dy_t: jax.Array):
+    """(I, B) inputs, (O, B) output cotangent -> ((I, B) input cotangent, (I, O) weights')."""
+    dx_t = _gather(dy_t, w, index.row_ptr, index.row_cols, index.row_weights)
+    return dx_t, _sampled(x_t, dy_t, index)
 
 
-def _matmul_fwd(x, w, index, use_kernel):
-    """The product and the residuals: the inputs batch-contiguous ((I, B), as the kernels read
-    them; transposed once for the forward and the weight gradient)."""
+def _dense_backward(x_t: jax.Array, w: jax.Array, index: CompressedKernel, dy_t: jax.Array):
+    del index
+    return (dy_t.T @ w.T).T, x_t @ dy_t.T
+
+
+def _feature_major(a: jax.Array, is_feature_major: bool) -> jax.Array:
+    return a if is_feature_major else a.T
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _matmul(x: jax.Array, w: jax.Array, index: CompressedKernel, use_kernel: bool,
+            x_feature_major: bool, y_feature_major: bool) -> jax.Array:
+    return _matmul_fwd(x, w, index, use_kernel, x_feature_major, y_feature_major)[0]
+
+
+def _matmul_fwd(x, w, index, use_kernel, x_feature_major, y_feature_major):
+    """The product and the residuals: the inputs feature-major ((I, B), as the kernels read
+    them; transposed at most once, for the forward and the weight gradient)."""
+    if not use_kernel and not x_feature_major and not y_feature_major:
+        return x @ w, (x.T, w, index)  # XLA's product, as a dense layer computes it
+    x_t = _feature_major(x, x_feature_major)
     if not use_kernel:
-        return x @ w, (x.T, w, index)
-    x_t = x.T
-    if index.always_enabled(w.size):
-        return _kernel_forward(x_t, w, index), (x_t, w, index)
-    y = jax.lax.cond(index.enabled, _kernel_forward, lambda x_t, w, _: x_t.T @ w, x_t, w, index)
-    return y, (x_t, w, index)
-
-
-def _matmul_bwd(use_kernel, residuals, dy):
-    x_t, w, index = residuals
-    if use_kernel and index.always_enabled(w.size):
-        dx, dw = _kernel_backward(x_t, w, index, dy)
-    elif use_kernel:
-        dx, dw = jax.lax.cond(index.enabled, _kernel_backward, _dense_backward, x_t, w, index,
-                              dy)
+        y_t = _dense_forward(x_t, w, index)
+    elif index.always_enabled(w.size):
+        y_t = _kernel_forward(x_t, w, index)
     else:
-        dx, dw = _dense_backward(x_t, w, index, dy)
-    return dx, dw, None  # the index is integer: no cotangent
+        y_t = jax.lax.cond(index.enabled, _kernel_forward, _dense_forward, x_t, w, index)
+    return _feature_major(y_t, y_feature_major), (x_t, w, index)
+
+
+def _matmul_bwd(use_kernel, x_feature_major, y_feature_major, residuals, dy):
+    x_t, w, index = residuals
+    if not use_kernel and not x_feature_major and not y_feature_major:
+        return dy @ w.T, x_t @ dy, None
+    dy_t = _feature_major(dy, y_feature_major)
+    if use_kernel and index.always_enabled(w.size):
+        dx_t, dw = _kernel_backward(x_t, w, index, dy_t)
+    elif use_kernel:
+        dx_t, dw = jax.lax.cond(index.enabled, _kernel_backward, _dense_backward, x_t, w,
+                                index, dy_t)
+    else:
+        dx_t, dw = _dense_backward(x_t, w, index, dy_t)
+    return _feature_major(dx_t, x_feature_major), dw, None  # the index is integer: no cotangent
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def sparse_matmul(x: jax.Array, w: jax.Array, index: CompressedKernel,
-                  use_kernel: bool = True) -> jax.Array:
+                  use_kernel: bool = True, x_feature_major: bool = False,
+                  y_feature_major: bool = False) -> jax.Array:
     """(B, I) @ masked (I, O) -> (B, O), computing with the active entries of ``index`` only.
 
     ``w`` must be zero outside the mask ``index`` was built from. The gradient w.r.t. ``w`` is the
@@ -200,10 +218,16 @@ def sparse_matmul(x: jax.Array, w: jax.Array, index: CompressedKernel,
     by; the agents mask it before the optimizer sees it). The dense path runs when ``index`` is
     not ``enabled``, with ``use_kernel=False`` or without the compiled extension, with the same
     results where it matters. float32 only.
+
+    The kernels read and write activations feature-major (one row of B values per feature).
+    ``x_feature_major``: ``x`` is given as (I, B); ``y_feature_major``: the result is returned
+    as (O, B). A chain of sparse layers that passes its activations feature-major from one
+    product to the next skips the two transposes (forward and backward) between them.
     """
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise TypeError(f"sparse_matmul is float32 only; got {x.dtype} and {w.dtype}")
-    return _matmul(x, w, index, bool(use_kernel) and kernels_available())
+    return _matmul(x, w, index, bool(use_kernel) and kernels_available(),
+                   bool(x_feature_major), bool(y_feature_major))
 
 
 # ----------------------------------------------------------------------------- in the train state
@@ -256,30 +280,55 @@ def with_index(weights: Any, index: Any) -> Any:
     return {**weights, SPARSE_INDEX: _without_none(index["params"])}
 
 
-def kernel_product(module: nn.Module, x: jax.Array, kernel: jax.Array) -> jax.Array:
+def kernel_product(module: nn.Module, x: jax.Array, kernel: jax.Array,
+                   x_feature_major: bool = False, y_feature_major: bool = False) -> jax.Array:
     """``x (..., I) @ kernel`` viewed as (I, O) (``kernel_view``), inside ``module``'s call:
-    through ``sparse_matmul`` when the module's variables carry an index for its ``kernel``."""
+    through ``sparse_matmul`` when the module's variables carry an index for its ``kernel``.
+    With ``x_feature_major`` / ``y_feature_major``, ``x`` is (I, B) / the result is (O, B)
+    (``sparse_matmul``'s layouts; 2-D only)."""
     matrix = kernel_view(kernel)
     index = (module.get_variable(SPARSE_INDEX, "kernel")
              if module.has_variable(SPARSE_INDEX, "kernel") else None)
+    if x_feature_major or y_feature_major:
+        if index is not None:
+            return sparse_matmul(x, matrix, index, x_feature_major=x_feature_major,
+                                 y_feature_major=y_feature_major)
+        y = _feature_major(x, x_feature_major).T @ matrix
+        return y.T if y_feature_major else y
     if index is None:
         return x @ matrix
     flat = sparse_matmul(x.reshape(-1, x.shape[-1]), matrix, index)
     return flat.reshape(*x.shape[:-1], matrix.shape[-1])
 
 
+def has_index(module: nn.Module, child: str) -> bool:
+    """Whether ``module``'s variables carry a ``SPARSE_INDEX`` for its child module ``child``'s
+    kernel (its products then run through the kernels). Call it inside ``module``'s call."""
+    indices = module.variables.get(SPARSE_INDEX, {})
+    return "kernel" in indices.get(child, {})
+
+
 class MaskedDense(nn.Module):
     """``nn.Dense`` (kernel, then a zero-initialised bias) whose product goes through
     ``kernel_product``; with ``contract_all`` it contracts every non-batch axis of its input,
-    as ``nn.DenseGeneral(axis=(1, ..., ndim - 1))`` does (same kernel shape and init)."""
+    as ``nn.DenseGeneral(axis=(1, ..., ndim - 1))`` does (same kernel shape and init).
+
+    Called with ``x_feature_major`` / ``y_feature_major`` (not with ``contract_all``), it takes
+    its input as (I, B) / returns its output as (O, B), the layout the sparse kernels compute in:
+    a chain of indexed layers (``has_index``) passes activations feature-major between them.
+    """
 
     features: int
     kernel_init: Callable[..., jax.Array]
     contract_all: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        in_shape = x.shape[1:] if self.contract_all else x.shape[-1:]
+    def __call__(self, x: jax.Array, x_feature_major: bool = False,
+                 y_feature_major: bool = False) -> jax.Array:
+        if self.contract_all and (x_feature_major or y_feature_major):
+            raise ValueError("MaskedDense with contract_all takes and returns batch-major arrays")
+        in_shape = (x.shape[:1] if x_feature_major else
+                    x.shape[1:] if self.contract_all else x.shape[-1:])
         flat_in = int(np.prod(in_shape))
 
         def init(key, shape, dtype=jnp.float32):  # drawn flat, as DenseGeneral does
@@ -287,6 +336,9 @@ class MaskedDense(nn.Module):
 
         kernel = self.param("kernel", init, (*in_shape, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if y_feature_major or x_feature_major:
+            y = kernel_product(self, x, kernel, x_feature_major, y_feature_major)
+            return y + (bias[:, None] if y_feature_major else bias)
         if self.contract_all and not self.has_variable(SPARSE_INDEX, "kernel"):
             axes = tuple(range(1, x.ndim))  # DenseGeneral's product, to the last bit
             return jax.lax.dot_general(x, kernel, ((axes, tuple(a - 1 for a in axes)),

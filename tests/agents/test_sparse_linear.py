@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +23,14 @@ from mtrl_sparse.agents.sparse_linear import (
 )
 
 TOLERANCE = {"rtol": 2e-5, "atol": 2e-5}
+
+
+def _drop_none(tree):
+    """A nested dict without its None leaves (and the dicts they leave empty)."""
+    if not isinstance(tree, dict):
+        return tree
+    kept = {k: _drop_none(v) for k, v in tree.items() if v is not None}
+    return {k: v for k, v in kept.items() if not (isinstance(v, dict) and not v)}
 
 
 def masked_problem(seed: int, batch: int, inputs: int, outputs: int, density: float):
@@ -179,3 +188,77 @@ def test_masked_dense_computes_what_the_flax_layer_computes_to_the_last_bit(cont
     for a, b in zip(jax.tree.leaves((theirs_vars, want)), jax.tree.leaves((our_vars, got)),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("use_kernel", [True, False], ids=["kernel", "fallback"])
+@pytest.mark.parametrize(("x_feature_major", "y_feature_major"),
+                         [(True, False), (False, True), (True, True)])
+def test_feature_major_layouts_compute_the_same_product(use_kernel, x_feature_major,
+                                                        y_feature_major):
+    """Input given as (I, B) and/or output returned as (O, B): the same values and gradients
+    as the batch-major product, in the other layout."""
+    mask, w, x, cotangent = masked_problem(6, 37, 30, 20, 0.1)
+    index = compress(mask, mask.size)
+
+    def product(x, w):
+        x_in = x.T if x_feature_major else x
+        y = sparse_matmul(x_in, w, index, use_kernel, x_feature_major, y_feature_major)
+        return y.T if y_feature_major else y
+
+    loss = lambda product: lambda x, w: jnp.sum(product(x, w) * cotangent)
+    got = (jax.jit(product)(x, w), *jax.jit(jax.grad(loss(product), (0, 1)))(x, w))
+    _, want = products(x, w, mask, index, use_kernel, cotangent)
+    assert_masked_equal(got, want, mask)
+
+
+@pytest.mark.parametrize("arch", ["mh", "moe"])
+@pytest.mark.parametrize("indexed", [("hidden_0", "hidden_1", "hidden_2", "heads"),
+                                     ("hidden_1", "hidden_2"), ("hidden_0", "hidden_2")],
+                         ids=["all", "middle", "apart"])
+def test_networks_pass_activations_feature_major_between_indexed_layers(arch, indexed):
+    """An MLP whose consecutive hidden layers compute through the kernels hands activations
+    between them feature-major; outputs, gradients and the sown activations equal the dense
+    network's."""
+    from mtrl_sparse.agents.networks import feature_major_chain, multi_task_mlp
+    from mtrl_sparse.agents.sparse_linear import SPARSE_INDEX, index_masks
+
+    net = multi_task_mlp(arch, (24, 24, 16), 3, 2, False, 2, name="mlp")
+    k_init, k_mask, k_x = jax.random.split(jax.random.PRNGKey(7), 3)
+    features = jax.random.normal(k_x, (11, 5))
+    task_ids = jnp.arange(11) % 3
+    params = net.init(k_init, features, task_ids)["params"]
+    masks = jax.tree_util.tree_map_with_path(
+        lambda path, p: (jax.random.uniform(jax.random.fold_in(k_mask, len(str(path))), p.shape)
+                         < 0.3) if path[-1].key == "kernel" and any(
+                             getattr(k, "key", None) in indexed for k in path) else None,
+        params)
+    weights = jax.tree.map(lambda p, m: p if m is None else p * m, params, masks,
+                           is_leaf=lambda x: x is None)
+    index = index_masks({"params": masks}, 1.0)
+    sparse_vars = {"params": weights, SPARSE_INDEX: _drop_none(index["params"])}
+
+    def outputs(index_vars):
+        def loss(p):
+            return jnp.sum(jnp.sin(net.apply({"params": p, **index_vars}, features, task_ids)))
+        value, grads = jax.jit(jax.value_and_grad(loss))(weights)
+        _, sown = net.apply({"params": weights, **index_vars}, features, task_ids,
+                            mutable=["intermediates"])
+        return value, jax.tree.map(lambda g, m: g if m is None else g * m, grads, masks,
+                                   is_leaf=lambda x: x is None), sown["intermediates"]
+
+    want = outputs({})
+    got = outputs({SPARSE_INDEX: sparse_vars[SPARSE_INDEX]})
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(a, b, **TOLERANCE)
+
+    class Probe(nn.Module):  # what feature_major_chain decides inside the network's scope
+        @nn.compact
+        def __call__(self):
+            return feature_major_chain(self, ["hidden_0", "hidden_1", "hidden_2", "heads"], False)
+
+    if arch == "mh":
+        chain = Probe().apply({SPARSE_INDEX: sparse_vars[SPARSE_INDEX]})
+        layers = ["hidden_0", "hidden_1", "hidden_2", "heads"]
+        expected = [a in indexed and b in indexed
+                    for a, b in zip(layers[:-1], layers[1:], strict=True)]
+        assert chain == [*expected, False]

@@ -240,6 +240,51 @@ def with_masks(state: NetState, masks: Masks) -> NetState:
     return state.replace(masks=masks, sparse_index=refresh_index(state.sparse_index, masks))
 
 
+def averaged_copy_index(index: Any, masks_before: Masks, masks_after: Masks,
+                        averaged_params: Params) -> Any:
+    """The sparse index of a Polyak-averaged copy of a masked network (SAC's target critics),
+    after one averaging step ``copy <- tau * masked_params + (1 - tau) * copy``.
+
+    The copy is zero wherever both it and the masked params were, so its support only grows by
+    the masks: an index built from ``support(copy) | masks`` stays valid while the masks stay
+    ``masks_before``'s. When they changed in this step (a method's event: ``masks_after``
+    differs), the index is rebuilt from the averaged copy's support and the new masks, which
+    lets it shrink again once a pruned weight of the copy has decayed to exactly zero. Products
+    with the copy through this index equal its dense products (up to summation order). ``None``
+    (dense compute) stays ``None``.
+    """
+    if index is None:
+        return None
+    changed = jnp.any(jnp.stack([jnp.any(a != b) for a, b in zip(
+        jax.tree.leaves(masks_before), jax.tree.leaves(masks_after), strict=True)]))
+    support = jax.tree.map(lambda m, p: None if m is None else m | (p != 0), masks_after,
+                           averaged_params, is_leaf=is_none)
+    return _refresh_index_if(changed, index, support)
+
+
+@jax.custom_batching.custom_vmap
+def _refresh_index_if(changed: jax.Array, index: Any, masks: Any) -> Any:
+    """``refresh_index(index, masks)`` if ``changed``, else ``index`` (a conditional: the
+    rebuild costs milliseconds and is rarely due)."""
+    return jax.lax.cond(changed, lambda: refresh_index(index, masks), lambda: index)
+
+
+@_refresh_index_if.def_vmap
+def _refresh_index_if_vmapped(axis_size, in_batched, changed, index, masks):
+    """Under ``vmap`` (runs of a group), rebuild every run's index when any run's masks changed:
+    a per-run condition would become a select that rebuilds at every update. A rebuilt index of
+    an unchanged run is as valid as its old one."""
+    def batched(tree, flags):
+        return jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)),
+                            tree, flags)
+    changed_batched, index_batched, masks_batched = in_batched
+    index, masks = batched(index, index_batched), batched(masks, masks_batched)
+    any_changed = jnp.any(changed) if changed_batched else changed
+    rebuilt = jax.lax.cond(any_changed, lambda: jax.vmap(refresh_index)(index, masks),
+                           lambda: index)
+    return rebuilt, jax.tree.map(lambda _: True, rebuilt)
+
+
 def unit_scales_at(scales: Any, positions: Any) -> Any:
     """``scales`` with 1 where ``positions`` (bool arrays congruent with the params, None where
     untouched) is True."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from mtrl_sparse.agents.net_state import (
     MethodContext,
     NetState,
     apply_gradients,
+    averaged_copy_index,
     forward_weights,
     masked_params,
     network_sparsity,
@@ -52,6 +53,7 @@ from mtrl_sparse.agents.optim import (
     masked_gradient_step,
 )
 from mtrl_sparse.agents.replay_buffer import Transition
+from mtrl_sparse.agents.sparse_linear import with_index
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ class SACState(struct.PyTreeNode):
         phase: the phase of the run's schedule, () int32 (0 for multi-task; the task being
             trained under a sequential schedule), which reaches the methods as
             ``MethodContext.phase``.
+        target_critic_index: under sparse compute, the sparse index the target critics compute
+            with (``averaged_copy_index``: it covers the target's support, which outlives a
+            critic weight's pruning until Polyak averaging has decayed it to zero); None for
+            dense compute.
     """
 
     actor: NetState
@@ -113,6 +119,7 @@ class SACState(struct.PyTreeNode):
     log_alpha: NetState
     step: jax.Array
     phase: jax.Array
+    target_critic_index: Any = None
 
 
 class SAC(NamedTuple):
@@ -244,6 +251,7 @@ def make_sac(
             log_alpha=NetState(params=log_alpha, masks=None, opt_state=alpha_tx.init(log_alpha)),
             step=jnp.zeros((), jnp.int32),
             phase=jnp.zeros((), jnp.int32),
+            target_critic_index=critic_state.sparse_index,  # the target starts as the critic
         )
 
     def act(
@@ -263,7 +271,9 @@ def make_sac(
         alpha = jnp.exp(state.log_alpha.params)[task_ids]  # (B,)
         mean, log_std = actor_net.apply(forward_weights(state.actor), batch.next_obs, task_ids)
         next_actions, next_logp = gaussian_tanh_sample(mean, log_std, key)
-        next_q = critic_net.apply(state.target_critic_params, batch.next_obs, next_actions,
+        next_q = critic_net.apply(with_index(state.target_critic_params,
+                                             state.target_critic_index),
+                                  batch.next_obs, next_actions,
                                   task_ids).min(axis=0)
         target = jax.lax.stop_gradient(bellman_target(
             batch.rewards, batch.terminated, next_q - alpha * next_logp, config.gamma,
@@ -298,6 +308,7 @@ def make_sac(
         """
         k_critic, k_actor, k_critic_method, k_actor_method = jax.random.split(key, 4)
         step = state.step + 1
+        critic_masks_before = state.critic.masks
 
         critic_context = MethodContext(
             init_params=init_critic_params,
@@ -330,8 +341,11 @@ def make_sac(
         target = optax.incremental_update(
             masked_params(critic_state), state.target_critic_params, config.tau
         )
+        target_index = averaged_copy_index(state.target_critic_index, critic_masks_before,
+                                           critic_state.masks, target)
         state = state.replace(actor=actor_state, log_alpha=log_alpha,
-                              target_critic_params=target, step=step)
+                              target_critic_params=target, target_critic_index=target_index,
+                              step=step)
         metrics = {
             **critic_info,
             **actor_info,

@@ -61,7 +61,7 @@ from mtrl_sparse.sac_learner import Learner, SACTrainState
 
 TRAIN_STATE_AXES = SACTrainState(
     agent=SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None,
-                   phase=None),
+                   phase=None, target_critic_index=0),
     buffer=0, rng=0, first_nonfinite=0)
 """``vmap`` axes of K runs' stacked train states: every leaf has a leading run axis (0) but the
 update counter and the phase, which the runs share (None)."""

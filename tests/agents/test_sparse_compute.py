@@ -21,7 +21,14 @@ from support.cli import run_cli
 from support.invariants import assert_mask_invariant, assert_trees_close
 from support.method_options import sac_firing_every_update
 from support.run_checks import assert_rows_close, deterministic_rows
-from support.sac_vmap import ACTION_DIM, NUM_TASKS, OBS_DIM, TINY, batch_for
+from support.sac_vmap import (
+    ACTION_DIM,
+    NUM_TASKS,
+    OBS_DIM,
+    TINY,
+    batch_for,
+    vmapped_and_separate_runs,
+)
 
 METHODS = ["static", "gmp", "set", "rigl", "app", "gmp+redo", "set+reset", "rigl+sign_in",
            "static+ibm"]
@@ -61,10 +68,40 @@ def test_sac_under_sparse_compute_trains_what_dense_compute_trains(method):
         for net in (ours.actor, ours.critic):
             assert_mask_invariant(net, sparse=True)
             assert_index_describes_masks(net)
+        assert_target_index_covers_the_target(ours)
         assert_trees_equal_masks(ours, theirs)
         assert_trees_close(ours.replace(actor=ours.actor.replace(sparse_index=None),
-                                        critic=ours.critic.replace(sparse_index=None)),
+                                        critic=ours.critic.replace(sparse_index=None),
+                                        target_critic_index=None),
                            theirs, rtol=1e-4, atol=1e-5)
+
+
+def assert_target_index_covers_the_target(state) -> None:
+    """The target critics' index holds every nonzero target weight and the critics' mask (the
+    target's products through it are its dense products)."""
+    triples = jax.tree.leaves(
+        jax.tree.map(lambda m, p, i: None if m is None else (m, p, i), state.critic.masks,
+                     state.target_critic_params, state.target_critic_index, is_leaf=is_none),
+        is_leaf=lambda x: isinstance(x, tuple))
+    assert triples, "the target critics carry no index"
+    for mask, target, index in triples:
+        covered = np.asarray(active_mask(index, kernel_view(mask).shape))
+        assert np.all(covered[np.asarray(kernel_view(target)) != 0])
+        assert np.all(covered[np.asarray(kernel_view(mask))])
+
+
+@pytest.mark.parametrize("method", ["static", "gmp"])
+def test_vmapped_runs_under_sparse_compute_equal_the_runs_alone(method):
+    """A vmapped group under sparse compute trains what its runs alone train, and each run's
+    target index covers its target (the group rebuilds every run's target index when any run's
+    masks changed)."""
+    separate, states = vmapped_and_separate_runs(method, compute_density=1.0)
+    for i, alone in enumerate(separate):
+        run = jax.tree.map(lambda x, i=i: x[i], states.replace(step=None, phase=None))
+        assert_target_index_covers_the_target(run)
+        assert_trees_close(run.replace(target_critic_index=None),
+                           alone.replace(step=None, phase=None, target_critic_index=None),
+                           rtol=1e-4, atol=1e-5)
 
 
 def assert_trees_equal_masks(a, b) -> None:

@@ -24,10 +24,12 @@ TINY = SACConfig(hidden_sizes=(16, 16), batch_size=BATCH)
 SEEDS, SPARSITIES = (0, 1), (0.5, 0.9)
 
 
-def sac_for(method: str):
-    """sparsity -> SAC whose networks run ``method`` with every event at every update."""
+def sac_for(method: str, compute_density: float | None = None):
+    """sparsity -> SAC whose networks run ``method`` with every event at every update
+    (``compute_density``: sparse compute, see ``NetworkMethodSettings``)."""
     return functools.partial(sac_firing_every_update, method, config=TINY, num_tasks=NUM_TASKS,
-                             obs_dim=OBS_DIM, action_dim=ACTION_DIM)
+                             obs_dim=OBS_DIM, action_dim=ACTION_DIM,
+                             compute_density=compute_density)
 
 
 @jax.jit
@@ -44,11 +46,12 @@ def batch_for(seed) -> tuple[Transition, jax.Array]:
     return batch, jnp.repeat(jnp.arange(NUM_TASKS), BATCH // NUM_TASKS)
 
 
-def vmapped_and_separate_runs(method: str) -> tuple[list[SACState], SACState]:
+def vmapped_and_separate_runs(method: str, compute_density: float | None = None
+                              ) -> tuple[list[SACState], SACState]:
     """Two updates of SAC running ``method`` (events at every update) for each (seed, target
     sparsity): run one by one, and vmapped in one program. Returns (separate final states, the
     vmapped final states)."""
-    build = sac_for(method)
+    build = sac_for(method, compute_density)
     runs = [(seed, sparsity) for seed in SEEDS for sparsity in SPARSITIES]
 
     def init(seed, sparsity):
@@ -73,7 +76,7 @@ def vmapped_and_separate_runs(method: str) -> tuple[list[SACState], SACState]:
     sparsities = jnp.array([p for _, p in runs], jnp.float32)
     states = jax.jit(jax.vmap(init))(seeds, sparsities)
     axes = SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None,
-                    phase=None)
+                    phase=None, target_critic_index=0)
     states = states.replace(step=states.step[0], phase=states.phase[0])
     # The method reads the target sparsity from the (batched) state: one update serves every run.
     vmapped = jax.jit(jax.vmap(functools.partial(update, 0.5), in_axes=(axes, 0, 0, 0),

@@ -13,11 +13,19 @@ the ratio the median of the rounds' ratios:
   ERK, actor and critics at the sparsity);
 - ppo: the full un-pooled ``minigrid-mt3`` PPO update (56 actor and 1 critic minibatch steps on
   one rollout of 2,000 env steps; static masks).
+- run: whole ``minigrid-mt3`` training runs, process start to exit (``mtrl-sparse train`` in a
+  subprocess, one after another): the dense method, and GMP at 95% computing densely and with
+  ``--compute auto`` (the mode for masks that start dense); the runs' wall times and ratios.
 
-Targets (issue: sparse kernels): SAC update at 95% >= 2x, at 99% >= 4x; PPO update at 95% >= 2x.
+The 99.9% rows are not a target: the products then have almost nothing to do, so their time is
+what the rest of the update costs (elementwise ops, optimizer, small layers), an upper bound on
+any speed-up sparse products can give.
 
-Usage: python bench/sparse_compute.py [--sections layers sac ppo] [--sparsities 0.8 0.9 0.95 0.99]
-       [--rounds 5]
+Targets (issue: sparse kernels): SAC update at 95% >= 2x, at 99% >= 4x; PPO update at 95% >= 2x;
+a whole GMP-95% MiniGrid run faster than the dense run.
+
+Usage: python bench/sparse_compute.py [--sections layers sac ppo run]
+       [--sparsities 0.8 0.9 0.95 0.99 0.999] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import argparse
 import dataclasses
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -122,11 +133,23 @@ def ppo_workload(sparsity: float, compute: str):
     return lambda s: update(s, rollout, key)[0], state
 
 
+def run_seconds(method: str, sparsity: float, compute: str) -> float:
+    """Wall time of a whole ``minigrid-mt3`` run (``mtrl-sparse train`` in a fresh process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "mtrl_sparse.cli", "train", "--preset", "minigrid-mt3",
+                   "--method", method, "--sparsity", str(sparsity), "--compute", compute,
+                   "--run-dir", f"{tmp}/run", "--no-progress"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", nargs="+", choices=["layers", "sac", "ppo"],
-                        default=["layers", "sac", "ppo"])
-    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.9, 0.95, 0.99])
+    parser.add_argument("--sections", nargs="+", choices=["layers", "sac", "ppo", "run"],
+                        default=["layers", "sac", "ppo", "run"])
+    parser.add_argument("--sparsities", nargs="+", type=float,
+                        default=[0.8, 0.9, 0.95, 0.99, 0.999])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if not kernels_available():
@@ -140,14 +163,14 @@ def main() -> None:
             for sparsity in args.sparsities:
                 dense, sparse = layer_workloads(*shape, sparsity)
                 d, s, r = ratio_of(dense, sparse, args.rounds, calls=20)
-                print(f"  {name:50s} {sparsity:5.0%}: dense {d * 1e3:7.2f} sparse "
+                print(f"  {name:50s} {sparsity:6.1%}: dense {d * 1e3:7.2f} sparse "
                       f"{s * 1e3:7.2f}  {r:5.2f}x", flush=True)
     if "sac" in args.sections:
         print("\npaper-config SAC update (MT10, batch 1280, 3x400, static ERK), ms per update:")
         for sparsity in args.sparsities:
             d, s, r = ratio_of(sac_workload(sparsity, None), sac_workload(sparsity, 1.0),
                                args.rounds, calls=5)
-            print(f"  {sparsity:5.0%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
+            print(f"  {sparsity:6.1%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
                   flush=True)
     if "ppo" in args.sections:
         print("\nun-pooled minigrid-mt3 PPO update (one rollout: 56 actor + 1 critic steps, "
@@ -155,8 +178,17 @@ def main() -> None:
         for sparsity in args.sparsities:
             d, s, r = ratio_of(ppo_workload(sparsity, "dense"), ppo_workload(sparsity, "sparse"),
                                args.rounds, calls=1)
-            print(f"  {sparsity:5.0%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
+            print(f"  {sparsity:6.1%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
                   flush=True)
+    if "run" in args.sections:
+        print("\nwhole minigrid-mt3 runs, process start to exit, s:")
+        dense = run_seconds("dense", 0.0, "dense")
+        print(f"  dense method:                 {dense:7.1f}", flush=True)
+        gmp_dense = run_seconds("gmp", 0.95, "dense")
+        print(f"  GMP 95%, --compute dense:     {gmp_dense:7.1f}", flush=True)
+        gmp_auto = run_seconds("gmp", 0.95, "auto")
+        print(f"  GMP 95%, --compute auto:      {gmp_auto:7.1f}  ({dense / gmp_auto:.2f}x the "
+              f"dense method's speed, {gmp_dense / gmp_auto:.2f}x GMP's computed densely)")
 
 
 if __name__ == "__main__":

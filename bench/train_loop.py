@@ -1,7 +1,8 @@
 """End-to-end speed of the SAC training loop on Meta-World MT10, and where its wall time goes.
 
 Runs a real training job through ``mtrl_sparse.train`` (default: the ``mt10-quick`` networks and
-batch, shortened to 20,000 env steps with 10,000 of warm-up, one evaluation and one checkpoint)
+batch, shortened to 20,000 env steps with 10,000 of warm-up, one evaluation of one episode per
+task and one checkpoint)
 and prints:
 
 - env-steps/s in the warm-up phase (random actions, no updates) and in the update phase (one
@@ -15,7 +16,12 @@ and prints:
 The ratio update-phase / warm-up-phase speed tells how much the updates slow the loop down;
 ``--preset mt10-paper`` measures the paper's networks and batch instead (slow on a CPU).
 
+With ``--compute dense sparse`` (and ``--method``, ``--sparsity``), the same run once per way of
+computing the masked layers, and the ratio of their update-phase speeds (the sparse kernels'
+end-to-end gain; ``bench/sparse_compute.py`` times the update alone).
+
 Usage: python bench/train_loop.py [--preset mt10-quick] [--total-steps N] [--warmup-steps N]
+       [--method static --sparsity 0.95 --compute dense sparse]
 """
 
 from __future__ import annotations
@@ -78,15 +84,9 @@ def phase_totals(rows: list[dict], in_warmup: bool) -> Phase:
     return phase
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="mt10-quick", choices=sorted(PRESETS))
-    parser.add_argument("--total-steps", type=int, default=20_000)
-    parser.add_argument("--warmup-steps", type=int, default=10_000)
-    parser.add_argument("--vector-strategy", default="sync", choices=("sync", "async"))
-    args = parser.parse_args()
-
-    base = PRESETS[args.preset].config
+def run_loop(base, args, compute: str):
+    """Train ``base`` shortened as ``args`` say, with masked layers computing as ``compute``;
+    returns (config, result, warm-up phase, update phase)."""
     with tempfile.TemporaryDirectory() as tmp:
         config = dataclasses.replace(
             base,
@@ -95,19 +95,27 @@ def main() -> None:
             log_every_env_steps=1_000,
             eval_every_env_steps=args.total_steps,
             checkpoint_every_env_steps=args.total_steps,
-            env=dataclasses.replace(base.env, vector_strategy=args.vector_strategy),
+            env=dataclasses.replace(base.env, vector_strategy=args.vector_strategy,
+                                    eval_envs_per_task=1, eval_episodes_per_task=1),
             run_dir=str(Path(tmp) / "run"),
             progress=False,
+            method=args.method or base.method,
+            sparsity=base.sparsity if args.sparsity is None else args.sparsity,
+            compute=compute,
         )
         result = train(config)
         rows = read_metrics(result.run_dir)
+    return config, result, phase_totals(rows, True), phase_totals(rows, False)
 
-    warm_phase, learn_phase = phase_totals(rows, True), phase_totals(rows, False)
+
+def report(config, result, args, warm_phase: Phase, learn_phase: Phase) -> float:
+    """Prints one run's phases and shares of wall time; returns its update-phase env-steps/s."""
     warm = warm_phase.rate(warm_phase.env_steps)
     learn = learn_phase.rate(learn_phase.env_steps)
     print(f"SAC training loop, preset {args.preset} ({config.env.benchmark}, "
           f"{config.env.vector_strategy} envs), hidden {config.sac.hidden_sizes}, "
-          f"batch {config.sac.batch_size}")
+          f"batch {config.sac.batch_size}, method {config.method} at sparsity "
+          f"{config.sparsity}, compute {config.compute}")
     print(f"  {result.env_steps} env steps ({args.warmup_steps} warm-up), "
           f"{result.updates} updates, {result.seconds['total']:.1f} s in the loop")
     print("  phases (logging intervals; each phase's first interval, with its compilation, and "
@@ -125,6 +133,33 @@ def main() -> None:
         print(f"    {part:<11} {result.seconds[part] / total:6.1%}  ({result.seconds[part]:.1f} s)")
     other = total - sum(result.seconds[p] for p in PARTS)
     print(f"    {'other':<11} {other / total:6.1%}  ({other:.1f} s, host bookkeeping)")
+    return learn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="mt10-quick", choices=sorted(PRESETS))
+    parser.add_argument("--total-steps", type=int, default=20_000)
+    parser.add_argument("--warmup-steps", type=int, default=10_000)
+    parser.add_argument("--vector-strategy", default="sync", choices=("sync", "async"))
+    parser.add_argument("--method", default=None, help="default: the preset's")
+    parser.add_argument("--sparsity", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--compute", nargs="+", default=["dense"],
+                        choices=("dense", "sparse", "auto"),
+                        help="one run per value, in this order; with more than one, the "
+                             "update-phase speed of each over the first's")
+    args = parser.parse_args()
+
+    base = PRESETS[args.preset].config
+    speeds = {}
+    for compute in args.compute:
+        config, result, warm_phase, learn_phase = run_loop(base, args, compute)
+        speeds[compute] = report(config, result, args, warm_phase, learn_phase)
+    first = args.compute[0]
+    for compute, speed in speeds.items():
+        if compute != first:
+            print(f"update-phase env-steps/s, compute {compute} / {first}: "
+                  f"{speed / speeds[first]:.2f}x")
 
 
 if __name__ == "__main__":

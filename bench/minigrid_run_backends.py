@@ -36,6 +36,7 @@ from pathlib import Path
 import jax
 
 from mtrl_sparse.agent_kind import EpisodeTracker
+from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.train_args import COMPILE_CACHE_ENV
@@ -107,4 +108,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reuse_freed_memory()  # as the CLI does: time what a run gets
     main()

@@ -20,6 +20,7 @@ import numpy as np
 import tyro
 
 from mtrl_sparse.config import ConfigError, RunConfig
+from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.presets import DEFAULT_PRESET, PRESETS
 from mtrl_sparse.run_dir import CONFIG_FILE, METRICS_FILE, TB_DIR, RunDirError
@@ -435,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mtrl-sparse: unknown command {command!r}; accepted: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
+    reuse_freed_memory()  # before JAX allocates: XLA's buffers then come back without page faults
     try:
         return COMMANDS[command](rest)
     except UsageError as error:

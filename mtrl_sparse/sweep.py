@@ -46,6 +46,7 @@ from typing import Any
 
 from mtrl_sparse.checkpointing import has_checkpoint
 from mtrl_sparse.config import ConfigError, validate
+from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.base import MethodError
 from mtrl_sparse.methods.registry import method_members
 from mtrl_sparse.presets import PRESETS
@@ -647,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     """The worker process of one group: ``python -m mtrl_sparse.sweep OUT RUN_NAME...``."""
     argv = sys.argv[1:] if argv is None else argv
     out, names = Path(argv[0]), argv[1:]
+    reuse_freed_memory()
     try:
         run_group(out, names)
     except Exception as error:  # one line for the sweep's summary, the traceback above it

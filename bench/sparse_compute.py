@@ -10,9 +10,9 @@ the ratio the median of the rounds' ratios:
   un-pooled MiniGrid CNN's second and third convolutions as window products and its MT3 head
   layer (1,024 -> 3 x 128), per minibatch of 256;
 - sac: the full paper-config SAC update (MT10, batch 1280, 3 x 400, twin critics; static masks,
-  ERK, actor and critics at the sparsity);
+  actor and critics at the sparsity, per ``--distributions``: ERK by default);
 - ppo: the full un-pooled ``minigrid-mt3`` PPO update (56 actor and 1 critic minibatch steps on
-  one rollout of 2,000 env steps; static masks).
+  one rollout of 2,000 env steps; static masks, per ``--distributions``).
 - run: whole ``minigrid-mt3`` training runs, process start to exit (``mtrl-sparse train`` in a
   subprocess, one after another): the dense method, and GMP at 95% computing densely and with
   ``--compute auto`` (the mode for masks that start dense); the runs' wall times and ratios.
@@ -25,7 +25,7 @@ Targets (issue: sparse kernels): SAC update at 95% >= 2x, at 99% >= 4x; PPO upda
 a whole GMP-95% MiniGrid run faster than the dense run.
 
 Usage: python bench/sparse_compute.py [--sections layers sac ppo run]
-       [--sparsities 0.8 0.9 0.95 0.99 0.999] [--rounds 5]
+       [--sparsities 0.8 0.9 0.95 0.99 0.999] [--rounds 5] [--distributions erk uniform]
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def layer_workloads(batch: int, inputs: int, outputs: int, sparsity: float):
     return (dense, (jnp.zeros(()),)), (sparse, (jnp.zeros(()),))
 
 
-def sac_workload(sparsity: float, compute_density: float | None):
-    settings = NetworkMethodSettings("static", sparsity, "erk", total_updates=1,
+def sac_workload(sparsity: float, compute_density: float | None, distribution: str = "erk"):
+    settings = NetworkMethodSettings("static", sparsity, distribution, total_updates=1,
                                      compute_density=compute_density,
                                      compute_crossover=RunConfig.compute_crossover)
     network = build_network(settings)
@@ -121,10 +121,10 @@ def sac_workload(sparsity: float, compute_density: float | None):
     return lambda s: update(s, batch, task_ids, k_update)[0], state
 
 
-def ppo_workload(sparsity: float, compute: str):
+def ppo_workload(sparsity: float, compute: str, distribution: str = "erk"):
     base = get_preset("minigrid-mt3").config
     config = dataclasses.replace(base, method="static", sparsity=sparsity, compute=compute,
-                                 progress=False)
+                                 distribution=distribution, progress=False)
     run = OnPolicyRun(config)
     run.start()
     run.iterate(EpisodeTracker(run.task_names, run.num_envs))  # a real rollout to train on
@@ -152,6 +152,10 @@ def main() -> None:
     parser.add_argument("--sparsities", nargs="+", type=float,
                         default=[0.8, 0.9, 0.95, 0.99, 0.999])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--distributions", nargs="+", choices=["erk", "uniform"], default=["erk"],
+                        help="per-layer sparsity distributions of the sac and ppo sections' "
+                             "static masks (ERK keeps small layers denser: under it the CNN's "
+                             "convolutions stay above the crossover and compute densely)")
     args = parser.parse_args()
     if not kernels_available():
         raise SystemExit("the sparse-kernel extension is not built: nothing to compare")
@@ -166,18 +170,20 @@ def main() -> None:
                 d, s, r = ratio_of(dense, sparse, args.rounds, calls=20)
                 print(f"  {name:50s} {sparsity:6.1%}: dense {d * 1e3:7.2f} sparse "
                       f"{s * 1e3:7.2f}  {r:5.2f}x", flush=True)
-    if "sac" in args.sections:
-        print("\npaper-config SAC update (MT10, batch 1280, 3x400, static ERK), ms per update:")
+    for distribution in args.distributions if "sac" in args.sections else ():
+        print(f"\npaper-config SAC update (MT10, batch 1280, 3x400, static {distribution}), "
+              "ms per update:")
         for sparsity in args.sparsities:
-            d, s, r = ratio_of(sac_workload(sparsity, None), sac_workload(sparsity, 1.0),
-                               args.rounds, calls=5)
+            d, s, r = ratio_of(sac_workload(sparsity, None, distribution),
+                               sac_workload(sparsity, 1.0, distribution), args.rounds, calls=5)
             print(f"  {sparsity:6.1%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
                   flush=True)
-    if "ppo" in args.sections:
+    for distribution in args.distributions if "ppo" in args.sections else ():
         print("\nun-pooled minigrid-mt3 PPO update (one rollout: 56 actor + 1 critic steps, "
-              "static ERK), ms per update:")
+              f"static {distribution}), ms per update:")
         for sparsity in args.sparsities:
-            d, s, r = ratio_of(ppo_workload(sparsity, "dense"), ppo_workload(sparsity, "sparse"),
+            d, s, r = ratio_of(ppo_workload(sparsity, "dense", distribution),
+                               ppo_workload(sparsity, "sparse", distribution),
                                args.rounds, calls=1)
             print(f"  {sparsity:6.1%}: dense {d * 1e3:8.1f} sparse {s * 1e3:8.1f}  {r:5.2f}x",
                   flush=True)

@@ -472,6 +472,8 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
     for the paths given, which are then a sweep's ``--out``) and the groups that have fewer
     finished seeds than others. Sections:
 
+    * per task and group: the mean and standard deviation across runs of the final score, and
+      the runs that failed on every task (``per_task_section``);
     * final performance per group: IQM of the (runs, tasks) final scores with its
       stratified-bootstrap percentile interval (``reps`` replications, seeded by ``seed``; as
       ``aggregate``, Agarwal et al. 2021), and the difference to the dense group with its
@@ -501,6 +503,7 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
     markdown = "\n".join([
         *summary_section(paths, groups),
         *final_section(score, finals, no_difference, reps, confidence, seed),
+        *per_task_section(score, finals),
         *sequential_section(score, finals, reps, confidence, seed),
         *figures_section(notes),
         *missing_section(groups, not_started(paths)),
@@ -708,6 +711,42 @@ def final_section(score: str | None, finals: list[GroupFinal], no_difference: st
     else:
         lines += ["", f"The difference to dense is omitted: {no_difference}."]
     return [*lines, ""]
+
+
+FAILED_BELOW = 0.05
+"""A run whose final score, averaged over its tasks, is below this failed on every task."""
+
+
+def per_task_rows(finals: list[GroupFinal]) -> tuple[list[str], list[list[str]]]:
+    """``(tasks, rows)``: per group its name, runs, per task ``mean ± std`` of the final score
+    across its runs (sample standard deviation; ``–`` where the group has no run of the task)
+    and its failed runs (mean over tasks below ``FAILED_BELOW``)."""
+    tasks = list(dict.fromkeys(t for f in finals for t in f.tasks))
+    rows = []
+    for final in finals:
+        cells = ["–"] * len(tasks)
+        for column, task in enumerate(final.tasks):
+            scores = final.matrix[:, column]
+            spread = scores.std(ddof=1) if scores.size > 1 else 0.0
+            cells[tasks.index(task)] = f"{scores.mean():.2f} ± {spread:.2f}"
+        failed = int((final.matrix.mean(axis=1) < FAILED_BELOW).sum())
+        rows.append([final.group.name, str(final.matrix.shape[0]), *cells, str(failed)])
+    return tasks, rows
+
+
+def per_task_section(score: str | None, finals: list[GroupFinal]) -> list[str]:
+    """Per group and task, the mean ± standard deviation across runs of the final score, and
+    the failed runs: which task a method helps or hurts, and whether seeds disagree."""
+    if score is None:
+        return []
+    tasks, rows = per_task_rows(finals)
+    header = ["group", "runs", *tasks, "failed runs"]
+    lines = ["## Per task", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, "", (
+        f"Each cell: mean ± sample standard deviation across the group's finished runs of the "
+        f"final `{score}` of the task. Failed runs: runs whose final score averaged over their "
+        f"tasks is below {FAILED_BELOW}."), ""]
 
 
 def sequential_section(score: str | None, finals: list[GroupFinal], reps: int,

@@ -83,7 +83,12 @@ def sweep_run(path: Path, method: str, sparsity: float, seed: int, final: list[f
 
 def table_row(markdown: str, group: str) -> list[str]:
     """The cells of the final-performance row of ``group``."""
-    section = markdown[markdown.index("## Final performance"):markdown.index("## Figures")]
+    return section_row(markdown, "## Final performance", "## Per task", group)
+
+
+def section_row(markdown: str, start: str, end: str, group: str) -> list[str]:
+    """The cells of ``group``'s row in the table between the headings ``start`` and ``end``."""
+    section = markdown[markdown.index(start):markdown.index(end)]
     (line,) = [ln for ln in section.splitlines() if ln.startswith(f"| {group} |")]
     return [cell.strip() for cell in line.strip("|").split("|")]
 
@@ -160,6 +165,28 @@ def test_known_iqm_and_difference_to_dense(report):
     assert "Agarwal et al. 2021" in markdown
     rows = [ln.split("|")[1].strip() for ln in markdown.splitlines() if ln.startswith("| ")]
     assert rows[:5] == ["group", "dense", "gmp 0.9", "gmp 0.95", "gmp+redo 0.9"]
+
+
+def test_per_task_means_spreads_and_failed_runs(report, tmp_path):
+    _, markdown = report
+    # tasks in the order of the score matrix (sorted by name)
+    assert "| group | runs | LavaGapS7-v0 | MemoryS11-v0 | RedBlueDoors-6x6-v0 | failed runs |" \
+        in markdown
+    # REDO_SCORES per task: Lava (0.1, 0.2, 0.0), RedBlue (0.5, 0.5, 0.6), Memory (0.9, 0.8, 1.0)
+    assert section_row(markdown, "## Per task", "## Figures", "gmp+redo 0.9") == [
+        "gmp+redo 0.9", "3", "0.10 ± 0.10", "0.90 ± 0.10", "0.53 ± 0.06", "0"]
+    assert section_row(markdown, "## Per task", "## Figures", "dense") == [
+        "dense", "3", *["0.80 ± 0.00"] * 3, "0"]
+    # a run below 0.05 on average failed, one at 0.05 did not; one run has no spread
+    for seed, scores in enumerate(([0.0, 0.1, 0.0], [0.05, 0.05, 0.05], [0.9, 0.6, 0.3])):
+        sweep_run(tmp_path / "runs" / f"dense-{seed}", "dense", 0.0, seed, scores,
+                  plasticity=False)
+    sweep_run(tmp_path / "runs" / "gmp", "gmp", 0.9, 0, [0.2, 0.4, 0.6], plasticity=False)
+    markdown = write_report([tmp_path / "runs"], tmp_path / "out", reps=REPS, figures=False)
+    assert section_row(markdown, "## Per task", "## Figures", "dense") == [
+        "dense", "3", "0.32 ± 0.51", "0.12 ± 0.16", "0.25 ± 0.30", "1"]
+    assert section_row(markdown, "## Per task", "## Figures", "gmp 0.9") == [
+        "gmp 0.9", "1", "0.20 ± 0.00", "0.60 ± 0.00", "0.40 ± 0.00", "0"]
 
 
 def test_unfinished_runs_are_listed_as_missing_and_excluded(report, sweep):

@@ -54,7 +54,17 @@ from mtrl_sparse.agents.networks import (
     task_one_hot,
     torch_linear_init,
 )
-from mtrl_sparse.agents.sparse_linear import MaskedDense, kernel_product
+from mtrl_sparse.agents.sparse_linear import (
+    MaskedDense,
+    from_grid,
+    grid_conv,
+    has_index,
+    kernel_product,
+    kernels_available,
+    module_index,
+    sparse_conv,
+    to_grid,
+)
 
 CONV_ACTIVATIONS = (nn.relu, nn.relu, nn.tanh)
 """Activation after each convolution (Table 2)."""
@@ -93,18 +103,29 @@ class PatchConv(nn.Module):
     (``kernel`` (size, size, C_in, C_out), ``bias`` (C_out)), so masks and checkpoints see a
     convolution kernel; written as windows @ kernel because XLA's CPU convolutions on these tiny
     maps are about three times slower inside PPO's minibatch loop (bench/ppo_minigrid.py).
-    (B, H, W, C_in) -> (B, H - size + 1, W - size + 1, C_out).
+    With a sparse index (sparse compute) and the compiled kernels, it computes directly on the
+    map with the active weights only (``sparse_conv``: no window array), and with
+    ``grid`` = ((B, H, W), (h, w)) it takes and returns the channel-major grid of ``grid_conv``
+    instead, its outputs valid on the top-left (h, w) of each map.
+    (B, H, W, C_in) -> (B, H - size + 1, W - size + 1, C_out); with ``grid``:
+    (C_in, H * W * B) -> (C_out, H * W * B).
     """
 
     features: int
     size: int = 2
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        channels = x.shape[-1]
+    def __call__(self, x: jax.Array,
+                 grid: tuple[tuple[int, int, int], tuple[int, int]] | None = None) -> jax.Array:
+        channels = x.shape[0] if grid else x.shape[-1]
         kernel = self.param("kernel", torch_linear_init,
                             (self.size, self.size, channels, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        index = module_index(self)
+        if grid:
+            return grid_conv(x, kernel, index, *grid) + bias[:, None]
+        if index is not None and kernels_available():
+            return sparse_conv(x, kernel, index) + bias
         windows = kernel_patches(x, self.size)
         return kernel_product(self, windows, kernel) + bias
 
@@ -116,6 +137,10 @@ class MiniGridCNN(nn.Module):
     With ``layer_norm``, a LayerNorm over channels (``norm_i``) follows each convolution, before
     its activation. Each convolution's output after its activation (before pooling) is sown as an
     ``intermediates`` variable ``conv_i_out``, (B, h_i, w_i, C_i).
+
+    When every convolution computes sparsely (a sparse index for each, the compiled kernels; no
+    pooling, no LayerNorm), the chain runs on the image's channel-major grid (``grid_conv``):
+    no window arrays, no layout change between the convolutions.
     """
 
     channels: Sequence[int] = (16, 32, 64)
@@ -123,9 +148,29 @@ class MiniGridCNN(nn.Module):
     pooling: bool = True
     layer_norm: bool = False
 
+    def chains_on_grid(self) -> bool:
+        """Whether every convolution computes through the sparse kernels on one grid."""
+        return (not self.pooling and not self.layer_norm and kernels_available()
+                and all(has_index(self, f"conv_{i}") for i in range(len(self.channels))))
+
+    def grid_chain(self, x: jax.Array) -> jax.Array:
+        """The convolutions on the image's grid (see the class docstring)."""
+        shape, (_, height, width, _) = x.shape[:3], x.shape
+        grid, shrink = to_grid(x), self.kernel_size - 1
+        for i, (features, activation) in enumerate(zip(self.channels, CONV_ACTIVATIONS,
+                                                       strict=True)):
+            valid = (height - (i + 1) * shrink, width - (i + 1) * shrink)
+            grid = activation(PatchConv(features, self.kernel_size, name=f"conv_{i}")(
+                grid, grid=(shape, valid)))
+            if self.is_mutable_collection("intermediates"):
+                self.sow("intermediates", f"conv_{i}_out", from_grid(grid, shape, valid))
+        return from_grid(grid, shape, valid)
+
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         x = image.astype(jnp.float32)
+        if self.chains_on_grid():
+            return self.grid_chain(x)
         for i, (width, activation) in enumerate(zip(self.channels, CONV_ACTIVATIONS, strict=True)):
             x = PatchConv(width, self.kernel_size, name=f"conv_{i}")(x)
             if self.layer_norm:

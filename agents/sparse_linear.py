@@ -38,6 +38,9 @@ from flax import struct
 EXTENSION = "mtrl_sparse.agents._sparse_kernels"
 GATHER_TARGET = "mtrl_sparse_compressed_gather"
 SAMPLED_TARGET = "mtrl_sparse_sampled_product"
+CONV_GATHER_TARGET = "mtrl_sparse_conv_gather"
+CONV_INPUT_GRADIENT_TARGET = "mtrl_sparse_conv_input_gradient"
+CONV_SAMPLED_TARGET = "mtrl_sparse_conv_sampled_product"
 
 
 @functools.cache
@@ -46,7 +49,7 @@ def kernels_available() -> bool:
     the computation runs on the CPU (the only platform the kernels exist for so far: elsewhere
     the products take XLA's dense path).
 
-    Loads the shared library once per process and registers its two FFI targets.
+    Loads the shared library once per process and registers its FFI targets.
     """
     if jax.default_backend() != "cpu":
         return False
@@ -58,7 +61,10 @@ def kernels_available() -> bool:
     except OSError:
         return False
     for target, symbol in ((GATHER_TARGET, library.MtrlSparseCompressedGather),
-                           (SAMPLED_TARGET, library.MtrlSparseSampledProduct)):
+                           (SAMPLED_TARGET, library.MtrlSparseSampledProduct),
+                           (CONV_GATHER_TARGET, library.MtrlSparseConvGather),
+                           (CONV_INPUT_GRADIENT_TARGET, library.MtrlSparseConvInputGradient),
+                           (CONV_SAMPLED_TARGET, library.MtrlSparseConvSampledProduct)):
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     return True
 
@@ -230,6 +236,161 @@ def sparse_matmul(x: jax.Array, w: jax.Array, index: CompressedKernel,
                    bool(x_feature_major), bool(y_feature_major))
 
 
+# ----------------------------------------------------------------------------- convolutions
+# A VALID, stride-1 convolution with a (size, size, C, O) kernel computes directly on the
+# channel-major grid of a batch of maps: C rows of the N = H * W * B positions, position
+# (h * W + w) * B + b (batch innermost). Tap t = kh * size + kw reads its input row shifted by
+# s(t) = (kh * W + kw) * B (kernels/sparse_matmul.cc: ConvGather, ConvInputGradient,
+# ConvSampledProduct). Outputs come out at every position of the input's grid; those whose
+# window leaves the map are garbage, cropped (their cotangents are zero). No window array is
+# built (a window product copies the map size * size times, forward and backward), and with the
+# batch innermost a crop or a change to feature-major rows moves runs of B values.
+
+
+def _shifts(size: int, width: int, batch: int) -> list[int]:
+    """s(t) = (kh * W + kw) * B of each tap t = kh * size + kw."""
+    return [(kh * width + kw) * batch for kh in range(size) for kw in range(size)]
+
+
+def _shifted(rows: jax.Array, shift: int) -> jax.Array:
+    """(R, N) -> (R, N): ``rows[:, p + shift]``, zero past the end."""
+    return jnp.pad(rows[:, shift:], ((0, 0), (0, shift)))
+
+
+def _conv_attributes(size: int, channels: int, width: int, batch: int, valid: tuple[int, int]
+                     ) -> dict:
+    """The kernels' description of the grid: tap strides, valid output rows and the length of
+    each row's valid run (``valid`` = (h, w) of the output maps)."""
+    return {"channels": np.int64(channels), "size": np.int64(size),
+            "row_stride": np.int64(width * batch), "column_stride": np.int64(batch),
+            "valid_rows": np.int64(valid[0]), "valid_run": np.int64(valid[1] * batch),
+            "kernel_rows": np.int64(size * size * channels)}
+
+
+def _conv_forward_kernel(x_grid, w, index, size, channels, width, batch, valid):
+    """(C, N) -> (O, N): the kernels' forward product at the valid positions (zero elsewhere)."""
+    out = jax.ShapeDtypeStruct((w.shape[1], x_grid.shape[1]), jnp.float32)
+    return jax.ffi.ffi_call(CONV_GATHER_TARGET, out, vmap_method="sequential")(
+        x_grid, w, index.col_ptr, index.col_rows, index.col_weights,
+        **_conv_attributes(size, channels, width, batch, valid))
+
+
+def _conv_forward_dense(x_grid, w, index, size, channels, width, batch, valid):
+    del index, valid
+    taps = w.reshape(size * size, channels, w.shape[1])
+    return sum(taps[t].T @ _shifted(x_grid, s)
+               for t, s in enumerate(_shifts(size, width, batch)))
+
+
+def _conv_backward_kernel(x_grid, w, index, dy_grid, size, channels, width, batch, valid):
+    """(C, N) inputs, (O, N) cotangent (read at the valid positions) -> ((C, N) input
+    cotangent, (I, O) weight gradient at the active entries)."""
+    attributes = _conv_attributes(size, channels, width, batch, valid)
+    dx = jax.ffi.ffi_call(CONV_INPUT_GRADIENT_TARGET,
+                          jax.ShapeDtypeStruct(x_grid.shape, jnp.float32),
+                          vmap_method="sequential")(
+        dy_grid, w, index.row_ptr, index.row_cols, index.row_weights, **attributes)
+    dw = jax.ffi.ffi_call(CONV_SAMPLED_TARGET, jax.ShapeDtypeStruct(w.shape, jnp.float32),
+                          vmap_method="sequential")(
+        x_grid, dy_grid, index.row_ptr, index.row_cols, index.row_weights, **attributes)
+    return dx, dw
+
+
+def _conv_backward_dense(x_grid, w, index, dy_grid, size, channels, width, batch, valid):
+    del index, valid
+    shifts = _shifts(size, width, batch)
+    taps = w.reshape(len(shifts), channels, w.shape[1])
+    length = dy_grid.shape[1]
+    dx = sum(jnp.pad((taps[t] @ dy_grid)[:, :length - s], ((0, 0), (s, 0)))
+             for t, s in enumerate(shifts))
+    dw = jnp.concatenate([_shifted(x_grid, s) @ dy_grid.T for s in shifts])
+    return dx, dw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _grid_conv(x_grid: jax.Array, w: jax.Array, index: CompressedKernel, size: int,
+               width: int, batch: int, valid: tuple[int, int]) -> jax.Array:
+    return _grid_conv_fwd(x_grid, w, index, size, width, batch, valid)[0]
+
+
+def _grid_conv_fwd(x_grid, w, index, size, width, batch, valid):
+    static = {"size": size, "channels": x_grid.shape[0], "width": width, "batch": batch,
+              "valid": valid}
+    kernel = functools.partial(_conv_forward_kernel, **static)
+    if index.always_enabled(w.size):
+        y_grid = kernel(x_grid, w, index)
+    else:
+        dense = functools.partial(_conv_forward_dense, **static)
+        y_grid = jax.lax.cond(index.enabled, kernel, dense, x_grid, w, index)
+    return y_grid, (x_grid, w, index)
+
+
+def _grid_conv_bwd(size, width, batch, valid, residuals, dy_grid):
+    x_grid, w, index = residuals
+    static = {"size": size, "channels": x_grid.shape[0], "width": width, "batch": batch,
+              "valid": valid}
+    kernel = functools.partial(_conv_backward_kernel, **static)
+    if index.always_enabled(w.size):
+        dx_grid, dw = kernel(x_grid, w, index, dy_grid)
+    else:
+        dense = functools.partial(_conv_backward_dense, **static)
+        dx_grid, dw = jax.lax.cond(index.enabled, kernel, dense, x_grid, w, index, dy_grid)
+    return dx_grid, dw, None
+
+
+_grid_conv.defvjp(_grid_conv_fwd, _grid_conv_bwd)
+
+
+def to_grid(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) maps -> (C, H * W * B), their channel-major grid (``grid_conv``)."""
+    return jnp.transpose(x, (3, 1, 2, 0)).reshape(x.shape[-1], -1)
+
+
+def from_grid(grid: jax.Array, shape: tuple[int, int, int], valid: tuple[int, int]
+              ) -> jax.Array:
+    """(C, H * W * B) grid of maps of ``shape`` (B, H, W) -> (B, h, w, C): the top-left
+    ``valid`` = (h, w) part of each map."""
+    batch, height, width = shape
+    maps = grid.reshape(grid.shape[0], height, width, batch)[:, :valid[0], :valid[1]]
+    return jnp.transpose(maps, (3, 1, 2, 0))
+
+
+def grid_conv(x_grid: jax.Array, kernel: jax.Array, index: CompressedKernel,
+              shape: tuple[int, int, int], valid: tuple[int, int]) -> jax.Array:
+    """A VALID, stride-1 convolution ``(C, N) * masked (size, size, C, O) -> (O, N)`` on the
+    channel-major grid (``to_grid``) of maps of ``shape`` (B, H, W), with the active entries of
+    ``index`` (built from the kernel's mask viewed as ``kernel_view``), differentiable (the
+    weight gradient is zero outside the mask). Outputs are computed on the top-left ``valid``
+    (h, w) part of each map (zero elsewhere), reading the inputs' top-left (h + size - 1,
+    w + size - 1); so convolutions chain on one grid: the k-th of a chain of size-s
+    convolutions is valid on the top-left (H - k (s - 1), W - k (s - 1)). Needs the compiled
+    extension (``kernels_available``); equals the masked dense convolution up to float32
+    summation order.
+    """
+    size = kernel.shape[0]
+    if kernel.ndim != 4 or kernel.shape[1] != size or kernel.shape[2] != x_grid.shape[0]:
+        raise ValueError(f"expected a (size, size, {x_grid.shape[0]}, O) kernel; got "
+                         f"{kernel.shape}")
+    if x_grid.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+        raise TypeError(f"grid_conv is float32 only; got {x_grid.dtype} and {kernel.dtype}")
+    if not kernels_available():
+        raise RuntimeError("grid_conv needs the compiled sparse kernels")
+    batch, height, width = shape
+    if not (0 < valid[0] <= height - size + 1 and 0 < valid[1] <= width - size + 1):
+        raise ValueError(f"valid part {valid} outside the {height - size + 1} x "
+                         f"{width - size + 1} outputs of a {size} x {size} window")
+    return _grid_conv(x_grid, kernel_view(kernel), index, size, width, batch, tuple(valid))
+
+
+def sparse_conv(x: jax.Array, kernel: jax.Array, index: CompressedKernel) -> jax.Array:
+    """``grid_conv`` on batch-major maps: ``(B, H, W, C) * masked (size, size, C, O) ->
+    (B, H - size + 1, W - size + 1, O)``."""
+    batch, height, width, _ = x.shape
+    valid = (height - kernel.shape[0] + 1, width - kernel.shape[0] + 1)
+    grid = grid_conv(to_grid(x), kernel, index, (batch, height, width), valid)
+    return from_grid(grid, (batch, height, width), valid)
+
+
 # ----------------------------------------------------------------------------- in the train state
 SPARSE_INDEX = "sparse_index"
 """The Flax variable collection that carries the indices into a network's ``apply``."""
@@ -280,6 +441,14 @@ def with_index(weights: Any, index: Any) -> Any:
     return {**weights, SPARSE_INDEX: _without_none(index["params"])}
 
 
+def module_index(module: nn.Module) -> CompressedKernel | None:
+    """The ``SPARSE_INDEX`` of ``module``'s ``kernel`` (None: it computes densely). Call it
+    inside ``module``'s call."""
+    if not module.has_variable(SPARSE_INDEX, "kernel"):
+        return None
+    return module.get_variable(SPARSE_INDEX, "kernel")
+
+
 def kernel_product(module: nn.Module, x: jax.Array, kernel: jax.Array,
                    x_feature_major: bool = False, y_feature_major: bool = False) -> jax.Array:
     """``x (..., I) @ kernel`` viewed as (I, O) (``kernel_view``), inside ``module``'s call:
@@ -287,8 +456,7 @@ def kernel_product(module: nn.Module, x: jax.Array, kernel: jax.Array,
     With ``x_feature_major`` / ``y_feature_major``, ``x`` is (I, B) / the result is (O, B)
     (``sparse_matmul``'s layouts; 2-D only)."""
     matrix = kernel_view(kernel)
-    index = (module.get_variable(SPARSE_INDEX, "kernel")
-             if module.has_variable(SPARSE_INDEX, "kernel") else None)
+    index = module_index(module)
     if x_feature_major or y_feature_major:
         if index is not None:
             return sparse_matmul(x, matrix, index, x_feature_major=x_feature_major,

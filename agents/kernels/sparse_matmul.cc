@@ -14,7 +14,23 @@
 // SampledProduct:    dW[widx[k]] = <x^T[p, :], dy^T[idx[k], :]> for row p's active entries,
 //   zero elsewhere (the weight gradient at the active entries only; row-compressed structure).
 //
-// Both split their rows over XLA's intra-op thread pool in chunks of about equal active
+// Convolutions (VALID, stride 1, a size x size window) compute directly on channel-major maps,
+// with no window extraction: a batch of maps is C rows of N = H * W * B positions, position
+// p = (h * W + w) * B + b (batch innermost), and a kernel (size, size, C_in, C_out) viewed as
+// (I, O) = (size * size * C_in, C_out) has row r = t * C_in + c for tap t = kh * size + kw, whose
+// input is the row c shifted by s(t) = kh * row_stride + kw * column_stride positions
+// (row_stride = W * B, column_stride = B). Outputs are computed at every position p with
+// p + s(t) < N (the others, and those whose window leaves the map, are garbage the caller
+// crops), so each multiply-add run is the whole grid:
+// ConvGather:        y[o, p]  = sum_{k of column o} w[widx[k]] * x[c(idx[k]), p + s(t(idx[k]))]
+//   (x (C_in, N), y (C_out, N));
+// ConvInputGradient: dx[c, q] = sum_t sum_{k of row t * C_in + c} w[widx[k]] * dy[idx[k], q - s(t)]
+//   over valid positions q - s(t) (dy (C_out, N), dx (C_in, N)); each c's taps are summed by
+//   one thread;
+// ConvSampledProduct: dw[widx[k]] = sum_p x[c(r), p + s(t(r))] * dy[idx[k], p] over valid
+//   positions p, for row r's active entries (x (C_in, N), dy (C_out, N)).
+//
+// All split their rows over XLA's intra-op thread pool in chunks of about equal active
 // counts. The calling thread takes chunks too and waits only for chunks other threads have
 // started, so a handler never waits on work queued behind itself.
 
@@ -182,9 +198,168 @@ ffi::Error SampledProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xt,
   return ffi::Error::Success();
 }
 
+// The taps of a size x size window: tap t's shift s(t) = kh * row_stride + kw * column_stride;
+// the valid output positions: the first valid_run positions of each of the first valid_rows
+// rows of row_stride positions.
+struct Taps {
+  int64_t channels, size, row_stride, column_stride, valid_rows, valid_run;
+  int64_t Count() const { return size * size; }
+  int64_t Shift(int64_t tap) const {
+    return (tap / size) * row_stride + (tap % size) * column_stride;
+  }
+  int64_t MaxShift() const { return Shift(Count() - 1); }
+  // The positions past the last one any tap reads from a valid output.
+  int64_t Reach() const { return (valid_rows - 1) * row_stride + valid_run + MaxShift(); }
+  // body(start) for the first position of each valid run.
+  template <typename Body>
+  void ForValidRuns(const Body& body) const {
+    for (int64_t h = 0; h < valid_rows; ++h) body(h * row_stride);
+  }
+};
+
+// The convolution handlers' attributes (members in the alphabetical order of their names, the
+// order in which XLA passes them).
+struct ConvAttributes {
+  int64_t channels, column_stride, kernel_rows, row_stride, size, valid_rows, valid_run;
+};
+
+ffi::Error ReadTaps(const ConvAttributes& a, int64_t length, Taps* taps) {
+  *taps = Taps{a.channels, a.size, a.row_stride, a.column_stride, a.valid_rows, a.valid_run};
+  if (a.channels <= 0 || a.size <= 0 || a.column_stride <= 0 || a.valid_rows <= 0 ||
+      a.valid_run <= 0 || a.valid_run > a.row_stride || a.kernel_rows != taps->Count() * a.channels ||
+      taps->Reach() > length) {
+    return ffi::Error::InvalidArgument(
+        "expected channels, size, strides and valid extents > 0, valid_run <= row_stride, "
+        "size * size * channels kernel rows and every read inside the grid");
+  }
+  return ffi::Error::Success();
+}
+
+// x (C_in, N), w (any shape), col_ptr (C_out + 1,), idx (K,), widx (K,) -> y (C_out, N)
+ffi::Error ConvGatherImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in,
+                          ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::S32> ptr,
+                          ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> widx,
+                          ffi::ResultBuffer<ffi::F32> out, ConvAttributes attributes) {
+  const auto out_dims = out->dimensions();
+  const auto in_dims = in.dimensions();
+  const int64_t channels = attributes.channels;
+  if (out_dims.size() != 2 || in_dims.size() != 2 || in_dims[0] != channels ||
+      in_dims[1] != out_dims[1]) {
+    return ffi::Error::InvalidArgument("expected x (C_in, N) and y (C_out, N)");
+  }
+  const int64_t rows = out_dims[0], length = out_dims[1];
+  Taps taps;
+  if (ffi::Error error = ReadTaps(attributes, length, &taps); error.failure()) return error;
+  Index index;
+  if (ffi::Error error = ReadIndex(rows, ptr, idx, widx, &index); error.failure()) return error;
+  const auto [p_ptr, p_idx, p_widx] = index;
+  const float* __restrict__ x = in.typed_data();
+  const float* __restrict__ weights = w.typed_data();
+  float* __restrict__ y = out->typed_data();
+  ForRowChunks(pool, p_ptr, rows, length, [&](int64_t o) {
+    float* __restrict__ y_row = y + o * length;
+    std::fill(y_row, y_row + length, 0.0f);
+    for (int32_t k = p_ptr[o]; k < p_ptr[o + 1]; ++k) {
+      const float v = weights[p_widx[k]];
+      const int64_t r = p_idx[k];
+      const float* __restrict__ x_row = x + (r % channels) * length + taps.Shift(r / channels);
+      taps.ForValidRuns([&](int64_t start) {
+        for (int64_t p = start; p < start + taps.valid_run; ++p) y_row[p] += v * x_row[p];
+      });
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// dy (C_out, N), w (any shape), row_ptr (I + 1,), idx (K,), widx (K,) -> dx (C_in, N)
+ffi::Error ConvInputGradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dyt,
+                                 ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::S32> ptr,
+                                 ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> widx,
+                                 ffi::ResultBuffer<ffi::F32> dxt, ConvAttributes attributes) {
+  const auto dx_dims = dxt->dimensions();
+  const auto dy_dims = dyt.dimensions();
+  const int64_t channels = attributes.channels, kernel_rows = attributes.kernel_rows;
+  if (dx_dims.size() != 2 || dy_dims.size() != 2 || dx_dims[0] != channels ||
+      dy_dims[1] != dx_dims[1]) {
+    return ffi::Error::InvalidArgument("expected dy (C_out, N) and dx (C_in, N)");
+  }
+  const int64_t length = dx_dims[1];
+  Taps taps;
+  if (ffi::Error error = ReadTaps(attributes, length, &taps); error.failure()) return error;
+  Index index;
+  if (ffi::Error error = ReadIndex(kernel_rows, ptr, idx, widx, &index); error.failure()) {
+    return error;
+  }
+  const auto [p_ptr, p_idx, p_widx] = index;
+  const float* __restrict__ dy = dyt.typed_data();
+  const float* __restrict__ weights = w.typed_data();
+  float* __restrict__ dx = dxt->typed_data();
+  const int64_t num_chunks = NumChunks(pool, channels, p_ptr[kernel_rows], length);
+  ParallelChunks(pool, num_chunks, [&](int64_t chunk) {
+    for (int64_t c = channels * chunk / num_chunks; c < channels * (chunk + 1) / num_chunks;
+         ++c) {
+      float* __restrict__ dx_row = dx + c * length;
+      std::fill(dx_row, dx_row + length, 0.0f);
+      for (int64_t t = 0; t < taps.Count(); ++t) {
+        const int64_t r = t * channels + c;
+        float* __restrict__ dx_shifted = dx_row + taps.Shift(t);
+        for (int32_t k = p_ptr[r]; k < p_ptr[r + 1]; ++k) {
+          const float v = weights[p_widx[k]];
+          const float* __restrict__ dy_row = dy + static_cast<int64_t>(p_idx[k]) * length;
+          taps.ForValidRuns([&](int64_t start) {
+            for (int64_t p = start; p < start + taps.valid_run; ++p) dx_shifted[p] += v * dy_row[p];
+          });
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// x (C_in, N), dy (C_out, N), row_ptr (I + 1,), idx (K,), widx (K,) -> dw (I, C_out)
+ffi::Error ConvSampledProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xt,
+                                  ffi::Buffer<ffi::F32> dyt, ffi::Buffer<ffi::S32> ptr,
+                                  ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> widx,
+                                  ffi::ResultBuffer<ffi::F32> dw, ConvAttributes attributes) {
+  const auto dw_dims = dw->dimensions();
+  const auto x_dims = xt.dimensions();
+  const auto dy_dims = dyt.dimensions();
+  const int64_t channels = attributes.channels, kernel_rows = attributes.kernel_rows;
+  if (dw_dims.size() != 2 || x_dims.size() != 2 || dy_dims.size() != 2 ||
+      dw_dims[0] != kernel_rows || x_dims[0] != channels || dy_dims[0] != dw_dims[1] ||
+      x_dims[1] != dy_dims[1]) {
+    return ffi::Error::InvalidArgument("expected x (C_in, N), dy (C_out, N) and dw (I, O)");
+  }
+  const int64_t cols = dw_dims[1], length = dy_dims[1];
+  Taps taps;
+  if (ffi::Error error = ReadTaps(attributes, length, &taps); error.failure()) return error;
+  Index index;
+  if (ffi::Error error = ReadIndex(kernel_rows, ptr, idx, widx, &index); error.failure()) {
+    return error;
+  }
+  const auto [p_ptr, p_idx, p_widx] = index;
+  const float* __restrict__ x = xt.typed_data();
+  const float* __restrict__ dy = dyt.typed_data();
+  float* __restrict__ grad = dw->typed_data();
+  ForRowChunks(pool, p_ptr, kernel_rows, length, [&](int64_t r) {
+    std::memset(grad + r * cols, 0, sizeof(float) * cols);
+    const float* __restrict__ x_row = x + (r % channels) * length + taps.Shift(r / channels);
+    for (int32_t k = p_ptr[r]; k < p_ptr[r + 1]; ++k) {
+      const float* __restrict__ dy_row = dy + static_cast<int64_t>(p_idx[k]) * length;
+      float sum = 0.0f;
+      taps.ForValidRuns([&](int64_t start) {
+#pragma omp simd reduction(+ : sum)
+        for (int64_t p = start; p < start + taps.valid_run; ++p) sum += x_row[p] * dy_row[p];
+      });
+      grad[p_widx[k]] = sum;
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
-// Both handlers: (thread pool; two float32 arrays, ptr, idx, widx) -> one float32 array.
+// Every handler: (thread pool; two float32 arrays, ptr, idx, widx) -> one float32 array.
 static auto Binding() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::ThreadPool>()
@@ -196,5 +371,20 @@ static auto Binding() {
       .Ret<ffi::Buffer<ffi::F32>>();
 }
 
+// The convolution handlers: the same, with the window's attributes (see Taps), one struct.
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(ConvAttributes, ffi::StructMember<int64_t>("channels"),
+                                      ffi::StructMember<int64_t>("column_stride"),
+                                      ffi::StructMember<int64_t>("kernel_rows"),
+                                      ffi::StructMember<int64_t>("row_stride"),
+                                      ffi::StructMember<int64_t>("size"),
+                                      ffi::StructMember<int64_t>("valid_rows"),
+                                      ffi::StructMember<int64_t>("valid_run"));
+
+static auto ConvBinding() { return Binding().Attrs<ConvAttributes>(); }
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseCompressedGather, CompressedGatherImpl, Binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseSampledProduct, SampledProductImpl, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseConvGather, ConvGatherImpl, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseConvInputGradient, ConvInputGradientImpl, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MtrlSparseConvSampledProduct, ConvSampledProductImpl,
+                              ConvBinding());

@@ -129,15 +129,23 @@ def test_auto_compute_switches_a_kernel_to_the_sparse_path_below_its_crossover()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["rigl", "gmp"])
-def test_a_minigrid_run_under_sparse_compute_equals_the_dense_run(capsys, tmp_path, method):
-    """PPO's CNN (convolutions as window products, the per-task heads) computes sparsely; the
-    whole run (rollouts, updates, method events, evaluations) gives the dense run's rows."""
+@pytest.mark.parametrize("flags", [
+    ["--method", "rigl", "--sparsity", "0.9"],
+    ["--method", "gmp", "--sparsity", "0.9"],
+    # every convolution under the crossover: each computes directly on its map (with the pool)
+    # or the three chain on one grid (without)
+    ["--method", "set", "--sparsity", "0.95", "--distribution", "uniform"],
+    ["--method", "static", "--sparsity", "0.95", "--distribution", "uniform",
+     "--ppo.no-cnn-pooling"],
+], ids=["rigl", "gmp", "set-uniform", "static-uniform-grid"])
+def test_a_minigrid_run_under_sparse_compute_equals_the_dense_run(capsys, tmp_path, flags):
+    """PPO's CNN (convolutions, the per-task heads) computes sparsely; the whole run (rollouts,
+    updates, method events, evaluations) gives the dense run's rows."""
     rows = {}
     for compute in ("dense", "sparse"):
         run_dir = tmp_path / compute
         code, _, err = run_cli(capsys, [
-            "train", "--preset", "minigrid-smoke", "--method", method, "--sparsity", "0.9",
+            "train", "--preset", "minigrid-smoke", *flags,
             "--compute", compute, "--run-dir", str(run_dir), "--no-progress"])
         assert code == 0, err
         rows[compute] = deterministic_rows(run_dir)

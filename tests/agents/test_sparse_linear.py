@@ -262,3 +262,138 @@ def test_networks_pass_activations_feature_major_between_indexed_layers(arch, in
         expected = [a in indexed and b in indexed
                     for a, b in zip(layers[:-1], layers[1:], strict=True)]
         assert chain == [*expected, False]
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+
+def conv_problem(seed: int, batch: int, height: int, width: int, channels: int, outputs: int,
+                 size: int, density: float):
+    """A (size, size, C, O) mask of about ``density``, a kernel zero outside it, maps and an
+    output cotangent."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    shape = (size, size, channels, outputs)
+    mask = jax.random.uniform(keys[0], shape) < density
+    kernel = jnp.where(mask, jax.random.normal(keys[1], shape), 0.0)
+    x = jax.random.normal(keys[2], (batch, height, width, channels))
+    cotangent = jax.random.normal(keys[3], (batch, height - size + 1, width - size + 1, outputs))
+    return mask, kernel, x, cotangent
+
+
+def conv_products(x, kernel, mask, index, cotangent):
+    """(y, dx, dw) of ``sparse_conv`` and of the masked window product (what ``PatchConv``
+    computes densely), the gradients of ``sum(y * cotangent)``."""
+    from mtrl_sparse.agents.cnn import kernel_patches
+    from mtrl_sparse.agents.sparse_linear import kernel_view, sparse_conv
+
+    size = kernel.shape[0]
+    sparse = lambda x, k: sparse_conv(x, k, index)
+    dense = lambda x, k: kernel_patches(x, size) @ kernel_view(k * mask)
+    loss = lambda conv: lambda x, k: jnp.sum(conv(x, k) * cotangent)
+    got = (jax.jit(sparse)(x, kernel), *jax.jit(jax.grad(loss(sparse), (0, 1)))(x, kernel))
+    want = (dense(x, kernel), *jax.grad(loss(dense), (0, 1))(x, kernel))
+    return got, want
+
+
+needs_kernels = pytest.mark.skipif(not kernels_available(), reason="no compiled sparse kernels")
+
+
+@needs_kernels
+@given(seed=st.integers(0, 2**16), batch=st.sampled_from([1, 3, 16]),
+       map_shape=st.sampled_from([(2, 2), (7, 7), (6, 5), (4, 9)]),
+       channels=st.sampled_from([1, 3, 16]), outputs=st.sampled_from([1, 8]),
+       size=st.sampled_from([2, 3]), density=st.floats(0.001, 1.0))
+def test_convolutions_on_the_grid_equal_the_masked_window_product(
+        seed, batch, map_shape, channels, outputs, size, density):
+    """Forward, input gradient and the weight gradient at the mask's entries of the direct
+    convolution equal the window product's; no weight gradient outside the mask."""
+    height, width = map_shape
+    if min(height, width) < size:
+        size = min(height, width)
+    mask, kernel, x, cotangent = conv_problem(seed, batch, height, width, channels, outputs,
+                                              size, density)
+    from mtrl_sparse.agents.sparse_linear import kernel_view
+
+    index = compress(kernel_view(mask), mask.size)
+    got, want = conv_products(x, kernel, mask, index, cotangent)
+    y, dx, dw = got
+    np.testing.assert_allclose(y, want[0], **TOLERANCE)
+    np.testing.assert_allclose(dx, want[1], **TOLERANCE)
+    np.testing.assert_allclose(np.where(mask, dw, 0.0), want[2], **TOLERANCE)
+    assert np.all(np.asarray(dw)[~np.asarray(mask)] == 0.0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("density", [0.05, 0.5])
+def test_a_convolution_index_above_its_density_limit_takes_the_dense_path(density):
+    """Under a density limit the products branch at run time: both branches compute the
+    window product's numbers."""
+    from mtrl_sparse.agents.sparse_linear import kernel_view
+
+    mask, kernel, x, cotangent = conv_problem(9, 4, 6, 6, 16, 32, 2, density)
+    index = compress(kernel_view(mask), mask.size, max_density=0.1)
+    assert bool(index.enabled) == (density < 0.1)
+    got, want = conv_products(x, kernel, mask, index, cotangent)
+    for a, b in zip(got[:2], want[:2], strict=True):
+        np.testing.assert_allclose(a, b, **TOLERANCE)
+    np.testing.assert_allclose(np.where(mask, got[2], 0.0), want[2], **TOLERANCE)
+
+
+@needs_kernels
+def test_vmapped_convolutions_each_use_their_own_mask():
+    from mtrl_sparse.agents.cnn import kernel_patches
+    from mtrl_sparse.agents.sparse_linear import kernel_view, sparse_conv
+
+    problems = [conv_problem(seed, 5, 6, 6, 8, 4, 2, density)
+                for seed, density in ((3, 0.05), (4, 0.3), (5, 1.0))]
+    masks, kernels, xs = (jnp.stack([p[i] for p in problems]) for i in range(3))
+    indices = jax.vmap(lambda m: compress(kernel_view(m), m.size))(masks)
+    loss = lambda x, k, index: jnp.sum(jnp.tanh(sparse_conv(x, k, index)))
+    dense_loss = lambda x, k, m: jnp.sum(jnp.tanh(kernel_patches(x, 2) @ kernel_view(k * m)))
+    got = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1))))(xs, kernels, indices)
+    want = jax.vmap(jax.value_and_grad(dense_loss, (0, 1)))(xs, kernels, masks)
+    np.testing.assert_allclose(got[0], want[0], **TOLERANCE)
+    np.testing.assert_allclose(got[1][0], want[1][0], **TOLERANCE)
+    np.testing.assert_allclose(np.where(masks, got[1][1], 0.0), want[1][1], **TOLERANCE)
+
+
+@needs_kernels
+@pytest.mark.parametrize("indexed", [("conv_0", "conv_1", "conv_2", "head_hidden", "heads"),
+                                     ("conv_1", "head_hidden")], ids=["all", "some"])
+def test_the_cnn_chains_its_convolutions_on_one_grid_when_all_are_indexed(indexed):
+    """With every convolution indexed the CNN computes them on one channel-major grid (the
+    compiled convolution appears once per layer); with some, each indexed one computes directly
+    and the others as window products. Outputs, gradients at the masks' entries and the sown
+    activations equal the dense network's."""
+    from mtrl_sparse.agents.cnn import CNNTaskNetwork
+    from mtrl_sparse.agents.sparse_linear import CONV_GATHER_TARGET, SPARSE_INDEX, index_masks
+
+    net = CNNTaskNetwork(num_tasks=3, out_dim=7, pooling=False)
+    k_init, k_mask, k_image = jax.random.split(jax.random.PRNGKey(11), 3)
+    image = jax.random.randint(k_image, (9, 7, 7, 3), 0, 10).astype(jnp.float32)
+    task_ids = jnp.arange(9) % 3
+    params = net.init(k_init, image, task_ids)["params"]
+    masks = jax.tree_util.tree_map_with_path(
+        lambda path, p: (jax.random.uniform(jax.random.fold_in(k_mask, p.size), p.shape) < 0.2)
+        if path[-1].key == "kernel" and path[-2].key in indexed else None, params)
+    weights = jax.tree.map(lambda p, m: p if m is None else p * m, params, masks,
+                           is_leaf=lambda x: x is None)
+    index_vars = {SPARSE_INDEX: _drop_none(index_masks({"params": masks}, 1.0)["params"])}
+
+    def outputs(extra):
+        def loss(p):
+            return jnp.sum(jnp.sin(net.apply({"params": p, **extra}, image, task_ids)))
+        value, grads = jax.jit(jax.value_and_grad(loss))(weights)
+        _, sown = net.apply({"params": weights, **extra}, image, task_ids,
+                            mutable=["intermediates"])
+        return value, jax.tree.map(lambda g, m: g if m is None else g * m, grads, masks,
+                                   is_leaf=lambda x: x is None), sown["intermediates"]
+
+    want, got = outputs({}), outputs(index_vars)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(a, b, **TOLERANCE)
+    program = jax.jit(lambda p: net.apply({"params": p, **index_vars}, image, task_ids)).lower(
+        weights).as_text(debug_info=True)
+    convs_indexed = sum(name.startswith("conv") for name in indexed)
+    assert program.count(CONV_GATHER_TARGET) == convs_indexed
+    assert ("trunk.grid_chain" in program) == (convs_indexed == 3)

@@ -7,8 +7,9 @@ the ratio the median of the rounds' ratios:
 
 - layers: forward and backward (input and weight gradients) of single masked layers at the
   shapes the presets train: the paper-config SAC hidden layer (batch 1280, 400 -> 400), the
-  un-pooled MiniGrid CNN's second and third convolutions as window products and its MT3 head
-  layer (1,024 -> 3 x 128), per minibatch of 256;
+  un-pooled MiniGrid CNN's second and third convolutions (dense: the window product; sparse:
+  the direct convolution on the map) and its MT3 head layer (1,024 -> 3 x 128), per minibatch
+  of 256;
 - sac: the full paper-config SAC update (MT10, batch 1280, 3 x 400, twin critics; static masks,
   actor and critics at the sparsity, per ``--distributions``: ERK by default);
 - ppo: the full un-pooled ``minigrid-mt3`` PPO update (56 actor and 1 critic minibatch steps on
@@ -45,8 +46,15 @@ import jax.numpy as jnp
 from update_throughput import ACTION_DIM, OBS_DIM, random_batch  # the update benchmark's batch
 
 from mtrl_sparse.agent_kind import EpisodeTracker
+from mtrl_sparse.agents.cnn import kernel_patches
 from mtrl_sparse.agents.sac import SACConfig, make_sac
-from mtrl_sparse.agents.sparse_linear import compress, kernels_available, sparse_matmul
+from mtrl_sparse.agents.sparse_linear import (
+    compress,
+    kernel_view,
+    kernels_available,
+    sparse_conv,
+    sparse_matmul,
+)
 from mtrl_sparse.config import RunConfig
 from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.base import NetworkMethodSettings
@@ -57,9 +65,11 @@ from mtrl_sparse.presets import get_preset
 TASKS = 10
 LAYERS = {  # name: (batch, inputs, outputs)
     "SAC hidden 400x400, batch 1280": (1280, 400, 400),
-    "MiniGrid conv_1 (2x2x16 -> 32), 256 x 25 windows": (256 * 25, 64, 32),
-    "MiniGrid conv_2 (2x2x32 -> 64), 256 x 16 windows": (256 * 16, 128, 64),
     "MiniGrid MT3 head layer 1024 -> 384, batch 256": (256, 1024, 384),
+}
+CONVOLUTIONS = {  # name: (batch, height, width, channels, outputs), 2x2 windows
+    "MiniGrid conv_1 (2x2x16 -> 32) on 256 6x6 maps": (256, 6, 6, 16, 32),
+    "MiniGrid conv_2 (2x2x32 -> 64) on 256 5x5 maps": (256, 5, 5, 32, 64),
 }
 
 
@@ -104,6 +114,27 @@ def layer_workloads(batch: int, inputs: int, outputs: int, sparsity: float):
 
     dense = step_of(lambda x, w: x @ jnp.where(mask, w, 0.0))
     sparse = step_of(lambda x, w: sparse_matmul(x, w, index))
+    return (dense, (jnp.zeros(()),)), (sparse, (jnp.zeros(()),))
+
+
+def conv_workloads(batch: int, height: int, width: int, channels: int, outputs: int,
+                   sparsity: float):
+    """(dense, sparse) steps of one 2x2 convolution's forward and backward pass: the window
+    product of the masked kernel (dense compute) and the direct convolution (sparse)."""
+    k_mask, k_w, k_x, k_c = jax.random.split(jax.random.key(0), 4)
+    shape = (2, 2, channels, outputs)
+    mask = jax.random.uniform(k_mask, shape) >= sparsity
+    kernel = jnp.where(mask, jax.random.normal(k_w, shape), 0.0)
+    x = jax.random.normal(k_x, (batch, height, width, channels))
+    c = jax.random.normal(k_c, (batch, height - 1, width - 1, outputs))
+    index = compress(kernel_view(mask), mask.size)
+
+    def step_of(conv):
+        grad = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(conv(x, k) * c), (0, 1)))
+        return lambda carry: grad(x + 0.0 * carry[0], kernel)[0:1]
+
+    dense = step_of(lambda x, k: kernel_patches(x, 2) @ kernel_view(jnp.where(mask, k, 0.0)))
+    sparse = step_of(lambda x, k: sparse_conv(x, k, index))
     return (dense, (jnp.zeros(()),)), (sparse, (jnp.zeros(()),))
 
 
@@ -164,9 +195,11 @@ def main() -> None:
           "alternating rounds)")
     if "layers" in args.sections:
         print("\nlayers (forward + input and weight gradients), ms per call:")
-        for name, shape in LAYERS.items():
+        workloads = [(name, layer_workloads, shape) for name, shape in LAYERS.items()]
+        workloads += [(name, conv_workloads, shape) for name, shape in CONVOLUTIONS.items()]
+        for name, workload, shape in workloads:
             for sparsity in args.sparsities:
-                dense, sparse = layer_workloads(*shape, sparsity)
+                dense, sparse = workload(*shape, sparsity)
                 d, s, r = ratio_of(dense, sparse, args.rounds, calls=20)
                 print(f"  {name:50s} {sparsity:6.1%}: dense {d * 1e3:7.2f} sparse "
                       f"{s * 1e3:7.2f}  {r:5.2f}x", flush=True)

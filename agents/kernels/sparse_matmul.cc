@@ -235,6 +235,14 @@ ffi::Error ReadTaps(const ConvAttributes& a, int64_t length, Taps* taps) {
   return ffi::Error::Success();
 }
 
+// The taps of a convolution over a grid of `length` positions and its index of `rows` rows.
+ffi::Error ReadConvolution(const ConvAttributes& attributes, int64_t length, int64_t rows,
+                           const ffi::Buffer<ffi::S32>& ptr, const ffi::Buffer<ffi::S32>& idx,
+                           const ffi::Buffer<ffi::S32>& widx, Taps* taps, Index* index) {
+  if (ffi::Error error = ReadTaps(attributes, length, taps); error.failure()) return error;
+  return ReadIndex(rows, ptr, idx, widx, index);
+}
+
 // x (C_in, N), w (any shape), col_ptr (C_out + 1,), idx (K,), widx (K,) -> y (C_out, N)
 ffi::Error ConvGatherImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in,
                           ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::S32> ptr,
@@ -249,9 +257,11 @@ ffi::Error ConvGatherImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in,
   }
   const int64_t rows = out_dims[0], length = out_dims[1];
   Taps taps;
-  if (ffi::Error error = ReadTaps(attributes, length, &taps); error.failure()) return error;
   Index index;
-  if (ffi::Error error = ReadIndex(rows, ptr, idx, widx, &index); error.failure()) return error;
+  if (ffi::Error error = ReadConvolution(attributes, length, rows, ptr, idx, widx, &taps, &index);
+      error.failure()) {
+    return error;
+  }
   const auto [p_ptr, p_idx, p_widx] = index;
   const float* __restrict__ x = in.typed_data();
   const float* __restrict__ weights = w.typed_data();
@@ -285,9 +295,10 @@ ffi::Error ConvInputGradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dyt
   }
   const int64_t length = dx_dims[1];
   Taps taps;
-  if (ffi::Error error = ReadTaps(attributes, length, &taps); error.failure()) return error;
   Index index;
-  if (ffi::Error error = ReadIndex(kernel_rows, ptr, idx, widx, &index); error.failure()) {
+  if (ffi::Error error =
+          ReadConvolution(attributes, length, kernel_rows, ptr, idx, widx, &taps, &index);
+      error.failure()) {
     return error;
   }
   const auto [p_ptr, p_idx, p_widx] = index;
@@ -332,9 +343,10 @@ ffi::Error ConvSampledProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xt
   }
   const int64_t cols = dw_dims[1], length = dy_dims[1];
   Taps taps;
-  if (ffi::Error error = ReadTaps(attributes, length, &taps); error.failure()) return error;
   Index index;
-  if (ffi::Error error = ReadIndex(kernel_rows, ptr, idx, widx, &index); error.failure()) {
+  if (ffi::Error error =
+          ReadConvolution(attributes, length, kernel_rows, ptr, idx, widx, &taps, &index);
+      error.failure()) {
     return error;
   }
   const auto [p_ptr, p_idx, p_widx] = index;

@@ -62,6 +62,23 @@ def assert_masked_equal(got, want, mask, tolerance=TOLERANCE):
     np.testing.assert_allclose(np.where(mask, dw, 0.0), want[2], **tolerance)
 
 
+def assert_indexed_network_computes_the_dense_one(net, weights, masks, index_vars, *inputs):
+    """The network's output, gradients at the masks' entries (of ``sum(sin(output))``) and sown
+    activations with ``index_vars`` (its ``SPARSE_INDEX`` variables) equal those without."""
+
+    def outputs(extra):
+        def loss(p):
+            return jnp.sum(jnp.sin(net.apply({"params": p, **extra}, *inputs)))
+        value, grads = jax.jit(jax.value_and_grad(loss))(weights)
+        _, sown = net.apply({"params": weights, **extra}, *inputs, mutable=["intermediates"])
+        return value, jax.tree.map(lambda g, m: g if m is None else g * m, grads, masks,
+                                   is_leaf=lambda x: x is None), sown["intermediates"]
+
+    for a, b in zip(jax.tree.leaves(outputs({})), jax.tree.leaves(outputs(index_vars)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, **TOLERANCE)
+
+
 def test_a_compiler_builds_the_extension():
     """Where the install could compile (a C++ compiler on the PATH), the kernels must be there:
     a silent fallback to the pure-JAX path would hide a broken build."""
@@ -237,19 +254,8 @@ def test_networks_pass_activations_feature_major_between_indexed_layers(arch, in
     index = index_masks({"params": masks}, 1.0)
     sparse_vars = {"params": weights, SPARSE_INDEX: _drop_none(index["params"])}
 
-    def outputs(index_vars):
-        def loss(p):
-            return jnp.sum(jnp.sin(net.apply({"params": p, **index_vars}, features, task_ids)))
-        value, grads = jax.jit(jax.value_and_grad(loss))(weights)
-        _, sown = net.apply({"params": weights, **index_vars}, features, task_ids,
-                            mutable=["intermediates"])
-        return value, jax.tree.map(lambda g, m: g if m is None else g * m, grads, masks,
-                                   is_leaf=lambda x: x is None), sown["intermediates"]
-
-    want = outputs({})
-    got = outputs({SPARSE_INDEX: sparse_vars[SPARSE_INDEX]})
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        np.testing.assert_allclose(a, b, **TOLERANCE)
+    assert_indexed_network_computes_the_dense_one(
+        net, weights, masks, {SPARSE_INDEX: sparse_vars[SPARSE_INDEX]}, features, task_ids)
 
     class Probe(nn.Module):  # what feature_major_chain decides inside the network's scope
         @nn.compact
@@ -380,18 +386,8 @@ def test_the_cnn_chains_its_convolutions_on_one_grid_when_all_are_indexed(indexe
                            is_leaf=lambda x: x is None)
     index_vars = {SPARSE_INDEX: _drop_none(index_masks({"params": masks}, 1.0)["params"])}
 
-    def outputs(extra):
-        def loss(p):
-            return jnp.sum(jnp.sin(net.apply({"params": p, **extra}, image, task_ids)))
-        value, grads = jax.jit(jax.value_and_grad(loss))(weights)
-        _, sown = net.apply({"params": weights, **extra}, image, task_ids,
-                            mutable=["intermediates"])
-        return value, jax.tree.map(lambda g, m: g if m is None else g * m, grads, masks,
-                                   is_leaf=lambda x: x is None), sown["intermediates"]
-
-    want, got = outputs({}), outputs(index_vars)
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        np.testing.assert_allclose(a, b, **TOLERANCE)
+    assert_indexed_network_computes_the_dense_one(net, weights, masks, index_vars, image,
+                                                  task_ids)
     program = jax.jit(lambda p: net.apply({"params": p, **index_vars}, image, task_ids)).lower(
         weights).as_text(debug_info=True)
     convs_indexed = sum(name.startswith("conv") for name in indexed)

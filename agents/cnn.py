@@ -155,8 +155,8 @@ class MiniGridCNN(nn.Module):
 
     def grid_chain(self, x: jax.Array) -> jax.Array:
         """The convolutions on the image's grid (see the class docstring)."""
-        shape, (_, height, width, _) = x.shape[:3], x.shape
-        grid, shrink = to_grid(x), self.kernel_size - 1
+        batch, height, width, _ = x.shape
+        shape, grid, shrink = (batch, height, width), to_grid(x), self.kernel_size - 1
         for i, (features, activation) in enumerate(zip(self.channels, CONV_ACTIVATIONS,
                                                        strict=True)):
             valid = (height - (i + 1) * shrink, width - (i + 1) * shrink)

@@ -174,6 +174,16 @@ def _feature_major(a: jax.Array, is_feature_major: bool) -> jax.Array:
     return a if is_feature_major else a.T
 
 
+def _kernel_or_dense(kernel: Callable, dense: Callable, x: jax.Array, w: jax.Array,
+                     index: CompressedKernel, *rest: jax.Array):
+    """``kernel(x, w, index, *rest)`` where ``index`` can never be disabled, else the run-time
+    choice between it and ``dense`` by ``index.enabled`` (an XLA conditional, whose operand
+    copies cost time)."""
+    if index.always_enabled(w.size):
+        return kernel(x, w, index, *rest)
+    return jax.lax.cond(index.enabled, kernel, dense, x, w, index, *rest)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _matmul(x: jax.Array, w: jax.Array, index: CompressedKernel, use_kernel: bool,
             x_feature_major: bool, y_feature_major: bool) -> jax.Array:
@@ -188,10 +198,8 @@ def _matmul_fwd(x, w, index, use_kernel, x_feature_major, y_feature_major):
     x_t = _feature_major(x, x_feature_major)
     if not use_kernel:
         y_t = _dense_forward(x_t, w, index)
-    elif index.always_enabled(w.size):
-        y_t = _kernel_forward(x_t, w, index)
     else:
-        y_t = jax.lax.cond(index.enabled, _kernel_forward, _dense_forward, x_t, w, index)
+        y_t = _kernel_or_dense(_kernel_forward, _dense_forward, x_t, w, index)
     return _feature_major(y_t, y_feature_major), (x_t, w, index)
 
 
@@ -200,11 +208,8 @@ def _matmul_bwd(use_kernel, x_feature_major, y_feature_major, residuals, dy):
     if not use_kernel and not x_feature_major and not y_feature_major:
         return dy @ w.T, x_t @ dy, None
     dy_t = _feature_major(dy, y_feature_major)
-    if use_kernel and index.always_enabled(w.size):
-        dx_t, dw = _kernel_backward(x_t, w, index, dy_t)
-    elif use_kernel:
-        dx_t, dw = jax.lax.cond(index.enabled, _kernel_backward, _dense_backward, x_t, w,
-                                index, dy_t)
+    if use_kernel:
+        dx_t, dw = _kernel_or_dense(_kernel_backward, _dense_backward, x_t, w, index, dy_t)
     else:
         dx_t, dw = _dense_backward(x_t, w, index, dy_t)
     return _feature_major(dx_t, x_feature_major), dw, None  # the index is integer: no cotangent
@@ -241,8 +246,9 @@ def sparse_matmul(x: jax.Array, w: jax.Array, index: CompressedKernel,
 # channel-major grid of a batch of maps: C rows of the N = H * W * B positions, position
 # (h * W + w) * B + b (batch innermost). Tap t = kh * size + kw reads its input row shifted by
 # s(t) = (kh * W + kw) * B (kernels/sparse_matmul.cc: ConvGather, ConvInputGradient,
-# ConvSampledProduct). Outputs come out at every position of the input's grid; those whose
-# window leaves the map are garbage, cropped (their cotangents are zero). No window array is
+# ConvSampledProduct). The kernels compute the valid output positions only (zero elsewhere; the
+# dense branch leaves finite garbage there, and cropping gives those positions zero
+# cotangents), and read the cotangent at the valid positions only. No window array is
 # built (a window product copies the map size * size times, forward and backward), and with the
 # batch innermost a crop or a change to feature-major rows moves runs of B values.
 
@@ -316,12 +322,8 @@ def _grid_conv(x_grid: jax.Array, w: jax.Array, index: CompressedKernel, size: i
 def _grid_conv_fwd(x_grid, w, index, size, width, batch, valid):
     static = {"size": size, "channels": x_grid.shape[0], "width": width, "batch": batch,
               "valid": valid}
-    kernel = functools.partial(_conv_forward_kernel, **static)
-    if index.always_enabled(w.size):
-        y_grid = kernel(x_grid, w, index)
-    else:
-        dense = functools.partial(_conv_forward_dense, **static)
-        y_grid = jax.lax.cond(index.enabled, kernel, dense, x_grid, w, index)
+    y_grid = _kernel_or_dense(functools.partial(_conv_forward_kernel, **static),
+                              functools.partial(_conv_forward_dense, **static), x_grid, w, index)
     return y_grid, (x_grid, w, index)
 
 
@@ -329,12 +331,9 @@ def _grid_conv_bwd(size, width, batch, valid, residuals, dy_grid):
     x_grid, w, index = residuals
     static = {"size": size, "channels": x_grid.shape[0], "width": width, "batch": batch,
               "valid": valid}
-    kernel = functools.partial(_conv_backward_kernel, **static)
-    if index.always_enabled(w.size):
-        dx_grid, dw = kernel(x_grid, w, index, dy_grid)
-    else:
-        dense = functools.partial(_conv_backward_dense, **static)
-        dx_grid, dw = jax.lax.cond(index.enabled, kernel, dense, x_grid, w, index, dy_grid)
+    dx_grid, dw = _kernel_or_dense(functools.partial(_conv_backward_kernel, **static),
+                                   functools.partial(_conv_backward_dense, **static), x_grid, w,
+                                   index, dy_grid)
     return dx_grid, dw, None
 
 

@@ -98,6 +98,18 @@ def ratio_of(dense: tuple, sparse: tuple, rounds: int, calls: int) -> tuple[floa
         statistics.median(ratios)
 
 
+def forward_backward_steps(dense: Callable, sparse: Callable, x: jax.Array, w: jax.Array,
+                           c: jax.Array):
+    """(dense, sparse) workloads (step, carry): the value and gradients of ``sum(f(x, w) * c)``
+    w.r.t. ``x`` and ``w`` for each of the two ways ``f`` of computing a layer."""
+
+    def step_of(layer):
+        grad = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(layer(x, w) * c), (0, 1)))
+        return lambda carry: grad(x + 0.0 * carry[0], w)[0:1]
+
+    return (step_of(dense), (jnp.zeros(()),)), (step_of(sparse), (jnp.zeros(()),))
+
+
 def layer_workloads(batch: int, inputs: int, outputs: int, sparsity: float):
     """(dense, sparse) steps of one layer's forward and backward pass: value and gradients of
     ``sum(y * c)`` w.r.t. the input and the weights."""
@@ -107,14 +119,8 @@ def layer_workloads(batch: int, inputs: int, outputs: int, sparsity: float):
     x = jax.random.normal(k_x, (batch, inputs))
     c = jax.random.normal(k_c, (batch, outputs))
     index = compress(mask, mask.size)
-
-    def step_of(product):
-        grad = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(product(x, w) * c), (0, 1)))
-        return lambda carry: grad(x + 0.0 * carry[0], w)[0:1]
-
-    dense = step_of(lambda x, w: x @ jnp.where(mask, w, 0.0))
-    sparse = step_of(lambda x, w: sparse_matmul(x, w, index))
-    return (dense, (jnp.zeros(()),)), (sparse, (jnp.zeros(()),))
+    return forward_backward_steps(lambda x, w: x @ jnp.where(mask, w, 0.0),
+                                  lambda x, w: sparse_matmul(x, w, index), x, w, c)
 
 
 def conv_workloads(batch: int, height: int, width: int, channels: int, outputs: int,
@@ -128,14 +134,9 @@ def conv_workloads(batch: int, height: int, width: int, channels: int, outputs: 
     x = jax.random.normal(k_x, (batch, height, width, channels))
     c = jax.random.normal(k_c, (batch, height - 1, width - 1, outputs))
     index = compress(kernel_view(mask), mask.size)
-
-    def step_of(conv):
-        grad = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(conv(x, k) * c), (0, 1)))
-        return lambda carry: grad(x + 0.0 * carry[0], kernel)[0:1]
-
-    dense = step_of(lambda x, k: kernel_patches(x, 2) @ kernel_view(jnp.where(mask, k, 0.0)))
-    sparse = step_of(lambda x, k: sparse_conv(x, k, index))
-    return (dense, (jnp.zeros(()),)), (sparse, (jnp.zeros(()),))
+    return forward_backward_steps(
+        lambda x, k: kernel_patches(x, 2) @ kernel_view(jnp.where(mask, k, 0.0)),
+        lambda x, k: sparse_conv(x, k, index), x, kernel, c)
 
 
 def sac_workload(sparsity: float, compute_density: float | None, distribution: str = "erk"):

@@ -472,13 +472,13 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
     for the paths given, which are then a sweep's ``--out``) and the groups that have fewer
     finished seeds than others. Sections:
 
-    * per task and group: the mean and standard deviation across runs of the final score, and
-      the runs that failed on every task (``per_task_section``);
     * final performance per group: IQM of the (runs, tasks) final scores with its
       stratified-bootstrap percentile interval (``reps`` replications, seeded by ``seed``; as
       ``aggregate``, Agarwal et al. 2021), and the difference to the dense group with its
       interval (``difference_to_dense``), marked ``*`` where the interval excludes 0 (omitted,
       with the reason, unless exactly one group is dense);
+    * per task and group: the mean and standard deviation across runs of the final score, and
+      the runs that failed on every task (``per_task_section``);
     * figures (``figures=True`` needs matplotlib, the ``report`` extra): learning curves,
       final score against sparsity, plasticity over training, per-task heat map; a figure
       without data is skipped and the report says why.

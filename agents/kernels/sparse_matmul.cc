@@ -19,9 +19,9 @@
 // p = (h * W + w) * B + b (batch innermost), and a kernel (size, size, C_in, C_out) viewed as
 // (I, O) = (size * size * C_in, C_out) has row r = t * C_in + c for tap t = kh * size + kw, whose
 // input is the row c shifted by s(t) = kh * row_stride + kw * column_stride positions
-// (row_stride = W * B, column_stride = B). Outputs are computed at every position p with
-// p + s(t) < N (the others, and those whose window leaves the map, are garbage the caller
-// crops), so each multiply-add run is the whole grid:
+// (row_stride = W * B, column_stride = B). Outputs are computed at the valid positions only,
+// the first valid_run = w_out * B positions of each of the first h_out rows (zero elsewhere),
+// so each multiply-add is a run of w_out * B positions:
 // ConvGather:        y[o, p]  = sum_{k of column o} w[widx[k]] * x[c(idx[k]), p + s(t(idx[k]))]
 //   (x (C_in, N), y (C_out, N));
 // ConvInputGradient: dx[c, q] = sum_t sum_{k of row t * C_in + c} w[widx[k]] * dy[idx[k], q - s(t)]

@@ -131,7 +131,8 @@ def loop_learner(sac: SAC, config: SACTrainConfig, capacity: int) -> Learner:
     spec = MultiTaskEnvSpec(task_names=tuple(f"task{i}" for i in range(NUM_TASKS)),
                             obs_shape=(OBS_DIM,), action_dim=ACTION_DIM,
                             action_kind="continuous", envs_per_task=1, max_episode_steps=500)
-    return make_learner(sac, spec, capacity, config.updates_per_vector_step, config.plasticity)
+    return make_learner(sac, spec, spec.env_task_ids, capacity, config.updates_per_vector_step,
+                        config.plasticity)
 
 
 def loop_workloads(sac: SAC, config: SACTrainConfig, capacity: int,

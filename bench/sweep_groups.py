@@ -40,7 +40,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 # As `mtrl-sparse train` does for vmapped runs: one XLA CPU device per core, over which a group's
 # run axis is sharded (set before JAX starts its backend); --one-device measures without.
@@ -137,10 +136,9 @@ def sac_update_phase(args: argparse.Namespace) -> None:
                           args.sparsities[k % len(args.sparsities)], seed=k)
                for k in range(max(ks))]
     spec = metaworld_spec(configs[0])
-    env = SimpleNamespace(spec=spec)
     learners: dict[float, Learner] = {}
     for config in configs:  # a run's own learner (one per target sparsity)
-        learners.setdefault(config.sparsity, make_run_learner(config, env))
+        learners.setdefault(config.sparsity, make_run_learner(config, spec, spec))
     run_learners = [learners[config.sparsity] for config in configs]
     states: list[SACTrainState] = [learner.init(config.seed)
                                    for learner, config in zip(run_learners, configs, strict=True)]

@@ -39,6 +39,7 @@ from mtrl_sparse.agents.networks import stacked_head_layers
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import make_sac
 from mtrl_sparse.config import SACTrainConfig
+from mtrl_sparse.envs.base import MultiTaskEnvSpec
 from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
 from mtrl_sparse.evaluation import evaluate_success
 from mtrl_sparse.methods.network import build_network
@@ -74,10 +75,16 @@ def make_phase_env(config: SACTrainConfig, phase: int) -> MetaWorldVectorEnv:
                               max_episode_steps=env_cfg.max_episode_steps)
 
 
-def make_run_learner(config: SACTrainConfig, env: MetaWorldVectorEnv) -> Learner:
-    """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner;
-    ``env`` has every task of the run (the evaluation envs under the sequential schedule)."""
-    spec = env.spec
+def make_run_learner(config: SACTrainConfig, train_spec: MultiTaskEnvSpec,
+                     eval_spec: MultiTaskEnvSpec) -> Learner:
+    """The agent of ``config`` (methods resolved per network) wrapped in its jitted learner.
+
+    The heads, replay rings and shapes come from ``eval_spec``, which has every task of the run
+    (under the sequential schedule the training envs run one task); the learner acts with the
+    task ids of the training envs (``train_spec``), whose number of copies per task may differ
+    from the evaluation envs' (``envs_per_task`` against ``eval_envs_per_task``).
+    """
+    spec = eval_spec
     networks = {name: build_network(
                     dataclasses.replace(settings,
                                         layer_slices=stacked_head_layers(spec.num_tasks)),
@@ -85,8 +92,9 @@ def make_run_learner(config: SACTrainConfig, env: MetaWorldVectorEnv) -> Learner
                 for name, settings in config.network_methods().items()}
     sac = make_sac(config.sac, spec.num_tasks, spec.obs_shape[0], spec.action_dim,
                    networks["actor"], networks["critic"])
-    return make_learner(sac, spec, config.buffer_capacity, config.updates_per_vector_step,
-                        config.plasticity, sequential=config.schedule == "sequential")
+    return make_learner(sac, spec, train_spec.env_task_ids, config.buffer_capacity,
+                        config.updates_per_vector_step, config.plasticity,
+                        sequential=config.schedule == "sequential")
 
 
 class OffPolicyRun:
@@ -102,7 +110,7 @@ class OffPolicyRun:
         self.num_envs = self.env.spec.num_envs
         self.budget_env_steps = config.total_env_steps
         self.array_labels = {"alpha": spec.task_names}
-        self.learner = make_run_learner(config, self.eval_env)
+        self.learner = make_run_learner(config, self.env.spec, spec)
         self.phase = 0  # the task the training envs run (sequential schedule)
         self.eval_rng_state = self.eval_env.get_rng_state()
         self.compiled: set[bool] = set()  # variants (warm-up or not) whose first call was timed

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from mtrl_sparse.agents.replay_buffer import (
@@ -84,18 +85,35 @@ class Learner(NamedTuple):
 
 
 def make_learner(
-    sac: SAC, spec: MultiTaskEnvSpec, buffer_capacity: int, updates_per_vector_step: int,
-    plasticity: PlasticityConfig, sequential: bool = False,
+    sac: SAC, spec: MultiTaskEnvSpec, train_env_task_ids: np.ndarray, buffer_capacity: int,
+    updates_per_vector_step: int, plasticity: PlasticityConfig, sequential: bool = False,
 ) -> Learner:
     """Build the train state's initialiser, the jitted act / learn steps and the probe.
-    ``spec`` describes every task (the heads); under ``sequential`` the vector envs run the
-    current phase's task (see the module docstring)."""
-    env_task_ids = jnp.asarray(spec.env_task_ids)
+
+    ``spec`` describes every task of the run (the heads, the replay rings, the observation and
+    action shapes): under the sequential schedule it is the evaluation envs' spec.
+    ``train_env_task_ids`` (N,) is the task of each training env, in ``spec``'s numbering: the
+    ids ``act`` acts with, one per observation row (the evaluation envs may run another number
+    of copies per task; evaluation acts through ``greedy_act`` with their own ids). Under
+    ``sequential`` every training env runs the current phase's task, which replaces them (see
+    the module docstring).
+    """
+    train_env_task_ids = np.asarray(train_env_task_ids, np.int32)
+    if train_env_task_ids.ndim != 1 or not np.all((train_env_task_ids >= 0)
+                                                  & (train_env_task_ids < spec.num_tasks)):
+        raise ValueError(f"train_env_task_ids must be a vector of task ids below "
+                         f"{spec.num_tasks}; got {train_env_task_ids!r}")
+    env_task_ids = jnp.asarray(train_env_task_ids)
+    num_train_envs = len(train_env_task_ids)
     rings = 1 if sequential else spec.num_tasks
     capacity_per_task = buffer_capacity // rings
     samples_per_task = sac.config.batch_size // rings
 
     def acting_task_ids(agent: SACState, num_envs: int) -> jax.Array:
+        """The task id of each of ``num_envs`` training observations."""
+        if num_envs != num_train_envs:
+            raise ValueError(f"act takes one observation per training env ({num_train_envs}); "
+                             f"got {num_envs}")
         return jnp.full((num_envs,), agent.phase, jnp.int32) if sequential else env_task_ids
 
     def replay_task_ids(agent: SACState, ring_ids: jax.Array) -> jax.Array:

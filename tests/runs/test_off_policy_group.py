@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -62,7 +61,7 @@ def test_group_learner_acts_and_learns_as_each_run_alone():
                             max_episode_steps=20)
     configs = [dataclasses.replace(SMOKE, seed=seed, sparsity=sparsity)
                for seed, sparsity in RUNS]
-    learners = [make_run_learner(config, SimpleNamespace(spec=spec)) for config in configs]
+    learners = [make_run_learner(config, spec, spec) for config in configs]
     alone = [learner.init(config.seed) for learner, config in zip(learners, configs,
                                                                   strict=True)]
     for k, state in enumerate(alone):

@@ -94,7 +94,7 @@ def test_checkpoints_rotate_and_hold_a_truncation_only_buffer(smoke_run):
     assert checkpointer.steps() == [600, 800, 1000]
     env, eval_env = make_envs(config)
     try:
-        learner = make_run_learner(config, env)
+        learner = make_run_learner(config, env.spec, eval_env.spec)
         state, meta = checkpointer.restore(1000, learner.abstract_state())
     finally:
         env.close()

@@ -37,7 +37,8 @@ def final_state(run_dir: Path):
     env, eval_env = make_envs(config)
     try:
         step = checkpointer.latest_step()
-        state, _ = checkpointer.restore(step, make_run_learner(config, env).abstract_state())
+        learner = make_run_learner(config, env.spec, eval_env.spec)
+        state, _ = checkpointer.restore(step, learner.abstract_state())
     finally:
         env.close()
         eval_env.close()

@@ -28,7 +28,12 @@ from mtrl_sparse.run_loop import GROUP_KINDS, make_group, train, train_group
 from support.invariants import assert_trees_close, assert_trees_equal
 from support.run_checks import assert_rows_close, deterministic_rows, final_state
 
-SMOKE = dataclasses.replace(get_preset("mt10-smoke").config, method="gmp")
+SMOKE = dataclasses.replace(
+    get_preset("mt10-smoke").config, method="gmp",
+    env=dataclasses.replace(get_preset("mt10-smoke").config.env, eval_envs_per_task=2,
+                            eval_episodes_per_task=2))
+"""Two evaluation envs per task against one training env: the learner acts with the training
+envs' task ids, the evaluation with its own."""
 RUNS = ((0, 0.5), (1, 0.9))
 """(seed, target sparsity) of the two runs of the group: they differ in both."""
 
@@ -88,6 +93,39 @@ def test_group_learner_acts_and_learns_as_each_run_alone():
     assert int(states.agent.step) == 2
     for k, state in enumerate(alone):
         assert_trees_close(train_state_of_run(states, k), state, rtol=1e-4, atol=1e-6)
+
+
+def test_the_learner_acts_with_the_training_envs_task_ids_and_evaluates_with_any():
+    """Training envs: one per task; evaluation envs: three per task. ``act`` and ``learn``
+    take the training envs' observations (warm-up and past it), ``greedy_act`` the evaluation
+    envs' with their ids (each row acts with its own task's head), and acting on the
+    evaluation envs' observations is refused, naming the training envs' count."""
+    def spec(envs_per_task: int) -> MultiTaskEnvSpec:
+        return MultiTaskEnvSpec(task_names=metaworld_task_names("MT10"), obs_shape=(39,),
+                                action_dim=4, action_kind="continuous",
+                                envs_per_task=envs_per_task, max_episode_steps=20)
+
+    train_spec, eval_spec = spec(1), spec(3)
+    learner = make_run_learner(SMOKE, train_spec, eval_spec)
+    state = learner.init(0)
+    rng = np.random.default_rng(0)
+    for warmup in (True, False):
+        obs, next_obs = rng.standard_normal((2, train_spec.num_envs, 39), np.float32)
+        state, actions = learner.act(state, obs, warmup)
+        assert actions.shape == (train_spec.num_envs, 4)
+        zeros = np.zeros(train_spec.num_envs, np.float32)
+        state, metrics = learner.learn(state, Transition(obs, np.asarray(actions), zeros,
+                                                         next_obs, zeros), warmup)
+    assert int(state.agent.step) == 1 and np.isfinite(float(metrics["critic_loss"]))
+    eval_obs = np.repeat(rng.standard_normal((1, 39), np.float32), eval_spec.num_envs, axis=0)
+    greedy = np.asarray(learner.greedy_act(state.agent, eval_obs, eval_spec.env_task_ids))
+    assert greedy.shape == (eval_spec.num_envs, 4)
+    # The same observation: the copies of a task act alike, the tasks' heads differently.
+    per_task = greedy.reshape(10, 3, 4)
+    np.testing.assert_array_equal(per_task, np.repeat(per_task[:, :1], 3, axis=1))
+    assert len(np.unique(per_task[:, 0], axis=0)) == 10
+    with pytest.raises(ValueError, match=r"one observation per training env \(10\); got 30"):
+        learner.act(state, eval_obs, False)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from mtrl_sparse.off_policy import make_envs, make_run_learner
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.run_loop import train
+from support.run_checks import complete_checkpoints
 
 TASKS = metaworld_task_names("MT10")
 SMOKE = get_preset("mt10-smoke").config
@@ -142,6 +143,24 @@ def test_non_finite_loss_stops_the_run_naming_step_and_quantity(tmp_path):
     # Update 1 (the vector step ending at env step 210) computes a finite critic loss, then its
     # NaN learning rate writes NaN critic weights, which the actor loss of the same update reads.
     assert str(error.value) == "non-finite actor_loss at env step 210 (update 1); run stopped"
+
+
+@pytest.mark.parametrize("eval_envs_per_task", [2, 3])
+def test_evaluation_envs_per_task_other_than_the_training_envs(tmp_path, eval_envs_per_task):
+    """mt10-smoke with more evaluation envs per task than training envs (as mt10-quick and
+    mt10-paper have): past the first update and through two evaluations, each running
+    ``eval_envs_per_task`` episodes per task, to the final checkpoint."""
+    config = dataclasses.replace(
+        SMOKE, run_dir=str(tmp_path / "run"), total_env_steps=400, eval_every_env_steps=300,
+        env=dataclasses.replace(SMOKE.env, eval_envs_per_task=eval_envs_per_task,
+                                eval_episodes_per_task=eval_envs_per_task))
+    result = train(config)
+    assert result.updates == (400 - config.warmup_env_steps) // 10
+    rows = read_metrics(result.run_dir)
+    assert [r["step"] for r in rows if "eval/success_rate" in r] == [300, 400]
+    assert [r for r in rows if "updates" in r][-1]["updates"] == result.updates
+    assert result.final_success.shape == (10,)
+    assert complete_checkpoints(result.run_dir)[-1] == 400
 
 
 def test_mt1_with_several_envs_per_task(tmp_path):

@@ -171,7 +171,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "mt10-quick",
             "Meta-World MT10 for a first look on a CPU: 100k env steps, 3x256, batch 640, "
-            f"about 5 minutes on 2 cores; {_scale_note(_MT10_QUICK)}",
+            f"about 8 minutes on 2 cores; {_scale_note(_MT10_QUICK)}",
             _MT10_QUICK,
         ),
         Preset(
@@ -263,7 +263,7 @@ PRESETS: dict[str, Preset] = {
 
 DEFAULT_PRESET = "minigrid-quick"
 """The preset of ``mtrl-sparse train`` without ``--preset``: a first run that learns on a CPU
-(Meta-World's first look, ``mt10-quick``, stays at 0% success in 5 minutes of CPU training)."""
+(Meta-World's first look, ``mt10-quick``, stays at 0% success in 8 minutes of CPU training)."""
 
 
 def get_preset(name: str) -> Preset:

@@ -17,10 +17,13 @@ first example of a property compiles its programs.
 
 from __future__ import annotations
 
+import functools
 import os
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 # XLA's CPU fusion emitters take about 40% of the compile time of the tests' small programs. The
@@ -63,3 +66,57 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _in_ci() else "dev"))
+
+
+# Every parametrised case must check something about its own subject: a case whose body loops
+# over nothing (e.g. the networks of a run that does not run the case's method) passes without
+# asserting anything. Checks are counted per test process: plain ``assert`` statements that pass
+# (pytest's assertion-pass hook, ``enable_assertion_pass_hook`` in pyproject.toml; the helpers in
+# ``support`` are rewritten too), calls of ``numpy.testing``'s assertions and of ``pytest.raises``
+# / ``pytest.warns`` (a context that fails when nothing is raised). A parametrised case that
+# passes with none fails, naming itself.
+pytest.register_assert_rewrite("support")
+pytest_plugins = ["pytester"]  # tests/test_vacuous_cases.py runs the guard in a fresh session
+CHECKS_MADE = [0]
+"""Checks made in this process so far (one cell, so the hooks and wrappers below share it)."""
+
+
+def _counting(check):
+    @functools.wraps(check)
+    def counted(*args, **kwargs):
+        CHECKS_MADE[0] += 1
+        return check(*args, **kwargs)
+    return counted
+
+
+for _name in [n for n in dir(np.testing) if n.startswith("assert_")]:
+    setattr(np.testing, _name, _counting(getattr(np.testing, _name)))
+pytest.raises, pytest.warns = _counting(pytest.raises), _counting(pytest.warns)
+
+
+def pytest_assertion_pass(item, lineno, orig, expl):
+    del item, lineno, orig, expl
+    CHECKS_MADE[0] += 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    before = CHECKS_MADE[0]
+    yield
+    item.stash[_CHECKS_IN_CALL] = CHECKS_MADE[0] - before
+
+
+_CHECKS_IN_CALL = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    parametrised = hasattr(item, "callspec")
+    if (call.when == "call" and report.passed and parametrised
+            and item.stash.get(_CHECKS_IN_CALL, 1) == 0):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: this parametrised case passed without checking "
+                           "anything (no assert, numpy.testing assertion or pytest.raises ran); "
+                           "make it check its subject or skip it with a reason")

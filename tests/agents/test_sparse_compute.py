@@ -19,6 +19,7 @@ from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.network import build_network
 from support.cli import run_cli
 from support.invariants import assert_mask_invariant, assert_trees_close
+from support.kernels import needs_kernels
 from support.method_options import sac_firing_every_update
 from support.run_checks import assert_rows_close, deterministic_rows
 from support.sac_vmap import (
@@ -60,6 +61,7 @@ def assert_index_describes_masks(net) -> None:
         np.testing.assert_array_equal(active_mask(index, view.shape), view)
 
 
+@needs_kernels
 @pytest.mark.parametrize("method", METHODS)
 def test_sac_under_sparse_compute_trains_what_dense_compute_trains(method):
     sparse = sac_updates(method, compute_density=1.0)
@@ -90,6 +92,7 @@ def assert_target_index_covers_the_target(state) -> None:
         assert np.all(covered[np.asarray(kernel_view(mask))])
 
 
+@needs_kernels
 @pytest.mark.parametrize("method", ["static", "gmp"])
 def test_vmapped_runs_under_sparse_compute_equal_the_runs_alone(method):
     """A vmapped group under sparse compute trains what its runs alone train, and each run's
@@ -128,6 +131,7 @@ def test_auto_compute_switches_a_kernel_to_the_sparse_path_below_its_crossover()
     assert all(d <= 0.5 for d in densities) and all(enabled(state))
 
 
+@needs_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [
     ["--method", "rigl", "--sparsity", "0.9"],

@@ -21,6 +21,7 @@ from mtrl_sparse.agents.sparse_linear import (
     kernels_available,
     sparse_matmul,
 )
+from support.kernels import KERNEL_OR_FALLBACK, needs_kernels
 
 TOLERANCE = {"rtol": 2e-5, "atol": 2e-5}
 
@@ -88,7 +89,7 @@ def test_a_compiler_builds_the_extension():
     assert kernels_available(), "a C++ compiler is present but the sparse kernels were not built"
 
 
-@pytest.mark.parametrize("use_kernel", [True, False], ids=["kernel", "fallback"])
+@pytest.mark.parametrize("use_kernel", KERNEL_OR_FALLBACK)
 # Shapes from a few sizes (each new shape compiles anew); masks, densities and values vary freely.
 @given(seed=st.integers(0, 2**16), batch=st.sampled_from([1, 7, 64]),
        inputs=st.sampled_from([1, 5, 48]), outputs=st.sampled_from([1, 9, 33]),
@@ -104,6 +105,7 @@ def test_forward_and_gradients_equal_the_masked_dense_computation(
         assert np.all(np.asarray(got[2])[~np.asarray(mask)] == 0.0)
 
 
+@needs_kernels
 @pytest.mark.parametrize("density", [0.5, 0.2, 0.05, 0.01, 0.001])
 def test_paper_sized_layers_at_every_density(density):
     mask, w, x, cotangent = masked_problem(1, 1280, 400, 400, density)
@@ -112,6 +114,7 @@ def test_paper_sized_layers_at_every_density(density):
     assert_masked_equal(got, want, mask, {"rtol": 1e-4, "atol": 1e-4})
 
 
+@needs_kernels
 def test_the_fallback_gives_the_kernels_numbers():
     mask, w, x, cotangent = masked_problem(2, 33, 40, 24, 0.1)
     index = compress(mask, 200)
@@ -120,6 +123,7 @@ def test_the_fallback_gives_the_kernels_numbers():
     assert_masked_equal(kernel, (fallback[0], fallback[1], np.where(mask, fallback[2], 0)), mask)
 
 
+@needs_kernels
 def test_vmapped_runs_each_use_their_own_mask():
     problems = [masked_problem(seed, 16, 20, 12, density)
                 for seed, density in ((3, 0.05), (4, 0.3), (5, 0.5))]
@@ -207,7 +211,7 @@ def test_masked_dense_computes_what_the_flax_layer_computes_to_the_last_bit(cont
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("use_kernel", [True, False], ids=["kernel", "fallback"])
+@pytest.mark.parametrize("use_kernel", KERNEL_OR_FALLBACK)
 @pytest.mark.parametrize(("x_feature_major", "y_feature_major"),
                          [(True, False), (False, True), (True, True)])
 def test_feature_major_layouts_compute_the_same_product(use_kernel, x_feature_major,
@@ -299,9 +303,6 @@ def conv_products(x, kernel, mask, index, cotangent):
     got = (jax.jit(sparse)(x, kernel), *jax.jit(jax.grad(loss(sparse), (0, 1)))(x, kernel))
     want = (dense(x, kernel), *jax.grad(loss(dense), (0, 1))(x, kernel))
     return got, want
-
-
-needs_kernels = pytest.mark.skipif(not kernels_available(), reason="no compiled sparse kernels")
 
 
 @needs_kernels

@@ -47,23 +47,47 @@ def test_the_runs_cover_every_method_with_events():
     assert with_events - {"static"} <= covered  # sequential-only ones: test_sequential
 
 
-@pytest.fixture(scope="module", params=list(RUNS))
-def run_rows(request, tmp_path_factory):
-    actor, critic = RUNS[request.param]
-    sparsity = {name: 0.9 if any(METHODS[m].kind == "sparsity" for m in name.split("+")) else 0.0
-                for name in (actor, critic)}
-    # The intervals of OPTIONS as given (interval scale 1, not the preset's scale to its length).
-    config = dataclasses.replace(
-        SMOKE, methods=OPTIONS, plasticity=dataclasses.replace(SMOKE.plasticity, every_updates=0),
-        actor=NetworkMethodConfig(method=actor, sparsity=sparsity[actor], interval_scale=1.0),
-        critic=NetworkMethodConfig(method=critic, sparsity=sparsity[critic], interval_scale=1.0),
-        run_dir=str(tmp_path_factory.mktemp("methods") / "run"),
-    )
-    assert config.total_updates() == 80
-    result = train(config)
-    rows = [r for r in read_metrics(result.run_dir) if r.get("updates", 0) > 0]  # after warm-up
-    assert [r["updates"] for r in rows] == list(range(10, 81, 10))
-    return {"actor": actor, "critic": critic}, rows
+@pytest.fixture(scope="module")
+def runs_of(tmp_path_factory):
+    """``runs_of(name)``: ``(network, rows)`` for every network of the runs in ``RUNS`` that runs
+    method ``name`` (at least one: the case then checks each); each run trains once, when a test
+    first needs it."""
+    trained: dict[str, tuple[dict[str, str], list[dict]]] = {}
+
+    def train_run(key: str) -> tuple[dict[str, str], list[dict]]:
+        actor, critic = RUNS[key]
+        sparsity = {name: 0.9 if any(METHODS[m].kind == "sparsity" for m in name.split("+"))
+                    else 0.0 for name in (actor, critic)}
+        # The intervals of OPTIONS as given (interval scale 1, not the preset's scale to its
+        # length).
+        config = dataclasses.replace(
+            SMOKE, methods=OPTIONS,
+            plasticity=dataclasses.replace(SMOKE.plasticity, every_updates=0),
+            actor=NetworkMethodConfig(method=actor, sparsity=sparsity[actor], interval_scale=1.0),
+            critic=NetworkMethodConfig(method=critic, sparsity=sparsity[critic],
+                                       interval_scale=1.0),
+            run_dir=str(tmp_path_factory.mktemp("methods") / "run"),
+        )
+        assert config.total_updates() == 80
+        result = train(config)
+        rows = [r for r in read_metrics(result.run_dir) if r.get("updates", 0) > 0]  # past warm-up
+        assert [r["updates"] for r in rows] == list(range(10, 81, 10))
+        return {"actor": actor, "critic": critic}, rows
+
+    def networks_running(name: str) -> list[tuple[str, list[dict]]]:
+        found = []
+        for key, pair in RUNS.items():
+            if not any(name in method.split("+") for method in pair):
+                continue
+            if key not in trained:
+                trained[key] = train_run(key)
+            methods, rows = trained[key]
+            found += [(net, rows) for net, method in methods.items()
+                      if name in method.split("+")]
+        assert found, f"no run of RUNS runs {name}"
+        return found
+
+    return networks_running
 
 
 def series(rows: list[dict], key: str) -> list[float]:
@@ -71,14 +95,9 @@ def series(rows: list[dict], key: str) -> list[float]:
     return [row[key] for row in rows]
 
 
-def networks_running(methods: dict[str, str], name: str) -> list[str]:
-    return [net for net, method in methods.items() if name in method.split("+")]
-
-
 @pytest.mark.slow
-def test_gmp_sparsity_rises_to_the_target(run_rows):
-    methods, rows = run_rows
-    for net in networks_running(methods, "gmp"):
+def test_gmp_sparsity_rises_to_the_target(runs_of):
+    for net, rows in runs_of("gmp"):
         scheduled = series(rows, f"{net}/gmp/scheduled_sparsity")
         sparsity = series(rows, f"{net}_sparsity")
         assert series(rows, f"{net}/gmp/events")[-1] >= 2
@@ -90,9 +109,8 @@ def test_gmp_sparsity_rises_to_the_target(run_rows):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["set", "rigl"])
-def test_drop_and_regrow_changes_masks_at_constant_sparsity(run_rows, name):
-    methods, rows = run_rows
-    for net in networks_running(methods, name):
+def test_drop_and_regrow_changes_masks_at_constant_sparsity(runs_of, name):
+    for net, rows in runs_of(name):
         assert series(rows, f"{net}/{name}/events")[-1] >= 2
         assert all(change > 0 for change in series(rows, f"{net}/{name}/mask_change")[:4])
         sparsity = series(rows, f"{net}_sparsity")
@@ -100,10 +118,9 @@ def test_drop_and_regrow_changes_masks_at_constant_sparsity(run_rows, name):
 
 
 @pytest.mark.slow
-def test_app_prunes_once_per_megabatch_to_the_target(run_rows):
+def test_app_prunes_once_per_megabatch_to_the_target(runs_of):
     """8 megabatches of the 80 updates (the default): 8 events, the last at the target."""
-    methods, rows = run_rows
-    for net in networks_running(methods, "app"):
+    for net, rows in runs_of("app"):
         assert series(rows, f"{net}/app/events")[-1] == 8
         sparsity = series(rows, f"{net}_sparsity")
         assert all(b >= a for a, b in zip(sparsity, sparsity[1:], strict=False))
@@ -111,9 +128,8 @@ def test_app_prunes_once_per_megabatch_to_the_target(run_rows):
 
 
 @pytest.mark.slow
-def test_ibm_gates_train_and_a_multi_task_run_freezes_nothing(run_rows):
-    methods, rows = run_rows
-    for net in networks_running(methods, "ibm"):
+def test_ibm_gates_train_and_a_multi_task_run_freezes_nothing(runs_of):
+    for net, rows in runs_of("ibm"):
         kept = series(rows, f"{net}/ibm/kept_fraction")
         assert all(0 < k <= 1 for k in kept)
         assert series(rows, f"{net}/ibm/consolidations") == [0] * len(rows)
@@ -121,25 +137,22 @@ def test_ibm_gates_train_and_a_multi_task_run_freezes_nothing(run_rows):
 
 
 @pytest.mark.slow
-def test_sign_in_rebalances_every_interval(run_rows):
-    methods, rows = run_rows
-    for net in networks_running(methods, "sign_in"):
+def test_sign_in_rebalances_every_interval(runs_of):
+    for net, rows in runs_of("sign_in"):
         assert series(rows, f"{net}/sign_in/rescales") == list(range(1, 9))
         assert all(0 < e < 1 for e in series(rows, f"{net}/sign_in/balance_error"))
 
 
 @pytest.mark.slow
-def test_reset_fires_exactly_max_resets_times(run_rows):
-    methods, rows = run_rows
-    for net in networks_running(methods, "reset"):
+def test_reset_fires_exactly_max_resets_times(runs_of):
+    for net, rows in runs_of("reset"):
         resets = series(rows, f"{net}/reset/resets")
         assert resets[0] == 0 and resets[1] == 1 and resets[-1] == 2  # at updates 20 and 40
 
 
 @pytest.mark.slow
-def test_redo_recycles_dormant_neurons(run_rows):
-    methods, rows = run_rows
-    for net in networks_running(methods, "redo"):
+def test_redo_recycles_dormant_neurons(runs_of):
+    for net, rows in runs_of("redo"):
         total = series(rows, f"{net}/redo/recycled_total")
         assert total[-1] > 0
         assert all(b >= a for a, b in zip(total, total[1:], strict=False))

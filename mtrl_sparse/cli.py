@@ -397,13 +397,16 @@ def cmd_methods(args: list[str]) -> int:
     if not args:
         width = max(map(len, METHODS))
         for entry in METHODS.values():
-            print(f"{entry.name:<{width}}  {entry.description}")
+            label = "[experimental] " if entry.experimental else ""
+            print(f"{entry.name:<{width}}  {label}{entry.description}")
         return 0
     if len(args) > 1 or args[0] not in METHODS:
         raise UsageError(f"unknown method {' '.join(args)!r}; accepted: {', '.join(METHODS)}")
     entry = METHODS[args[0]]
     print(f"{entry.name} ({entry.kind}): {entry.description}")
     print(f"source: {entry.source}")
+    if entry.experimental:
+        print(f"experimental: {entry.experimental}")
     if entry.kind == "sparsity":
         print("needs --sparsity in (0, 1)")
     elif entry.kind != "dense":

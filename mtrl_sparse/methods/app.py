@@ -1,22 +1,53 @@
 """``app``: Anytime Progressive Pruning, SNIP saliency pruning at every megabatch.
 
-Misra et al. 2022, "APP: Anytime Progressive Pruning" (arXiv 2204.01640). Data arrives in
-megabatches; when megabatch ``k`` arrives, the network is pruned to the density ``d_k`` of a
-geometric schedule by the SNIP saliency of its weights on that data (Lee et al. 2019,
-arXiv 1810.02340), ``|g * w|`` with ``g`` the loss gradient w.r.t. the effective weight ``w``, one
-threshold for the whole network (the paper's global pruning). Only active weights are ranked, so
-the masks are nested: ``M_k = M_(k-1) AND top(saliency_k)``; pruned weights never regrow.
+Misra et al. 2022, "APP: Anytime Progressive Pruning" (arXiv 2204.01640), as its authors' code
+(landskape-ai/Progressive-Pruning, ``main_anytime_train.py`` with ``--pruner snip --scope
+global``) runs it. The published algorithm, with its defaults:
 
-Megabatches: the phases of a sequential schedule (each task is one; ``MethodContext.phase``), or
-``megabatches`` equal chunks of the run's updates under the multi-task schedule. The saliency is
-``|w * mean_j g_j|`` over the first ``saliency_updates`` updates of the megabatch (the gradient of
-the loss over their batches), with ``w`` the weights when the megabatch prunes.
+1. Data arrives in M megabatches from one stationary distribution (ALMA; the code's default
+   trains each megabatch on everything seen so far).
+2. When megabatch k (k = 0..M-1) arrives, score every weight of the current (already pruned)
+   network by its SNIP saliency |g * w| (Lee et al. 2019, arXiv 1810.02340), g the loss gradient
+   w.r.t. the weight on the megabatch's SNIP data (20% of it in the code).
+3. Keep the ``d_k`` share of all prunable weights with the highest saliency, one threshold for the
+   whole network (global scope), with ``d_k = 0.8^linspace(1, s, M)[k]`` (the code's geometric
+   schedule; ``s = 4.5`` in the paper's runs, 1 - 0.8^4.5 = 63.4% final sparsity).
+4. Train on the megabatch with the pruned network; the next megabatch starts from these weights.
 
-Density schedule over the M megabatches: ``d_k = d_0 * (d_f / d_0)^(k / (M - 1))`` from
-``first_density`` ``d_0`` to the target ``d_f = 1 - sparsity`` (``d_0`` at once for ``M = 1``);
-the paper's ``d_k = 0.8^linspace(1, 4.5, M)[k]`` is ``first_density = 0.8`` with
-``--sparsity 0.634`` (``1 - 0.8^4.5``). The target lives in the method state so runs differing in
-it vmap into one program.
+Here, step by step:
+
+- Megabatches (step 1) are ``megabatches`` equal chunks of the run's updates under the multi-task
+  schedule, where every megabatch holds every task: APP's own setting (a stationary stream), and
+  the one this method is faithful to. The replay buffer of SAC holds everything seen so far (the
+  code's cumulative replay) as long as the run fits its capacity; PPO learns on-policy from its
+  current rollouts only. Under a sequential schedule each task is one megabatch
+  (``MethodContext.phase``): an adaptation, see below.
+- The saliency (step 2) is ``|w * mean_j g_j|`` over the first ``saliency_updates`` updates of the
+  megabatch (the loss gradient over their batches; default 1, the first batch), ``w`` the weights
+  when the megabatch prunes. Only active weights are ranked (inactive ones score -inf), so the
+  masks are nested: ``M_k = M_(k-1) AND top(saliency_k)``; pruned weights never regrow.
+- The density schedule (step 3) is ``d_k = d_0 * (d_f / d_0)^(k / (M - 1))`` from
+  ``first_density`` ``d_0`` to ``d_f = 1 - sparsity`` (``d_0`` at once for ``M = 1``); the code's
+  ``0.8^linspace(1, s, M)`` is ``first_density = 0.8`` with ``--sparsity 1 - 0.8^s`` (0.634 for
+  s = 4.5). The target lives in the method state so runs differing in it vmap into one program.
+- Ranking (step 3), multi-task schedule: one global threshold, as the code; weights of equal
+  saliency (e.g. 0, where no gradient reached) rank by |w|, never by position.
+
+Adaptations to multi-task RL, each with its reason:
+
+- Both networks of SAC (actor, twin critics) and of PPO (actor, critic) run APP, each on its own
+  loss's gradient and its own count of updates; the per-task heads take part in the ranking like
+  any other weights (every task has data in every megabatch of the multi-task schedule).
+- Sequential schedule: a megabatch holds one task, so the heads of every other task get no
+  gradient, saliency 0. A global ranking would prune them to nothing (and with them, at the next
+  task, every weight the next task's head feeds). So each layer, and each task's slice of a
+  stacked head, is ranked on its own (the densities of ``--distribution`` for the network's
+  ``d_k``, as GMP does), equal saliencies by |w|: a head without data keeps its largest weights.
+  APP's paper has no sequence of tasks; this setting is an extension, not a reproduction.
+- The code's cumulative replay of earlier megabatches does not apply to PPO (on-policy); under
+  SAC's multi-task schedule the replay buffer already holds every task's past data. Under SAC's
+  sequential schedule the buffer is emptied at each task (Continual World's protocol), so APP
+  there does not replay earlier tasks.
 """
 
 from __future__ import annotations
@@ -40,6 +71,7 @@ from mtrl_sparse.methods.pruning import (
     all_active_masks,
     install_masks,
     keep_top_globally,
+    prune_layers,
 )
 
 
@@ -98,6 +130,19 @@ def snip_saliency(params: Any, grads: Any, masks: Any) -> Any:
                         masks, params, grads, is_leaf=is_none)
 
 
+def keep_top_saliency(weights: Any, saliency: Any, masks: Any, density: jax.Array,
+                      settings: NetworkMethodSettings, per_layer: bool) -> Any:
+    """Masks keeping the ``density`` share of the maskable weights with the highest
+    ``saliency`` (equal saliencies by |w|): one global threshold, or with ``per_layer`` each
+    layer and task slice at its share of ``density`` by ``settings.distribution``."""
+    if per_layer:
+        return prune_layers(weights, masks, 1.0 - density, settings.distribution,
+                            settings.layer_slices, scores=saliency)
+    magnitudes = jax.tree.map(lambda m, w: None if m is None else jnp.abs(w), masks, weights,
+                              is_leaf=is_none)
+    return keep_top_globally(saliency, masks, density, tie_break=magnitudes)
+
+
 def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
     """APP toward ``settings.sparsity`` (may be traced) over the run's megabatches."""
     sequential = settings.phases > 1
@@ -151,9 +196,9 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
                           if accumulates else context.dense_grads)
             density = geometric_density(megabatch, megabatches, options.first_density,
                                         1.0 - ms["target_sparsity"])
-            masks = keep_top_globally(snip_saliency(effective_weights(state), mean_grads,
-                                                    state.masks),
-                                      state.masks, density)
+            weights = effective_weights(state)
+            masks = keep_top_saliency(weights, snip_saliency(weights, mean_grads, state.masks),
+                                      state.masks, density, settings, per_layer=sequential)
             pruned = install_masks(state, masks, context.optimizer)
             return pruned.replace(method_state={
                 **ms,
@@ -178,12 +223,19 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
 ENTRY = MethodEntry(
     name="app",
     kind="sparsity",
-    description="anytime progressive pruning: global SNIP-saliency pruning at every megabatch "
-                "(a task of a sequential schedule) on a geometric density schedule",
+    description="anytime progressive pruning: SNIP-saliency pruning at every megabatch on a "
+                "geometric density schedule, one global threshold (per layer and task slice "
+                "under a sequential schedule, where each task is a megabatch)",
     source="Misra et al. 2022 (arXiv 2204.01640); SNIP: Lee et al. 2019 (arXiv 1810.02340)",
     build=app,
     options=APPOptions,
     check=check_app_options,
     check_run=check_app_run,
     parameters=(SPARSITY_PARAMETER,),
+    experimental="the saliency comes from the first --methods.app.saliency-updates batches of a "
+                 "megabatch, not from 20% of its data as the authors' code; under SAC's "
+                 "sequential schedule earlier tasks are not replayed (the authors' code replays "
+                 "every earlier megabatch); the sequential schedule ranks per layer and task "
+                 "slice (an extension: APP's setting is one stationary stream, the multi-task "
+                 "schedule); not yet measured against GMP over several seeds",
 )

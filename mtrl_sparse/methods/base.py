@@ -155,6 +155,9 @@ class MethodEntry:
         layer_norm: the method asks the agent builder for LayerNorm in the network.
         optimizer: options -> (gradient transforms before Adam, update transforms after Adam).
         parameters: flags it reads besides its options, with their meaning.
+        experimental: what is known to differ from the method as its paper and its authors'
+            code define it (``mtrl-sparse methods`` labels the method experimental with it);
+            empty when nothing is.
     """
 
     name: str
@@ -172,6 +175,7 @@ class MethodEntry:
     layer_norm: bool = False
     optimizer: Callable[[Any], tuple[tuple, tuple]] = _no_optimizer
     parameters: tuple[tuple[str, str], ...] = ()
+    experimental: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

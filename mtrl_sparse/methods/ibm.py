@@ -324,4 +324,8 @@ ENTRY = MethodEntry(
         weights, maskable, options.init_mu),
     noisy_scales=True,
     task_weights=lambda options: task_views,
+    experimental="at the default KL weight the first task freezes almost the whole trunk, so "
+                 "later tasks train their heads only (the authors keep gates trainable after "
+                 "freezing, with a snapshot of each task's gates); kept_fraction counts the "
+                 "other tasks' heads; KL weight and gate learning rate not yet chosen by a sweep",
 )

@@ -51,24 +51,38 @@ def active_magnitudes(weights: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def prune_layers(params: Any, masks: Any, sparsity: jax.Array,
-                 distribution: Distribution = "uniform", layer_slices: LayerSlices = ()) -> Any:
+                 distribution: Distribution = "uniform", layer_slices: LayerSlices = (),
+                 scores: Any = None) -> Any:
     """Per masked layer, keep its target number of largest-|w| active weights: round(density x
     size), the densities spread over the layers by ``distribution`` so that the network's
     sparsity is ``sparsity`` (``uniform``: every layer at ``sparsity``). A leaf stacking layers
     (``layer_slices``: per-task heads) is pruned layer by layer, each to its own count.
 
+    With ``scores`` (congruent with ``masks``, -inf at inactive weights, e.g. a saliency) the
+    highest scores are kept instead, equal scores by |w|: a layer whose scores are all equal (no
+    gradient reached it) keeps its largest weights.
+
     A layer with fewer active weights than its count keeps them all: pruning never regrows.
     """
     densities = iter(layer_densities(layer_shapes(masked_leaves_with_paths(masks), layer_slices),
                                      sparsity, distribution))
+    if scores is None:
+        scores = jax.tree.map(lambda m, w: None if m is None else active_magnitudes(w, m),
+                              masks, params, is_leaf=is_none)
+        tie_breaks = jax.tree.map(lambda m: None, masks, is_leaf=is_none)
+    else:
+        tie_breaks = jax.tree.map(lambda m, w: None if m is None else jnp.abs(w),
+                                  masks, params, is_leaf=is_none)
 
-    def prune_leaf(path: tuple, mask: jax.Array | None, weights: jax.Array) -> jax.Array | None:
+    def prune_leaf(path: tuple, mask: jax.Array | None, score: Any, tie_break: Any
+                   ) -> jax.Array | None:
         if mask is None:
             return None
-        return keep_top_per_layer(active_magnitudes(weights, mask),
-                                  leaf_slices(path, layer_slices), densities) & mask
+        return keep_top_per_layer(score, leaf_slices(path, layer_slices), densities,
+                                  tie_break) & mask
 
-    return jax.tree_util.tree_map_with_path(prune_leaf, masks, params, is_leaf=is_none)
+    return jax.tree_util.tree_map_with_path(prune_leaf, masks, scores, tie_breaks,
+                                            is_leaf=is_none)
 
 
 def prune_globally(params: Any, masks: Any, sparsity: jax.Array) -> Any:
@@ -81,17 +95,24 @@ def prune_globally(params: Any, masks: Any, sparsity: jax.Array) -> Any:
     return keep_top_globally(scores, masks, 1.0 - sparsity)
 
 
-def keep_top_globally(scores: Any, masks: Any, density: jax.Array) -> Any:
+def keep_top_globally(scores: Any, masks: Any, density: jax.Array,
+                      tie_break: Any = None) -> Any:
     """Keep the round(density x maskable weights) highest-scoring active weights of the network,
     one threshold for all masked layers; ``scores`` (congruent with ``masks``, None at unmasked
-    leaves) must be -inf at inactive weights, so that nothing regrows."""
+    leaves) must be -inf at inactive weights, so that nothing regrows. Equal scores rank by
+    ``tie_break`` (congruent with ``scores``; e.g. |w|), then by position."""
     mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=is_none)
     score_leaves = treedef.flatten_up_to(scores)
     layers = [s for m, s in zip(mask_leaves, score_leaves, strict=True) if m is not None]
     if not layers:
         return masks
     flat = jnp.concatenate([s.reshape(-1) for s in layers])
-    keep = keep_top_scores(flat, num_to_keep(density, flat.size))
+    flat_tie_break = None
+    if tie_break is not None:
+        tie_leaves = treedef.flatten_up_to(tie_break)
+        flat_tie_break = jnp.concatenate([t.reshape(-1) for m, t in zip(
+            mask_leaves, tie_leaves, strict=True) if m is not None])
+    keep = keep_top_scores(flat, num_to_keep(density, flat.size), flat_tie_break)
     offset, pruned = 0, []
     for mask in mask_leaves:
         if mask is None:

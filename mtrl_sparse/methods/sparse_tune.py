@@ -204,4 +204,9 @@ ENTRY = MethodEntry(
     check_run=check_sparse_tune_run,
     sequential_only=True,
     optimizer=sparse_tune_optimizer,
+    experimental="the score window is counted in the actor's updates and not scaled for PPO's "
+                 "critic (about 8 of a task's 25 rollouts frozen); the random gradient dropping "
+                 "acts after Adam, so dropped entries still move; MIST's 0.9^k scaling of "
+                 "earlier tasks' entries, its exemptions (classifier, biases, norms) and its "
+                 "100x lower backbone learning rate are not checked against the authors' code",
 )

@@ -163,13 +163,18 @@ def planned_leaf_densities(
     return jax.tree_util.tree_unflatten(treedef, planned)
 
 
-def keep_top_scores(scores: jax.Array, num_keep: jax.Array) -> jax.Array:
-    """Boolean mask keeping the ``num_keep`` highest scores of ``scores`` (ties by position).
+def keep_top_scores(scores: jax.Array, num_keep: jax.Array,
+                    tie_break: jax.Array | None = None) -> jax.Array:
+    """Boolean mask keeping the ``num_keep`` highest scores of ``scores``; equal scores rank by
+    ``tie_break`` (higher first; shaped like ``scores``), then by position.
 
     ``num_keep`` may be traced; the mask comes from each entry's rank, not from a static top-k.
     """
     flat = scores.reshape(-1)
-    order = jnp.argsort(-flat, stable=True)
+    if tie_break is None:
+        order = jnp.argsort(-flat, stable=True)
+    else:  # lexsort: the last key is the primary one; stable, so remaining ties by position
+        order = jnp.lexsort((-tie_break.reshape(-1).astype(jnp.float32), -flat))
     ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
     return (ranks < num_keep).reshape(scores.shape)
 
@@ -180,14 +185,20 @@ def num_to_keep(density: jax.Array, size: int) -> jax.Array:
 
 
 def keep_top_per_layer(scores: jax.Array, slices: tuple[int, int] | None,
-                       densities: Iterator[jax.Array]) -> jax.Array:
+                       densities: Iterator[jax.Array], tie_break: jax.Array | None = None
+                       ) -> jax.Array:
     """The mask of a leaf keeping, in each of its layers, the round(density x size) highest
-    ``scores``: one layer, or the ``count`` layers a leaf stacks (``slices``), each layer taking
-    the next density of ``densities`` (the layers' targets, in ``layer_shapes`` order)."""
+    ``scores`` (equal ones by ``tie_break``, see ``keep_top_scores``): one layer, or the
+    ``count`` layers a leaf stacks (``slices``), each layer taking the next density of
+    ``densities`` (the layers' targets, in ``layer_shapes`` order)."""
     count = 1 if slices is None else slices[1]
     leaf_densities = jnp.stack([next(densities) for _ in range(count)])
-    return map_layers(lambda s, d: keep_top_scores(s, num_to_keep(d, s.size)), slices, (scores,),
-                      (leaf_densities if slices else leaf_densities[0],))
+    per_layer = (leaf_densities if slices else leaf_densities[0],)
+    if tie_break is None:
+        return map_layers(lambda s, d: keep_top_scores(s, num_to_keep(d, s.size)), slices,
+                          (scores,), per_layer)
+    return map_layers(lambda s, t, d: keep_top_scores(s, num_to_keep(d, s.size), t), slices,
+                      (scores, tie_break), per_layer)
 
 
 def random_masks(

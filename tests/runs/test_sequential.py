@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from mtrl_sparse.agents.cnn import stacked_head_layers as cnn_head_layers
 from mtrl_sparse.cli import main
 from mtrl_sparse.config import ConfigError, validate
 from mtrl_sparse.envs.minigrid_jax_vector import JaxMiniGridVectorEnv
@@ -20,6 +21,8 @@ from support.run_checks import (
     assert_resumes_like_uninterrupted,
     assert_rows_close,
     deterministic_rows,
+    empty_layers,
+    final_state,
 )
 
 SEQ_FLAGS = ["--preset", "minigrid-smoke", "--schedule", "sequential",
@@ -103,6 +106,11 @@ def test_vmapped_sequential_runs_equal_the_runs_alone(tmp_path, capsys):
     assert [r["actor/app/events"] for r in train] == [1, 2, 3]
     assert [r["critic/app/events"] for r in train] == [1, 2, 3]
     assert train[-1]["actor_sparsity"] == pytest.approx(0.9, abs=0.005)
+    # No layer and no task's head slice emptied: each task's head kept weights through the
+    # other tasks' megabatches, where it had no data (saliency 0).
+    _, state = final_state(alone)
+    for network in (state.actor, state.critic):
+        assert empty_layers(network.masks, cnn_head_layers(3)) == []
     capsys.readouterr()
 
 

@@ -8,10 +8,13 @@ import shutil
 from pathlib import Path
 
 import jax
+import numpy as np
 
+from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.checkpointing import Checkpointer
-from mtrl_sparse.off_policy import make_envs, make_run_learner
+from mtrl_sparse.methods.topology import leaf_slices
 from mtrl_sparse.run_dir import read_config, read_metrics
+from mtrl_sparse.run_loop import AGENT_KINDS
 
 
 def complete_checkpoints(run_dir: Path) -> list[int]:
@@ -32,18 +35,30 @@ def deterministic_rows(run_dir: Path) -> list[dict]:
 
 
 def final_state(run_dir: Path):
+    """(env step, device state) of the run's latest checkpoint, whatever its agent."""
     config = read_config(run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
-    env, eval_env = make_envs(config)
+    run = AGENT_KINDS[config.AGENT](config)
     try:
         step = checkpointer.latest_step()
-        learner = make_run_learner(config, env.spec, eval_env.spec)
-        state, _ = checkpointer.restore(step, learner.abstract_state())
+        state, _ = checkpointer.restore(step, run.abstract_state())
     finally:
-        env.close()
-        eval_env.close()
+        run.close()
         checkpointer.close()
     return step, jax.device_get(state)
+
+
+def empty_layers(masks, layer_slices) -> list[str]:
+    """The masked layers of ``masks`` with no active weight, a leaf stacking layers
+    (``layer_slices``: per-task heads) counted slice by slice (``path[task t]``)."""
+    empty = []
+    for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0]:
+        slices = leaf_slices(path, layer_slices)
+        parts = [mask] if slices is None else np.split(np.asarray(mask), slices[1], slices[0])
+        for t, part in enumerate(parts):
+            if not np.any(part):
+                empty.append(path_str(path) + ("" if slices is None else f"[task {t}]"))
+    return empty
 
 
 def assert_rows_close(rows: list[dict], expected: list[dict], rtol: float = 1e-4,

@@ -226,10 +226,11 @@ PRESETS: dict[str, Preset] = {
             "minigrid-seq",
             "MiniGrid MT7's tasks one after another (--schedule sequential, the benchmark's "
             "order): 50k env steps per task (350k in all), the minigrid-mt7 network and PPO "
-            "settings, evaluation on all seven tasks at every task boundary",
+            "settings, evaluation on all seven tasks every 5k env steps (ten per task, the "
+            "last at the task's end)",
             dataclasses.replace(
                 _MINIGRID, schedule="sequential", total_env_steps=350_000,
-                eval_every_env_steps=50_000,
+                eval_every_env_steps=5_000,
                 env=MiniGridEnvConfig(benchmark="MT7", backend="jax"),
                 ppo=dataclasses.replace(_MINIGRID.ppo, cnn_pooling=False)),
         ),

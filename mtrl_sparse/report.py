@@ -755,7 +755,7 @@ def sequential_section(score: str | None, finals: list[GroupFinal], reps: int,
     the forgetting (``sequential_metrics``), each as the mean over runs with a bootstrap
     interval, and the average performance after every task; nothing when no group is
     sequential."""
-    rows = []
+    rows, counts = [], set()
     for final in finals:
         if score is None or final.group.finished[0].config.schedule != "sequential":
             continue
@@ -768,6 +768,7 @@ def sequential_section(score: str | None, finals: list[GroupFinal], reps: int,
         forgetting = np.array([r.mean_forgetting for r in runs])
         after = np.array([r.average_after for r in runs
                           if len(r.average_after) == len(runs[0].average_after)])
+        counts.update(int(c) for r in runs for c in r.evaluations_per_phase)
         cells = [final.group.name, str(len(runs))]
         for values in (average, forgetting):
             mean, low, high = bootstrap_mean(values, reps, confidence, seed)
@@ -777,13 +778,17 @@ def sequential_section(score: str | None, finals: list[GroupFinal], reps: int,
     if not rows:
         return []
     percent = f"{confidence:.0%}"
+    evaluation_counts = (f"{min(counts)}" if len(counts) == 1
+                         else f"{min(counts)} to {max(counts)}")
     return ["## Sequential schedule", "",
             f"| group | runs | average after the last task | {percent} CI | forgetting | "
             f"{percent} CI | average after each task |", "|" + "---|" * 7, *rows, "",
             f"Average after task p: the mean `{score}` over tasks 0..p at the last evaluation "
-            "of phase p; forgetting: per task but the last, its best score at the evaluations "
-            "since it was trained minus its final score, averaged over the tasks (negative: "
-            "the final score is the best). Means over runs; CI: percentile interval of the "
+            "of phase p (after the last task: Continual World's average performance); "
+            "forgetting (Continual World's): per task, its score at the end of its own "
+            "training minus its final score (0 for the last task), averaged over all the "
+            "tasks. Each forgetting term rests on two evaluations of its task; evaluations "
+            f"per task: {evaluation_counts}. Means over runs; CI: percentile interval of the "
             f"mean over {reps} resamples of the runs, seed {seed}. Forward transfer needs "
             "single-task reference runs and is not computed.", ""]
 

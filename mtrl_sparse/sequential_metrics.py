@@ -1,21 +1,25 @@
-"""Metrics of a sequential-task run (``--schedule sequential``) from its evaluation rows.
+"""Metrics of a sequential-task run (``--schedule sequential``) from its evaluation rows, as
+Continual World defines them (Wolczyk et al. 2021, "Continual World: A Robotic Benchmark For
+Continual Reinforcement Learning", NeurIPS; Chaudhry et al. 2018).
 
 Every evaluation row of such a run carries the ``phase`` it was taken in (the index of the task
-being trained) and the score of every task; the run loop evaluates at the end of every phase.
-With ``s_i(e)`` the score of task ``i`` at evaluation ``e`` and ``E_p`` the last evaluation of
-phase ``p``:
+being trained) and the score of every task; the run loop evaluates every
+``--eval-every-env-steps`` and at the end of every phase. With ``s_i(e)`` the score of task ``i``
+at evaluation ``e``, ``E_p`` the last evaluation of phase ``p`` (the end of task ``p``) and N
+tasks:
 
 - average performance after task ``p``: ``A_p = mean_{i <= p} s_i(E_p)``, over the tasks seen
-  so far (Continual World, Wolczyk et al. 2021; Chaudhry et al. 2018); ``A_{P-1}`` covers every
-  task;
-- forgetting of task ``i`` (``i`` < the last task): ``F_i = max_e s_i(e) - s_i(final)``, the
-  maximum over the evaluations taken while task ``i`` or a later one was trained, the final
-  evaluation excepted: how much of its best score since it was learned the run lost by its end
-  (negative when the final score beats every earlier one). The last task is never followed by
-  another and has no forgetting.
+  so far; ``A_{N-1}``, the mean over all N tasks at the end, is Continual World's average
+  performance;
+- forgetting of task ``i``: ``F_i = s_i(E_i) - s_i(E_{N-1})``, its score at the end of its own
+  training minus its score at the end of the run; the last task's is 0, and the run's forgetting
+  is the mean over all N tasks (Continual World's). Both ends are single evaluations, so each
+  F_i rests on two evaluations of task ``i`` (their noise does not bias it, unlike a maximum over
+  evaluations).
 
-Forward transfer needs single-task reference runs, which the project does not train; it is not
-computed.
+Forward transfer (``FT_i = (AUC_i - AUC_i^ref) / (1 - AUC_i^ref)``, the area under task ``i``'s
+curve over its own training interval against a single-task reference run's) needs reference runs,
+which the project does not train yet; it is not computed.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ class SequentialScores:
 
     Attributes:
         average_after: (P,) ``A_p`` for each phase that has an evaluation, in phase order.
-        forgetting: (T - 1,) ``F_i`` of every task but the last.
+        forgetting: (N,) ``F_i`` of every task (0 for the last, and for a task whose phase
+            has no evaluation).
+        evaluations_per_phase: (P,) evaluations taken in each phase that has one.
     """
 
     average_after: np.ndarray
     forgetting: np.ndarray
+    evaluations_per_phase: np.ndarray
 
     @property
     def final_average(self) -> float:
@@ -67,17 +74,16 @@ def sequential_scores(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...],
     evals = evaluation_rows(rows, score)
     if not evals:
         return None
-    per_task = np.array([[float(r[f"{score}/{t}"]) for t in tasks] for r in evals])  # (E, T)
+    per_task = np.array([[float(r[f"{score}/{t}"]) for t in tasks] for r in evals])  # (E, N)
     phases = np.array([int(r[PHASE_FIELD]) for r in evals])
-    average = [per_task[np.flatnonzero(phases == p)[-1], :p + 1].mean()
-               for p in sorted(set(phases.tolist()))]
+    seen = sorted(set(phases.tolist()))
+    end_of = {p: np.flatnonzero(phases == p)[-1] for p in seen}  # E_p
+    average = [per_task[end_of[p], :p + 1].mean() for p in seen]
     final = per_task[-1]
-    earlier = per_task[:-1]
-    forgetting = np.zeros(len(tasks) - 1)
-    for i in range(len(tasks) - 1):
-        since = earlier[phases[:-1] >= i, i]
-        forgetting[i] = since.max() - final[i] if since.size else 0.0
-    return SequentialScores(np.array(average), forgetting)
+    forgetting = np.array([per_task[end_of[i], i] - final[i] if i in end_of else 0.0
+                           for i in range(len(tasks))])
+    return SequentialScores(np.array(average), forgetting,
+                            np.array([np.sum(phases == p) for p in seen]))
 
 
 def bootstrap_mean(values: np.ndarray, reps: int, confidence: float, seed: int

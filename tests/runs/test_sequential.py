@@ -119,18 +119,22 @@ def _eval_row(step: int, phase: int, scores: tuple[float, ...]) -> dict:
             **{f"eval/normalized_return/{t}": s for t, s in zip("abc", scores, strict=True)}}
 
 
-def test_average_performance_and_forgetting_follow_their_definitions():
-    """Hand-computed: A_p over the tasks seen at each phase's last evaluation; F_i the best
-    score since task i was trained (final evaluation excepted) minus the final one; a step
-    logged twice (a resumed run) counts once; training rows are ignored."""
+def test_average_performance_and_forgetting_follow_continual_worlds_definitions():
+    """Hand-computed: A_p over the tasks seen at each phase's last evaluation; F_i the score at
+    the end of task i's own phase minus the final one (not the best score since: task a peaks
+    at 0.9 mid-phase 1, which is not forgetting of the end-of-task score 0.8), 0 for the last
+    task, averaged over all three tasks; a step logged twice (a resumed run) counts once;
+    training rows are ignored."""
     rows = [_eval_row(100, 0, (0.5, 0.1, 0.0)), {"step": 150, "policy_loss": 1.0},
             _eval_row(200, 0, (0.3, 0.0, 0.1)), _eval_row(200, 0, (0.8, 0.0, 0.1)),
-            _eval_row(400, 1, (0.6, 0.9, 0.2)), _eval_row(600, 2, (0.4, 0.95, 0.7))]
+            _eval_row(300, 1, (0.9, 0.5, 0.1)), _eval_row(400, 1, (0.6, 0.9, 0.2)),
+            _eval_row(600, 2, (0.4, 0.95, 0.7))]
     scores = sequential_scores(rows, ("a", "b", "c"), "eval/normalized_return")
     np.testing.assert_allclose(scores.average_after, [0.8, 0.75, 2.05 / 3])
-    np.testing.assert_allclose(scores.forgetting, [0.8 - 0.4, 0.9 - 0.95])
+    np.testing.assert_allclose(scores.forgetting, [0.8 - 0.4, 0.9 - 0.95, 0.0])
+    np.testing.assert_array_equal(scores.evaluations_per_phase, [2, 2, 1])
     assert scores.final_average == pytest.approx(2.05 / 3)
-    assert scores.mean_forgetting == pytest.approx((0.4 - 0.05) / 2)
+    assert scores.mean_forgetting == pytest.approx((0.4 - 0.05) / 3)
     multitask = [{k: v for k, v in r.items() if k != "phase"} for r in rows]
     assert sequential_scores(multitask, ("a", "b", "c"), "eval/normalized_return") is None
 

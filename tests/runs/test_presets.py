@@ -30,8 +30,9 @@ def preset_with(preset: str, method: str):
     return dataclasses.replace(config, method=method, sparsity=sparsity)
 
 
-def agent_init_shapes(config) -> None:
-    """Build the agent of ``config`` (methods resolved per network) and trace its init."""
+def agent_init_shapes(config):
+    """Build the agent of ``config`` (methods resolved per network) and trace its init: the
+    state's shapes."""
     networks = {name: build_network(settings, config.methods, name)
                 for name, settings in config.network_methods().items()}
     if isinstance(config, PPOTrainConfig):
@@ -42,7 +43,7 @@ def agent_init_shapes(config) -> None:
         num_tasks = len(metaworld_task_names(config.env.benchmark, config.env.task))
         agent = make_sac(config.sac, num_tasks, METAWORLD_OBS_DIM, METAWORLD_ACTION_DIM,
                          networks["actor"], networks["critic"])
-    jax.eval_shape(agent.init, jax.random.PRNGKey(0))
+    return jax.eval_shape(agent.init, jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -56,7 +57,11 @@ def test_every_method_validates_and_builds_on_every_preset(preset):
                 validate(config)
             continue
         validate(config)
-        agent_init_shapes(config)
+        state = agent_init_shapes(config)
+        # A sparsity method's networks carry masks from init; the others' none.
+        draws_masks = METHODS[method].kind == "sparsity"
+        for network in (state.actor, state.critic):
+            assert bool(jax.tree.leaves(network.masks)) == draws_masks, method
 
 
 @pytest.mark.parametrize("preset", ["mt10-quick", "mt10-smoke"])

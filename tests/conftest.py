@@ -99,14 +99,15 @@ def pytest_assertion_pass(item, lineno, orig, expl):
     CHECKS_MADE[0] += 1
 
 
+_CHECKS_IN_CALL = pytest.StashKey[int]()
+"""Checks made by a test's call phase (its body), stashed on the test item."""
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
     before = CHECKS_MADE[0]
     yield
     item.stash[_CHECKS_IN_CALL] = CHECKS_MADE[0] - before
-
-
-_CHECKS_IN_CALL = pytest.StashKey[int]()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -72,6 +72,7 @@ from mtrl_sparse.methods.pruning import (
     install_masks,
     keep_top_globally,
     prune_layers,
+    weight_magnitudes,
 )
 
 
@@ -138,9 +139,8 @@ def keep_top_saliency(weights: Any, saliency: Any, masks: Any, density: jax.Arra
     if per_layer:
         return prune_layers(weights, masks, 1.0 - density, settings.distribution,
                             settings.layer_slices, scores=saliency)
-    magnitudes = jax.tree.map(lambda m, w: None if m is None else jnp.abs(w), masks, weights,
-                              is_leaf=is_none)
-    return keep_top_globally(saliency, masks, density, tie_break=magnitudes)
+    return keep_top_globally(saliency, masks, density,
+                             tie_break=weight_magnitudes(masks, weights))
 
 
 def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:

@@ -50,6 +50,12 @@ def active_magnitudes(weights: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -jnp.inf)
 
 
+def weight_magnitudes(masks: Any, params: Any) -> Any:
+    """|w| of every masked leaf (None at unmasked leaves): the tie-break of score rankings."""
+    return jax.tree.map(lambda m, w: None if m is None else jnp.abs(w), masks, params,
+                        is_leaf=is_none)
+
+
 def prune_layers(params: Any, masks: Any, sparsity: jax.Array,
                  distribution: Distribution = "uniform", layer_slices: LayerSlices = (),
                  scores: Any = None) -> Any:
@@ -71,8 +77,7 @@ def prune_layers(params: Any, masks: Any, sparsity: jax.Array,
                               masks, params, is_leaf=is_none)
         tie_breaks = jax.tree.map(lambda m: None, masks, is_leaf=is_none)
     else:
-        tie_breaks = jax.tree.map(lambda m, w: None if m is None else jnp.abs(w),
-                                  masks, params, is_leaf=is_none)
+        tie_breaks = weight_magnitudes(masks, params)
 
     def prune_leaf(path: tuple, mask: jax.Array | None, score: Any, tie_break: Any
                    ) -> jax.Array | None:

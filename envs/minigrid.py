@@ -86,16 +86,23 @@ NUM_ACTIONS = 7  # MiniGrid's Actions: left, right, forward, pickup, drop, toggl
 UNSOLVABLE = -1  # ``episode_optimal_steps`` of an episode with no solution before its time limit
 
 
-def minigrid_task_names(benchmark: str) -> tuple[str, ...]:
-    """The env ids of a benchmark, in the paper's order; a task id indexes this tuple.
+def minigrid_task_names(benchmark: str, task: str | None = None) -> tuple[str, ...]:
+    """The env ids of a benchmark, in the paper's order; a task id indexes this tuple. With
+    ``task`` (one of the benchmark's env ids), that task alone: ``(task,)`` (single-task runs,
+    such as the references of a sequential schedule's forward transfer).
 
     Raises:
-        ValueError: unknown benchmark (the message lists the accepted ones).
+        ValueError: unknown benchmark, or a task not in it (the message lists the accepted ones).
     """
     if benchmark not in MINIGRID_BENCHMARKS:
         expected = tuple(MINIGRID_BENCHMARKS)
         raise ValueError(f"unknown MiniGrid benchmark {benchmark!r}; expected one of {expected}")
-    return MINIGRID_BENCHMARKS[benchmark]
+    tasks = MINIGRID_BENCHMARKS[benchmark]
+    if task is None:
+        return tasks
+    if task not in tasks:
+        raise ValueError(f"task {task!r} is not in MiniGrid {benchmark}; expected one of {tasks}")
+    return (task,)
 
 
 def _make_task_env(task_name: str, seed: np.random.SeedSequence) -> Any:
@@ -369,6 +376,7 @@ class MiniGridVectorEnv(MiniGridHostEnv):
         benchmark: a key of ``MINIGRID_BENCHMARKS`` (``"MT3"``, ``"MT5"``, ``"MT7"``).
         num_envs: number of workers (>= 1).
         seed: non-negative; fixes every task draw and every layout.
+        task: one env id of the benchmark to run alone (every worker on it); None: all its tasks.
         vector_strategy: ``"sync"`` (this process) or ``"async"`` (worker processes).
         compute_optimal: compute each episode's shortest solution at reset (for evaluation; costs
             a few ms to tens of ms per reset).
@@ -383,10 +391,11 @@ class MiniGridVectorEnv(MiniGridHostEnv):
         seed: int = 0,
         vector_strategy: Literal["sync", "async"] = "sync",
         *,
+        task: str | None = None,
         compute_optimal: bool = False,
         processes: int | None = None,
     ) -> None:
-        task_names = minigrid_task_names(benchmark)
+        task_names = minigrid_task_names(benchmark, task)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if seed < 0:

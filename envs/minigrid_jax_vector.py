@@ -216,12 +216,12 @@ class JaxMiniGridVectorEnv(MiniGridHostEnv):
     arguments but ``vector_strategy``; same arrays and semantics)."""
 
     def __init__(self, benchmark: str, num_envs: int, seed: int = 0, *,
-                 compute_optimal: bool = False) -> None:
+                 task: str | None = None, compute_optimal: bool = False) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
-        self.core = GridVector(minigrid_task_names(benchmark), num_envs, compute_optimal)
+        self.core = GridVector(minigrid_task_names(benchmark, task), num_envs, compute_optimal)
         self.spec = self.core.spec
         self.compute_optimal = compute_optimal
         self._step = jax.jit(self.core.step)

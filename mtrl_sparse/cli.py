@@ -62,6 +62,10 @@ grid (or from --file: keys preset, methods, sparsities, seeds, train_args, and t
   --method M1,M2      methods (combinations as gmp+redo)
   --sparsity S1,S2    target sparsities in (0, 1) of the methods with a sparsity member
   --seeds N|A-B|A,B   N seeds (0..N-1), a range or a list
+  --no-references     a sequential-schedule preset's sweep also trains each task's single-task
+                      reference run per seed (DIR/reference-<task>/seed<N>: dense, one task's
+                      budget), for the report's forward transfer; this flag leaves them out
+                      (from --file: references = false)
 options:
   --out DIR           the sweep's directory (required: a new or empty directory, or this sweep's)
   --group-size K      runs per vmapped group (default: 8 per device for PPO, 4 for SAC)
@@ -306,15 +310,18 @@ def parse_sweep_args(args: list[str]):
         spec_from_toml,
     )
 
+    references = "--no-references" not in args
+    args = [a for a in args if a != "--no-references"]
     values = {}
     for flag in SWEEP_FLAGS:
         values[flag], args = pop_flag(args, flag)
     file_options: dict = {}
     if values["--file"] is not None:
         given = [f for f in ("--preset", "--method", "--sparsity", "--seeds") if values[f]]
+        given += [] if references else ["--no-references (in the file: references = false)"]
         if given or args:
-            raise UsageError(f"--file holds the grid and its train flags; got {' '.join(given)}"
-                             f"{' '.join(args)} besides it")
+            raise UsageError(f"--file holds the grid and its train flags; got "
+                             f"{' '.join([*given, *args])} besides it")
         spec, file_options = spec_from_toml(Path(values["--file"]))
     else:
         missing = [f for f in ("--preset", "--method", "--seeds") if values[f] is None]
@@ -325,7 +332,8 @@ def parse_sweep_args(args: list[str]):
         spec = SweepSpec(preset=values["--preset"],
                          methods=parse_list(values["--method"], "--method"),
                          sparsities=parse_sparsities(sparsity.split(",")) if sparsity else (),
-                         seeds=parse_sweep_seeds(values["--seeds"]), train_args=tuple(args))
+                         seeds=parse_sweep_seeds(values["--seeds"]), train_args=tuple(args),
+                         references=references)
     out = values["--out"] or file_options.get("out")
     if out is None:
         raise UsageError("sweep needs --out DIR, the directory of the sweep's runs")

@@ -221,6 +221,10 @@ class MiniGridEnvConfig:
 
     benchmark: Literal["MT3", "MT5", "MT7"] = "MT3"
     """MiniGrid task set of the reference paper; a task is drawn uniformly per episode."""
+    task: str | None = None
+    """One task of the benchmark (its env id, e.g. MiniGrid-DoorKey-6x6-v0) to train and
+    evaluate alone: a single-task run, such as a sequential schedule's forward-transfer
+    reference; None: all of the benchmark's tasks."""
     num_envs: int = 8
     """Training env workers (a rollout of rollout-env-steps is split evenly among them)."""
     backend: Literal["farama", "jax"] = "farama"
@@ -263,7 +267,7 @@ class PPOTrainConfig(RunConfig):
         return max(1, self.rollouts() * updates_per_rollout(self.ppo)[network])
 
     def task_names(self) -> tuple[str, ...]:
-        return minigrid_task_names(self.env.benchmark)
+        return minigrid_task_names(self.env.benchmark, self.env.task)
 
 
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {SACTrainConfig.AGENT: SACTrainConfig,
@@ -409,6 +413,9 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
     if env.benchmark not in MINIGRID_BENCHMARKS:
         raise ConfigError(f"unknown MiniGrid benchmark {env.benchmark!r}; accepted: "
                           f"{', '.join(MINIGRID_BENCHMARKS)}")
+    if env.task is not None and env.task not in MINIGRID_BENCHMARKS[env.benchmark]:
+        raise ConfigError(f"--env.task {env.task} is not a task of MiniGrid {env.benchmark}; "
+                          f"accepted: {', '.join(MINIGRID_BENCHMARKS[env.benchmark])}")
     check_positive({
         "env.num_envs": env.num_envs,
         "env.eval_envs": env.eval_envs,
@@ -455,6 +462,9 @@ def _validate_sequential_ppo(config: PPOTrainConfig) -> None:
         raise ConfigError("--schedule sequential needs --env.backend jax (the farama backend "
                           "draws a task per episode only)")
     tasks, rollout = len(config.task_names()), config.ppo.rollout_env_steps
+    if tasks < 2:
+        raise ConfigError(f"--schedule sequential needs several tasks; --env.task "
+                          f"{config.env.task} leaves one (accepted: no --env.task)")
     if config.total_env_steps % (tasks * rollout):
         raise ConfigError(f"--schedule sequential splits --total-env-steps "
                           f"{config.total_env_steps} equally among {tasks} tasks in whole "

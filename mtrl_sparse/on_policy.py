@@ -122,10 +122,10 @@ def make_minigrid_env(config: PPOTrainConfig, num_envs: int, seed: int,
     """The run's MiniGrid vector env on the configured backend."""
     env_cfg = config.env
     if env_cfg.backend == "jax":
-        return JaxMiniGridVectorEnv(env_cfg.benchmark, num_envs, seed,
+        return JaxMiniGridVectorEnv(env_cfg.benchmark, num_envs, seed, task=env_cfg.task,
                                     compute_optimal=compute_optimal)
     return MiniGridVectorEnv(env_cfg.benchmark, num_envs, seed, env_cfg.vector_strategy,
-                             compute_optimal=compute_optimal)
+                             task=env_cfg.task, compute_optimal=compute_optimal)
 
 
 def make_compiled_rollout(ppo: PPO, core: GridVector, horizon: int) -> Any:

@@ -14,7 +14,11 @@ sparsity but different seeds form one group, labelled by those differing fields.
 ``report.md`` with the table, each group's difference to the dense group with its interval, the
 runs still missing, and figures (``mtrl_sparse.report_figures``, matplotlib from the ``report``
 extra): learning curves, final score against sparsity, plasticity over training and a per-task
-heat map. Only finished runs (``finished.json``) enter its numbers.
+heat map. Only finished runs (``finished.json``) enter its numbers. Sequential-schedule groups
+also get Continual World's metrics (``sequential_metrics``): average performance, forgetting,
+and the forward transfer against the single-task reference runs found among the paths
+(``split_references``; a sweep of a sequential preset trains them), with the average performance
+after each task as a figure.
 """
 
 from __future__ import annotations
@@ -34,11 +38,18 @@ from mtrl_sparse.report_figures import (
     final_vs_sparsity_figure,
     heatmap_figure,
     learning_curves_figure,
+    phase_average_figure,
     plasticity_figure,
     save_figure,
 )
 from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_finished, read_metrics
-from mtrl_sparse.sequential_metrics import bootstrap_mean, sequential_scores
+from mtrl_sparse.sequential_metrics import (
+    SequentialScores,
+    bootstrap_mean,
+    forward_transfer,
+    reference_area,
+    sequential_scores,
+)
 
 SCORES = ("eval/normalized_return", "eval/success")
 """Score prefixes, the first one a run logs wins: per task ``<prefix>/<task>``."""
@@ -328,6 +339,24 @@ def load_run(path: Path) -> SweepRun:
                     finished=read_finished(path))
 
 
+def split_references(runs: list[SweepRun]) -> tuple[list[SweepRun], list[SweepRun]]:
+    """``(runs, references)``: the single-task reference runs of the sequential runs among
+    ``runs`` apart (``mtrl_sparse.sweep.reference_flags`` makes them). A reference is a dense
+    run of one task under the multi-task schedule whose task and budget are a phase of a
+    sequential run of the same agent; it enters only the forward transfer, no group."""
+    sequential = [r.config for r in runs if r.config.schedule == "sequential"]
+
+    def is_reference(config: RunConfig) -> bool:
+        tasks = config.task_names()
+        return (config.schedule == "multitask" and len(tasks) == 1 and is_dense(config)
+                and any(config.AGENT == s.AGENT and tasks[0] in s.task_names()
+                        and config.total_env_steps == s.phase_env_steps() for s in sequential))
+
+    flags = [is_reference(r.config) for r in runs]
+    return ([r for r, f in zip(runs, flags, strict=True) if not f],
+            [r for r, f in zip(runs, flags, strict=True) if f])
+
+
 def is_dense(config: RunConfig) -> bool:
     """Whether every network of ``config`` trains with the method ``dense``."""
     return all(s.name == "dense" for s in config.network_methods().values())
@@ -491,20 +520,22 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
                           f"{confidence}")
     if figures:
         require_matplotlib()
-    groups = group_runs([load_run(path) for path in find_runs(paths)])
+    runs, references = split_references([load_run(path) for path in find_runs(paths)])
+    groups = group_runs(runs)
     score, finals, no_difference = final_performance(groups, reps, confidence, seed)
+    sequential = [] if score is None else sequential_groups(finals, references, score)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not figures:
         notes = [FigureNote("Figures", skipped="not drawn (the report was asked for none)")]
     elif score is None:
         notes = [FigureNote("Figures", skipped="no run has finished")]
     else:
-        notes = draw_figures(finals, score, out_dir, reps, confidence, seed)
+        notes = draw_figures(finals, sequential, score, out_dir, reps, confidence, seed)
     markdown = "\n".join([
-        *summary_section(paths, groups),
+        *summary_section(paths, groups, references),
         *final_section(score, finals, no_difference, reps, confidence, seed),
         *per_task_section(score, finals),
-        *sequential_section(score, finals, reps, confidence, seed),
+        *sequential_section(score, sequential, references, reps, confidence, seed),
         *figures_section(notes),
         *missing_section(groups, not_started(paths)),
     ]) + "\n"
@@ -593,8 +624,8 @@ def heatmap_values(finals: list[GroupFinal]) -> tuple[list[str], list[str], np.n
     return [f.group.name for f in finals], tasks, values
 
 
-def draw_figures(finals: list[GroupFinal], score: str, out_dir: Path, reps: int,
-                 confidence: float, seed: int) -> list[FigureNote]:
+def draw_figures(finals: list[GroupFinal], sequential: list[SequentialGroup], score: str,
+                 out_dir: Path, reps: int, confidence: float, seed: int) -> list[FigureNote]:
     """Draw and write every figure of the report (``report_figures``); a note per figure."""
     label = SCORE_LABELS.get(score, score)
     percent = f"{confidence:.0%}"
@@ -625,6 +656,9 @@ def draw_figures(finals: list[GroupFinal], score: str, out_dir: Path, reps: int,
         notes.append(FigureNote(title, skipped="no sparse group has finished"))
 
     notes.append(plasticity_note(plasticity_curves(finals), out_dir))
+
+    if sequential:
+        notes.append(phase_average_note(sequential, label, out_dir, reps, confidence, seed))
 
     groups, tasks, values = heatmap_values(finals)
     save_figure(heatmap_figure(groups, tasks, values, label), out_dir, "final_per_task")
@@ -659,15 +693,18 @@ def plasticity_note(curves: list[tuple[str, Curve]], out_dir: Path) -> FigureNot
         "finished seeds, the band from the lowest to the highest seed."))
 
 
-def summary_section(paths: list[Path], groups: list[SweepGroup]) -> list[str]:
+def summary_section(paths: list[Path], groups: list[SweepGroup],
+                    references: list[SweepRun]) -> list[str]:
     """The report's title and how many runs were found, finished and not."""
     found = sum(len(g.finished) + len(g.unfinished) for g in groups)
     finished = sum(len(g.finished) for g in groups)
     where = ", ".join(f"`{p}`" for p in paths)
+    also = (f" Besides them, {plural(len(references), 'single-task reference run')} of the "
+            "sequential runs' tasks (only in the forward transfer)." if references else "")
     return ["# Sweep report", "",
             f"{plural(found, 'run')} in {where}, {plural(len(groups), 'group')}: {finished} "
             f"finished, {found - finished} unfinished (listed under Missing; they enter no "
-            "number and no figure).", ""]
+            f"number and no figure).{also}", ""]
 
 
 def plural(count: int, noun: str) -> str:
@@ -749,48 +786,132 @@ def per_task_section(score: str | None, finals: list[GroupFinal]) -> list[str]:
         f"tasks is below {FAILED_BELOW}."), ""]
 
 
-def sequential_section(score: str | None, finals: list[GroupFinal], reps: int,
-                       confidence: float, seed: int) -> list[str]:
-    """For groups of sequential-schedule runs: the average performance after the last task and
-    the forgetting (``sequential_metrics``), each as the mean over runs with a bootstrap
-    interval, and the average performance after every task; nothing when no group is
-    sequential."""
-    rows, counts = [], set()
+@dataclass(frozen=True)
+class SequentialGroup:
+    """A sequential-schedule group's Continual World metrics (``sequential_metrics``)."""
+
+    group: SweepGroup
+    tasks: tuple[str, ...]
+    """The schedule's order."""
+    scores: tuple[SequentialScores, ...]
+    """Per finished run with phased evaluations."""
+    transfer: np.ndarray
+    """(runs,) forward transfer of each run: the mean ``FT_i`` over the tasks with a reference
+    (NaN without any)."""
+    references: np.ndarray
+    """(N,) finished reference runs of each task."""
+
+
+def sequential_groups(finals: list[GroupFinal], references: list[SweepRun],
+                      score: str) -> list[SequentialGroup]:
+    """The Continual World metrics of every sequential group among ``finals``, the forward
+    transfer against the finished ``references`` (``split_references``) of the same agent."""
+    groups = []
     for final in finals:
-        if score is None or final.group.finished[0].config.schedule != "sequential":
+        config = final.group.finished[0].config
+        if config.schedule != "sequential":
             continue
-        order = final.group.finished[0].config.task_names()  # the schedule's order
-        runs = [sequential_scores(r.rows, order, score) for r in final.group.finished]
-        runs = [r for r in runs if r is not None]
-        if not runs:
+        tasks = config.task_names()
+        scores = [sequential_scores(r.rows, tasks, score) for r in final.group.finished]
+        scores = [s for s in scores if s is not None]
+        if not scores:
             continue
-        average = np.array([r.final_average for r in runs])
-        forgetting = np.array([r.mean_forgetting for r in runs])
-        after = np.array([r.average_after for r in runs
-                          if len(r.average_after) == len(runs[0].average_after)])
-        counts.update(int(c) for r in runs for c in r.evaluations_per_phase)
-        cells = [final.group.name, str(len(runs))]
-        for values in (average, forgetting):
+        areas: list[list[float]] = [[] for _ in tasks]
+        for run in references:
+            task = run.config.task_names()[0]
+            if (run.finished is not None and run.config.AGENT == config.AGENT
+                    and task in tasks
+                    and run.config.total_env_steps == config.phase_env_steps()):
+                area, evaluations = reference_area(run.rows, task, score)
+                if evaluations:
+                    areas[tasks.index(task)].append(area)
+        reference = np.array([np.mean(a) if a else np.nan for a in areas])
+        transfer = [forward_transfer(s.area, reference) for s in scores]
+        groups.append(SequentialGroup(
+            final.group, tasks, tuple(scores),
+            np.array([np.nanmean(t) if np.isfinite(t).any() else np.nan for t in transfer]),
+            np.array([len(a) for a in areas])))
+    return groups
+
+
+def sequential_section(score: str | None, sequential: list[SequentialGroup],
+                       references: list[SweepRun], reps: int, confidence: float,
+                       seed: int) -> list[str]:
+    """For the sequential groups: Continual World's average performance, forgetting and forward
+    transfer, each as the mean over runs with a bootstrap interval, and the average performance
+    after every task; nothing when no group is sequential."""
+    if score is None or not sequential:
+        return []
+    rows, counts = [], set()
+    for entry in sequential:
+        average = np.array([s.final_average for s in entry.scores])
+        forgetting = np.array([s.mean_forgetting for s in entry.scores])
+        counts.update(int(c) for s in entry.scores for c in s.evaluations_per_phase)
+        cells = [entry.group.name, str(len(entry.scores))]
+        for values in (average, forgetting, entry.transfer[np.isfinite(entry.transfer)]):
+            if not values.size:
+                cells += ["n/a", ""]
+                continue
             mean, low, high = bootstrap_mean(values, reps, confidence, seed)
             cells += [f"{mean:.3f}", f"[{low:.3f}, {high:.3f}]"]
-        cells.append(" ".join(f"{a:.2f}" for a in after.mean(axis=0)))
+        cells.append(" ".join(f"{a:.2f}" for a in phase_averages(entry).mean(axis=0)))
         rows.append("| " + " | ".join(cells) + " |")
-    if not rows:
-        return []
     percent = f"{confidence:.0%}"
     evaluation_counts = (f"{min(counts)}" if len(counts) == 1
                          else f"{min(counts)} to {max(counts)}")
+    with_reference = sorted({int(c) for e in sequential for c in e.references})
+    unfinished = sum(r.finished is None for r in references)
+    reference_text = (
+        "no finished single-task reference run was found, so forward transfer is n/a (a "
+        "sweep of a sequential preset trains them: `reference-<task>/seed<N>`)"
+        if with_reference == [0] else
+        f"finished single-task reference runs per task: "
+        f"{', '.join(map(str, with_reference))}"
+        + (f" ({plural(unfinished, 'reference run')} unfinished)" if unfinished else ""))
     return ["## Sequential schedule", "",
             f"| group | runs | average after the last task | {percent} CI | forgetting | "
-            f"{percent} CI | average after each task |", "|" + "---|" * 7, *rows, "",
-            f"Average after task p: the mean `{score}` over tasks 0..p at the last evaluation "
-            "of phase p (after the last task: Continual World's average performance); "
-            "forgetting (Continual World's): per task, its score at the end of its own "
-            "training minus its final score (0 for the last task), averaged over all the "
-            "tasks. Each forgetting term rests on two evaluations of its task; evaluations "
-            f"per task: {evaluation_counts}. Means over runs; CI: percentile interval of the "
-            f"mean over {reps} resamples of the runs, seed {seed}. Forward transfer needs "
-            "single-task reference runs and is not computed.", ""]
+            f"{percent} CI | forward transfer | {percent} CI | average after each task |",
+            "|" + "---|" * 9, *rows, "",
+            f"Continual World's metrics (Wolczyk et al. 2021) of `{score}`. Average after task "
+            "p: the mean over tasks 0..p at the last evaluation of phase p (after the last task: "
+            "the average performance). Forgetting: per task, its score at the end of its own "
+            "training minus its final score (0 for the last task), averaged over all the tasks; "
+            "each term rests on two evaluations of its task. Forward transfer: per task, "
+            "(AUC - AUC_ref) / (1 - AUC_ref), AUC the mean score of the task over the "
+            "evaluations of its own phase, AUC_ref the same of the single-task reference runs "
+            "of that task with one phase's budget (averaged over them), then averaged over the "
+            f"tasks with a reference; {reference_text}. Evaluations per task phase: "
+            f"{evaluation_counts}. Means over runs; CI: percentile interval of the mean over "
+            f"{reps} resamples of the runs, seed {seed}.", ""]
+
+
+def phase_averages(entry: SequentialGroup) -> np.ndarray:
+    """(runs, P) average performance after each phase of the runs that evaluated in every
+    phase the group's first run did."""
+    phases = len(entry.scores[0].average_after)
+    return np.array([s.average_after for s in entry.scores if len(s.average_after) == phases])
+
+
+def phase_average_note(sequential: list[SequentialGroup], label: str, out_dir: Path,
+                       reps: int, confidence: float, seed: int) -> FigureNote:
+    """The figure of the average performance after each task (one line per sequential group
+    with its bootstrap band), written; its note."""
+    curves = []
+    for entry in sequential:
+        after = phase_averages(entry)  # (runs, P)
+        bounds = np.array([bootstrap_mean(after[:, p], reps, confidence, seed)
+                           for p in range(after.shape[1])])  # (P, 3)
+        group = entry.group
+        curves.append(Curve(name=group.name, series=group.series, sparsity=group.sparsity,
+                            dense=group.dense, steps=np.arange(after.shape[1]),
+                            center=bounds[:, 0], low=bounds[:, 1], high=bounds[:, 2]))
+    save_figure(phase_average_figure(curves, sequential[0].tasks, label, confidence), out_dir,
+                "average_after_each_task")
+    return FigureNote("Average performance after each task", ("average_after_each_task",), (
+        f"Per sequential group: after training each task, the mean {label} of the tasks seen so "
+        f"far (Continual World's average performance at that point), mean over the runs with "
+        f"the {confidence:.0%} percentile interval of the mean over {reps} bootstrap resamples "
+        "of the runs as a band."))
 
 
 def difference_cells(final: GroupFinal) -> list[str]:

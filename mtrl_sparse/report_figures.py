@@ -187,6 +187,33 @@ def learning_curves_figure(curves: Sequence[Curve], score_label: str,
     return figure
 
 
+def phase_average_figure(curves: Sequence[Curve], tasks: Sequence[str], score_label: str,
+                         confidence: float) -> Figure:
+    """Continual World's average performance after each task of a sequential schedule: one line
+    per group over the tasks (``curve.steps`` the task indices 0..N-1), the mean over its runs of
+    the average score of the tasks seen so far, with its interval as a band."""
+    figure, (ax,) = new_figure(1)
+    colours = series_colours([(c.name, c.dense) for c in curves])
+    for curve in curves:
+        draw_band(ax, curve, colours[curve.name], curve.name)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels([f"{i + 1}. {short_task(t)}" for i, t in enumerate(tasks)],
+                       rotation=30, ha="right", fontsize="small")
+    ax.set_xlabel("after training task")
+    ax.set_ylabel(f"mean {score_label} of the tasks so far")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    suptitle(figure, f"Average performance after each task (mean over runs, {confidence:.0%} "
+                     "bootstrap band)")
+    return figure
+
+
+def short_task(task: str) -> str:
+    """A task name without its benchmark's prefix and version (``DoorKey-6x6``)."""
+    return re.sub(r"^MiniGrid-|-v\d+$", "", task)
+
+
 def final_vs_sparsity_figure(points: Sequence[FinalPoint], score_label: str,
                              confidence: float) -> Figure:
     """Final IQM against sparsity: a line with interval error bars per sparse series, each dense

@@ -17,9 +17,15 @@ tasks:
   F_i rests on two evaluations of task ``i`` (their noise does not bias it, unlike a maximum over
   evaluations).
 
-Forward transfer (``FT_i = (AUC_i - AUC_i^ref) / (1 - AUC_i^ref)``, the area under task ``i``'s
-curve over its own training interval against a single-task reference run's) needs reference runs,
-which the project does not train yet; it is not computed.
+- forward transfer of task ``i``: ``FT_i = (AUC_i - AUC_i^ref) / (1 - AUC_i^ref)``, with
+  ``AUC_i`` the area under task ``i``'s curve over its own training interval, normalised by the
+  interval's length: here the mean of ``s_i(e)`` over the evaluations ``e`` of phase ``i`` (the
+  run loop evaluates at equal intervals and at the phase's end); ``AUC_i^ref`` the same of
+  single-task reference runs of task ``i`` with one phase's budget (the mean of their
+  evaluations, averaged over the reference runs). The run's forward transfer is the mean over the
+  tasks that have a reference (``FT_i`` is undefined where ``AUC_i^ref = 1``). Positive: the
+  earlier tasks made task ``i`` faster to learn than from scratch. With one evaluation per phase,
+  the "area" is the score at the phase's end.
 """
 
 from __future__ import annotations
@@ -41,11 +47,14 @@ class SequentialScores:
         forgetting: (N,) ``F_i`` of every task (0 for the last, and for a task whose phase
             has no evaluation).
         evaluations_per_phase: (P,) evaluations taken in each phase that has one.
+        area: (N,) ``AUC_i``: the mean score of task ``i`` over the evaluations of its own
+            phase (NaN for a task whose phase has no evaluation).
     """
 
     average_after: np.ndarray
     forgetting: np.ndarray
     evaluations_per_phase: np.ndarray
+    area: np.ndarray
 
     @property
     def final_average(self) -> float:
@@ -82,8 +91,29 @@ def sequential_scores(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...],
     final = per_task[-1]
     forgetting = np.array([per_task[end_of[i], i] - final[i] if i in end_of else 0.0
                            for i in range(len(tasks))])
+    area = np.array([per_task[phases == i, i].mean() if i in end_of else np.nan
+                     for i in range(len(tasks))])
     return SequentialScores(np.array(average), forgetting,
-                            np.array([np.sum(phases == p) for p in seen]))
+                            np.array([np.sum(phases == p) for p in seen]), area)
+
+
+def reference_area(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...], task: str,
+                   score: str) -> tuple[float, int]:
+    """``(AUC^ref, evaluations)`` of a single-task reference run of ``task``: the mean of its
+    ``score/<task>`` over its evaluation rows (NaN and 0 without any)."""
+    key = f"{score}/{task}"
+    by_step = {int(r["step"]): float(r[key]) for r in rows if isinstance(r.get(key), int | float)}
+    values = list(by_step.values())
+    return (float(np.mean(values)) if values else float("nan")), len(values)
+
+
+def forward_transfer(area: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(N,) ``FT_i = (AUC_i - AUC_i^ref) / (1 - AUC_i^ref)`` of a run's (N,) ``area`` against
+    (N,) reference areas; NaN where the reference is missing (NaN) or perfect (1: nothing left
+    to transfer)."""
+    room = 1.0 - reference
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(room > 0.0, (area - reference) / room, np.nan)
 
 
 def bootstrap_mean(values: np.ndarray, reps: int, confidence: float, seed: int

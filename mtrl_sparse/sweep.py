@@ -6,13 +6,16 @@ directory is an ordinary one (``report``, ``eval`` and ``train --resume`` read i
 same run executed alone. Methods without a sparsity member (dense, and plasticity methods on a
 dense network: reset, redo, weight_decay, layernorm) take no sparsity: they form one cell
 (``<method>``); every method with a sparsity member (gmp, set, rigl, static, and combinations such
-as ``gmp+redo``) forms one cell per sparsity (``<method>-sparsity<S>``).
+as ``gmp+redo``) forms one cell per sparsity (``<method>-sparsity<S>``). A sweep of a
+sequential-schedule preset also trains, per seed, the single-task reference run of every task
+(cell ``reference-<task>``: the dense agent on that task alone for one phase's env steps), from
+which ``report`` computes Continual World's forward transfer; ``--no-references`` leaves them out.
 
 Layout of ``--out``::
 
     <out>/sweep.json             the grid (preset, methods, sparsities, seeds, train flags) and
                                  its runs; a later command on the same --out must give the same grid
-    <out>/<cell>/seed<N>/        one run directory per run
+    <out>/<cell>/seed<N>/        one run directory per run (reference runs: reference-<task>)
     <out>/logs/<group>.log       the output of the worker process of each group (its last attempt)
 
 Execution: the unfinished runs are planned into groups of at most ``group_size`` runs of one
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from mtrl_sparse.checkpointing import has_checkpoint
-from mtrl_sparse.config import ConfigError, validate
+from mtrl_sparse.config import ConfigError, RunConfig, validate
 from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.base import MethodError
 from mtrl_sparse.methods.registry import method_members
@@ -55,6 +58,10 @@ from mtrl_sparse.train_args import UsageError, parse_seeds, parse_train_args
 
 MANIFEST_FILE = "sweep.json"
 LOG_DIR = "logs"
+REFERENCE_CELL = "reference"
+"""Cell name prefix of the single-task reference runs: ``reference-<task>/seed<N>``."""
+REFERENCE_METHOD = "dense"
+"""The method of the reference runs (Continual World's: the plain agent on the task alone)."""
 RESERVED_FLAGS = ("--preset", "--method", "--sparsity", "--seed", "--seeds", "--run-dir",
                   "--resume", "--progress", "--no-progress")
 """Train flags a sweep sets itself for each run."""
@@ -69,6 +76,10 @@ class SweepSpec:
     sparsities: tuple[float, ...]
     seeds: tuple[int, ...]
     train_args: tuple[str, ...] = ()
+    references: bool = True
+    """Under a sequential schedule, also train every task's single-task reference run (per
+    seed), from which ``report`` computes the forward transfer; ignored under the multi-task
+    schedule."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,13 @@ class SweepRun:
     method: str
     sparsity: float | None
     seed: int
+    task: str | None = None
+    """Set for a single-task reference run of this task (``reference_flags``)."""
 
     @property
     def cell(self) -> str:
+        if self.task is not None:
+            return f"{REFERENCE_CELL}-{self.task}"
         return self.method if self.sparsity is None else f"{self.method}-sparsity{self.sparsity:g}"
 
     @property
@@ -100,12 +115,33 @@ def takes_sparsity(method: str) -> bool:
 
 def expand_grid(spec: SweepSpec) -> list[SweepRun]:
     """The runs of ``spec``, cell by cell in the order of ``spec.methods`` then sparsities, seeds
-    innermost."""
+    innermost; then, for a sequential schedule with ``spec.references``, one dense single-task
+    reference run per task (in the schedule's order) and seed."""
     runs = []
     for method in spec.methods:
         levels: Sequence[float | None] = spec.sparsities if takes_sparsity(method) else (None,)
         runs.extend(SweepRun(method, level, seed) for level in levels for seed in spec.seeds)
+    config = grid_config(spec)
+    if spec.references and config.schedule == "sequential":
+        runs.extend(SweepRun(REFERENCE_METHOD, None, seed, task)
+                    for task in config.task_names() for seed in spec.seeds)
     return runs
+
+
+def grid_config(spec: SweepSpec) -> RunConfig:
+    """The config of the preset with the sweep's train flags (what every run shares)."""
+    config, _, _ = parse_train_args(["--preset", spec.preset, *spec.train_args])
+    return config
+
+
+def reference_flags(config: RunConfig, task: str) -> list[str]:
+    """``train`` flags turning a run of sequential ``config`` into the single-task reference run
+    of ``task``: that task alone (Meta-World: as MT1), one phase's env steps, multi-task
+    schedule; same network, agent and evaluation cadence. Continual World's forward transfer
+    (Wolczyk et al. 2021) compares task ``i``'s curve within its phase with this run's."""
+    benchmark = ["--env.benchmark", "MT1"] if config.AGENT == "sac" else []
+    return [*benchmark, "--env.task", task, "--schedule", "multitask",
+            "--total-env-steps", str(config.phase_env_steps())]
 
 
 def parse_list(text: str, what: str) -> tuple[str, ...]:
@@ -165,8 +201,10 @@ def check_spec(spec: SweepSpec) -> None:
 def train_arguments(spec: SweepSpec, run: SweepRun, out: Path) -> list[str]:
     """The ``mtrl-sparse train`` arguments of ``run``."""
     sparsity = [] if run.sparsity is None else ["--sparsity", f"{run.sparsity:g}"]
-    return ["--preset", spec.preset, *spec.train_args, "--method", run.method, *sparsity,
-            "--seed", str(run.seed), "--run-dir", str(out / run.name), "--no-progress"]
+    reference = [] if run.task is None else reference_flags(grid_config(spec), run.task)
+    return ["--preset", spec.preset, *spec.train_args, *reference, "--method", run.method,
+            *sparsity, "--seed", str(run.seed), "--run-dir", str(out / run.name),
+            "--no-progress"]
 
 
 def spec_from_toml(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
@@ -180,7 +218,7 @@ def spec_from_toml(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
         raise UsageError(f"--file {path}: cannot read it ({error.strerror or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"--file {path}: not valid TOML ({error})") from None
-    grid_keys = {"preset", "methods", "sparsities", "seeds", "train_args"}
+    grid_keys = {"preset", "methods", "sparsities", "seeds", "train_args", "references"}
     options = {"out", "group_size", "backend", "address", "workers"}
     unknown = set(data) - grid_keys - options
     if unknown:
@@ -194,10 +232,13 @@ def spec_from_toml(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
             or not isinstance(train_args, list)
             or not all(isinstance(a, str) for a in train_args)):
         raise UsageError(f"--file {path}: methods and train_args must be lists of strings")
+    if not isinstance(data.get("references", True), bool):
+        raise UsageError(f"--file {path}: references must be true or false")
     sparsities = data.get("sparsities", [])
     spec = SweepSpec(preset=str(data["preset"]), methods=parse_list(",".join(methods), "methods"),
                      sparsities=parse_sparsities(sparsities) if sparsities else (),
-                     seeds=parse_sweep_seeds(data["seeds"]), train_args=tuple(train_args))
+                     seeds=parse_sweep_seeds(data["seeds"]), train_args=tuple(train_args),
+                     references=data.get("references", True))
     return spec, {k: data[k] for k in options if k in data}
 
 
@@ -213,8 +254,8 @@ def check_out_dir(out: Path, spec: SweepSpec) -> bool:
     manifest = out / MANIFEST_FILE
     if manifest.is_file():
         try:
-            stored = json.loads(manifest.read_text())["spec"]
-        except (json.JSONDecodeError, KeyError):
+            stored = {"references": True, **json.loads(manifest.read_text())["spec"]}
+        except (json.JSONDecodeError, KeyError, TypeError):
             raise UsageError(f"--out {out}: its {MANIFEST_FILE} is unreadable") from None
         if stored != spec_dict(spec):
             differ = [k for k, v in spec_dict(spec).items() if stored.get(k) != v]
@@ -230,8 +271,8 @@ def check_out_dir(out: Path, spec: SweepSpec) -> bool:
 def write_manifest(out: Path, spec: SweepSpec) -> None:
     """``sweep.json``: the grid and its runs."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = [{"name": r.name, "method": r.method, "sparsity": r.sparsity, "seed": r.seed}
-            for r in expand_grid(spec)]
+    runs = [{"name": r.name, "method": r.method, "sparsity": r.sparsity, "seed": r.seed,
+             **({} if r.task is None else {"task": r.task})} for r in expand_grid(spec)]
     tmp = out / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps({"version": 1, "spec": spec_dict(spec), "runs": runs}, indent=1))
     os.replace(tmp, out / MANIFEST_FILE)
@@ -242,8 +283,10 @@ def read_manifest(out: Path) -> tuple[SweepSpec, list[SweepRun]]:
     spec = data["spec"]
     spec = SweepSpec(preset=spec["preset"], methods=tuple(spec["methods"]),
                      sparsities=tuple(spec["sparsities"]), seeds=tuple(spec["seeds"]),
-                     train_args=tuple(spec["train_args"]))
-    return spec, [SweepRun(r["method"], r["sparsity"], r["seed"]) for r in data["runs"]]
+                     train_args=tuple(spec["train_args"]),
+                     references=spec.get("references", True))  # absent before references
+    return spec, [SweepRun(r["method"], r["sparsity"], r["seed"], r.get("task"))
+                  for r in data["runs"]]
 
 
 # --- state of the runs and the plan -------------------------------------------------------------
@@ -284,15 +327,16 @@ def default_group_size(preset: str, accelerators: int = 0) -> int:
 
 
 def plan_groups(out: Path, runs: list[SweepRun], group_size: int) -> list[list[SweepRun]]:
-    """The unfinished runs in groups of at most ``group_size``: runs of one method, and (to
-    resume together) either all fresh or all with their latest checkpoint at one env step."""
-    by_key: dict[tuple[str, int], list[SweepRun]] = {}
+    """The unfinished runs in groups of at most ``group_size``: runs of one method (and one
+    reference task), and (to resume together) either all fresh or all with their latest
+    checkpoint at one env step."""
+    by_key: dict[tuple[str, str | None, int], list[SweepRun]] = {}
     for run in runs:
         state = run_state(out, run)
         if state == "finished":
             continue
         step = latest_checkpoint_step(out / run.name) if state == "partial" else -1
-        by_key.setdefault((run.method, step), []).append(run)
+        by_key.setdefault((run.method, run.task, step), []).append(run)
     groups = []
     for members in by_key.values():
         count = math.ceil(len(members) / group_size)

@@ -55,6 +55,27 @@ def test_spec_shapes_and_argument_checks():
         JaxMiniGridVectorEnv("MT4", num_envs=1)
 
 
+@pytest.mark.parametrize("backend", [JaxMiniGridVectorEnv, MiniGridVectorEnv],
+                         ids=["jax", "farama"])
+def test_one_task_of_a_benchmark_runs_alone(backend):
+    """``task=`` (a single-task run, e.g. a forward-transfer reference): every episode is of
+    that task, which is task 0 of a one-task spec with the task's own time limit; a task not
+    in the benchmark is refused naming the accepted ones."""
+    env = backend("MT7", num_envs=4, seed=2, task="MiniGrid-DoorKey-6x6-v0")
+    assert env.spec.task_names == ("MiniGrid-DoorKey-6x6-v0",)
+    full = backend("MT7", num_envs=1, seed=0).spec
+    assert env.spec.max_steps_per_task == (
+        full.max_steps_per_task[full.task_names.index("MiniGrid-DoorKey-6x6-v0")],)
+    env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        step = env.step(rng.integers(0, 7, 4))
+        env.reset_done(step.terminated | step.truncated)
+        assert set(env.current_task_ids().tolist()) == {0}
+    with pytest.raises(ValueError, match="not in MiniGrid MT3.*MiniGrid-MemoryS11-v0"):
+        backend("MT3", num_envs=1, task="MiniGrid-DoorKey-6x6-v0")
+
+
 def test_step_never_resets():
     env = JaxMiniGridVectorEnv("MT3", num_envs=2, seed=1)
     with pytest.raises(RuntimeError, match="must be reset"):

@@ -5,6 +5,7 @@ resume, and vmapped groups equal to runs alone."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ from mtrl_sparse.config import ConfigError, validate
 from mtrl_sparse.envs.minigrid_jax_vector import JaxMiniGridVectorEnv
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.report import write_report
-from mtrl_sparse.run_dir import read_metrics
-from mtrl_sparse.sequential_metrics import sequential_scores
+from mtrl_sparse.run_dir import METRICS_FILE, read_metrics, write_config, write_finished
+from mtrl_sparse.sequential_metrics import forward_transfer, reference_area, sequential_scores
 from support.run_checks import (
     assert_resumes_like_uninterrupted,
     assert_rows_close,
@@ -137,6 +138,64 @@ def test_average_performance_and_forgetting_follow_continual_worlds_definitions(
     assert scores.mean_forgetting == pytest.approx((0.4 - 0.05) / 3)
     multitask = [{k: v for k, v in r.items() if k != "phase"} for r in rows]
     assert sequential_scores(multitask, ("a", "b", "c"), "eval/normalized_return") is None
+    # Forward transfer: AUC_i is the mean of task i's scores over its own phase's evaluations.
+    np.testing.assert_allclose(scores.area, [(0.5 + 0.8) / 2, (0.5 + 0.9) / 2, 0.7])
+    assert reference_area(multitask[:4], "b", "eval/normalized_return") == (  # step 200 once
+        pytest.approx((0.1 + 0.0) / 2), 2)
+    np.testing.assert_allclose(
+        forward_transfer(scores.area, np.array([0.65, 0.4, 1.0])), [0.0, 0.5, np.nan])
+    np.testing.assert_allclose(
+        forward_transfer(scores.area, np.array([0.9, np.nan, 0.2])),
+        [(0.65 - 0.9) / 0.1, np.nan, 0.5 / 0.8])
+
+
+def _write_run(path, config, rows) -> None:
+    path.mkdir(parents=True)
+    write_config(path, dataclasses.replace(config, run_dir=str(path)), "minigrid-smoke")
+    (path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_finished(path, config.total_env_steps, 1, rows[-1])
+
+
+def test_the_report_finds_the_single_task_references_and_gives_forward_transfer(tmp_path):
+    """A sequential sweep as ``sweep`` leaves it (minigrid-smoke, 3 tasks x 400 env steps, two
+    evaluations per phase; references ``reference-<task>/seed<N>`` of one task and 400 env
+    steps): the references enter no group and the final table, and the forward transfer is
+    the hand-computed mean over runs of the mean over tasks of (AUC - AUC_ref) / (1 - AUC_ref),
+    AUC_ref averaged over the two reference seeds; the per-task average figure is drawn."""
+    base = dataclasses.replace(get_preset("minigrid-smoke").config, schedule="sequential",
+                               total_env_steps=1200)
+    tasks = base.task_names()
+    # Sequential runs: task i scores area_i[seed] at both evaluations of its phase, 0.1 else.
+    area = {0: (0.6, 0.3, 0.5), 1: (0.8, 0.5, 0.5)}
+    for seed, areas in area.items():
+        rows = []
+        for step in range(200, 1201, 200):
+            phase = (step - 1) // 400
+            scores = [areas[i] if i == phase else 0.1 for i in range(3)]
+            per_task = dict(zip(tasks, scores, strict=True))
+            rows.append({"step": step, "phase": phase, "eval/normalized_return": np.mean(scores),
+                         **{f"eval/normalized_return/{t}": v for t, v in per_task.items()}})
+        _write_run(tmp_path / "s" / "dense" / f"seed{seed}",
+                   dataclasses.replace(base, seed=seed), rows)
+    # References: task i at (0.2, 0.4) and (0.4, 0.6) over its two evaluations: AUC_ref 0.4.
+    for task in tasks:
+        for seed, (first, second) in enumerate(((0.2, 0.4), (0.4, 0.6))):
+            config = dataclasses.replace(base, schedule="multitask", total_env_steps=400,
+                                         seed=seed, env=dataclasses.replace(base.env, task=task))
+            rows = [{"step": step, "eval/normalized_return": v,
+                     f"eval/normalized_return/{task}": v}
+                    for step, v in ((200, first), (400, second))]
+            _write_run(tmp_path / "s" / f"reference-{task}" / f"seed{seed}", config, rows)
+    report = write_report([tmp_path / "s"], tmp_path / "r", reps=100)
+    expected = np.mean([np.mean([(a - 0.4) / 0.6 for a in areas]) for areas in area.values()])
+    section = report[report.index("## Sequential schedule"):]
+    row = next(line for line in section.splitlines() if line.startswith("| dense | 2 | "))
+    assert f"| {expected:.3f} |" in row, report
+    assert "reference runs per task: 2" in report
+    assert "2 runs in" in report and "6 single-task reference runs" in report
+    assert not any(line.startswith("| reference") or "env.task" in line
+                   for line in report.splitlines()), report
+    assert (tmp_path / "r" / "average_after_each_task.png").is_file()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ that resume after a kill, equal runs executed alone, and run on a local Ray inst
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,9 +24,10 @@ from mtrl_sparse.sweep import (
     parse_sweep_seeds,
     plan_groups,
     spec_from_toml,
+    train_arguments,
     write_manifest,
 )
-from mtrl_sparse.train_args import UsageError
+from mtrl_sparse.train_args import UsageError, parse_train_args
 from support.cli import assert_usage_error, run_cli
 from support.run_checks import assert_rows_close, complete_checkpoints, deterministic_rows
 
@@ -57,6 +59,51 @@ def test_the_grid_gives_sparse_methods_every_sparsity_and_dense_style_methods_no
     ]
 
 
+def test_a_sequential_grid_adds_each_tasks_single_task_reference_per_seed():
+    """Under a sequential schedule the grid ends with one dense reference run per task (in the
+    schedule's order) and seed, trained on that task alone for one phase's env steps with the
+    sweep's other flags; --no-references (references=False) and the multi-task schedule plan
+    none."""
+    flags = ("--schedule", "sequential", "--total-env-steps", "1200")
+    spec = SweepSpec(preset="minigrid-smoke", methods=("gmp",), sparsities=(0.9,), seeds=(0, 1),
+                     train_args=flags)
+    runs = expand_grid(spec)
+    tasks = ("MiniGrid-LavaGapS7-v0", "MiniGrid-RedBlueDoors-6x6-v0", "MiniGrid-MemoryS11-v0")
+    assert [r.name for r in runs[2:]] == [f"reference-{t}/seed{s}" for t in tasks for s in (0, 1)]
+    assert all(r.method == "dense" and r.sparsity is None for r in runs[2:])
+    args = train_arguments(spec, runs[2], Path("out"))
+    config, _, _ = parse_train_args(args)
+    assert (config.task_names(), config.schedule, config.total_env_steps, config.method) == (
+        (tasks[0],), "multitask", 400, "dense")
+    assert config.ppo == parse_train_args(train_arguments(spec, runs[0], Path("o")))[0].ppo
+    check_spec(spec)
+    assert len(expand_grid(dataclasses.replace(spec, references=False))) == 2
+    assert len(expand_grid(dataclasses.replace(spec, train_args=()))) == 2
+
+
+def test_a_sweep_written_before_references_resumes_and_plans_them(tmp_path):
+    """A sweep.json without the references key (written before them) is the same sweep as the
+    default grid, and its reference runs join the plan; reference runs of one task group
+    together, never with the method's runs."""
+    spec = SweepSpec(preset="minigrid-smoke", methods=("dense",), sparsities=(), seeds=(0, 1),
+                     train_args=("--schedule", "sequential", "--total-env-steps", "1200"))
+    out = tmp_path / "s"
+    write_manifest(out, spec)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    del manifest["spec"]["references"]
+    manifest["runs"] = [r for r in manifest["runs"] if "task" not in r]
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert check_out_dir(out, spec) is True
+    groups = plan_groups(out, expand_grid(spec), group_size=8)
+    assert [[r.name for r in g] for g in groups] == [
+        ["dense/seed0", "dense/seed1"],
+        *[[f"reference-{t}/seed0", f"reference-{t}/seed1"]
+          for t in ("MiniGrid-LavaGapS7-v0", "MiniGrid-RedBlueDoors-6x6-v0",
+                    "MiniGrid-MemoryS11-v0")]]
+    with pytest.raises(UsageError, match="references"):
+        check_out_dir(out, dataclasses.replace(spec, references=False))
+
+
 @pytest.mark.parametrize(("text", "seeds"), [("3", (0, 1, 2)), ("2-4", (2, 3, 4)),
                                              ("1,5", (1, 5)), ([7, 8], (7, 8))])
 def test_seeds_are_a_count_a_range_or_a_list(text, seeds):
@@ -83,6 +130,7 @@ def test_a_different_grid_on_the_same_out_is_refused_and_the_same_resumes(tmp_pa
 
 MALFORMED_TOML = "preset = 'minigrid-smoke'\nmethods = ['dense'\n"
 UNKNOWN_KEY_TOML = "preset = 'minigrid-smoke'\nmethods = ['dense']\nseeds = 2\nlr = 3\n"
+REFERENCES_TOML = "preset = 'minigrid-smoke'\nmethods = ['dense']\nseeds = 2\nreferences = 'no'\n"
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -101,10 +149,13 @@ UNKNOWN_KEY_TOML = "preset = 'minigrid-smoke'\nmethods = ['dense']\nseeds = 2\nl
      "accepted: local, ray"),
     (["--file", "{tmp}/bad.toml"], "not valid TOML"),
     (["--file", "{tmp}/unknown.toml"], "unknown keys lr"),
+    (["--file", "{tmp}/references.toml"], "references must be true or false"),
+    (["--file", "{tmp}/unknown.toml", "--no-references"], "--no-references"),
 ])
 def test_bad_sweep_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, args, message):
     (tmp_path / "bad.toml").write_text(MALFORMED_TOML)
     (tmp_path / "unknown.toml").write_text(UNKNOWN_KEY_TOML)
+    (tmp_path / "references.toml").write_text(REFERENCES_TOML)
     out = tmp_path / "sweep"
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert_usage_error(capsys, ["sweep", *args, "--out", str(out)], message)

@@ -36,16 +36,23 @@ def deterministic_rows(run_dir: Path) -> list[dict]:
 
 def final_state(run_dir: Path):
     """(env step, device state) of the run's latest checkpoint, whatever its agent."""
+    return checkpoint_states(run_dir, latest_only=True)[0]
+
+
+def checkpoint_states(run_dir: Path, latest_only: bool = False) -> list:
+    """[(env step, host state)] of every checkpoint of the run (or its latest), in step order,
+    whatever its agent."""
     config = read_config(run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", config.keep_checkpoints)
     run = AGENT_KINDS[config.AGENT](config)
     try:
-        step = checkpointer.latest_step()
-        state, _ = checkpointer.restore(step, run.abstract_state())
+        steps = [checkpointer.latest_step()] if latest_only else complete_checkpoints(run_dir)
+        states = [(step, jax.device_get(checkpointer.restore(step, run.abstract_state())[0]))
+                  for step in steps]
     finally:
         run.close()
         checkpointer.close()
-    return step, jax.device_get(state)
+    return states
 
 
 def empty_layers(masks, layer_slices) -> list[str]:

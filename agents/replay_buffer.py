@@ -7,6 +7,10 @@ vector step's transitions reshape to (T, E, ...) and each task's ring receives `
 The buffer lives in the train state and is updated in place when the state is donated to the
 jitted step, so it is never copied. Sampling draws the same number of transitions from every task
 (128 per task at the reference batch of 1280).
+
+``TaskRingsState`` is the other layout, for a sequential schedule's cumulative replay: the rings
+fill one task at a time (each with its own position and size), and sampling draws uniformly from
+everything stored, so a task's share of a batch is its share of the data.
 """
 
 from __future__ import annotations
@@ -107,3 +111,59 @@ def recent_transitions(
 
     task_ids = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), per_task)
     return jax.tree.map(gather, buffer.data), task_ids
+
+
+# --- task rings filled one task at a time (a sequential schedule's cumulative replay) ---------
+
+class TaskRingsState(struct.PyTreeNode):
+    """One ring per task, filled one task at a time: ``data`` leaves (T, C, ...);
+    ``insert_pos`` and ``size`` (T,) int32, per ring."""
+
+    data: Transition
+    insert_pos: jax.Array
+    size: jax.Array
+
+
+def init_task_rings(
+    num_tasks: int, capacity_per_task: int, obs_shape: tuple[int, ...], action_dim: int
+) -> TaskRingsState:
+    """Empty rings of ``capacity_per_task`` transitions for each of ``num_tasks`` tasks."""
+    empty = init_replay_buffer(num_tasks, capacity_per_task, obs_shape, action_dim)
+    counts = jnp.zeros((num_tasks,), jnp.int32)
+    return TaskRingsState(data=empty.data, insert_pos=counts, size=counts)
+
+
+def add_to_task_ring(buffer: TaskRingsState, batch: Transition, task: jax.Array
+                     ) -> TaskRingsState:
+    """Insert ``batch`` (leading axis N <= C, all of task ``task``, () int32) into its ring."""
+    capacity = buffer.data.rewards.shape[1]
+    count = batch.rewards.shape[0]
+    slots = (buffer.insert_pos[task] + jnp.arange(count)) % capacity  # (N,)
+    data = jax.tree.map(lambda store, new: store.at[task, slots].set(new), buffer.data, batch)
+    return TaskRingsState(
+        data=data,
+        insert_pos=buffer.insert_pos.at[task].set((buffer.insert_pos[task] + count) % capacity),
+        size=buffer.size.at[task].set(jnp.minimum(buffer.size[task] + count, capacity)),
+    )
+
+
+def sample_stored(buffer: TaskRingsState, key: jax.Array, batch_size: int
+                  ) -> tuple[Transition, jax.Array]:
+    """Draw ``batch_size`` transitions uniformly (with replacement) from everything the rings
+    hold, the rings seen as one data set (a task's share of the batch is its share of the
+    stored transitions). Returns the batch (leading axis ``batch_size``) and its task ids."""
+    ends = jnp.cumsum(buffer.size)  # (T,)
+    draws = jax.random.randint(key, (batch_size,), 0, jnp.maximum(ends[-1], 1))
+    tasks = jnp.searchsorted(ends, draws, side="right").astype(jnp.int32)
+    index = draws - (ends[tasks] - buffer.size[tasks])
+    return jax.tree.map(lambda store: store[tasks, index], buffer.data), tasks
+
+
+def recent_of_task(buffer: TaskRingsState, per_task: int, task: jax.Array
+                   ) -> tuple[Transition, jax.Array]:
+    """The ``per_task`` most recent transitions of ring ``task`` (newest first; they repeat while
+    it holds fewer) and their task ids."""
+    slots = (buffer.insert_pos[task] - 1 - jnp.arange(per_task)) % jnp.maximum(
+        buffer.size[task], 1)
+    return (jax.tree.map(lambda store: store[task, slots], buffer.data),
+            jnp.full((per_task,), task, jnp.int32))

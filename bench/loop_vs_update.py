@@ -180,7 +180,7 @@ def buffer_copies(learner: Learner, state: SACTrainState, capacity: int) -> dict
     new = jax.tree.map(jnp.asarray, random_transitions(np.random.default_rng(0), NUM_TASKS))
     steps = {
         "act": learner.act.lower(state, obs, False),
-        "insert": learner.insert.lower(state.buffer, new),
+        "insert": learner.insert.lower(state.buffer, new, state.agent.phase),
         "update": learner.update.lower(state.agent, state.rng, state.first_nonfinite,
                                        state.buffer),
     }

@@ -124,6 +124,12 @@ class RunConfig:
     """multitask: every task throughout the run (the paper's setting); sequential: the tasks one
     after another in the benchmark's order, the budget split equally among them (a phase per
     task; every task keeps its head; evaluations on all tasks at every task boundary too)."""
+    replay: Literal["current", "cumulative"] = "current"
+    """Sequential schedule, off-policy agents (SAC): current (the replay buffer holds the task
+    being trained and is emptied at every boundary: Continual World's protocol) or cumulative
+    (it keeps every task's transitions seen so far, a ring of --buffer-capacity / tasks per
+    task, and each batch draws uniformly from all of them: the cumulative megabatches of APP's
+    code). PPO learns on-policy from its current rollouts and accepts current only."""
 
     compute: Literal["dense", "sparse", "auto"] = "dense"
     """How masked layers compute: dense (masked weights in XLA's dense matmul); sparse (the
@@ -376,6 +382,9 @@ def _validate_sac(config: SACTrainConfig) -> None:
         raise ConfigError(f"--warmup-env-steps must be >= 0; got {config.warmup_env_steps}")
     if config.schedule == "sequential":
         _validate_sequential_sac(config, num_tasks)
+    elif config.replay != "current":
+        raise ConfigError(f"--replay {config.replay} is for --schedule sequential (a multi-task "
+                          "replay buffer already holds every task); accepted: --replay current")
     elif config.sac.batch_size % num_tasks:
         raise ConfigError(
             f"--sac.batch-size {config.sac.batch_size} is not divisible by the {num_tasks} tasks "
@@ -434,6 +443,10 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
     if config.total_env_steps < ppo.rollout_env_steps:
         raise ConfigError(f"--total-env-steps {config.total_env_steps} is below one rollout "
                           f"({ppo.rollout_env_steps} env steps)")
+    if config.replay != "current":
+        raise ConfigError(f"--replay {config.replay} replays earlier transitions, which only an "
+                          "off-policy agent can learn from; PPO learns on-policy from its current "
+                          "rollouts (accepted: --replay current)")
     if config.schedule == "sequential":
         _validate_sequential_ppo(config)
     feature_size = (cnn_feature_size(MINIGRID_OBS_SHAPE, ppo.conv_channels, ppo.cnn_pooling)

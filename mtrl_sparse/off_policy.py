@@ -15,7 +15,8 @@ from the same environment random state (``mtrl_sparse.evaluation.evaluate_succes
 Under the sequential schedule the training envs are ``envs_per_task`` copies of the task being
 trained (a one-task Meta-World vector env, rebuilt at every task boundary with the run's seed, the
 same layouts as the evaluation envs); the agent's ``phase`` is that task, and the replay buffer
-is emptied at the boundary (``sac_learner``). Evaluation covers every task. A checkpoint holds the
+is emptied at the boundary, or with ``--replay cumulative`` keeps every task's transitions
+(``sac_learner``). Evaluation covers every task. A checkpoint holds the
 phase's env state, so a run resumed at a boundary rebuilds that phase's envs first.
 """
 
@@ -94,7 +95,8 @@ def make_run_learner(config: SACTrainConfig, train_spec: MultiTaskEnvSpec,
                    networks["actor"], networks["critic"])
     return make_learner(sac, spec, train_spec.env_task_ids, config.buffer_capacity,
                         config.updates_per_vector_step, config.plasticity,
-                        sequential=config.schedule == "sequential")
+                        sequential=config.schedule == "sequential",
+                        cumulative_replay=config.replay == "cumulative")
 
 
 class OffPolicyRun:
@@ -136,16 +138,18 @@ class OffPolicyRun:
 
     def set_phase(self, phase: int) -> None:
         """Enter ``phase`` of the sequential schedule: new training envs of its task, the
-        agent's ``phase`` set, the replay buffer emptied. Nothing happens if already there."""
+        agent's ``phase`` set, the replay buffer emptied (kept with ``--replay cumulative``).
+        Nothing happens if already there."""
         if phase == self.phase:
             return
         self._use_phase_env(phase)
         self.obs, self.done = self.env.reset(), None
         buffer = self.state.buffer
+        if self.config.replay == "current":
+            buffer = buffer.replace(insert_pos=jnp.zeros_like(buffer.insert_pos),
+                                    size=jnp.zeros_like(buffer.size))
         self.state = self.state.replace(
-            agent=self.state.agent.replace(phase=jnp.asarray(phase, jnp.int32)),
-            buffer=buffer.replace(insert_pos=jnp.zeros_like(buffer.insert_pos),
-                                  size=jnp.zeros_like(buffer.size)))
+            agent=self.state.agent.replace(phase=jnp.asarray(phase, jnp.int32)), buffer=buffer)
 
     def _use_phase_env(self, phase: int) -> None:
         if phase != self.phase:

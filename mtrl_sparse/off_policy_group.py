@@ -120,7 +120,8 @@ def make_group_learner(learner: Learner) -> GroupLearner:
                        donate_argnums=0)
 
     acts = {warmup: vmapped_act(warmup) for warmup in (False, True)}
-    insert = jax.jit(jax.vmap(learner.insert), donate_argnums=0)
+    insert = jax.jit(jax.vmap(learner.insert, in_axes=(0, 0, agent_axes.phase)),
+                     donate_argnums=0)
     update = jax.jit(jax.vmap(learner.update, in_axes=(agent_axes, 0, 0, 0),
                               out_axes=((agent_axes, 0, 0), 0)), donate_argnums=(0, 1, 2))
 
@@ -130,7 +131,7 @@ def make_group_learner(learner: Learner) -> GroupLearner:
 
     def learn(states: SACTrainState, transitions: Transition, warmup: bool
               ) -> tuple[SACTrainState, dict[str, jax.Array]]:
-        buffer: ReplayBufferState = insert(states.buffer, transitions)
+        buffer: ReplayBufferState = insert(states.buffer, transitions, states.agent.phase)
         states = states.replace(buffer=buffer)
         if warmup:
             return states, {}

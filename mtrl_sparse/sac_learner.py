@@ -14,9 +14,14 @@ train state donated and returns it unchanged but for the rng (no copy: outputs a
 Each step is compiled once per variant (warm-up and training).
 
 Under a sequential schedule (``sequential``) the envs all run the task being trained
-(``SACState.phase``): the replay buffer is one ring of the whole capacity holding that task's
-transitions (the run empties it at every task boundary, as Continual World's SAC does), every
-update samples its whole batch from it, and acting, updates and probes use the phase as task id.
+(``SACState.phase``), and acting uses the phase as task id. The replay buffer is either one ring
+of the whole capacity holding that task's transitions (the run empties it at every task
+boundary, as Continual World's SAC does; every update samples its whole batch from it, and
+updates and probes use the phase as task id), or, with ``cumulative_replay``, one ring per task
+of ``capacity / tasks`` transitions (``TaskRingsState``) that keeps every task's transitions
+seen so far: each update samples uniformly from all of them (a task's share of the batch is its
+share of the stored data: APP's cumulative megabatches), each transition with its own task id;
+probes read the current task's ring.
 
 A non-finite loss is recorded on the device (update count and which loss) and read by the run
 adapter at its logging points, so the hot loop has no extra host round trip.
@@ -36,10 +41,14 @@ from flax import struct
 from mtrl_sparse.agents.replay_buffer import (
     ReplayBufferState,
     Transition,
+    add_to_task_ring,
     add_transitions,
     init_replay_buffer,
+    init_task_rings,
+    recent_of_task,
     recent_transitions,
     sample_balanced,
+    sample_stored,
 )
 from mtrl_sparse.agents.sac import SAC, SACState
 from mtrl_sparse.config import PlasticityConfig
@@ -69,7 +78,9 @@ class SACTrainState(struct.PyTreeNode):
 class Learner(NamedTuple):
     """Jit-compiled functions over ``SACTrainState``; see the module docstring.
 
-    ``learn`` is ``insert`` then (unless warm-up) ``update``; ``insert(buffer, transitions)`` and
+    ``learn`` is ``insert`` then (unless warm-up) ``update``; ``insert(buffer, transitions,
+    task)`` (``task`` () int32, the agent's phase: the ring a cumulative replay fills; the other
+    buffers ignore it) and
     ``update(agent, rng, first_nonfinite, buffer) -> ((agent, rng, first_nonfinite), metrics)``
     are exposed for benchmarks and HLO checks.
     """
@@ -77,7 +88,7 @@ class Learner(NamedTuple):
     init: Callable[[int], SACTrainState]
     act: Callable[[SACTrainState, jax.Array, bool], tuple[SACTrainState, jax.Array]]
     learn: Callable[[SACTrainState, Transition, bool], tuple[SACTrainState, dict[str, jax.Array]]]
-    insert: Callable[[ReplayBufferState, Transition], ReplayBufferState]
+    insert: Callable[[Any, Transition, jax.Array], Any]
     update: Callable[..., tuple[tuple[SACState, jax.Array, jax.Array], dict[str, jax.Array]]]
     greedy_act: Callable[[SACState, jax.Array, jax.Array], jax.Array]
     probe: Callable[[SACTrainState], dict[str, jax.Array]]
@@ -87,6 +98,7 @@ class Learner(NamedTuple):
 def make_learner(
     sac: SAC, spec: MultiTaskEnvSpec, train_env_task_ids: np.ndarray, buffer_capacity: int,
     updates_per_vector_step: int, plasticity: PlasticityConfig, sequential: bool = False,
+    cumulative_replay: bool = False,
 ) -> Learner:
     """Build the train state's initialiser, the jitted act / learn steps and the probe.
 
@@ -95,9 +107,12 @@ def make_learner(
     ``train_env_task_ids`` (N,) is the task of each training env, in ``spec``'s numbering: the
     ids ``act`` acts with, one per observation row (the evaluation envs may run another number
     of copies per task; evaluation acts through ``greedy_act`` with their own ids). Under
-    ``sequential`` every training env runs the current phase's task, which replaces them (see
-    the module docstring).
+    ``sequential`` every training env runs the current phase's task, which replaces them, and
+    ``cumulative_replay`` keeps every task's transitions (see the module docstring).
     """
+    if cumulative_replay and not sequential:
+        raise ValueError("cumulative_replay is for a sequential schedule (a multi-task buffer "
+                         "already holds every task)")
     train_env_task_ids = np.asarray(train_env_task_ids, np.int32)
     if train_env_task_ids.ndim != 1 or not np.all((train_env_task_ids >= 0)
                                                   & (train_env_task_ids < spec.num_tasks)):
@@ -105,9 +120,10 @@ def make_learner(
                          f"{spec.num_tasks}; got {train_env_task_ids!r}")
     env_task_ids = jnp.asarray(train_env_task_ids)
     num_train_envs = len(train_env_task_ids)
-    rings = 1 if sequential else spec.num_tasks
+    rings = 1 if sequential and not cumulative_replay else spec.num_tasks
     capacity_per_task = buffer_capacity // rings
     samples_per_task = sac.config.batch_size // rings
+    probe_per_task = -(-plasticity.batch_size // rings)
 
     def acting_task_ids(agent: SACState, num_envs: int) -> jax.Array:
         """The task id of each of ``num_envs`` training observations."""
@@ -117,16 +133,35 @@ def make_learner(
         return jnp.full((num_envs,), agent.phase, jnp.int32) if sequential else env_task_ids
 
     def replay_task_ids(agent: SACState, ring_ids: jax.Array) -> jax.Array:
-        """Task ids of sampled transitions from their ring ids: the phase's task under a
-        sequential schedule, else the ring's."""
-        return jnp.full_like(ring_ids, agent.phase) if sequential else ring_ids
+        """Task ids of sampled transitions from their ring ids: the phase's task where one ring
+        holds the current task's transitions, else the ring's."""
+        return jnp.full_like(ring_ids, agent.phase) if rings == 1 else ring_ids
+
+    def init_buffer() -> Any:
+        make = init_task_rings if cumulative_replay else init_replay_buffer
+        return make(rings, capacity_per_task, spec.obs_shape, spec.action_dim)
+
+    def insert(buffer: Any, transitions: Transition, task: jax.Array) -> Any:
+        if cumulative_replay:
+            return add_to_task_ring(buffer, transitions, task)
+        return add_transitions(buffer, transitions)
+
+    def sample(buffer: Any, key: jax.Array) -> tuple[Transition, jax.Array]:
+        """A batch and the ring of each transition."""
+        if cumulative_replay:
+            return sample_stored(buffer, key, sac.config.batch_size)
+        return sample_balanced(buffer, key, samples_per_task)
+
+    def recent(buffer: Any, agent: SACState) -> tuple[Transition, jax.Array]:
+        if cumulative_replay:
+            return recent_of_task(buffer, plasticity.batch_size, agent.phase)
+        return recent_transitions(buffer, probe_per_task)
 
     def init(seed: int) -> SACTrainState:
         agent_key, rng = jax.random.split(jax.random.PRNGKey(seed))
         return SACTrainState(
             agent=sac.init(agent_key),
-            buffer=init_replay_buffer(rings, capacity_per_task, spec.obs_shape,
-                                      spec.action_dim),
+            buffer=init_buffer(),
             rng=rng,
             first_nonfinite=jnp.full((2,), -1, jnp.int32),
         )
@@ -144,7 +179,7 @@ def make_learner(
     def one_update(buffer: ReplayBufferState, carry, _):
         agent, rng, first_nonfinite = carry
         rng, sample_key, update_key = jax.random.split(rng, 3)
-        batch, ring_ids = sample_balanced(buffer, sample_key, samples_per_task)
+        batch, ring_ids = sample(buffer, sample_key)
         agent, metrics = sac.update(agent, batch, replay_task_ids(agent, ring_ids), update_key)
         finite = jnp.stack([jnp.isfinite(metrics[name]) for name in LOSS_NAMES])
         record = jnp.stack([agent.step, jnp.argmin(finite).astype(jnp.int32)])
@@ -163,14 +198,14 @@ def make_learner(
         )
         return carry, jax.tree.map(lambda x: x[-1], metrics)
 
-    insert_jit = jax.jit(add_transitions, donate_argnums=0)
+    insert_jit = jax.jit(insert, donate_argnums=0)
     update_jit = jax.jit(update, donate_argnums=(0, 1, 2))
 
     def learn(
         state: SACTrainState, transitions: Transition, warmup: bool
     ) -> tuple[SACTrainState, dict[str, jax.Array]]:
         """Insert one vector step of transitions, then update (unless ``warmup``)."""
-        state = state.replace(buffer=insert_jit(state.buffer, transitions))
+        state = state.replace(buffer=insert_jit(state.buffer, transitions, state.agent.phase))
         if warmup:
             return state, {}
         (agent, rng, first_nonfinite), last = update_jit(
@@ -182,11 +217,10 @@ def make_learner(
         return sac.act(agent, obs, task_ids, jax.random.PRNGKey(0), deterministic=True)
 
     sac_probe = make_sac_probe(sac, plasticity.dormant_tau, plasticity.srank_delta)
-    probe_per_task = -(-plasticity.batch_size // rings)
 
     def probe(state: SACTrainState) -> dict[str, jax.Array]:
         """Plasticity metrics on the most recent transitions; leaves the state unchanged."""
-        batch, ring_ids = recent_transitions(state.buffer, probe_per_task)
+        batch, ring_ids = recent(state.buffer, state.agent)
         return sac_probe(state.agent, batch, replay_task_ids(state.agent, ring_ids),
                          jax.random.fold_in(state.rng, 1))
 

@@ -44,10 +44,14 @@ Adaptations to multi-task RL, each with its reason:
   stacked head, is ranked on its own (the densities of ``--distribution`` for the network's
   ``d_k``, as GMP does), equal saliencies by |w|: a head without data keeps its largest weights.
   APP's paper has no sequence of tasks; this setting is an extension, not a reproduction.
-- The code's cumulative replay of earlier megabatches does not apply to PPO (on-policy); under
-  SAC's multi-task schedule the replay buffer already holds every task's past data. Under SAC's
-  sequential schedule the buffer is emptied at each task (Continual World's protocol), so APP
-  there does not replay earlier tasks.
+- The code's cumulative replay of earlier megabatches does not apply to PPO (on-policy: it
+  learns from its current rollouts only; ``--replay cumulative`` is refused for it); under SAC's
+  multi-task schedule the replay buffer already holds every task's past data. Under SAC's
+  sequential schedule the buffer is emptied at each task by default (``--replay current``,
+  Continual World's protocol, which the CW10 presets reproduce); ``--replay cumulative`` keeps
+  every task's transitions and samples uniformly from all of them, as the code's cumulative
+  megabatches do (any method can use it). The default stays Continual World's until a measured
+  comparison of the two on CW10 settles it (not run yet: CW10 learns little on a CPU budget).
 """
 
 from __future__ import annotations

@@ -274,6 +274,28 @@ def test_ibm_and_app_see_every_sac_task_boundary(tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
+def test_cumulative_replay_keeps_every_task_and_resumes_exactly(tmp_path, capsys):
+    """cw10-smoke with --replay cumulative: the last checkpoint's replay holds every task's
+    transitions in its own ring (two 20-step episodes each, up to capacity / 10), where the
+    default empties it at every boundary (one ring, the last task's); it trains with finite
+    losses in every task, and a run resumed before the last boundary ends exactly as the
+    uninterrupted one."""
+    cumulative, current = tmp_path / "cumulative", tmp_path / "current"
+    assert main(["train", *CW10_FLAGS, "--replay", "cumulative", "--run-dir",
+                 str(cumulative)]) == 0
+    assert main(["train", *CW10_FLAGS, "--run-dir", str(current)]) == 0
+    capacity = get_preset("cw10-smoke").config.buffer_capacity
+    _, state = final_state(cumulative)
+    np.testing.assert_array_equal(state.buffer.size, [min(40, capacity // 10)] * 10)
+    _, state = final_state(current)
+    np.testing.assert_array_equal(state.buffer.size, min(40, capacity))
+    losses = [r["critic_loss"] for r in deterministic_rows(cumulative) if "critic_loss" in r]
+    assert len(losses) == 10 and np.all(np.isfinite(losses))
+    assert_resumes_like_uninterrupted(cumulative, tmp_path / "interrupted", 400)
+    capsys.readouterr()
+
+
 def test_sequential_sac_refuses_budgets_of_partial_episodes_and_vmapped_groups():
     config = get_preset("cw10-smoke").config
     with pytest.raises(ConfigError, match="multiples of 200"):

@@ -238,8 +238,9 @@ ENTRY = MethodEntry(
     parameters=(SPARSITY_PARAMETER,),
     experimental="the saliency comes from the first --methods.app.saliency-updates batches of a "
                  "megabatch, not from 20% of its data as the authors' code; under SAC's "
-                 "sequential schedule earlier tasks are not replayed (the authors' code replays "
-                 "every earlier megabatch); the sequential schedule ranks per layer and task "
+                 "sequential schedule earlier tasks are replayed only with --replay cumulative "
+                 "(the authors' code replays every earlier megabatch; the default is Continual "
+                 "World's emptied buffer); the sequential schedule ranks per layer and task "
                  "slice (an extension: APP's setting is one stationary stream, the multi-task "
                  "schedule); not yet measured against GMP over several seeds",
 )

@@ -44,6 +44,7 @@ from mtrl_sparse.report_figures import (
 )
 from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_finished, read_metrics
 from mtrl_sparse.sequential_metrics import (
+    WINDOW,
     SequentialScores,
     bootstrap_mean,
     forward_transfer,
@@ -873,10 +874,11 @@ def sequential_section(score: str | None, sequential: list[SequentialGroup],
             f"{percent} CI | forward transfer | {percent} CI | average after each task |",
             "|" + "---|" * 9, *rows, "",
             f"Continual World's metrics (Wolczyk et al. 2021) of `{score}`. Average after task "
-            "p: the mean over tasks 0..p at the last evaluation of phase p (after the last task: "
+            "p: the mean over tasks 0..p at the end of phase p (after the last task: "
             "the average performance). Forgetting: per task, its score at the end of its own "
-            "training minus its final score (0 for the last task), averaged over all the tasks; "
-            "each term rests on two evaluations of its task. Forward transfer: per task, "
+            "training minus its final score (0 for the last task), averaged over all the tasks. "
+            f"Each end of a task is the mean of its phase's last {WINDOW} evaluations (fewer "
+            "where the phase has fewer), as Continual World's code. Forward transfer: per task, "
             "(AUC - AUC_ref) / (1 - AUC_ref), AUC the mean score of the task over the "
             "evaluations of its own phase, AUC_ref the same of the single-task reference runs "
             "of that task with one phase's budget (averaged over them), then averaged over the "

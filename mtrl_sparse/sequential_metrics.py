@@ -5,22 +5,22 @@ Continual Reinforcement Learning", NeurIPS; Chaudhry et al. 2018).
 Every evaluation row of such a run carries the ``phase`` it was taken in (the index of the task
 being trained) and the score of every task; the run loop evaluates every
 ``--eval-every-env-steps`` and at the end of every phase. With ``s_i(e)`` the score of task ``i``
-at evaluation ``e``, ``E_p`` the last evaluation of phase ``p`` (the end of task ``p``) and N
-tasks:
+at evaluation ``e``, ``W_p`` the last ``window`` evaluations of phase ``p`` (all of them if it
+has fewer; Continual World's code averages the last 5, ``results_processing/tables.py``),
+``s_i(W_p)`` the mean of ``s_i`` over them, and N tasks:
 
-- average performance after task ``p``: ``A_p = mean_{i <= p} s_i(E_p)``, over the tasks seen
+- average performance after task ``p``: ``A_p = mean_{i <= p} s_i(W_p)``, over the tasks seen
   so far; ``A_{N-1}``, the mean over all N tasks at the end, is Continual World's average
   performance;
-- forgetting of task ``i``: ``F_i = s_i(E_i) - s_i(E_{N-1})``, its score at the end of its own
+- forgetting of task ``i``: ``F_i = s_i(W_i) - s_i(W_{N-1})``, its score at the end of its own
   training minus its score at the end of the run; the last task's is 0, and the run's forgetting
-  is the mean over all N tasks (Continual World's). Both ends are single evaluations, so each
-  F_i rests on two evaluations of task ``i`` (their noise does not bias it, unlike a maximum over
-  evaluations).
+  is the mean over all N tasks (Continual World's). Averaging a window at each end, rather than
+  taking a maximum over evaluations, keeps evaluation noise from biasing it.
 
 - forward transfer of task ``i``: ``FT_i = (AUC_i - AUC_i^ref) / (1 - AUC_i^ref)``, with
   ``AUC_i`` the area under task ``i``'s curve over its own training interval, normalised by the
-  interval's length: here the mean of ``s_i(e)`` over the evaluations ``e`` of phase ``i`` (the
-  run loop evaluates at equal intervals and at the phase's end); ``AUC_i^ref`` the same of
+  interval's length: here the mean of ``s_i(e)`` over the evaluations ``e`` of phase ``i`` (at
+  the run's evaluation cadence and at the phase's end); ``AUC_i^ref`` the same of
   single-task reference runs of task ``i`` with one phase's budget (the mean of their
   evaluations, averaged over the reference runs). The run's forward transfer is the mean over the
   tasks that have a reference (``FT_i`` is undefined where ``AUC_i^ref = 1``). Positive: the
@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 PHASE_FIELD = "phase"
+WINDOW = 5
+"""Evaluations averaged at each end of a phase (Continual World's code: the last 5)."""
 
 
 @dataclass(frozen=True)
@@ -76,20 +78,22 @@ def evaluation_rows(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...],
 
 
 def sequential_scores(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...],
-                      tasks: tuple[str, ...], score: str) -> SequentialScores | None:
+                      tasks: tuple[str, ...], score: str, window: int = WINDOW
+                      ) -> SequentialScores | None:
     """The metrics of one run's metrics ``rows`` for ``score`` (``eval/normalized_return``,
-    ``eval/success``) over ``tasks`` in schedule order; None for a run without phased
-    evaluations (a multi-task run)."""
+    ``eval/success``) over ``tasks`` in schedule order, each end of a phase the mean of its last
+    ``window`` evaluations; None for a run without phased evaluations (a multi-task run)."""
     evals = evaluation_rows(rows, score)
     if not evals:
         return None
     per_task = np.array([[float(r[f"{score}/{t}"]) for t in tasks] for r in evals])  # (E, N)
     phases = np.array([int(r[PHASE_FIELD]) for r in evals])
     seen = sorted(set(phases.tolist()))
-    end_of = {p: np.flatnonzero(phases == p)[-1] for p in seen}  # E_p
-    average = [per_task[end_of[p], :p + 1].mean() for p in seen]
-    final = per_task[-1]
-    forgetting = np.array([per_task[end_of[i], i] - final[i] if i in end_of else 0.0
+    end_of = {p: per_task[np.flatnonzero(phases == p)[-window:]].mean(axis=0)
+              for p in seen}  # s(W_p), (N,)
+    average = [end_of[p][:p + 1].mean() for p in seen]
+    final = end_of[seen[-1]]
+    forgetting = np.array([end_of[i][i] - final[i] if i in end_of else 0.0
                            for i in range(len(tasks))])
     area = np.array([per_task[phases == i, i].mean() if i in end_of else np.nan
                      for i in range(len(tasks))])

@@ -137,10 +137,11 @@ def grid_config(spec: SweepSpec) -> RunConfig:
 def reference_flags(config: RunConfig, task: str) -> list[str]:
     """``train`` flags turning a run of sequential ``config`` into the single-task reference run
     of ``task``: that task alone (Meta-World: as MT1), one phase's env steps, multi-task
-    schedule; same network, agent and evaluation cadence. Continual World's forward transfer
+    schedule (and its replay, whatever the sweep's ``--replay``); same network, agent and
+    evaluation cadence. Continual World's forward transfer
     (Wolczyk et al. 2021) compares task ``i``'s curve within its phase with this run's."""
     benchmark = ["--env.benchmark", "MT1"] if config.AGENT == "sac" else []
-    return [*benchmark, "--env.task", task, "--schedule", "multitask",
+    return [*benchmark, "--env.task", task, "--schedule", "multitask", "--replay", "current",
             "--total-env-steps", str(config.phase_env_steps())]
 
 

@@ -24,8 +24,9 @@ Here, step by step:
   (``MethodContext.phase``): an adaptation, see below.
 - The saliency (step 2) is ``|w * mean_j g_j|`` over the first ``saliency_updates`` updates of the
   megabatch (the loss gradient over their batches; default 1, the first batch), ``w`` the weights
-  when the megabatch prunes. Only active weights are ranked (inactive ones score -inf), so the
-  masks are nested: ``M_k = M_(k-1) AND top(saliency_k)``; pruned weights never regrow.
+  the last of those gradients was taken at (before that update's optimizer step). Only active
+  weights are ranked (inactive ones score -inf), so the masks are nested:
+  ``M_k = M_(k-1) AND top(saliency_k)``; pruned weights never regrow.
 - The density schedule (step 3) is ``d_k = d_0 * (d_f / d_0)^(k / (M - 1))`` from
   ``first_density`` ``d_0`` to ``d_f = 1 - sparsity`` (``d_0`` at once for ``M = 1``); the code's
   ``0.8^linspace(1, s, M)`` is ``first_density = 0.8`` with ``--sparsity 1 - 0.8^s`` (0.634 for
@@ -109,7 +110,14 @@ def run_megabatches(settings: NetworkMethodSettings, options: APPOptions) -> int
 
 
 def check_app_run(settings: NetworkMethodSettings, options: APPOptions, network: str) -> None:
-    """Every megabatch must hold its saliency updates, or the last would never prune."""
+    """The schedule must fall from ``first_density`` to the target (masks never regrow), and
+    every megabatch must hold its saliency updates, or the last would never prune."""
+    final_density = 1.0 - float(settings.sparsity)
+    if final_density > options.first_density:
+        raise ValueError(
+            f"app on the {network}: --sparsity {settings.sparsity:g} leaves a final density "
+            f"{final_density:g} above --methods.app.first-density {options.first_density:g}, "
+            "and APP only prunes; accepted: --sparsity >= 1 - first-density")
     megabatches = run_megabatches(settings, options)
     total = settings.total_updates
     if total is not None and total // megabatches < options.saliency_updates:
@@ -200,7 +208,8 @@ def app(settings: NetworkMethodSettings, options: APPOptions) -> Method:
                           if accumulates else context.dense_grads)
             density = geometric_density(megabatch, megabatches, options.first_density,
                                         1.0 - ms["target_sparsity"])
-            weights = effective_weights(state)
+            # SNIP pairs the gradient with the weights it was taken at: those before the step.
+            weights = effective_weights(state.replace(params=context.params_before))
             masks = keep_top_saliency(weights, snip_saliency(weights, mean_grads, state.masks),
                                       state.masks, density, settings, per_layer=sequential)
             pruned = install_masks(state, masks, context.optimizer)

@@ -60,9 +60,11 @@ def programs(phases: int, saliency_updates: int):
 
     def step(state: NetState, update: jax.Array, phase: jax.Array, key: jax.Array) -> NetState:
         dense_grads = random_params(key)
+        before = state.params
         state = apply_gradients(state, apply_masks(dense_grads, state.masks), TX)
         context = MethodContext(grads=apply_masks(dense_grads, state.masks),
-                                dense_grads=dense_grads, optimizer=TX, phase=phase)
+                                dense_grads=dense_grads, optimizer=TX, phase=phase,
+                                params_before=before)
         # Built at another target: the transform must read it from the state.
         return build(0.5, phases, saliency_updates).transform(state, update, key, context)
 
@@ -142,6 +144,29 @@ def test_a_multitask_run_prunes_at_the_start_of_each_of_its_megabatches():
     assert float(state.method_state["density"]) == pytest.approx(0.1)
 
 
+def test_the_saliency_pairs_the_gradient_with_the_weights_it_was_taken_at():
+    """The method runs after the step's optimizer update; SNIP's |g * w| takes w before it. With
+    g = 1 and the step reversing the order of |w|, the kept half is the half that was largest
+    before the step."""
+    method = app(NetworkMethodSettings("app", 0.5, total_updates=10),
+                 APPOptions(first_density=0.5, megabatches=1))
+    before = {"kernel": jnp.array([[4.0, 3.0, 2.0, 1.0]])}
+    after = {"kernel": jnp.array([[1.0, 2.0, 3.0, 4.0]])}
+    state = create_net_state(after, TX, method, jax.random.PRNGKey(0))
+    grads = jax.tree.map(jnp.ones_like, after)
+    context = MethodContext(grads=grads, dense_grads=grads, optimizer=TX, params_before=before)
+    state = method.transform(state, jnp.int32(1), jax.random.PRNGKey(1), context)
+    np.testing.assert_array_equal(state.masks["kernel"], [[True, True, False, False]])
+
+
+def test_a_target_above_the_first_density_is_refused():
+    """APP only prunes: a final density above first_density would leave the schedule flat."""
+    with pytest.raises(ValueError, match="--sparsity 0.1 leaves a final density 0.9 above"):
+        check_app_run(NetworkMethodSettings("app", 0.1, total_updates=40), APPOptions(),
+                      "actor")
+    check_app_run(NetworkMethodSettings("app", 0.2, total_updates=40), APPOptions(), "actor")
+
+
 def test_megabatches_shorter_than_the_saliency_updates_are_refused():
     with pytest.raises(ValueError, match="fewer than --methods.app.saliency-updates 8"):
         check_app_run(NetworkMethodSettings("app", 0.9, total_updates=20, phases=4),
@@ -174,7 +199,8 @@ def megabatch_event(phases: int, density: float, grads_of: str):
         grads = random_mlp_params(jax.random.PRNGKey(5), HEAD_SHAPES)
         head = grads["params"]["heads"]["kernel"]
         grads["params"]["heads"]["kernel"] = head.at[:, 4:].set(0.0)  # tasks 1 and 2: no data
-    context = MethodContext(grads=grads, dense_grads=grads, optimizer=TX, phase=jnp.int32(0))
+    context = MethodContext(grads=grads, dense_grads=grads, optimizer=TX, phase=jnp.int32(0),
+                            params_before=params)
     state = jax.jit(lambda state: method.transform(state, jnp.int32(1), jax.random.PRNGKey(6),
                                                    context))(state)
     assert int(state.method_state["events"]) == 1

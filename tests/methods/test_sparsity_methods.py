@@ -120,7 +120,7 @@ def programs(method: str, tree: int):
 
     def transform(state: NetState, step: jax.Array, key: jax.Array, dense_grads) -> NetState:
         context = MethodContext(grads=apply_masks(dense_grads, state.masks),
-                                dense_grads=dense_grads, optimizer=TX)
+                                dense_grads=dense_grads, optimizer=TX, params_before=state.params)
         # Built at another sparsity: the transform must read the target from the state.
         return build(method, 0.5, tree).transform(state, step, key, context)
 

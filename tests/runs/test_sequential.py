@@ -121,16 +121,17 @@ def _eval_row(step: int, phase: int, scores: tuple[float, ...]) -> dict:
 
 
 def test_average_performance_and_forgetting_follow_continual_worlds_definitions():
-    """Hand-computed: A_p over the tasks seen at each phase's last evaluation; F_i the score at
-    the end of task i's own phase minus the final one (not the best score since: task a peaks
-    at 0.9 mid-phase 1, which is not forgetting of the end-of-task score 0.8), 0 for the last
-    task, averaged over all three tasks; a step logged twice (a resumed run) counts once;
-    training rows are ignored."""
+    """Hand-computed with a window of one evaluation: A_p over the tasks seen at each phase's
+    last evaluation; F_i the score at the end of task i's own phase minus the final one (not the
+    best score since: task a peaks at 0.9 mid-phase 1, which is not forgetting of the
+    end-of-task score 0.8), 0 for the last task, averaged over all three tasks; a step logged
+    twice (a resumed run) counts once; training rows are ignored. With Continual World's window
+    of 5, each end is the mean of the phase's last (up to) 5 evaluations."""
     rows = [_eval_row(100, 0, (0.5, 0.1, 0.0)), {"step": 150, "policy_loss": 1.0},
             _eval_row(200, 0, (0.3, 0.0, 0.1)), _eval_row(200, 0, (0.8, 0.0, 0.1)),
             _eval_row(300, 1, (0.9, 0.5, 0.1)), _eval_row(400, 1, (0.6, 0.9, 0.2)),
             _eval_row(600, 2, (0.4, 0.95, 0.7))]
-    scores = sequential_scores(rows, ("a", "b", "c"), "eval/normalized_return")
+    scores = sequential_scores(rows, ("a", "b", "c"), "eval/normalized_return", window=1)
     np.testing.assert_allclose(scores.average_after, [0.8, 0.75, 2.05 / 3])
     np.testing.assert_allclose(scores.forgetting, [0.8 - 0.4, 0.9 - 0.95, 0.0])
     np.testing.assert_array_equal(scores.evaluations_per_phase, [2, 2, 1])
@@ -138,6 +139,10 @@ def test_average_performance_and_forgetting_follow_continual_worlds_definitions(
     assert scores.mean_forgetting == pytest.approx((0.4 - 0.05) / 3)
     multitask = [{k: v for k, v in r.items() if k != "phase"} for r in rows]
     assert sequential_scores(multitask, ("a", "b", "c"), "eval/normalized_return") is None
+    windowed = sequential_scores(rows, ("a", "b", "c"), "eval/normalized_return")  # window 5
+    np.testing.assert_allclose(windowed.average_after,
+                               [0.65, ((0.9 + 0.6) / 2 + (0.5 + 0.9) / 2) / 2, 2.05 / 3])
+    np.testing.assert_allclose(windowed.forgetting, [0.65 - 0.4, 0.7 - 0.95, 0.0])
     # Forward transfer: AUC_i is the mean of task i's scores over its own phase's evaluations.
     np.testing.assert_allclose(scores.area, [(0.5 + 0.8) / 2, (0.5 + 0.9) / 2, 0.7])
     assert reference_area(multitask[:4], "b", "eval/normalized_return") == (  # step 200 once

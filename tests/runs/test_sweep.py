@@ -81,6 +81,18 @@ def test_a_sequential_grid_adds_each_tasks_single_task_reference_per_seed():
     assert len(expand_grid(dataclasses.replace(spec, train_args=()))) == 2
 
 
+def test_sac_references_run_one_meta_world_task_with_the_multitask_replay():
+    """cw10-smoke with --replay cumulative: each reference is MT1 of its task with the default
+    replay (a multi-task run refuses cumulative), and the whole grid validates."""
+    spec = SweepSpec(preset="cw10-smoke", methods=("dense",), sparsities=(), seeds=(0,),
+                     train_args=("--replay", "cumulative"))
+    check_spec(spec)
+    reference = expand_grid(spec)[1]
+    config, _, _ = parse_train_args(train_arguments(spec, reference, Path("out")))
+    assert (config.env.benchmark, config.task_names(), config.replay, config.total_env_steps) == (
+        "MT1", ("hammer-v3",), "current", 40)
+
+
 def test_a_sweep_written_before_references_resumes_and_plans_them(tmp_path):
     """A sweep.json without the references key (written before them) is the same sweep as the
     default grid, and its reference runs join the plan; reference runs of one task group

@@ -127,7 +127,7 @@ _CW10 = scaled_to_paper(dataclasses.replace(
     total_env_steps=10_000_000,
     warmup_env_steps=10_000,
     buffer_capacity=1_000_000,
-    eval_every_env_steps=100_000,
+    eval_every_env_steps=20_000,
     env=EnvConfig(benchmark="CW10", eval_envs_per_task=10, eval_episodes_per_task=10),
     sac=dataclasses.replace(_PAPER.sac, batch_size=128),
 ), _PAPER)
@@ -184,8 +184,9 @@ PRESETS: dict[str, Preset] = {
             "cw10",
             "Continual World CW10 (--schedule sequential): the ten Meta-World v3 tasks one after "
             "another, 1M env steps each, the paper's SAC network, batch 128 from the current "
-            "task's replay buffer (emptied at every task), 10 eval episodes per task every 100k "
-            f"steps and at every task's end; {_scale_note(_CW10)}",
+            "task's replay buffer (emptied at every task), 10 eval episodes per task every 20k "
+            f"steps (Continual World's cadence: 50 per task, the last 5 of each task's end "
+            f"averaged) and at every task's end; {_scale_note(_CW10)}",
             _CW10,
         ),
         Preset(

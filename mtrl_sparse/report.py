@@ -340,18 +340,34 @@ def load_run(path: Path) -> SweepRun:
                     finished=read_finished(path))
 
 
+REFERENCE_FIELDS = ("env.task", "env.benchmark", "schedule", "total_env_steps", "replay",
+                    "method", "sparsity", "distribution", "actor.", "critic.", "methods.")
+"""Fields (and field groups, ending in ``.``) in which a single-task reference run may differ
+from the sequential runs it serves (``mtrl_sparse.sweep.reference_flags`` sets the first five;
+the method is the reference's own), besides ``IGNORED_FIELDS``."""
+
+
+def is_reference_of(reference: RunConfig, sequential: RunConfig) -> bool:
+    """Whether ``reference`` is a single-task reference run of a phase of the sequential run
+    ``sequential``: the same agent and setup, one of its tasks alone for one phase's env steps
+    under the multi-task schedule, dense."""
+    tasks = reference.task_names()
+    if (reference.schedule != "multitask" or len(tasks) != 1 or not is_dense(reference)
+            or reference.AGENT != sequential.AGENT or tasks[0] not in sequential.task_names()
+            or reference.total_env_steps != sequential.phase_env_steps()):
+        return False
+    return all(name.startswith(REFERENCE_FIELDS) or name.split(".")[0] in IGNORED_FIELDS
+               for name in differing_fields(reference, sequential))
+
+
 def split_references(runs: list[SweepRun]) -> tuple[list[SweepRun], list[SweepRun]]:
     """``(runs, references)``: the single-task reference runs of the sequential runs among
-    ``runs`` apart (``mtrl_sparse.sweep.reference_flags`` makes them). A reference is a dense
-    run of one task under the multi-task schedule whose task and budget are a phase of a
-    sequential run of the same agent; it enters only the forward transfer, no group."""
+    ``runs`` apart (``is_reference_of``; ``mtrl_sparse.sweep.reference_flags`` makes them); a
+    reference enters only the forward transfer, no group."""
     sequential = [r.config for r in runs if r.config.schedule == "sequential"]
 
     def is_reference(config: RunConfig) -> bool:
-        tasks = config.task_names()
-        return (config.schedule == "multitask" and len(tasks) == 1 and is_dense(config)
-                and any(config.AGENT == s.AGENT and tasks[0] in s.task_names()
-                        and config.total_env_steps == s.phase_env_steps() for s in sequential))
+        return any(is_reference_of(config, s) for s in sequential)
 
     flags = [is_reference(r.config) for r in runs]
     return ([r for r, f in zip(runs, flags, strict=True) if not f],
@@ -820,9 +836,7 @@ def sequential_groups(finals: list[GroupFinal], references: list[SweepRun],
         areas: list[list[float]] = [[] for _ in tasks]
         for run in references:
             task = run.config.task_names()[0]
-            if (run.finished is not None and run.config.AGENT == config.AGENT
-                    and task in tasks
-                    and run.config.total_env_steps == config.phase_env_steps()):
+            if run.finished is not None and is_reference_of(run.config, config):
                 area, evaluations = reference_area(run.rows, task, score)
                 if evaluations:
                     areas[tasks.index(task)].append(area)

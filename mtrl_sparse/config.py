@@ -197,7 +197,9 @@ class SACTrainConfig(RunConfig):
     sac: SACConfig = field(default_factory=SACConfig)
     """Agent hyperparameters."""
     warmup_env_steps: int = 40_000
-    """Env steps of uniformly random actions before the first update."""
+    """Env steps of uniformly random actions before the first update; under the sequential
+    schedule at the start of every task (Continual World's SAC explores each new task randomly
+    before it updates on that task's emptied buffer)."""
     updates_per_vector_step: int = 1
     """Gradient updates after each vector step once warm-up is over."""
     buffer_capacity: int = 1_000_000
@@ -213,9 +215,15 @@ class SACTrainConfig(RunConfig):
         """Gradient updates of each network over the whole run (at least 1); SAC's actor and
         critics update together."""
         del network
-        vector_steps = (max(self.total_env_steps - self.warmup_env_steps, 0)
-                        // self.vector_env_steps())
+        vector_steps = (max(self.phase_env_steps() - self.warmup_env_steps, 0)
+                        // self.vector_env_steps()) * self.phases()
         return max(1, vector_steps * self.updates_per_vector_step)
+
+    def in_warmup(self, env_steps: int) -> bool:
+        """Whether the vector step starting at ``env_steps`` is in a warm-up: the run's first
+        ``warmup_env_steps``, or each phase's under the sequential schedule."""
+        into = env_steps % self.phase_env_steps() if self.schedule == "sequential" else env_steps
+        return into < self.warmup_env_steps
 
     def task_names(self) -> tuple[str, ...]:
         return tuple(metaworld_task_names(self.env.benchmark, self.env.task))
@@ -466,6 +474,11 @@ def _validate_sequential_sac(config: SACTrainConfig, num_tasks: int) -> None:
             f"--schedule sequential splits --total-env-steps {config.total_env_steps} into "
             f"{num_tasks} tasks of whole episodes; accepted: multiples of {num_tasks * episode} "
             f"(tasks x envs per task x max episode steps)")
+    if config.warmup_env_steps >= config.phase_env_steps():
+        raise ConfigError(
+            f"--warmup-env-steps {config.warmup_env_steps} leaves no update in a task of "
+            f"{config.phase_env_steps()} env steps (the sequential schedule warms up at every "
+            f"task); accepted: below {config.phase_env_steps()}")
 
 
 def _validate_sequential_ppo(config: PPOTrainConfig) -> None:

@@ -167,7 +167,7 @@ class OffPolicyRun:
         t0 = time.perf_counter()
         if self.done is not None and self.done.any():
             self.obs = env.reset() if self.done.all() else env.reset_done(self.done)
-        warmup = self.env_steps < config.warmup_env_steps
+        warmup = config.in_warmup(self.env_steps)
         t1 = time.perf_counter()
         self.state, actions = self.learner.act(self.state, self.obs, warmup)
         actions = np.asarray(actions)
@@ -235,9 +235,11 @@ class OffPolicyRun:
         if update < 0:
             return
         config = self.config
-        vector_step = (update - 1) // config.updates_per_vector_step
-        warmup_vector_steps = -(-config.warmup_env_steps // self.num_envs)
-        env_step = (warmup_vector_steps + vector_step + 1) * self.num_envs
+        vector_step = (update - 1) // config.updates_per_vector_step  # among updating ones
+        warmup_vector_steps = -(-config.warmup_env_steps // self.num_envs)  # per phase
+        phase_vector_steps = config.phase_env_steps() // self.num_envs
+        phase, into = divmod(vector_step, max(phase_vector_steps - warmup_vector_steps, 1))
+        env_step = (phase * phase_vector_steps + warmup_vector_steps + into + 1) * self.num_envs
         raise NonFiniteLossError(
             f"non-finite {LOSS_NAMES[which]} at env step {env_step} (update {update}); "
             "run stopped")

@@ -249,7 +249,8 @@ CW10_FLAGS = ["--preset", "cw10-smoke"]
 @pytest.mark.slow
 def test_a_sequential_sac_run_trains_one_task_per_phase_and_resumes_exactly(tmp_path, capsys):
     """cw10-smoke (SAC, the ten CW10 tasks x two 20-step episodes): each phase's training
-    episodes are of its task only, an evaluation of all tasks ends every phase, the report has
+    episodes are of its task only, each phase warms up before it updates, an evaluation of all
+    tasks ends every phase, the report has
     the sequential table, and a run resumed from the checkpoint before the last boundary ends
     exactly as the uninterrupted one (the phase's envs rebuilt from the checkpoint)."""
     full = tmp_path / "full"
@@ -263,6 +264,11 @@ def test_a_sequential_sac_run_trains_one_task_per_phase_and_resumes_exactly(tmp_
         assert ended == {tasks[phase]}, (phase, ended)
     evals = [r for r in rows if "eval/success_rate" in r]
     assert [(r["step"], r["phase"]) for r in evals] == [(40 * (p + 1), p) for p in range(10)]
+    # Every task starts with its own warm-up (Continual World): 20 random-action env steps
+    # without updates, then 20 updates, in each of the ten 40-step phases.
+    config = get_preset("cw10-smoke").config
+    assert config.warmup_env_steps == 20 and config.total_updates() == 200
+    assert [r["updates"] for r in train] == [20 * (p + 1) for p in range(10)]
     report = write_report([full], tmp_path / "report", reps=100, figures=False)
     assert "forgetting" in report.lower(), report
     assert_resumes_like_uninterrupted(full, tmp_path / "interrupted", 400)
@@ -312,6 +318,8 @@ def test_sequential_sac_refuses_budgets_of_partial_episodes_and_vmapped_groups()
     config = get_preset("cw10-smoke").config
     with pytest.raises(ConfigError, match="multiples of 200"):
         validate(dataclasses.replace(config, total_env_steps=500))
+    with pytest.raises(ConfigError, match="leaves no update in a task of 40 env steps"):
+        validate(dataclasses.replace(config, warmup_env_steps=40))
     from mtrl_sparse.run_loop import make_group
     with pytest.raises(ConfigError, match="one run per group"):
         make_group([config, dataclasses.replace(config, seed=1)])

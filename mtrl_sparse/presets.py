@@ -135,7 +135,7 @@ _CW10 = scaled_to_paper(dataclasses.replace(
 _CW10_QUICK = scaled_to_paper(dataclasses.replace(
     _CW10,
     total_env_steps=100_000,
-    warmup_env_steps=5_000,
+    warmup_env_steps=1_000,
     buffer_capacity=10_000,
     eval_every_env_steps=10_000,
     log_every_env_steps=5_000,
@@ -184,7 +184,8 @@ PRESETS: dict[str, Preset] = {
             "cw10",
             "Continual World CW10 (--schedule sequential): the ten Meta-World v3 tasks one after "
             "another, 1M env steps each, the paper's SAC network, batch 128 from the current "
-            "task's replay buffer (emptied at every task), 10 eval episodes per task every 20k "
+            "task's replay buffer (emptied at every task, then 10k random-action env steps), "
+            "10 eval episodes per task every 20k "
             f"steps (Continual World's cadence: 50 per task, the last 5 of each task's end "
             f"averaged) and at every task's end; {_scale_note(_CW10)}",
             _CW10,

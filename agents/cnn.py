@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from mtrl_sparse.agents.networks import (
     ARCHITECTURES,
     REPRESENTATION_OUT,
+    TASK_ENCODER,
     Architecture,
     NeuronLayer,
     mix_experts,
@@ -236,6 +237,20 @@ def stacked_head_layers(num_tasks: int) -> tuple[tuple[str, int, int], ...]:
     ``heads``' kernel their output layers along its first (``methods.topology.LayerSlices``)."""
     return (("task_heads/head_hidden/kernel", -1, num_tasks),
             ("task_heads/heads/kernel", 0, num_tasks))
+
+
+def per_task_leaves(num_tasks: int) -> tuple[tuple[str, int, int], ...]:
+    """Every leaf of a ``CNNTaskNetwork`` whose entries belong to one task each, as (path
+    ending, axis, count): the ``TaskHeads``' kernels, biases and per-task norms, and the rows
+    of a ``moe`` / ``moore`` network's ``task_encoder`` (one per one-hot task); slice ``t``
+    along ``axis`` is task ``t``'s (``methods.topology.task_index``)."""
+    return (("task_heads/head_hidden/kernel", -1, num_tasks),
+            ("task_heads/head_hidden/bias", -1, num_tasks),
+            ("task_heads/head_norm/scale", -2, num_tasks),
+            ("task_heads/head_norm/bias", -2, num_tasks),
+            ("task_heads/heads/kernel", -2, num_tasks),
+            ("task_heads/heads/bias", -2, num_tasks),
+            (f"{TASK_ENCODER}/kernel", -2, num_tasks))
 
 
 def task_head_features(net: nn.Module, image: jax.Array, task_ids: jax.Array) -> jax.Array:

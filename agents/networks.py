@@ -202,6 +202,16 @@ def stacked_head_layers(num_tasks: int) -> tuple[tuple[str, int, int], ...]:
     return (("heads/kernel", -1, num_tasks),)
 
 
+def per_task_leaves(num_tasks: int) -> tuple[tuple[str, int, int], ...]:
+    """Every leaf of a ``multi_task_mlp`` whose entries belong to one task each, as (path
+    ending, axis, count): the heads' kernel and bias (T x O outputs along their last axis) and
+    the rows of a ``moe`` / ``moore`` network's ``task_encoder``; slice ``t`` along ``axis`` is
+    task ``t``'s (``methods.topology.task_index``). The one-hot task inputs of an ``mh`` trunk
+    stay trunk weights (the first hidden layer mixes them with the features)."""
+    return (("heads/kernel", -1, num_tasks), ("heads/bias", -1, num_tasks),
+            (f"{TASK_ENCODER}/kernel", -2, num_tasks))
+
+
 def feature_major_chain(module: nn.Module, layers: Sequence[str],
                         layer_norm: bool) -> list[bool]:
     """For a stack of ``MaskedDense`` children ``layers`` of ``module`` (each reading the

@@ -146,6 +146,10 @@ class RunConfig:
         """Gradient updates of ``network`` over the whole run (at least 1)."""
         raise NotImplementedError
 
+    def batch_size(self, network: str) -> int:
+        """Samples in one gradient update of ``network``."""
+        raise NotImplementedError
+
     def task_names(self) -> tuple[str, ...]:
         """The benchmark's tasks, in order (a task id indexes them)."""
         raise NotImplementedError
@@ -181,6 +185,7 @@ class RunConfig:
                 phases=self.phases(),
                 compute_density=self.compute_density(),
                 compute_crossover=self.compute_crossover,
+                batch_size=self.batch_size(name),
             )
             for name in self.NETWORKS
         }
@@ -218,6 +223,11 @@ class SACTrainConfig(RunConfig):
         vector_steps = (max(self.phase_env_steps() - self.warmup_env_steps, 0)
                         // self.vector_env_steps()) * self.phases()
         return max(1, vector_steps * self.updates_per_vector_step)
+
+    def batch_size(self, network: str = "actor") -> int:
+        """SAC's actor and critics update on the same batch."""
+        del network
+        return self.sac.batch_size
 
     def in_warmup(self, env_steps: int) -> bool:
         """Whether the vector step starting at ``env_steps`` is in a warm-up: the run's first
@@ -279,6 +289,10 @@ class PPOTrainConfig(RunConfig):
     def total_updates(self, network: str) -> int:
         """Minibatch gradient steps of ``network`` over the whole run."""
         return max(1, self.rollouts() * updates_per_rollout(self.ppo)[network])
+
+    def batch_size(self, network: str) -> int:
+        """The actor's and the critic's minibatch sizes."""
+        return {"actor": self.ppo.policy_batch_size, "critic": self.ppo.critic_batch_size}[network]
 
     def task_names(self) -> tuple[str, ...]:
         return minigrid_task_names(self.env.benchmark, self.env.task)

@@ -36,7 +36,7 @@ from mtrl_sparse.agent_kind import (
     NonFiniteLossError,
     eval_env_seed,
 )
-from mtrl_sparse.agents.networks import stacked_head_layers
+from mtrl_sparse.agents.networks import per_task_leaves, stacked_head_layers
 from mtrl_sparse.agents.replay_buffer import Transition
 from mtrl_sparse.agents.sac import make_sac
 from mtrl_sparse.config import SACTrainConfig
@@ -88,7 +88,8 @@ def make_run_learner(config: SACTrainConfig, train_spec: MultiTaskEnvSpec,
     spec = eval_spec
     networks = {name: build_network(
                     dataclasses.replace(settings,
-                                        layer_slices=stacked_head_layers(spec.num_tasks)),
+                                        layer_slices=stacked_head_layers(spec.num_tasks),
+                                        task_leaves=per_task_leaves(spec.num_tasks)),
                     config.methods, name)
                 for name, settings in config.network_methods().items()}
     sac = make_sac(config.sac, spec.num_tasks, spec.obs_shape[0], spec.action_dim,

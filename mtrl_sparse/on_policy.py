@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrl_sparse.agent_kind import EpisodeTracker, Iteration, NonFiniteLossError, eval_env_seed
-from mtrl_sparse.agents.cnn import stacked_head_layers
+from mtrl_sparse.agents.cnn import per_task_leaves, stacked_head_layers
 from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.config import PPOTrainConfig
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
@@ -47,7 +47,8 @@ def make_run_ppo(config: PPOTrainConfig, env: Any, sparsities: dict[str, Any] | 
     spec = env.spec
     networks = {name: build_network(dataclasses.replace(
                     settings, sparsity=sparsities.get(name, settings.sparsity),
-                    layer_slices=stacked_head_layers(spec.num_tasks)),
+                    layer_slices=stacked_head_layers(spec.num_tasks),
+                    task_leaves=per_task_leaves(spec.num_tasks)),
                     config.methods, name)
                 for name, settings in config.network_methods().items()}
     return make_ppo(config.ppo, spec.num_tasks, spec.obs_shape, spec.action_dim,

@@ -71,6 +71,12 @@ class NetworkMethodSettings:
             (``agents.sparse_linear``; 1.0: no run-time check).
         compute_crossover: sparse compute covers only the kernels whose target density (of
             ``sparsity`` and ``distribution``) is at most this; the others compute densely.
+        task_leaves: the network's leaves whose entries belong to one task each (its per-task
+            heads' kernels, biases and norms, a task encoder's rows), as ``LayerSlices``: task
+            ``t`` owns slice ``t`` (set by the agent; ``topology.task_index``). Methods that
+            treat a task's own parameters apart (sparse tuning, IBM) read it.
+        batch_size: samples in one update of the network (PPO's actor minibatch, its critic's,
+            SAC's batch), for methods whose windows are amounts of data; None where unknown.
     """
 
     name: str
@@ -82,6 +88,8 @@ class NetworkMethodSettings:
     phases: int = 1
     compute_density: float | None = None
     compute_crossover: float = 1.0
+    task_leaves: LayerSlices = ()
+    batch_size: int | None = None
 
     def run_updates(self, method: str) -> int:
         """``total_updates``, or ``ValueError`` for a scheduled method built without it."""

@@ -55,6 +55,26 @@ def named_leaf_slices(name: str, layer_slices: LayerSlices) -> tuple[int, int] |
     return None
 
 
+FREE = -1
+"""``task_index`` of an entry no single task owns (the trunk's)."""
+
+
+def task_index(params: Any, task_leaves: LayerSlices) -> Any:
+    """Per parameter entry, the task that owns it: slice ``t`` along the axis of a leaf named in
+    ``task_leaves`` (``NetworkMethodSettings.task_leaves``) is task ``t``'s, every other entry
+    is ``FREE``; int32 trees of the params' shapes."""
+    def index(path: tuple, leaf: jax.Array) -> jax.Array:
+        slices = leaf_slices(path, task_leaves)
+        if slices is None:
+            return jnp.full(leaf.shape, FREE, jnp.int32)
+        axis, count = slices
+        tasks = jnp.repeat(jnp.arange(count, dtype=jnp.int32), leaf.shape[axis] // count)
+        shape = [1] * leaf.ndim
+        shape[axis] = leaf.shape[axis]
+        return jnp.broadcast_to(tasks.reshape(shape), leaf.shape)
+    return jax.tree_util.tree_map_with_path(index, params)
+
+
 def split_layers(x: jax.Array, axis: int, count: int) -> jax.Array:
     """(..., count * n along ``axis``, ...) -> (count, n, the other axes...): one row per layer."""
     moved = jnp.moveaxis(x, axis, 0)

@@ -93,10 +93,9 @@ def freeze_scale(opt_state) -> list[np.ndarray]:
 
 
 def test_sparse_tuning_changes_only_the_chosen_subsets_after_the_first_task(tmp_path):
-    states = cw10_quick_run(tmp_path, "sparse_tune",
-                            sparse_tune=dataclasses.replace(
-                                with_current_methods(get_preset("cw10-quick").config)
-                                .methods.sparse_tune, score_updates=2))
+    config = with_current_methods(get_preset("cw10-quick").config)
+    states = cw10_quick_run(tmp_path, "sparse_tune", sparse_tune=dataclasses.replace(
+        config.methods.sparse_tune, score_samples=2 * config.sac.batch_size))  # 2 updates
     rows = train_rows(tmp_path)
     for network in NETWORKS:
         assert [r[f"{network}/sparse_tune/tunings"] for r in rows] == list(range(TASKS))

@@ -62,6 +62,7 @@ def sac_firing_every_update(
     4-update run, with every event firing at every update (``compute_density``: sparse
     compute, see ``NetworkMethodSettings``)."""
     settings = NetworkMethodSettings(name, sparsity, "erk", total_updates=4,
-                                     compute_density=compute_density)
+                                     compute_density=compute_density,
+                                     batch_size=config.batch_size)
     setup = build_network(settings, options_firing_every_update())
     return make_sac(config, num_tasks, obs_dim, action_dim, setup, setup)

@@ -370,6 +370,14 @@ def zero_moments_at(
     )
 
 
+def fresh_adam(opt_state: optax.OptState) -> optax.OptState:
+    """``opt_state`` with every Adam state (step count, moments) as at initialisation: a new
+    optimizer for methods that start one per task."""
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    return jax.tree.map(lambda s: jax.tree.map(jnp.zeros_like, s) if is_adam(s) else s,
+                        opt_state, is_leaf=is_adam)
+
+
 def mask_counts(masks: Masks) -> tuple[jax.Array, int]:
     """(active weights, maskable weights) over the masked leaves of one network."""
     leaves = [m for m in jax.tree.leaves(masks, is_leaf=is_none) if m is not None]

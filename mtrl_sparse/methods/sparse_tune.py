@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtrl_sparse.agents.net_state import MethodContext, NetState, apply_masks
+from mtrl_sparse.agents.net_state import MethodContext, NetState, apply_masks, fresh_adam
 from mtrl_sparse.methods.base import Method, MethodEntry, NetworkMethodSettings
 from mtrl_sparse.methods.topology import FREE, keep_top_scores, no_masks, num_to_keep, task_index
 
@@ -174,13 +174,6 @@ def scale_updates(first_task_dense: bool) -> optax.GradientTransformation:
 def sparse_tune_optimizer(options: SparseTuneOptions) -> tuple[tuple, tuple]:
     """(the gradient dropping before Adam, the update factors after it)."""
     return (drop_gradients(options.update_probability),), (scale_updates(options.first_task_dense),)
-
-
-def fresh_adam(opt_state: Any) -> Any:
-    """``opt_state`` with every Adam state (count, moments) as at initialisation."""
-    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-    return jax.tree.map(lambda s: jax.tree.map(jnp.zeros_like, s) if is_adam(s) else s,
-                        opt_state, is_leaf=is_adam)
 
 
 # ----------------------------------------------------------------------------- checks

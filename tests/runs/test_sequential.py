@@ -233,16 +233,18 @@ def test_sparse_tune_freezes_most_of_the_network_after_the_first_task(tmp_path, 
 @pytest.mark.slow
 def test_ibm_consolidates_at_every_boundary_and_resumes_exactly(tmp_path, capsys):
     """minigrid-smoke sequentially with IBM: one consolidation per task boundary, the frozen
-    share of the gated weights growing with each, and a run resumed from the checkpoint at the
+    share of the gated weights never shrinking, and a run resumed from the checkpoint at the
     second boundary ending exactly as the uninterrupted one (gates, their noise and optimizer,
-    the owners and frozen values are all in the checkpoint)."""
+    the frozen set and the snapshots are all in the checkpoint)."""
     run = tmp_path / "ibm"
     assert main(["train", *SEQ_FLAGS, "--method", "ibm", "--run-dir", str(run)]) == 0
     train = [r for r in read_metrics(run) if "policy_loss" in r]
     for net in ("actor", "critic"):
         assert [r[f"{net}/ibm/consolidations"] for r in train] == [0, 1, 2]
         frozen = [r[f"{net}/ibm/frozen_fraction"] for r in train]
-        assert frozen[0] == 0.0 < frozen[1] < frozen[2] <= 1.0
+        # One rollout a task: the gates barely move, so the first task keeps (and freezes)
+        # nearly the whole trunk; later tasks re-use it through their gates.
+        assert frozen[0] == 0.0 < frozen[1] <= frozen[2] <= 1.0
     assert_resumes_like_uninterrupted(run, tmp_path / "interrupted", 600)
     capsys.readouterr()
 

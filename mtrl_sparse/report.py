@@ -36,6 +36,7 @@ from mtrl_sparse.report_figures import (
     FinalPoint,
     file_stem,
     final_vs_sparsity_figure,
+    frozen_share_figure,
     heatmap_figure,
     learning_curves_figure,
     phase_average_figure,
@@ -676,6 +677,7 @@ def draw_figures(finals: list[GroupFinal], sequential: list[SequentialGroup], sc
 
     if sequential:
         notes.append(phase_average_note(sequential, label, out_dir, reps, confidence, seed))
+        notes.append(frozen_share_note(sequential, out_dir, reps, confidence, seed))
 
     groups, tasks, values = heatmap_values(finals)
     save_figure(heatmap_figure(groups, tasks, values, label), out_dir, "final_per_task")
@@ -928,6 +930,67 @@ def phase_average_note(sequential: list[SequentialGroup], label: str, out_dir: P
         f"far (Continual World's average performance at that point), mean over the runs with "
         f"the {confidence:.0%} percentile interval of the mean over {reps} bootstrap resamples "
         "of the runs as a band."))
+
+
+FROZEN_SHARE = "/frozen_fraction"
+"""Ending of the metric a freezing method logs per network: ``<network>/<method>/frozen_fraction``
+(IBM's share of the trunk frozen so far)."""
+
+
+def frozen_after_each_task(rows: list[dict], network: str, phase_env_steps: int,
+                           phases: int) -> np.ndarray | None:
+    """(phases - 1,) the share of ``network``'s trunk frozen after each task but the last: the
+    first logged value in the next task's phase (the method freezes at the boundary); None for
+    a run that logs no such metric or misses a phase."""
+    keys = sorted({k for r in rows for k in r
+                   if k.startswith(f"{network}/") and k.endswith(FROZEN_SHARE)
+                   and k.count("/") == 2})
+    if not keys:
+        return None
+    shares = []
+    for task in range(phases - 1):
+        start, end = (task + 1) * phase_env_steps, (task + 2) * phase_env_steps
+        values = [r[keys[0]] for r in rows if keys[0] in r and start < r["step"] <= end]
+        if not values:
+            return None
+        shares.append(values[0])
+    return np.array(shares, dtype=float)
+
+
+def frozen_share_note(sequential: list[SequentialGroup], out_dir: Path, reps: int,
+                      confidence: float, seed: int) -> FigureNote:
+    """The figure of the trunk share each task freezes (groups whose runs log one), written;
+    its note."""
+    title = "Trunk frozen after each task"
+    panels: dict[str, list[Curve]] = {}
+    for network in ("actor", "critic"):
+        for entry in sequential:
+            config = entry.group.finished[0].config
+            runs = [frozen_after_each_task(r.rows, network, config.phase_env_steps(),
+                                           config.phases()) for r in entry.group.finished]
+            runs = [r for r in runs if r is not None]
+            if not runs:
+                continue
+            shares = np.stack(runs)  # (runs, phases - 1)
+            bounds = np.array([bootstrap_mean(shares[:, p], reps, confidence, seed)
+                               for p in range(shares.shape[1])])
+            group = entry.group
+            panels.setdefault(network, []).append(Curve(
+                name=group.name, series=group.series, sparsity=group.sparsity, dense=group.dense,
+                steps=np.arange(shares.shape[1]), center=bounds[:, 0], low=bounds[:, 1],
+                high=bounds[:, 2]))
+    if not panels:
+        return FigureNote(title, skipped=(
+            "no sequential run logs a frozen share (<network>/<method>/frozen_fraction, as "
+            "IBM does)"))
+    save_figure(frozen_share_figure(panels, sequential[0].tasks, confidence), out_dir,
+                "frozen_after_each_task")
+    return FigureNote(title, ("frozen_after_each_task",), (
+        "Per sequential group whose method freezes weights (IBM): the share of the network's "
+        "trunk kernels frozen after each task but the last (logged as <network>/<method>/"
+        "frozen_fraction, read at the next task's first log), mean over the runs with the "
+        f"{confidence:.0%} percentile interval of the mean over {reps} bootstrap resamples of "
+        "the runs as a band; one panel per network."))
 
 
 def difference_cells(final: GroupFinal) -> list[str]:

@@ -209,6 +209,30 @@ def phase_average_figure(curves: Sequence[Curve], tasks: Sequence[str], score_la
     return figure
 
 
+def frozen_share_figure(panels: dict[str, list[Curve]], tasks: Sequence[str],
+                        confidence: float) -> Figure:
+    """The share of a network's trunk that a freezing method (IBM) has frozen after each task
+    but the last: one panel per network, one line per group (``curve.steps`` the task indices
+    0..N-2), mean over its runs with its interval as a band."""
+    figure, axes = new_figure(len(panels))
+    names = [c.name for curves in panels.values() for c in curves]
+    colours = series_colours([(n, False) for n in dict.fromkeys(names)])
+    for ax, (network, curves) in zip(axes, panels.items(), strict=True):
+        for curve in curves:
+            draw_band(ax, curve, colours[curve.name], curve.name)
+        ax.set_xticks(range(len(tasks) - 1))
+        ax.set_xticklabels([f"{i + 1}. {short_task(t)}" for i, t in enumerate(tasks[:-1])],
+                           rotation=30, ha="right", fontsize="small")
+        ax.set_xlabel("after training task")
+        ax.set_ylabel(f"{network}: share of the trunk frozen")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    suptitle(figure, f"Trunk frozen after each task (mean over runs, {confidence:.0%} bootstrap "
+                     "band)")
+    return figure
+
+
 def short_task(task: str) -> str:
     """A task name without its benchmark's prefix and version (``DoorKey-6x6``)."""
     return re.sub(r"^MiniGrid-|-v\d+$", "", task)

@@ -15,7 +15,7 @@ from mtrl_sparse.cli import main
 from mtrl_sparse.config import ConfigError, validate
 from mtrl_sparse.envs.minigrid_jax_vector import JaxMiniGridVectorEnv
 from mtrl_sparse.presets import get_preset
-from mtrl_sparse.report import write_report
+from mtrl_sparse.report import frozen_after_each_task, write_report
 from mtrl_sparse.run_dir import METRICS_FILE, read_metrics, write_config, write_finished
 from mtrl_sparse.sequential_metrics import forward_transfer, reference_area, sequential_scores
 from support.run_checks import (
@@ -245,8 +245,22 @@ def test_ibm_consolidates_at_every_boundary_and_resumes_exactly(tmp_path, capsys
         # One rollout a task: the gates barely move, so the first task keeps (and freezes)
         # nearly the whole trunk; later tasks re-use it through their gates.
         assert frozen[0] == 0.0 < frozen[1] <= frozen[2] <= 1.0
+    report = write_report([run], tmp_path / "report", reps=100)
+    assert "### Trunk frozen after each task" in report
+    assert (tmp_path / "report" / "frozen_after_each_task.png").is_file()
     assert_resumes_like_uninterrupted(run, tmp_path / "interrupted", 600)
     capsys.readouterr()
+
+
+def test_the_frozen_share_after_each_task_is_read_in_the_next_tasks_phase():
+    rows = [{"step": 100, "actor/ibm/frozen_fraction": 0.0},
+            {"step": 200, "actor/ibm/frozen_fraction": 0.0, "actor/ibm/layers/a/frozen": 0.0},
+            {"step": 300, "actor/ibm/frozen_fraction": 0.4}, {"step": 300, "phase": 1},
+            {"step": 400, "actor/ibm/frozen_fraction": 0.5},
+            {"step": 500, "actor/ibm/frozen_fraction": 0.7}]
+    np.testing.assert_array_equal(frozen_after_each_task(rows, "actor", 200, 3), [0.4, 0.7])
+    assert frozen_after_each_task(rows, "critic", 200, 3) is None
+    assert frozen_after_each_task(rows[:3], "actor", 200, 3) is None  # task 2 never reached
 
 
 CW10_FLAGS = ["--preset", "cw10-smoke"]

@@ -3,9 +3,9 @@
 Pure and jit-compatible; used by the ReDo method (to choose the neurons it recycles) and by the
 plasticity probes (to report the dormant fraction).
 
-* Alive (DESIGN.md, Conventions): a unit is alive when at least one of its incoming weights is
-  unmasked; a unit whose incoming weights are all masked is not a neuron at all, and is left out
-  of every neuron metric.
+* Alive (docs/pages/design.md, Conventions): a unit is alive when at least one of its
+  incoming weights is unmasked; a unit whose incoming weights are all masked is not a neuron
+  at all, and is left out of every neuron metric.
 * Dormant (ReDo, Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL"): unit ``i`` of a
   layer has score ``s_i = E_x|h_i(x)| / mean_k E_x|h_k(x)|`` (the mean over alive units) and is
   ``tau``-dormant when it is alive and ``s_i <= tau``.

@@ -54,8 +54,9 @@ class EpisodeTracker:
     """Returns and success of the training episodes that ended since the last metrics row.
 
     ``record`` is called once per vector step with every env's task, reward, end flag and success
-    flag; an episode succeeds when its success flag was set at any of its steps (DESIGN.md,
-    Conventions). ``pop_row`` gives the ``train/...`` fields of a metrics row and starts over.
+    flag; an episode succeeds when its success flag was set at any of its steps (the design
+    page, docs/pages/design.md, Conventions). ``pop_row`` gives the ``train/...`` fields of a
+    metrics row and starts over.
     """
 
     def __init__(self, task_names: tuple[str, ...], num_envs: int):

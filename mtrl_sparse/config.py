@@ -2,7 +2,7 @@
 
 Every value of a run is a field here (the CLI is generated from these classes), and every field
 name that counts something says its unit: ``env_steps`` are environment transitions summed over all
-parallel envs; ``updates`` are gradient steps of a network (see DESIGN.md, Conventions).
+parallel envs; ``updates`` are gradient steps of a network (see docs/pages/design.md, Conventions).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Both run on separate evaluation envs and always start from the same environment 
 evaluations differ only through the policy (and a resumed run evaluates exactly as an
 uninterrupted one). Both return an ``eval/...`` row with per-task fields ``eval/success/<task>``
 and the mean ``eval/success_rate``; an episode succeeds when the task's success flag was 1 at any
-of its steps (DESIGN.md, Conventions).
+of its steps (docs/pages/design.md, Conventions).
 
 - ``evaluate_success`` (Meta-World: each env bound to one task, several copies per task): the
   copies of a task play their episodes in parallel; the first ``episodes_per_task`` finished

@@ -3,7 +3,7 @@
 Misra et al. 2022, "APP: Anytime Progressive Pruning" (arXiv 2204.01640), with the defaults of
 its authors' code (landskape-ai/Progressive-Pruning, ``main_anytime_train.py`` with ``--pruner
 snip --scope global``; where that code's literal behaviour departs from the paper, e.g. it
-prunes convolutions only and scores the first megabatch's data, ``docs/methods/app.md`` lists
+prunes convolutions only and scores the first megabatch's data, ``docs/pages/methods/app.md`` lists
 it). The published algorithm, with its defaults:
 
 1. Data arrives in M megabatches from one stationary distribution (ALMA; the code's default

@@ -1,4 +1,4 @@
-"""Runs that differ only in seed and target sparsity vmap into one program (DESIGN.md).
+"""Runs that differ only in seed and target sparsity vmap into one program (docs/pages/design.md).
 
 The step counter is shared (unbatched), so event conditions stay real branches; the target
 sparsity is array data in the method state, so it can differ across the vmapped runs.

@@ -1,7 +1,7 @@
 """Every method in a real (smoke) training run, its intervals scaled so that each event fires at
 least twice; the evidence is read back from ``metrics.jsonl``, as a user would.
 
-Two runs cover all methods, as compositions and per-network settings (DESIGN.md, Mask
+Two runs cover all methods, as compositions and per-network settings (docs/pages/design.md, Mask
 transformations): the smoke preset makes 80 updates (800 env steps after a 200-step warm-up, one
 update per vector step of the 10 MT10 envs) and logs every 10 updates.
 """

@@ -1,4 +1,5 @@
-"""The invariants every test of a network state checks: the mask invariant (DESIGN.md) and
+"""The invariants every test of a network state checks: the mask invariant (the design page,
+docs/pages/design.md) and
 comparisons of whole pytrees; and the stacking of pytrees that vmap tests compare against.
 
 The mask invariant: masks are boolean and congruent with the params they mask (``None`` where a

@@ -1,4 +1,5 @@
-"""Vmapped SAC runs against separate runs: the check of DESIGN.md's vmap promise, shared by the
+"""Vmapped SAC runs against separate runs: the check of the design page's vmap promise
+(docs/pages/design.md), shared by the
 tests of the built-in methods (test_vmap) and of a method registered from outside (plugin test).
 
 Runs that differ only in seed and target sparsity vmap into one program: the step counter is

@@ -18,10 +18,15 @@ class Checkpointer:
     """Checkpoints under ``directory``, named by the env step they were taken at."""
 
     def __init__(self, directory: Path, keep: int):
-        self._manager = ocp.CheckpointManager(
-            directory.absolute(),
+        self.directory = directory
+        self._keep = keep
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory.absolute(),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=False, create=True
+                max_to_keep=self._keep, enable_async_checkpointing=False, create=True
             ),
         )
 
@@ -51,8 +56,47 @@ class Checkpointer:
         )
         return restored.state, restored.meta
 
+    def set_aside(self, env_step: int, reason: str) -> Path:
+        """Move the checkpoint at ``env_step`` out of the run's sight, to ``<step>.<reason>``
+        beside it (kept, not deleted: nothing committed is lost); returns its new path."""
+        self._manager.close()
+        target = self.directory / f"{env_step}.{reason}"
+        (self.directory / str(env_step)).rename(target)
+        self._manager = self._open()
+        return target
+
     def close(self) -> None:
         self._manager.close()
+
+
+def restore_latest_readable(checkpointers: list[Checkpointer], abstract_states: list[Any],
+                            warn: Any) -> tuple[int, list[tuple[Any, dict[str, Any]]]]:
+    """The latest env step at which every run's checkpoint reads back, and what each holds.
+
+    A checkpoint that fails to read (a torn file, flipped bytes, missing metadata) is set aside
+    as ``<step>.unreadable`` with one line through ``warn``, and the step before is tried; the
+    other runs' checkpoints after the restored step are set aside as ``<step>.superseded``, so
+    that the run saves those steps again. Raises ``ValueError`` when no step reads back."""
+    steps = sorted(set.intersection(*(set(c.steps()) for c in checkpointers)), reverse=True)
+    failures = []
+    for step in steps:
+        try:
+            saved = [c.restore(step, a) for c, a in zip(checkpointers, abstract_states,
+                                                        strict=True)]
+        except Exception as error:  # orbax and json raise many kinds for a damaged checkpoint
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            failures.append(f"{step}: {type(error).__name__}: {first_line}")
+            warn(f"the checkpoint at env step {step} does not read back ({type(error).__name__}:"
+                 f" {first_line}); trying the one before")
+            for checkpointer in checkpointers:
+                checkpointer.set_aside(step, "unreadable")
+            continue
+        for checkpointer in checkpointers:
+            for later in [s for s in checkpointer.steps() if s > step]:
+                checkpointer.set_aside(later, "superseded")
+        return step, saved
+    raise ValueError("no checkpoint reads back" + (f" ({'; '.join(failures)})" if failures
+                                                    else ""))
 
 
 def on_default_device(abstract_state: Any) -> Any:

@@ -38,7 +38,8 @@ USAGE = """usage: mtrl-sparse COMMAND [OPTIONS]
 
 commands:
   train     train an agent on a preset: multi-task SAC on Meta-World, multi-task PPO on
-            MiniGrid (mtrl-sparse train --help lists every option)
+            MiniGrid (mtrl-sparse train --help lists every option); --resume --run-dir DIR
+            continues a run, --auto-resume --run-dir DIR continues it or starts it
   eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
   presets   list the presets
   methods   list the sparsity and plasticity methods; methods NAME shows one
@@ -182,6 +183,28 @@ def parse_group_args(args: list[str]) -> list[tuple[str, list[str]]] | None:
             for sparsity in sparsities for seed in seeds]
 
 
+def auto_resume_args(args: list[str]) -> list[str]:
+    """``--auto-resume``: the ``train`` arguments that continue the run (or group) in
+    ``--run-dir`` when it holds one, and start it otherwise, so that a requeued cluster job runs
+    one command whether or not it ever started (a group's ``--seeds``, ``--seed`` and
+    ``--sparsity`` are in its stored configs and are dropped when it resumes)."""
+    rest = [a for a in args if a != "--auto-resume"]
+    if "--resume" in rest:
+        raise UsageError("give --resume or --auto-resume, not both")
+    run_dir, _ = pop_flag(rest, "--run-dir")
+    if run_dir is None:
+        raise UsageError("--auto-resume needs --run-dir: the run to continue if it exists, or "
+                         "to start")
+    path = Path(run_dir)
+    if (path / CONFIG_FILE).is_file():
+        return [*rest, "--resume"]
+    if any(path.glob(f"*/{CONFIG_FILE}")):
+        for flag in ("--seeds", "--seed", "--sparsity"):
+            _, rest = pop_flag(rest, flag)
+        return [*rest, "--resume"]
+    return rest
+
+
 def group_run_dirs(args: list[str]) -> list[Path] | None:
     """``--resume --run-dir DIR`` where DIR holds a group's runs (one level below, no run of its
     own): their directories; None otherwise."""
@@ -195,6 +218,8 @@ def group_run_dirs(args: list[str]) -> list[Path] | None:
 def cmd_train(args: list[str]) -> int:
     from mtrl_sparse.run_loop import NonFiniteLossError, train, train_group
 
+    if "--auto-resume" in args:
+        args = auto_resume_args(args)
     group = parse_group_args(args)
     resumed = group_run_dirs(args)
     if group is not None or resumed is not None:

@@ -187,6 +187,22 @@ def learning_curves_figure(curves: Sequence[Curve], score_label: str,
     return figure
 
 
+def draw_after_each_task(ax: Axes, curves: Sequence[Curve], colours: dict[str, Any],
+                         tasks: Sequence[str], ylabel: str) -> None:
+    """Curves over a sequential schedule's tasks (``curve.steps`` the task indices) on ``ax``,
+    a share in [0, 1] on the y axis."""
+    for curve in curves:
+        draw_band(ax, curve, colours[curve.name], curve.name)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels([f"{i + 1}. {short_task(t)}" for i, t in enumerate(tasks)],
+                       rotation=30, ha="right", fontsize="small")
+    ax.set_xlabel("after training task")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+
+
 def phase_average_figure(curves: Sequence[Curve], tasks: Sequence[str], score_label: str,
                          confidence: float) -> Figure:
     """Continual World's average performance after each task of a sequential schedule: one line
@@ -194,16 +210,7 @@ def phase_average_figure(curves: Sequence[Curve], tasks: Sequence[str], score_la
     the average score of the tasks seen so far, with its interval as a band."""
     figure, (ax,) = new_figure(1)
     colours = series_colours([(c.name, c.dense) for c in curves])
-    for curve in curves:
-        draw_band(ax, curve, colours[curve.name], curve.name)
-    ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels([f"{i + 1}. {short_task(t)}" for i, t in enumerate(tasks)],
-                       rotation=30, ha="right", fontsize="small")
-    ax.set_xlabel("after training task")
-    ax.set_ylabel(f"mean {score_label} of the tasks so far")
-    ax.set_ylim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    draw_after_each_task(ax, curves, colours, tasks, f"mean {score_label} of the tasks so far")
     suptitle(figure, f"Average performance after each task (mean over runs, {confidence:.0%} "
                      "bootstrap band)")
     return figure
@@ -218,16 +225,8 @@ def frozen_share_figure(panels: dict[str, list[Curve]], tasks: Sequence[str],
     names = [c.name for curves in panels.values() for c in curves]
     colours = series_colours([(n, False) for n in dict.fromkeys(names)])
     for ax, (network, curves) in zip(axes, panels.items(), strict=True):
-        for curve in curves:
-            draw_band(ax, curve, colours[curve.name], curve.name)
-        ax.set_xticks(range(len(tasks) - 1))
-        ax.set_xticklabels([f"{i + 1}. {short_task(t)}" for i, t in enumerate(tasks[:-1])],
-                           rotation=30, ha="right", fontsize="small")
-        ax.set_xlabel("after training task")
-        ax.set_ylabel(f"{network}: share of the trunk frozen")
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        draw_after_each_task(ax, curves, colours, tasks[:-1],
+                             f"{network}: share of the trunk frozen")
     suptitle(figure, f"Trunk frozen after each task (mean over runs, {confidence:.0%} bootstrap "
                      "band)")
     return figure

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -154,6 +155,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+def clear_uncommitted(run_dir: Path) -> None:
+    """Remove what a run wrote before its first checkpoint (metrics, TensorBoard events,
+    evaluations, a partial checkpoint), keeping its config: it starts afresh."""
+    for name in (METRICS_FILE, FINISHED_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (TB_DIR, EVAL_DIR, CHECKPOINT_DIR):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:

@@ -47,7 +47,7 @@ from mtrl_sparse.agent_kind import (
     RunGroup,
 )
 from mtrl_sparse.agents.sparse_linear import kernels_available
-from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint
+from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint, restore_latest_readable
 from mtrl_sparse.config import ConfigError, RunConfig, differing_fields, validate
 from mtrl_sparse.off_policy import OffPolicyRun
 from mtrl_sparse.off_policy_group import VmappedOffPolicyRuns
@@ -60,6 +60,7 @@ from mtrl_sparse.run_dir import (
     MetricsLogger,
     RunDirError,
     check_new_run_dir,
+    clear_uncommitted,
     crossed,
     read_config,
     truncate_metrics,
@@ -144,8 +145,6 @@ def prepare_run_dir(config: RunConfig, resume: bool, preset: str | None) -> Path
     if config.run_dir is None:
         raise RunDirError("--resume needs --run-dir, the directory of the run to continue")
     run_dir = Path(config.run_dir)
-    if not has_checkpoint(run_dir / CHECKPOINT_DIR):
-        raise RunDirError(f"cannot resume: {run_dir} holds no checkpoint")
     stored = read_config(run_dir)
     differ = [f for f in differing_fields(stored, config) if f not in RESUMABLE_FIELDS]
     if differ:
@@ -203,6 +202,18 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
                 check_new_run_dir(Path(config.run_dir))
     group = make_group(configs)
     run_dirs = [prepare_run_dir(config, resume, preset) for config in configs]
+    if resume:
+        committed = [has_checkpoint(d / CHECKPOINT_DIR) for d in run_dirs]
+        if not any(committed):  # killed before its first checkpoint: nothing to continue
+            for run_dir in run_dirs:
+                print(f"mtrl-sparse: {run_dir} holds no checkpoint yet; the run starts afresh "
+                      "from its stored config", file=sys.stderr)
+                clear_uncommitted(run_dir)
+            resume = False
+        elif not all(committed):
+            empty = [str(d) for d, c in zip(run_dirs, committed, strict=True) if not c]
+            raise RunDirError(f"cannot resume the runs together: {', '.join(empty)} hold no "
+                              "checkpoint while the others do")
     checkpointers = [Checkpointer(d / CHECKPOINT_DIR, c.keep_checkpoints)
                      for d, c in zip(run_dirs, configs, strict=True)]
     episodes = [EpisodeTracker(group.task_names, group.num_envs) for _ in configs]
@@ -215,9 +226,12 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
         if len(steps) > 1:
             raise RunDirError(f"cannot resume the runs together: their latest checkpoints are "
                               f"at different env steps {sorted(steps)}")
-        start_step = steps.pop()
-        saved = [checkpointer.restore(start_step, abstract) for checkpointer, abstract
-                 in zip(checkpointers, group.abstract_states(), strict=True)]
+        try:
+            start_step, saved = restore_latest_readable(
+                checkpointers, group.abstract_states(),
+                lambda line: print(f"mtrl-sparse: {line}", file=sys.stderr))
+        except ValueError as error:
+            raise RunDirError(f"cannot resume {', '.join(map(str, run_dirs))}: {error}") from None
         group.restore(saved)
         last_evals = [meta["last_eval"] for _, meta in saved]
         if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add

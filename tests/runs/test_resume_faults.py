@@ -1,0 +1,110 @@
+"""What a cluster does to a run, and the one command that continues it: a run killed before its
+first checkpoint starts afresh on ``--resume``; a latest checkpoint that does not read back is
+set aside and the run resumes from the one before; ``--auto-resume`` continues a run or group if
+its directory holds one and starts it otherwise. Each ends with the rows of an uninterrupted
+run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mtrl_sparse.cli import main
+from mtrl_sparse.run_dir import read_metrics
+from support.run_checks import complete_checkpoints, deterministic_rows
+
+ARGS = ["--preset", "minigrid-smoke", "--checkpoint-every-env-steps", "200", "--no-progress"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> Path:
+    """An uninterrupted minigrid-smoke run: 3 rollouts, a checkpoint after each."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    assert main(["train", *ARGS, "--run-dir", str(run)]) == 0
+    assert complete_checkpoints(run) == [200, 400, 600]
+    return run
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_resume(whole_run, tmp_path,
+                                                                           capsys):
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)  # as if killed after logging, before any checkpoint
+    shutil.rmtree(run / "checkpoints")
+    (run / "finished.json").unlink()
+    assert main(["train", "--resume", "--run-dir", str(run)]) == 0
+    assert "holds no checkpoint yet; the run starts afresh" in capsys.readouterr().err
+    assert deterministic_rows(run) == deterministic_rows(whole_run)
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_resumes(
+        whole_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    for file in (run / "checkpoints" / "600").rglob("*"):
+        if file.is_file() and file.stat().st_size > 0:
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # torn writes
+    assert main(["train", "--resume", "--run-dir", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "the checkpoint at env step 600 does not read back" in err, err
+    assert (run / "checkpoints" / "600.unreadable").is_dir()  # kept, out of the run's sight
+    assert complete_checkpoints(run) == [200, 400, 600]  # 600 saved again
+    assert deterministic_rows(run) == deterministic_rows(whole_run)
+
+
+def test_no_readable_checkpoint_is_one_line_and_exit_2(whole_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    for step in (200, 400, 600):
+        for file in (run / "checkpoints" / str(step)).rglob("*"):
+            if file.is_file():
+                file.write_bytes(b"")
+    assert main(["train", "--resume", "--run-dir", str(run)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot resume" in last and "no checkpoint reads back" in last, last
+
+
+def test_auto_resume_starts_a_run_then_continues_it(whole_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    # A first attempt killed after its first checkpoint: a copy cut back to step 200.
+    assert main(["train", *ARGS, "--run-dir", str(run), "--auto-resume"]) == 0  # starts it
+    assert deterministic_rows(run) == deterministic_rows(whole_run)
+    for step in (400, 600):
+        shutil.rmtree(run / "checkpoints" / str(step))
+    (run / "finished.json").unlink()
+    assert main(["train", *ARGS, "--run-dir", str(run), "--auto-resume"]) == 0  # continues
+    assert deterministic_rows(run) == deterministic_rows(whole_run)
+    rows = len(read_metrics(run))
+    assert main(["train", *ARGS, "--run-dir", str(run), "--auto-resume"]) == 0  # finished
+    assert len(read_metrics(run)) == rows
+    capsys.readouterr()
+
+
+def test_auto_resume_continues_a_vmapped_group(tmp_path, capsys):
+    group = tmp_path / "group"
+    flags = [*ARGS, "--seeds", "0-1", "--run-dir", str(group), "--auto-resume"]
+    assert main(["train", *flags]) == 0
+    whole = {name: deterministic_rows(group / name) for name in ("seed0", "seed1")}
+    for name in whole:
+        shutil.rmtree(group / name / "checkpoints" / "600")
+        (group / name / "finished.json").unlink()
+    assert main(["train", *flags]) == 0
+    assert {name: deterministic_rows(group / name) for name in whole} == whole
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--resume"], "give --resume or --auto-resume, not both"),
+    ([], "--auto-resume needs --run-dir"),
+])
+def test_auto_resume_usage_errors(tmp_path, capsys, extra, expected):
+    args = ["train", *ARGS, "--auto-resume", *extra]
+    if extra:
+        args += ["--run-dir", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "run").exists()

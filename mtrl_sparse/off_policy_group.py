@@ -49,7 +49,7 @@ from mtrl_sparse.agents.replay_buffer import ReplayBufferState, Transition
 from mtrl_sparse.agents.sac import SACState
 from mtrl_sparse.config import ConfigError, SACTrainConfig
 from mtrl_sparse.off_policy import OffPolicyRun
-from mtrl_sparse.on_policy_group import (
+from mtrl_sparse.run_axis import (
     check_same_program,
     replicated,
     run_axis_sharding,

@@ -20,18 +20,15 @@ plus its envs (2.3 kB each) and one rollout; K runs take K times that.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtrl_sparse.agent_kind import EpisodeTracker, Iteration
 from mtrl_sparse.agents.ppo import PPOState
-from mtrl_sparse.config import ConfigError, PPOTrainConfig, RunConfig
+from mtrl_sparse.config import ConfigError, PPOTrainConfig
 from mtrl_sparse.evaluation import make_compiled_normalized_return, normalized_return_row
 from mtrl_sparse.on_policy import (
     OnPolicyRun,
@@ -39,37 +36,21 @@ from mtrl_sparse.on_policy import (
     make_run_ppo,
     rollout_episode_steps,
 )
+from mtrl_sparse.run_axis import (
+    check_same_program,
+    replicated,
+    run_axis_sharding,
+    run_slice,
+    stack_runs,
+)
 
 SHARED_FIELDS = ("actor_step", "critic_step", "phase")
 """``PPOState`` fields common to all runs of a group, kept out of the run axis (unbatched), so
 that method events on the update counters stay real branches."""
 
-VARYING_FIELDS = ("seed", "run_dir")
-"""Config fields besides the target sparsities in which the runs of one group may differ."""
-
-
 def group_sparsities(config: PPOTrainConfig) -> dict[str, float]:
     """The target sparsity of each network of a run."""
     return {name: settings.sparsity for name, settings in config.network_methods().items()}
-
-
-def check_same_program(configs: list[RunConfig]) -> None:
-    """``ConfigError`` unless the runs (of any agent) can share one program: configs equal but
-    for ``VARYING_FIELDS`` and target sparsities (config validation has already made a sparse
-    method's sparsity positive and a dense one's zero)."""
-    base = configs[0]
-
-    def shared(config: RunConfig) -> RunConfig:
-        fixed = {f: getattr(base, f) for f in VARYING_FIELDS}
-        fixed.update(sparsity=base.sparsity,
-                     actor=dataclasses.replace(config.actor, sparsity=base.actor.sparsity),
-                     critic=dataclasses.replace(config.critic, sparsity=base.critic.sparsity))
-        return dataclasses.replace(config, **fixed)
-
-    for config in configs[1:]:
-        if shared(config) != shared(base):
-            raise ConfigError("runs vmapped together may differ only in seed and target "
-                              "sparsity")
 
 
 def check_group(configs: list[PPOTrainConfig]) -> None:
@@ -78,32 +59,6 @@ def check_group(configs: list[PPOTrainConfig]) -> None:
     if configs[0].env.backend != "jax":
         raise ConfigError("vmapped PPO runs need the jax backend (--env.backend jax)")
     check_same_program(configs)
-
-
-def run_axis_sharding(num_runs: int) -> NamedSharding | None:
-    """Where several devices are present and divide the run count: arrays with a leading run
-    axis split over them (each device computes its share of the runs); otherwise None (one
-    device holds every run)."""
-    devices = jax.devices()
-    if len(devices) < 2 or num_runs % len(devices):
-        return None
-    return NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
-
-
-def replicated(sharding: NamedSharding) -> NamedSharding:
-    """The same devices, every array whole on each (the shared update counters)."""
-    return NamedSharding(sharding.mesh, PartitionSpec())
-
-
-def stack_runs(trees: list[Any]) -> Any:
-    """K pytrees of the same structure -> one pytree, each leaf stacked on a new leading run
-    axis (K, ...)."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def run_slice(tree: Any, index: int) -> Any:
-    """Run ``index`` of a pytree whose leaves have a leading run axis (K, ...) -> (...)."""
-    return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
 class VmappedOnPolicyRuns:

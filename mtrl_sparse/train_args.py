@@ -176,7 +176,7 @@ def cpu_devices_for(num_runs: int, cores: int | None = None) -> int:
 
 def use_cpu_devices(num_runs: int) -> None:
     """Before JAX starts its CPU backend: expose ``cpu_devices_for(num_runs)`` CPU devices, over
-    which the group's run axis is sharded (``on_policy_group.run_axis_sharding``). On 2 cores 8
+    which the group's run axis is sharded (``run_axis.run_axis_sharding``). On 2 cores 8
     MiniGrid runs took 1.41-1.52x less time than one after another this way, against 1.12-1.17x
     on one device (``bench/vmapped_runs.py``). Affects only the host platform (GPUs stay as
     they are); a count already in ``XLA_FLAGS`` is kept."""

@@ -33,7 +33,9 @@ no checkpoint starts again. So the same command resumes a killed sweep.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -58,6 +60,8 @@ from mtrl_sparse.train_args import UsageError, parse_seeds, parse_train_args
 
 MANIFEST_FILE = "sweep.json"
 LOG_DIR = "logs"
+LOCK_DIR = "locks"
+"""Under ``LOG_DIR``: one lock file per run, held by the worker that trains it (never deleted)."""
 REFERENCE_CELL = "reference"
 """Cell name prefix of the single-task reference runs: ``reference-<task>/seed<N>``."""
 REFERENCE_METHOD = "dense"
@@ -353,18 +357,79 @@ def group_label(group: list[SweepRun]) -> str:
     return f"{first.cell}-seed{first.seed}{rest}"
 
 
+# --- runs claimed by a live worker ---------------------------------------------------------------
+
+
+class RunClaimedError(RuntimeError):
+    """A run that a live process (a worker of an earlier sweep command) is training."""
+
+
+def lock_path(out: Path, name: str) -> Path:
+    """The lock file of run ``name`` (``dense/seed0``) of the sweep in ``out``."""
+    return out / LOG_DIR / LOCK_DIR / (name.replace("/", "--") + ".lock")
+
+
+def try_lock(out: Path, name: str) -> int | None:
+    """An open descriptor holding the exclusive lock of run ``name``, or None when a live
+    process holds it (the lock goes with the process, however it ends)."""
+    path = lock_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def claimed(out: Path, name: str) -> bool:
+    """Whether a live process holds run ``name`` now."""
+    fd = try_lock(out, name)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+@contextlib.contextmanager
+def claim_runs(out: Path, names: list[str]):
+    """Hold every run of ``names`` for the block (``RunClaimedError`` if a live process holds
+    one), so that a restarted sweep never trains a run beside an orphaned worker of a killed
+    one."""
+    held = []
+    try:
+        for name in names:
+            fd = try_lock(out, name)
+            if fd is None:
+                raise RunClaimedError(f"run {name} is being trained by another live process (a "
+                                      "worker of an earlier sweep command); left to it")
+            held.append(fd)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 # --- one group, in its worker process -----------------------------------------------------------
 
 def run_group(out: Path, names: list[str]) -> None:
     """Train the runs ``names`` of the sweep in ``out`` as one group: resume those with a
-    checkpoint, start the others (removing what a run wrote before its first checkpoint)."""
-    from mtrl_sparse.run_loop import train_group
-    from mtrl_sparse.train_args import use_compile_cache, use_cpu_devices
-
+    checkpoint, start the others (removing what a run wrote before its first checkpoint); the
+    runs are claimed for the worker's lifetime (``claim_runs``)."""
     pin_to_cores(os.environ.get(CORES_ENV))
     spec, runs = read_manifest(out)
     by_name = {run.name: run for run in runs}
     group = [by_name[name] for name in names]
+    with claim_runs(out, names):
+        train_runs(out, spec, group)
+
+
+def train_runs(out: Path, spec: SweepSpec, group: list[SweepRun]) -> None:
+    """``run_group``'s training, its runs claimed."""
+    from mtrl_sparse.run_loop import train_group
+    from mtrl_sparse.train_args import use_compile_cache, use_cpu_devices
+
     todo = [run for run in group if run_state(out, run) != "finished"]
     resumed = [run for run in todo if run_state(out, run) == "partial"]
     fresh = [run for run in todo if run not in resumed]
@@ -474,8 +539,11 @@ def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
     try:
         while queue or running:
             for slot in range(workers):
-                if slot not in running and queue:
-                    group = queue.pop(0)
+                # A group with a run that a live orphan (of a killed sweep) trains waits for it.
+                free = [g for g in queue if not any(claimed(out, r.name) for r in g)]
+                if slot not in running and free:
+                    group = free[0]
+                    queue.remove(group)
                     log = (out / LOG_DIR / f"{group_label(group)}.log").open("w")
                     process = subprocess.Popen(worker_command(out, group), stdout=log,
                                                stderr=subprocess.STDOUT,
@@ -696,6 +764,9 @@ def main(argv: list[str] | None = None) -> int:
     reuse_freed_memory()
     try:
         run_group(out, names)
+    except RunClaimedError as error:  # not a fault: the group is left to the live process
+        print(error, file=sys.stderr, flush=True)
+        return 1
     except Exception as error:  # one line for the sweep's summary, the traceback above it
         import traceback
 

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,10 @@ from mtrl_sparse.sweep import (
     plan_groups,
     spec_from_toml,
     train_arguments,
+    try_lock,
     write_manifest,
 )
+from mtrl_sparse.sweep import main as sweep_worker
 from mtrl_sparse.train_args import UsageError, parse_train_args
 from support.cli import assert_usage_error, run_cli
 from support.run_checks import assert_rows_close, complete_checkpoints, deterministic_rows
@@ -287,3 +291,45 @@ def test_the_plain_progress_prints_a_line_per_change_of_state_only(tmp_path, cap
     assert len(lines) == 2
     assert "running 2" in lines[0] and "pending 0" in lines[0]
     assert "running 0" in lines[1] and "pending 2" in lines[1]
+
+
+def test_a_worker_leaves_a_run_that_a_live_process_holds(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    write_manifest(out, SweepSpec(preset="minigrid-smoke", methods=("dense",), sparsities=(),
+                                  seeds=(0,)))
+    fd = try_lock(out, "dense/seed0")  # an orphaned worker of a killed sweep
+    try:
+        assert sweep_worker([str(out), "dense/seed0"]) == 1
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "being trained by another live process" in err[0], err
+    assert not (out / "dense" / "seed0").exists()
+
+
+@pytest.mark.slow
+def test_a_restarted_sweep_waits_for_a_run_that_a_live_orphan_trains(tmp_path, capsys):
+    """An orphaned worker of a killed sweep still holds dense/seed0: the restarted sweep trains
+    the other run, waits, and trains dense/seed0 only once the orphan has let it go."""
+    out = tmp_path / "sweep"
+    write_manifest(out, SweepSpec(preset="minigrid-smoke", methods=("dense",), sparsities=(),
+                                  seeds=(0, 1)))
+    fd = try_lock(out, "dense/seed0")
+    released = []
+
+    def release() -> None:
+        released.append(time.time())
+        os.close(fd)
+
+    timer = threading.Timer(30.0, release)
+    timer.start()
+    try:
+        code, stdout, _ = run_cli(capsys, ["sweep", "--preset", "minigrid-smoke", "--method",
+                                           "dense", "--seeds", "2", "--group-size", "1",
+                                           "--workers", "1", "--out", str(out)])
+    finally:
+        timer.join()
+    assert code == 0, stdout
+    assert read_finished(out / "dense" / "seed0") is not None
+    assert (out / "dense" / "seed0" / "config.json").stat().st_mtime >= released[0]
+    assert (out / "dense" / "seed1" / "config.json").stat().st_mtime < released[0]

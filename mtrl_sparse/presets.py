@@ -34,6 +34,7 @@ from mtrl_sparse.methods.redo import ReDoOptions
 from mtrl_sparse.methods.reset import ResetOptions
 from mtrl_sparse.methods.sign_in import SignInOptions
 from mtrl_sparse.methods.sparse_evolution import RigLOptions, SETOptions
+from mtrl_sparse.methods.sparse_tune import SparseTuneOptions
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,9 @@ _CW10_SMOKE = scaled_to_paper(dataclasses.replace(
     env=EnvConfig(benchmark="CW10", max_episode_steps=20, eval_envs_per_task=1,
                   eval_episodes_per_task=1),
     sac=SACConfig(hidden_sizes=(32, 32), batch_size=16),
+    # Sparse tuning scores on 2 updates of a task's 20 (its 2,000 samples are 125 updates here).
+    methods=dataclasses.replace(_MT10_SMOKE.methods,
+                                sparse_tune=SparseTuneOptions(score_samples=32)),
 ), _PAPER)
 
 PRESETS: dict[str, Preset] = {
@@ -240,7 +244,8 @@ PRESETS: dict[str, Preset] = {
             "minigrid-smoke",
             "MiniGrid MT3 PPO in seconds, for tests: 3 rollouts of 200 env steps, 2 eval "
             "episodes per task; GMP every 4 actor updates, every other event every 8, APP once "
-            "per rollout, the critic's intervals x 0.25 (its share of updates)",
+            "per rollout, sparse tuning scored on 100 samples, the critic's intervals x 0.25 (its "
+            "share of updates)",
             dataclasses.replace(
                 _MINIGRID,
                 total_env_steps=600,
@@ -255,7 +260,9 @@ PRESETS: dict[str, Preset] = {
                     app=APPOptions(megabatches=3), set=SETOptions(update_every_updates=8),
                     rigl=RigLOptions(update_every_updates=8), reset=ResetOptions(every_updates=8),
                     redo=ReDoOptions(every_updates=8),
-                    sign_in=SignInOptions(rescale_every_updates=8)),
+                    sign_in=SignInOptions(rescale_every_updates=8),
+                    # 2 actor minibatches and 1 critic update of a task's 8 and 2, sequentially
+                    sparse_tune=SparseTuneOptions(score_samples=100)),
                 critic=NetworkMethodConfig(interval_scale=0.25),  # 2 of the actor's 8 per rollout
                 plasticity=PlasticityConfig(every_updates=16, batch_size=100),
                 progress=False,

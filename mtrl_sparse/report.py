@@ -225,17 +225,6 @@ def stratified_interval(matrix: np.ndarray, reps: int, confidence: float,
     return float(low), float(high)
 
 
-def markdown_table(score: str, results: list[GroupResult], confidence: float = 0.95) -> str:
-    """The groups as a Markdown table, one row each."""
-    percent = f"{confidence:.0%}"
-    lines = [f"| group | runs | tasks | IQM {score} | {percent} CI | mean |",
-             "|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.label} | {r.runs} | {r.tasks} | {r.iqm:.3f} | "
-                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.mean:.3f} |")
-    return "\n".join(lines)
-
-
 # --- sweep report: report.md and figures ----------------------------------------------------
 
 

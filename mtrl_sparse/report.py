@@ -229,7 +229,7 @@ def stratified_interval(matrix: np.ndarray, reps: int, confidence: float,
 
 
 @dataclass(frozen=True)
-class SweepRun:
+class LoadedRun:
     """One run directory of a sweep, read once: its config, metrics rows and finish mark."""
 
     path: Path
@@ -256,8 +256,8 @@ class SweepGroup:
     sparsity: float
     dense: bool
     """Every network of the group is dense: the reference of the differences."""
-    finished: tuple[SweepRun, ...]
-    unfinished: tuple[SweepRun, ...]
+    finished: tuple[LoadedRun, ...]
+    unfinished: tuple[LoadedRun, ...]
 
 
 @dataclass(frozen=True)
@@ -324,9 +324,9 @@ def not_started(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
     return planned
 
 
-def load_run(path: Path) -> SweepRun:
+def load_run(path: Path) -> LoadedRun:
     """The run directory at ``path``, read."""
-    return SweepRun(path=path, config=read_config(path), rows=tuple(read_metrics(path)),
+    return LoadedRun(path=path, config=read_config(path), rows=tuple(read_metrics(path)),
                     finished=read_finished(path))
 
 
@@ -350,7 +350,7 @@ def is_reference_of(reference: RunConfig, sequential: RunConfig) -> bool:
                for name in differing_fields(reference, sequential))
 
 
-def split_references(runs: list[SweepRun]) -> tuple[list[SweepRun], list[SweepRun]]:
+def split_references(runs: list[LoadedRun]) -> tuple[list[LoadedRun], list[LoadedRun]]:
     """``(runs, references)``: the single-task reference runs of the sequential runs among
     ``runs`` apart (``is_reference_of``; ``mtrl_sparse.sweep.reference_flags`` makes them); a
     reference enters only the forward transfer, no group."""
@@ -369,11 +369,11 @@ def is_dense(config: RunConfig) -> bool:
     return all(s.name == "dense" for s in config.network_methods().values())
 
 
-def group_runs(runs: list[SweepRun]) -> list[SweepGroup]:
+def group_runs(runs: list[LoadedRun]) -> list[SweepGroup]:
     """``runs`` grouped by the fields that vary between them (finished or not), dense groups
     first, then by series and sparsity."""
     fields = varying_fields([r.config for r in runs])
-    members: dict[str, list[tuple[SweepRun, dict[str, Any]]]] = {}
+    members: dict[str, list[tuple[LoadedRun, dict[str, Any]]]] = {}
     for run, run_fields in zip(runs, fields, strict=True):
         members.setdefault(label_of(run_fields, run.config), []).append((run, run_fields))
     groups = []
@@ -702,7 +702,7 @@ def plasticity_note(curves: list[tuple[str, Curve]], out_dir: Path) -> FigureNot
 
 
 def summary_section(paths: list[Path], groups: list[SweepGroup],
-                    references: list[SweepRun]) -> list[str]:
+                    references: list[LoadedRun]) -> list[str]:
     """The report's title and how many runs were found, finished and not."""
     found = sum(len(g.finished) + len(g.unfinished) for g in groups)
     finished = sum(len(g.finished) for g in groups)
@@ -810,7 +810,7 @@ class SequentialGroup:
     """(N,) finished reference runs of each task."""
 
 
-def sequential_groups(finals: list[GroupFinal], references: list[SweepRun],
+def sequential_groups(finals: list[GroupFinal], references: list[LoadedRun],
                       score: str) -> list[SequentialGroup]:
     """The Continual World metrics of every sequential group among ``finals``, the forward
     transfer against the finished ``references`` (``split_references``) of the same agent."""
@@ -841,7 +841,7 @@ def sequential_groups(finals: list[GroupFinal], references: list[SweepRun],
 
 
 def sequential_section(score: str | None, sequential: list[SequentialGroup],
-                       references: list[SweepRun], reps: int, confidence: float,
+                       references: list[LoadedRun], reps: int, confidence: float,
                        seed: int) -> list[str]:
     """For the sequential groups: Continual World's average performance, forgetting and forward
     transfer, each as the mean over runs with a bootstrap interval, and the average performance

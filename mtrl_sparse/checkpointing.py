@@ -74,27 +74,29 @@ def restore_latest_readable(checkpointers: list[Checkpointer], abstract_states: 
     """The latest env step at which every run's checkpoint reads back, and what each holds.
 
     A checkpoint that fails to read (a torn file, flipped bytes, missing metadata) is set aside
-    as ``<step>.unreadable`` with one line through ``warn``, and the step before is tried; the
-    other runs' checkpoints after the restored step are set aside as ``<step>.superseded``, so
-    that the run saves those steps again. Raises ``ValueError`` when no step reads back."""
+    as ``<step>.unreadable`` with one line through ``warn``, and the step before is tried; every
+    run's checkpoints after the restored step are then set aside as ``<step>.superseded``, so
+    that the runs save those steps again. Raises ``ValueError`` when no step reads back."""
     steps = sorted(set.intersection(*(set(c.steps()) for c in checkpointers)), reverse=True)
     failures = []
     for step in steps:
-        try:
-            saved = [c.restore(step, a) for c, a in zip(checkpointers, abstract_states,
-                                                        strict=True)]
-        except Exception as error:  # orbax and json raise many kinds for a damaged checkpoint
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
-            failures.append(f"{step}: {type(error).__name__}: {first_line}")
-            warn(f"the checkpoint at env step {step} does not read back ({type(error).__name__}:"
-                 f" {first_line}); trying the one before")
-            for checkpointer in checkpointers:
+        saved = []
+        for checkpointer, abstract in zip(checkpointers, abstract_states, strict=True):
+            try:
+                saved.append(checkpointer.restore(step, abstract))
+            except Exception as error:  # orbax and json raise many kinds for a damaged one
+                first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                failures.append(f"{step}: {type(error).__name__}: {first_line}")
+                warn(f"the checkpoint at env step {step} does not read back "
+                     f"({type(error).__name__}: {first_line}) in {checkpointer.directory}; "
+                     "trying the one before")
                 checkpointer.set_aside(step, "unreadable")
-            continue
-        for checkpointer in checkpointers:
-            for later in [s for s in checkpointer.steps() if s > step]:
-                checkpointer.set_aside(later, "superseded")
-        return step, saved
+                break
+        else:
+            for checkpointer in checkpointers:
+                for later in [s for s in checkpointer.steps() if s > step]:
+                    checkpointer.set_aside(later, "superseded")
+            return step, saved
     raise ValueError("no checkpoint reads back" + (f" ({'; '.join(failures)})" if failures
                                                     else ""))
 

@@ -539,10 +539,12 @@ def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
     try:
         while queue or running:
             for slot in range(workers):
+                if slot in running or not queue:
+                    continue
                 # A group with a run that a live orphan (of a killed sweep) trains waits for it.
-                free = [g for g in queue if not any(claimed(out, r.name) for r in g)]
-                if slot not in running and free:
-                    group = free[0]
+                group = next((g for g in queue if not any(claimed(out, r.name) for r in g)),
+                             None)
+                if group is not None:
                     queue.remove(group)
                     log = (out / LOG_DIR / f"{group_label(group)}.log").open("w")
                     process = subprocess.Popen(worker_command(out, group), stdout=log,

@@ -165,11 +165,6 @@ def svd_ratio(outputs: jax.Array, variance: float) -> jax.Array:
 # ----------------------------------------------------------------------------- views
 
 
-def is_gated(log_var: Any) -> Any:
-    """Per leaf (of the method state's ``log_var`` tree): whether it has gates."""
-    return jax.tree.map(lambda v: v is not None, log_var, is_leaf=is_none)
-
-
 def current_view(params: Any, scales: Any, log_var: Any, masks: Any) -> Any:
     """The effective weights a task acts with: gated kernels ``w * (mu + sigma) * hard mask``,
     ungated scaled leaves ``w * scale``, the rest ``w``; all masked."""
@@ -182,11 +177,17 @@ def current_view(params: Any, scales: Any, log_var: Any, masks: Any) -> Any:
     return apply_masks(jax.tree.map(leaf, params, scales, log_var, is_leaf=is_none), masks)
 
 
+def acting_weights(net_state: NetState) -> Any:
+    """``current_view`` of a network state: what the task being trained acts with."""
+    return current_view(net_state.params, net_state.scales,
+                        net_state.method_state["log_var"], net_state.masks)
+
+
 def task_views(net_state: NetState, num_tasks: int) -> Any:
     """Every task's effective weights, stacked over a leading task axis: an ended task's
     snapshot; the current view for the task being trained and the later ones."""
     ms = net_state.method_state
-    now = current_view(net_state.params, net_state.scales, ms["log_var"], net_state.masks)
+    now = acting_weights(net_state)
     ended = jnp.arange(num_tasks) < ms["phase"]
     return jax.tree.map(lambda snap, w: jnp.where(
         ended.reshape(-1, *([1] * w.ndim)), snap[:num_tasks], w[None]), ms["views"], now)
@@ -271,17 +272,17 @@ def ibm(settings: NetworkMethodSettings, options: IBMOptions) -> Method:
         """The next training pass's ``eps * sigma`` at gated active entries, 0 elsewhere (the
         ungated heads' scales stay exact)."""
         leaves, treedef = jax.tree.flatten(state.scales)
-        draws = jax.tree.unflatten(treedef, [
-            jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-            for i, x in enumerate(leaves)])
-        def noise(s, e, v, m):
+        index = jax.tree.unflatten(treedef, list(range(len(leaves))))  # each leaf's draw key
+
+        def noise(s, i, v, m):
             if s is None:
                 return None
-            if v is None:
+            if v is None:  # an ungated head: no draw
                 return jnp.zeros_like(s)
+            e = jax.random.normal(jax.random.fold_in(key, i), s.shape, s.dtype)
             active = jnp.ones(s.shape, bool) if m is None else m
             return jnp.where(active, e * jnp.exp(0.5 * v), 0.0).astype(s.dtype)
-        return jax.tree.map(noise, state.scales, draws, log_var, state.masks, is_leaf=is_none)
+        return jax.tree.map(noise, state.scales, index, log_var, state.masks, is_leaf=is_none)
 
     def train_gates(state: NetState, key: jax.Array, context: MethodContext) -> NetState:
         """One Adam step of every gate (frozen weights' too) on the step's gradient plus the
@@ -340,8 +341,8 @@ def ibm(settings: NetworkMethodSettings, options: IBMOptions) -> Method:
                                     state.masks, is_leaf=is_none)
         params = restore_frozen(state, context, consolidated)
         # The ended task's view, from its weights before this (the next task's first) update.
-        snapshot = current_view(apply_masks(context.params_before, state.masks), state.scales,
-                                ms["log_var"], state.masks)
+        snapshot = current_view(context.params_before, state.scales, ms["log_var"],
+                                state.masks)
         views = jax.tree.map(lambda v, w: v.at[ended].set(w), ms["views"], snapshot)
         mu = jax.tree.map(lambda u, c: None if u is None else jnp.where(
             c, u, options.init_mu).astype(u.dtype), mu, consolidated, is_leaf=is_none)
@@ -373,10 +374,6 @@ def ibm(settings: NetworkMethodSettings, options: IBMOptions) -> Method:
             return svd_ratio(get_path(outputs, by_kernel[names]), options.svd_variance)
         return jax.tree_util.tree_map_with_path(ratio, state.method_state["svd_ratio"],
                                                 is_leaf=is_none)
-
-    def acting_weights(state: NetState) -> Any:
-        return current_view(state.params, state.scales, state.method_state["log_var"],
-                            state.masks)
 
     def with_svd_ratios(state: NetState, phase: jax.Array, context: MethodContext) -> NetState:
         """The SVD ratios, recomputed at the first update of each phase."""

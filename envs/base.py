@@ -35,6 +35,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 
+class EnvFailure(RuntimeError):
+    """An environment raised in ``step`` or ``reset``, or its worker process died; the message
+    names the env index and its task."""
+
+
 @dataclass(frozen=True)
 class MultiTaskEnvSpec:
     """Static description of a multi-task vector environment.

@@ -17,7 +17,9 @@ Episodes end only by the time limit (``terminated`` is always False): every sub-
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -28,6 +30,7 @@ import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3
 
 from mtrl_sparse.envs.base import (
+    EnvFailure,
     MultiTaskEnvSpec,
     StepResult,
     checked_done,
@@ -137,7 +140,40 @@ def _env_factories(
                     env_id=task_id * envs_per_task + copy,
                 )
             )
-    return factories
+    return [partial(_naming_failures, factory, index, task_names[index // envs_per_task])
+            for index, factory in enumerate(factories)]
+
+
+class _NamedFailures(gym.Wrapper):
+    """Re-raises an exception of the env's ``step`` or ``reset`` (a MuJoCo error, say) as an
+    ``EnvFailure`` naming the env and its task, in this process or in an async worker (whose
+    error gymnasium re-raises in the parent)."""
+
+    def __init__(self, env: gym.Env, index: int, task: str):
+        super().__init__(env)
+        self._label = f"env {index} (task {task})"
+
+    def step(self, action: Any) -> Any:
+        try:
+            return self.env.step(action)
+        except Exception as error:
+            raise EnvFailure(f"{self._label} raised in step: {type(error).__name__}: "
+                             f"{_first_line(error)}") from error
+
+    def reset(self, **kwargs: Any) -> Any:
+        try:
+            return self.env.reset(**kwargs)
+        except Exception as error:
+            raise EnvFailure(f"{self._label} raised in reset: {type(error).__name__}: "
+                             f"{_first_line(error)}") from error
+
+
+def _naming_failures(factory: Callable[[], gym.Env], index: int, task: str) -> gym.Env:
+    return _NamedFailures(factory(), index, task)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def _to_json(value: Any) -> Any:
@@ -221,10 +257,11 @@ class MetaWorldVectorEnv:
             max_episode_steps=max_episode_steps,
         )
         self._obs = np.zeros((self.spec.num_envs, *self.spec.obs_shape), dtype=np.float32)
+        self._failed = False
 
     def reset(self) -> np.ndarray:
         """Reset every env; returns observations (num_envs, 39) float32."""
-        obs, _ = self._envs.reset()
+        obs, _ = self._guarded(self._envs.reset)
         self._obs = np.asarray(obs, dtype=np.float32)
         return self._obs.copy()
 
@@ -233,7 +270,7 @@ class MetaWorldVectorEnv:
         (num_envs, 39) float32, where only the reset rows changed."""
         done = checked_done(done, self.spec.num_envs)
         if done.any():  # gymnasium rejects an all-False reset_mask
-            obs, _ = self._envs.reset(options={"reset_mask": done})
+            obs, _ = self._guarded(self._envs.reset, options={"reset_mask": done})
             self._obs = np.asarray(obs, dtype=np.float32)
         return self._obs.copy()
 
@@ -243,7 +280,7 @@ class MetaWorldVectorEnv:
         expected = (self.spec.num_envs, self.spec.action_dim)
         if actions.shape != expected:
             raise ValueError(f"actions must have shape {expected}, got {actions.shape}")
-        obs, reward, terminated, truncated, info = self._envs.step(actions)
+        obs, reward, terminated, truncated, info = self._guarded(self._envs.step, actions)
         self._obs = np.asarray(obs, dtype=np.float32)
         return StepResult(
             obs=self._obs.copy(),
@@ -281,6 +318,33 @@ class MetaWorldVectorEnv:
         # Every sub-env receives the whole list and loads the entry with its own id.
         self._envs.call("load_checkpoint", merged)
 
+    def _guarded(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call`` of the gymnasium vector env; an env's exception arrives as an ``EnvFailure``
+        naming it (``_NamedFailures``), and a worker process that died (killed, out of memory)
+        becomes one naming its env and task."""
+        try:
+            return call(*args, **kwargs)
+        except EnvFailure:
+            self._failed = True
+            raise
+        except Exception as error:
+            self._failed = True
+            dead = [(i, p.exitcode) for i, p in enumerate(getattr(self._envs, "processes", []))
+                    if not p.is_alive()]
+            if not dead:
+                raise
+            index, code = dead[0]
+            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exit status {code}")
+            task = self.spec.task_names[self.spec.env_task_ids[index]]
+            raise EnvFailure(f"the worker process of env {index} (task {task}) died ({how})"
+                             ) from error
+
     def close(self) -> None:
-        """Close the sub-envs (and their worker processes with ``"async"``)."""
+        """Close the sub-envs (and their worker processes with ``"async"``; after a failure
+        they are terminated rather than asked)."""
+        if self._failed and isinstance(self._envs, gym.vector.AsyncVectorEnv):
+            with contextlib.suppress(Exception):
+                self._envs.close(terminate=True)
+            return
         self._envs.close()

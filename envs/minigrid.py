@@ -40,6 +40,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -50,6 +51,7 @@ import minigrid  # noqa: F401  (registers the MiniGrid env ids with gymnasium)
 import numpy as np
 
 from mtrl_sparse.envs.base import (
+    EnvFailure,
     MultiTaskEnvSpec,
     StepResult,
     checked_discrete_actions,
@@ -313,10 +315,23 @@ class _ProcessBlocks:
         return [message for _, message in results]
 
     def call(self, method: str, per_block_args: list[tuple] | None = None) -> list[Any]:
+        """``method`` of every block; ``EnvFailure`` if a worker process died (killed, out of
+        memory) or a block raised."""
         per_block_args = per_block_args or [()] * len(self.conns)
-        for conn, args in zip(self.conns, per_block_args, strict=True):
-            conn.send((method, args))
-        return self._receive_all()
+        try:
+            for conn, args in zip(self.conns, per_block_args, strict=True):
+                conn.send((method, args))
+            return self._receive_all()
+        except (OSError, RuntimeError) as error:
+            dead = [(i, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
+            if not dead:
+                raise EnvFailure(f"a MiniGrid worker block raised in {method}: "
+                                 f"{str(error).strip().splitlines()[-1]}") from error
+            block, code = dead[0]
+            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exit status {code}")
+            raise EnvFailure(f"the worker process of MiniGrid worker block {block} died ({how})"
+                             ) from error
 
     def close(self) -> None:
         for conn, proc in zip(self.conns, self.procs, strict=True):

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mtrl_sparse.stops import NonFiniteLossError
+
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation envs are seeded ``seed + EVAL_SEED_OFFSET``: other episodes of the same tasks."""
 
@@ -25,8 +27,21 @@ def eval_env_seed(seed: int) -> int:
     return seed + EVAL_SEED_OFFSET
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss (or an action) became NaN or Inf; the message names the env step and the loss."""
+def check_finite_env_values(obs: np.ndarray, reward: np.ndarray, task_ids: np.ndarray,
+                            task_names: tuple[str, ...], env_step: int) -> None:
+    """``NonFiniteLossError`` naming the quantity, the task, the env and the env step of the
+    first NaN or Inf among a vector step's observations ``obs`` (num_envs, ...) and rewards
+    ``reward`` (num_envs,); env ``e`` runs task ``task_ids[e]``. Integer observations (MiniGrid's
+    images) are finite by their type and not scanned."""
+    for quantity, values in (("observation", obs), ("reward", reward)):
+        if np.issubdtype(values.dtype, np.integer):
+            continue
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():
+            env = int(np.flatnonzero(~finite)[0])
+            raise NonFiniteLossError(
+                f"non-finite {quantity} from task {task_names[int(task_ids[env])]} (env {env}) "
+                f"at env step {env_step}; run stopped")
 
 
 @dataclass

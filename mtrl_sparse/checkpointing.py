@@ -2,23 +2,61 @@
 (counters, environment RNG states, logging accumulators).
 
 Saves are atomic (orbax writes to a temporary folder and renames it once complete, so a killed
-save never leaves a checkpoint that looks complete) and rotate, keeping the last ``keep``.
+save never leaves a checkpoint that looks complete; the temporary folders of killed saves are
+removed when the run reopens its checkpoints) and rotate, keeping the last ``keep``.
+
+Each checkpoint's metadata carries an ``integrity`` record: the run's id (``config.json``'s
+``run_id``), a CRC-32 of every byte of the state and one of the rest of the metadata. A restore
+recomputes them, so a checkpoint with flipped bytes, or with the metadata of another run, is
+refused (``CheckpointMismatch``) instead of resuming a silently wrong state.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from mtrl_sparse.stops import is_out_of_space, out_of_space_error
+
+INTEGRITY_KEY = "integrity"
+COMMIT_MARKER = "commit_success.txt"
+"""The file orbax writes into a checkpoint's folder when its save completed."""
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint read back, but not as it was written (or it belongs to another run)."""
+
+
+def state_crc32(state: Any) -> int:
+    """CRC-32 of every byte of ``state``'s leaves, in tree order (PRNG keys by their data)."""
+    leaves = [jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+              else x for x in jax.tree.leaves(state)]
+    crc = 0
+    for leaf in jax.device_get(leaves):
+        crc = zlib.crc32(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8), crc)
+    return crc
+
+
+def meta_crc32(meta: dict[str, Any]) -> int:
+    """CRC-32 of ``meta`` as canonical JSON (sorted keys)."""
+    return zlib.crc32(json.dumps(meta, sort_keys=True).encode())
 
 
 class Checkpointer:
     """Checkpoints under ``directory``, named by the env step they were taken at."""
 
-    def __init__(self, directory: Path, keep: int):
+    def __init__(self, directory: Path, keep: int, run_id: str | None = None):
         self.directory = directory
+        self.run_id = run_id
+        """The run's id, written into every checkpoint and checked on restore (None: not
+        checked; runs made before ids existed)."""
         self._keep = keep
         self._manager = self._open()
 
@@ -26,18 +64,40 @@ class Checkpointer:
         return ocp.CheckpointManager(
             self.directory.absolute(),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=self._keep, enable_async_checkpointing=False, create=True
+                max_to_keep=self._keep, enable_async_checkpointing=False, create=True,
+                cleanup_tmp_directories=True,
             ),
         )
 
     def save(self, env_step: int, state: Any, meta: dict[str, Any]) -> None:
-        self._manager.save(
-            env_step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        """Save ``state`` and the JSON ``meta`` at ``env_step``, with the integrity record. A
+        save that fails (a full disk) leaves no partial folder behind and raises."""
+        integrity = {"run_id": self.run_id, "state_crc32": state_crc32(state),
+                     "meta_crc32": meta_crc32(meta)}
+        try:
+            self._manager.save(
+                env_step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave({**meta,
+                                                                INTEGRITY_KEY: integrity})),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except BaseException as error:
+            for partial in self.directory.glob(f"{env_step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            if is_out_of_space(error):
+                raise out_of_space_error(f"the checkpoint at env step {env_step}",
+                                         self.directory, self._size_estimate(state)) from None
+            raise
+
+    def _size_estimate(self, state: Any) -> int:
+        """Bytes a checkpoint takes: the latest one's on disk, or the state's array bytes."""
+        steps = self.steps()
+        if steps:
+            folder = self.directory / str(steps[-1])
+            return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -49,12 +109,31 @@ class Checkpointer:
         """The state (structured like ``abstract_state``) and metadata saved at ``env_step``,
         on this process's default device, whatever devices saved it (a run of a vmapped group
         sharded over several devices resumes alone, and the other way round)."""
+        if not (self.directory / str(env_step) / COMMIT_MARKER).is_file():
+            raise CheckpointMismatch(f"its commit marker ({COMMIT_MARKER}) is missing: the save "
+                                     "did not complete")
         restored = self._manager.restore(
             env_step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(on_default_device(abstract_state)),
                                     meta=ocp.args.JsonRestore()),
         )
-        return restored.state, restored.meta
+        meta = dict(restored.meta)
+        self._check_integrity(meta.pop(INTEGRITY_KEY, None), restored.state, meta)
+        return restored.state, meta
+
+    def _check_integrity(self, integrity: dict[str, Any] | None, state: Any,
+                         meta: dict[str, Any]) -> None:
+        """``CheckpointMismatch`` unless the restored ``state`` and ``meta`` are what was saved,
+        by this run (checkpoints saved before the record existed are not checked)."""
+        if integrity is None:
+            return
+        if self.run_id and integrity.get("run_id") and integrity["run_id"] != self.run_id:
+            raise CheckpointMismatch(f"it belongs to another run (run id {integrity['run_id']}, "
+                                     f"this run's is {self.run_id})")
+        if meta_crc32(meta) != integrity["meta_crc32"]:
+            raise CheckpointMismatch("its metadata differs from what was saved (CRC-32)")
+        if state_crc32(state) != integrity["state_crc32"]:
+            raise CheckpointMismatch("its state differs from what was saved (CRC-32)")
 
     def set_aside(self, env_step: int, reason: str) -> Path:
         """Move the checkpoint at ``env_step`` out of the run's sight, to ``<step>.<reason>``

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import shutil
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from mtrl_sparse.config import ConfigError, RunConfig
 from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.presets import DEFAULT_PRESET, PRESETS
-from mtrl_sparse.run_dir import CONFIG_FILE, METRICS_FILE, TB_DIR, RunDirError
+from mtrl_sparse.run_dir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TB_DIR, RunDirError
+from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped
 from mtrl_sparse.train_args import (
     UsageError,
     parse_seeds,
@@ -188,6 +190,8 @@ def auto_resume_args(args: list[str]) -> list[str]:
     ``--run-dir`` when it holds one, and start it otherwise, so that a requeued cluster job runs
     one command whether or not it ever started (a group's ``--seeds``, ``--seed`` and
     ``--sparsity`` are in its stored configs and are dropped when it resumes)."""
+    from mtrl_sparse.checkpointing import has_checkpoint
+
     rest = [a for a in args if a != "--auto-resume"]
     if "--resume" in rest:
         raise UsageError("give --resume or --auto-resume, not both")
@@ -198,7 +202,12 @@ def auto_resume_args(args: list[str]) -> list[str]:
     path = Path(run_dir)
     if (path / CONFIG_FILE).is_file():
         return [*rest, "--resume"]
-    if any(path.glob(f"*/{CONFIG_FILE}")):
+    runs = [config.parent for config in path.glob(f"*/{CONFIG_FILE}")]
+    if runs and not any(has_checkpoint(run / CHECKPOINT_DIR) for run in runs):
+        for run in runs:  # a group killed before its first checkpoint (perhaps before every
+            shutil.rmtree(run)  # run wrote its config): it starts afresh from these flags
+        return rest
+    if runs:
         for flag in ("--seeds", "--seed", "--sparsity"):
             _, rest = pop_flag(rest, flag)
         return [*rest, "--resume"]
@@ -216,46 +225,41 @@ def group_run_dirs(args: list[str]) -> list[Path] | None:
 
 
 def cmd_train(args: list[str]) -> int:
-    from mtrl_sparse.run_loop import NonFiniteLossError, train, train_group
+    from mtrl_sparse.run_loop import train_group
 
     if "--auto-resume" in args:
         args = auto_resume_args(args)
     group = parse_group_args(args)
     resumed = group_run_dirs(args)
-    if group is not None or resumed is not None:
+    is_group = group is not None or resumed is not None
+    if is_group:
         use_cpu_devices(len(group) if group is not None else len(resumed))
         if resumed is not None:
             _, rest = pop_flag(args, "--run-dir")
             parsed = [parse_train_args([*rest, "--run-dir", str(d)]) for d in resumed]
         else:
             parsed = [parse_train_args(run_args) for _, run_args in group]
-        configs = [config for config, _, _ in parsed]
-        use_compile_cache()
-        try:
-            results = train_group(configs, resume=parsed[0][1], preset=parsed[0][2])
-        except (ConfigError, RunDirError) as error:
-            raise UsageError(str(error)) from None
-        except NonFiniteLossError as error:
-            print(f"mtrl-sparse train: {error}", file=sys.stderr)
-            return 1
-        for result in results:
-            _print_summary(result, sys.stdout)
+    else:
+        parsed = [parse_train_args(args)]
+    use_compile_cache()
+    configs = [config for config, _, _ in parsed]
+    try:
+        results = train_group(configs, resume=parsed[0][1], preset=parsed[0][2])
+    except (ConfigError, RunDirError) as error:
+        raise UsageError(str(error)) from None
+    except RunStopped as error:  # its last checkpoint intact; the line says what to do
+        print(f"mtrl-sparse train: {error}", file=sys.stderr)
+        return error.exit_code
+    for result in results:
+        _print_summary(result, sys.stdout)
+    if is_group:
         print(f"\n{len(results)} runs; compare them: mtrl-sparse report "
               f"{results[0].run_dir.parent}")
         return 0
-    config, resume, preset = parse_train_args(args)
-    use_compile_cache()
-    try:
-        result = train(config, resume=resume, preset=preset)
-    except (ConfigError, RunDirError) as error:
-        raise UsageError(str(error)) from None
-    except NonFiniteLossError as error:
-        print(f"mtrl-sparse train: {error}", file=sys.stderr)
-        return 1
-    _print_summary(result, sys.stdout)
+    config, _, preset = parsed[0]
     print("\nnext: the same run with the other side of the sparse/dense comparison, then the "
           "report that compares them:")
-    for command in next_commands(args, config, preset, result.run_dir):
+    for command in next_commands(args, config, preset, results[0].run_dir):
         print(f"  {command}")
     return 0
 
@@ -395,10 +399,15 @@ def cmd_sweep(args: list[str]) -> int:
             raise UsageError("--backend ray needs Ray: pip install 'mtrl-sparse[ray]'") from None
     resuming = check_out_dir(out, spec)
     print(f"{'resuming' if resuming else 'starting'} sweep {out}", flush=True)
-    finished, failed = run_sweep(spec, out, options, interactive=sys.stdout.isatty())
+    finished, failed, preempted = run_sweep(spec, out, options,
+                                            interactive=sys.stdout.isatty())
     print(f"\n{finished} runs finished, {len(failed)} failed" + (":" if failed else ""))
     for name, error in failed:
         print(f"  {name}: {error}")
+    if preempted:
+        print(f"mtrl-sparse sweep: {preempted}: the running groups checkpointed and stopped; the "
+              "same command resumes the sweep", file=sys.stderr)
+        return REQUEUE_EXIT
     print(f"compare them: mtrl-sparse report {out}")
     return 1 if failed else 0
 

@@ -34,6 +34,7 @@ from mtrl_sparse.agent_kind import (
     EpisodeTracker,
     Iteration,
     NonFiniteLossError,
+    check_finite_env_values,
     eval_env_seed,
 )
 from mtrl_sparse.agents.networks import per_task_leaves, stacked_head_layers
@@ -179,6 +180,8 @@ class OffPolicyRun:
         t2 = time.perf_counter()
         step = env.step(actions)
         t3 = time.perf_counter()
+        check_finite_env_values(step.obs, step.reward, self._env_task_ids(), self.task_names,
+                                self.env_steps + self.num_envs)
         transition = Transition(obs=self.obs, actions=actions, rewards=step.reward,
                                 next_obs=step.obs, terminated=step.terminated.astype(np.float32))
         self.state, metrics = self.learner.learn(self.state, transition, warmup)

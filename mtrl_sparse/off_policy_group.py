@@ -44,7 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from mtrl_sparse.agent_kind import EpisodeTracker, Iteration, NonFiniteLossError
+from mtrl_sparse.agent_kind import (
+    EpisodeTracker,
+    Iteration,
+    NonFiniteLossError,
+    check_finite_env_values,
+)
 from mtrl_sparse.agents.replay_buffer import ReplayBufferState, Transition
 from mtrl_sparse.agents.sac import SACState
 from mtrl_sparse.config import ConfigError, SACTrainConfig
@@ -237,6 +242,12 @@ class VmappedOffPolicyRuns:
         t2 = time.perf_counter()
         steps = [run.env.step(a) for run, a in zip(self.runs, actions, strict=True)]
         t3 = time.perf_counter()
+        for run, step in zip(self.runs, steps, strict=True):
+            try:
+                check_finite_env_values(step.obs, step.reward, run.env.spec.env_task_ids,
+                                        run.task_names, self.env_steps + self.num_envs)
+            except NonFiniteLossError as error:
+                raise NonFiniteLossError(f"run {run_name(run.config)}: {error}") from None
         transitions = Transition(
             obs=obs, actions=actions, rewards=np.stack([s.reward for s in steps]),
             next_obs=np.stack([s.obs for s in steps]),

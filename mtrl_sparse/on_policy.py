@@ -23,7 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtrl_sparse.agent_kind import EpisodeTracker, Iteration, NonFiniteLossError, eval_env_seed
+from mtrl_sparse.agent_kind import (
+    EpisodeTracker,
+    Iteration,
+    NonFiniteLossError,
+    check_finite_env_values,
+    eval_env_seed,
+)
 from mtrl_sparse.agents.cnn import per_task_leaves, stacked_head_layers
 from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.config import PPOTrainConfig
@@ -69,11 +75,12 @@ def make_policy_step(ppo: PPO) -> Any:
 
 def collect_rollout(
     policy_step: Any, value: Any, weights: Any, env: MiniGridVectorEnv, obs: np.ndarray,
-    key: jax.Array, horizon: int, episodes: EpisodeTracker,
+    key: jax.Array, horizon: int, episodes: EpisodeTracker, env_steps: int = 0,
 ) -> tuple[Rollout, np.ndarray, float]:
     """``horizon`` vector steps with the policy of ``weights`` (``ppo.acting_weights`` of the
-    state); returns the rollout, the next obs and the seconds spent inside the envs (steps and
-    resets).
+    state), starting after ``env_steps`` of the run; returns the rollout, the next obs and the
+    seconds spent inside the envs (steps and resets). A non-finite observation or reward stops
+    the run (``check_finite_env_values``).
 
     Per vector step the host makes one policy call and fetches only the actions; log-probs and
     values stay on the device until the rollout is stacked.
@@ -91,6 +98,8 @@ def collect_rollout(
         t_env = time.perf_counter()
         step = env.step(actions)
         env_time += time.perf_counter() - t_env
+        check_finite_env_values(step.obs, step.reward, task_ids, env.spec.task_names,
+                                env_steps + (t + 1) * num_envs)
         cut = step.truncated & ~step.terminated
         truncation_values = no_truncation
         if cut.any():  # bootstrap through the time limit from the true final observation
@@ -262,7 +271,7 @@ class OnPolicyRun:
         t0 = time.perf_counter()
         self.rollout, self.obs, env_seconds = collect_rollout(
             self.policy_step, self.value, self.acting_weights(self.state), self.env, self.obs,
-            k_rollout, self.horizon, episodes)
+            k_rollout, self.horizon, episodes, self.env_steps)
         t1 = time.perf_counter()
         self.state, self.metrics = jax.block_until_ready(
             self.update(self.state, self.rollout, k_update))

@@ -16,12 +16,14 @@ Fields whose name starts with ``time/`` are wall-clock measurements; everything 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import platform
 import shutil
 import subprocess
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from tensorboardX import SummaryWriter
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.config import CONFIG_CLASSES, RunConfig, config_class, from_dict, to_dict
+from mtrl_sparse.stops import is_out_of_space, out_of_space_error
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -79,6 +82,30 @@ def read_config(run_dir: Path) -> RunConfig:
     return from_dict(stored["config"], config_class(CONFIG_CLASSES[agent]))
 
 
+def read_run_id(run_dir: Path) -> str | None:
+    """The run's id from ``config.json`` (None: no config yet, or a run made before ids); its
+    checkpoints carry it, so a checkpoint copied from another run is refused."""
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """An open descriptor of ``run_dir`` holding an exclusive lock on it for as long as it stays
+    open (the lock goes with the process, however it ends); ``RunDirError`` when another live
+    process holds it, so two commands never write one run."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirError(f"run dir {run_dir} is in use by another live process (a train or a "
+                          "sweep worker); wait for it to end, or give another --run-dir"
+                          ) from None
+    return fd
+
+
 def read_preset(run_dir: Path) -> str | None:
     """The preset a run directory's config started from (None if it was built in Python)."""
     with open(run_dir / CONFIG_FILE) as f:
@@ -87,9 +114,11 @@ def read_preset(run_dir: Path) -> str | None:
 
 def write_config(run_dir: Path, config: RunConfig, preset: str | None) -> None:
     """Write ``config.json`` atomically: the agent, the resolved config, the preset it started
-    from and the run's provenance."""
+    from, the run's id (kept when the file is rewritten on resume; new otherwise) and the run's
+    provenance."""
+    run_id = read_run_id(run_dir) or uuid.uuid4().hex
     payload = {"agent": config.AGENT, "config": to_dict(config), "preset": preset,
-               "provenance": provenance()}
+               "run_id": run_id, "provenance": provenance()}
     tmp = run_dir / (CONFIG_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)
@@ -184,13 +213,21 @@ class MetricsLogger:
     """
 
     def __init__(self, run_dir: Path, labels: dict[str, tuple[str, ...]], purge_step: int | None):
-        self._jsonl = open(run_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115
+        self._path = run_dir / METRICS_FILE
+        self._jsonl = open(self._path, "a", buffering=1)  # noqa: SIM115
         self._tb = SummaryWriter(str(run_dir / TB_DIR), purge_step=purge_step)
         self._labels = labels
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append ``row``; ``OutOfSpaceError`` when the disk is full (the rows before stay)."""
         step = int(row["step"])
-        self._jsonl.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        try:
+            self._jsonl.write(line)
+        except OSError as error:
+            if not is_out_of_space(error):
+                raise
+            raise out_of_space_error("a metrics row", self._path, len(line)) from None
         for name, value in row.items():
             if name == "step":
                 continue
@@ -202,7 +239,11 @@ class MetricsLogger:
                 self._tb.add_scalar(name, value, step)
 
     def close(self) -> None:
-        self._jsonl.close()
+        try:
+            self._jsonl.close()
+        except OSError as error:  # the unwritten rest of a row that filled the disk
+            if not is_out_of_space(error):
+                raise
         self._tb.close()
 
 

@@ -28,7 +28,9 @@ rates since the previous training row, ``time/elapsed_s`` the seconds since the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -39,22 +41,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mtrl_sparse.agent_kind import (
-    AgentKind,
-    EpisodeTracker,
-    NonFiniteLossError,
-    OneRun,
-    RunGroup,
-)
+from mtrl_sparse.agent_kind import AgentKind, EpisodeTracker, OneRun, RunGroup
 from mtrl_sparse.agents.sparse_linear import kernels_available
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint, restore_latest_readable
 from mtrl_sparse.config import ConfigError, RunConfig, differing_fields, validate
+from mtrl_sparse.envs.base import EnvFailure
 from mtrl_sparse.off_policy import OffPolicyRun
 from mtrl_sparse.off_policy_group import VmappedOffPolicyRuns
 from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.on_policy_group import VmappedOnPolicyRuns
 from mtrl_sparse.run_dir import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     EVAL_DIR,
     FINISHED_FILE,
     MetricsLogger,
@@ -62,10 +60,20 @@ from mtrl_sparse.run_dir import (
     check_new_run_dir,
     clear_uncommitted,
     crossed,
+    lock_run_dir,
     read_config,
+    read_run_id,
     truncate_metrics,
     write_config,
     write_finished,
+)
+from mtrl_sparse.stops import (
+    EnvFailedError,
+    NonFiniteLossError,
+    PreemptedError,
+    RunStopped,
+    StopRequest,
+    catch_preemption,
 )
 
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
@@ -125,8 +133,10 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.env.benchmark.lower()}-{label}-s{config.seed}-{stamp}"
 
 
-def prepare_run_dir(config: RunConfig, resume: bool, preset: str | None) -> Path:
-    """Check (and for a new run create) the run directory; return its path.
+def prepare_run_dir(config: RunConfig, resume: bool, preset: str | None,
+                    stack: contextlib.ExitStack) -> Path:
+    """Check (and for a new run create) the run directory, lock it for the life of ``stack``
+    (``lock_run_dir``: a second command on it is refused); return its path.
 
     On resume, ``config`` may differ from the stored config only in ``RESUMABLE_FIELDS``, with
     ``total_env_steps`` not lowered; anything else is a ``ConfigError``.
@@ -140,11 +150,16 @@ def prepare_run_dir(config: RunConfig, resume: bool, preset: str | None) -> Path
             raise RunDirError(
                 f"run dir {run_dir} is not writable ({error.strerror or error})"
             ) from None
+        stack.callback(os.close, lock_run_dir(run_dir))
+        check_new_run_dir(run_dir)  # another command may have taken it before the lock
         write_config(run_dir, replace(config, run_dir=str(run_dir)), preset)
         return run_dir
     if config.run_dir is None:
         raise RunDirError("--resume needs --run-dir, the directory of the run to continue")
     run_dir = Path(config.run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"--resume: {run_dir} holds no run ({CONFIG_FILE} missing)")
+    stack.callback(os.close, lock_run_dir(run_dir))
     stored = read_config(run_dir)
     differ = [f for f in differing_fields(stored, config) if f not in RESUMABLE_FIELDS]
     if differ:
@@ -201,60 +216,93 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
             if config.run_dir:
                 check_new_run_dir(Path(config.run_dir))
     group = make_group(configs)
-    run_dirs = [prepare_run_dir(config, resume, preset) for config in configs]
-    if resume:
-        committed = [has_checkpoint(d / CHECKPOINT_DIR) for d in run_dirs]
-        if not any(committed):  # killed before its first checkpoint: nothing to continue
-            for run_dir in run_dirs:
-                print(f"mtrl-sparse: {run_dir} holds no checkpoint yet; the run starts afresh "
-                      "from its stored config", file=sys.stderr)
-                clear_uncommitted(run_dir)
-            resume = False
-        elif not all(committed):
-            empty = [str(d) for d, c in zip(run_dirs, committed, strict=True) if not c]
-            raise RunDirError(f"cannot resume the runs together: {', '.join(empty)} hold no "
-                              "checkpoint while the others do")
-    checkpointers = [Checkpointer(d / CHECKPOINT_DIR, c.keep_checkpoints)
-                     for d, c in zip(run_dirs, configs, strict=True)]
-    episodes = [EpisodeTracker(group.task_names, group.num_envs) for _ in configs]
-    try:
-        if not resume:
-            group.start()
-            return _loop(configs[0], group, run_dirs, checkpointers, episodes, 0,
-                         [None] * len(configs))
-        steps = {checkpointer.latest_step() for checkpointer in checkpointers}
-        if len(steps) > 1:
-            raise RunDirError(f"cannot resume the runs together: their latest checkpoints are "
-                              f"at different env steps {sorted(steps)}")
+    with contextlib.ExitStack() as stack:
+        stack.callback(group.close)
+        run_dirs = [prepare_run_dir(config, resume, preset, stack) for config in configs]
+        if resume:
+            resume = _has_checkpoints(run_dirs)
+        checkpointers = [Checkpointer(d / CHECKPOINT_DIR, c.keep_checkpoints, read_run_id(d))
+                         for d, c in zip(run_dirs, configs, strict=True)]
+        for checkpointer in checkpointers:
+            stack.callback(checkpointer.close)
+        episodes = [EpisodeTracker(group.task_names, group.num_envs) for _ in configs]
+        stop = stack.enter_context(catch_preemption())
         try:
-            start_step, saved = restore_latest_readable(
-                checkpointers, group.abstract_states(),
-                lambda line: print(f"mtrl-sparse: {line}", file=sys.stderr))
-        except ValueError as error:
-            raise RunDirError(f"cannot resume {', '.join(map(str, run_dirs))}: {error}") from None
-        group.restore(saved)
-        last_evals = [meta["last_eval"] for _, meta in saved]
-        if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add
-            for run_dir, last_eval in zip(run_dirs, last_evals, strict=True):
-                write_finished(run_dir, start_step, group.updates(), last_eval)
-            return [run_result(d, start_step, group.updates(), group.task_names, last_eval)
-                    for d, last_eval in zip(run_dirs, last_evals, strict=True)]
+            if not resume:
+                group.start()
+                return _loop(configs[0], group, run_dirs, checkpointers, episodes, 0,
+                             [None] * len(configs), stop)
+            start_step, last_evals = _restore(group, run_dirs, checkpointers, episodes)
+            if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add
+                for run_dir, last_eval in zip(run_dirs, last_evals, strict=True):
+                    write_finished(run_dir, start_step, group.updates(), last_eval)
+                return [run_result(d, start_step, group.updates(), group.task_names, last_eval)
+                        for d, last_eval in zip(run_dirs, last_evals, strict=True)]
+            return _loop(configs[0], group, run_dirs, checkpointers, episodes, start_step,
+                         last_evals, stop)
+        except EnvFailure as error:
+            raise EnvFailedError(f"{error}; {_intact(run_dirs)}") from None
+        except NonFiniteLossError as error:  # resuming would meet it again
+            raise NonFiniteLossError(f"{error}; the checkpoints before it are intact") from None
+        except RunStopped as error:
+            if isinstance(error, PreemptedError):
+                raise
+            raise type(error)(f"{error}; {_intact(run_dirs)}") from None
+
+
+def _has_checkpoints(run_dirs: list[Path]) -> bool:
+    """Whether the runs to resume hold checkpoints (True); runs killed before their first one
+    are cleared to start afresh (False); ``RunDirError`` when only some do."""
+    committed = [has_checkpoint(d / CHECKPOINT_DIR) for d in run_dirs]
+    if all(committed):
+        return True
+    if any(committed):
+        empty = [str(d) for d, c in zip(run_dirs, committed, strict=True) if not c]
+        raise RunDirError(f"cannot resume the runs together: {', '.join(empty)} hold no "
+                          "checkpoint while the others do")
+    for run_dir in run_dirs:  # killed before its first checkpoint: nothing to continue
+        print(f"mtrl-sparse: {run_dir} holds no checkpoint yet; the run starts afresh "
+              "from its stored config", file=sys.stderr)
+        clear_uncommitted(run_dir)
+    return False
+
+
+def _restore(group: RunGroup, run_dirs: list[Path], checkpointers: list[Checkpointer],
+             episodes: list[EpisodeTracker]) -> tuple[int, list[dict[str, Any] | None]]:
+    """Restore ``group`` from the runs' latest readable checkpoints (all at one env step); drop
+    the rows logged after it; return the step and each run's last evaluation row."""
+    steps = {checkpointer.latest_step() for checkpointer in checkpointers}
+    if len(steps) > 1:
+        raise RunDirError(f"cannot resume the runs together: their latest checkpoints are "
+                          f"at different env steps {sorted(steps)}")
+    try:
+        start_step, saved = restore_latest_readable(
+            checkpointers, group.abstract_states(),
+            lambda line: print(f"mtrl-sparse: {line}", file=sys.stderr))
+    except ValueError as error:
+        raise RunDirError(f"cannot resume {', '.join(map(str, run_dirs))}: {error}") from None
+    group.restore(saved)
+    if start_step < group.budget_env_steps:
         for run_dir, tracker, (_, meta) in zip(run_dirs, episodes, saved, strict=True):
             truncate_metrics(run_dir, start_step)
             tracker.load(meta["episodes"])
-        return _loop(configs[0], group, run_dirs, checkpointers, episodes, start_step,
-                     last_evals)
-    finally:
-        for checkpointer in checkpointers:
-            checkpointer.close()
-        group.close()
+    return start_step, [meta["last_eval"] for _, meta in saved]
+
+
+def _intact(run_dirs: list[Path]) -> str:
+    """The end of a stop's line: what is intact and the command that continues."""
+    target = run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent
+    return (f"the last checkpoint and the rows up to it are intact; continue with: "
+            f"mtrl-sparse train --auto-resume --run-dir {target}")
 
 
 def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
           checkpointers: list[Checkpointer], episodes: list[EpisodeTracker], env_steps: int,
-          last_evals: list[dict[str, Any] | None]) -> list[RunResult]:
+          last_evals: list[dict[str, Any] | None], stop: StopRequest) -> list[RunResult]:
     """Iterations of ``group`` from ``env_steps`` to the end of its runs (see the module
-    docstring; ``config`` gives the schedule all the runs share); returns each run's summary."""
+    docstring; ``config`` gives the schedule all the runs share); returns each run's summary.
+    Once ``stop`` is requested (a preemption signal) the runs checkpoint at the next boundary
+    and ``PreemptedError`` ends the loop."""
     loggers = [MetricsLogger(d, group.array_labels, purge_step=env_steps or None)
                for d in run_dirs]
     seconds = dict.fromkeys(WALL_TIME_PARTS, 0.0)
@@ -315,7 +363,8 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
                 bar.set_postfix(postfix)
 
             checkpoint_due |= crossed(env_steps, before, config.checkpoint_every_env_steps)
-            if (checkpoint_due and iteration.at_boundary) or finished:
+            preempted = stop.requested and iteration.at_boundary and not finished
+            if (checkpoint_due and iteration.at_boundary) or finished or preempted:
                 t0 = time.perf_counter()
                 for checkpointer, (state, meta), tracker, last_eval in zip(
                         checkpointers, group.checkpoint(), episodes, last_evals, strict=True):
@@ -326,6 +375,10 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
                 checkpoint_due = False
             if finished:
                 break
+            if preempted:
+                raise PreemptedError(
+                    f"{stop.signal_name}: checkpointed at env step {env_steps} and stopped; "
+                    f"{_intact(run_dirs)} (exit status {PreemptedError.exit_code}: requeue)")
     finally:
         bar.close()
         for logger in loggers:
@@ -369,4 +422,5 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
     return step, run_result(run_dir, step, updates, kind.task_names, row)
 
 
-__all__ = ["train", "evaluate_run", "RunResult", "NonFiniteLossError", "AGENT_KINDS"]
+__all__ = ["train", "evaluate_run", "RunResult", "NonFiniteLossError", "RunStopped",
+           "AGENT_KINDS"]

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,11 +57,14 @@ from mtrl_sparse.methods.base import MethodError
 from mtrl_sparse.methods.registry import method_members
 from mtrl_sparse.presets import PRESETS
 from mtrl_sparse.run_dir import CHECKPOINT_DIR, CONFIG_FILE, read_finished, read_metrics
+from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped, StopRequest, catch_preemption
 from mtrl_sparse.train_args import UsageError, parse_seeds, parse_train_args
 
 MANIFEST_FILE = "sweep.json"
 LOG_DIR = "logs"
 LOCK_DIR = "locks"
+SWEEP_LOCK = "sweep"
+"""The lock (``logs/locks/sweep.lock``) the sweep command holds on its ``--out``."""
 """Under ``LOG_DIR``: one lock file per run, held by the worker that trains it (never deleted)."""
 REFERENCE_CELL = "reference"
 """Cell name prefix of the single-task reference runs: ``reference-<task>/seed<N>``."""
@@ -529,17 +533,25 @@ class Status:
 
 def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
                   worker_env: Callable[[int], dict[str, str]],
-                  on_change: Callable[[list[list[SweepRun]], list[GroupOutcome]], None]
-                  ) -> list[GroupOutcome]:
+                  on_change: Callable[[list[list[SweepRun]], list[GroupOutcome]], None],
+                  stop: StopRequest | None = None) -> list[GroupOutcome]:
     """Run the groups' workers, at most ``workers`` at a time (worker slot ``i`` gets the
-    environment ``worker_env(i)``); ``on_change(running, outcomes)`` after each start or end."""
+    environment ``worker_env(i)``); ``on_change(running, outcomes)`` after each start or end.
+    Once ``stop`` is requested (a preemption signal) no group starts, the running workers get
+    SIGTERM (each checkpoints its runs and exits with ``REQUEUE_EXIT``) and are waited for."""
     (out / LOG_DIR).mkdir(exist_ok=True)
     queue, outcomes = list(groups), []
     running: dict[int, tuple[subprocess.Popen, list[SweepRun], Any]] = {}
+    stop = stop or StopRequest()
+    forwarded = False
     try:
-        while queue or running:
+        while (queue and not stop.requested) or running:
+            if stop.requested and not forwarded:
+                for process, _, _ in running.values():
+                    process.send_signal(signal.SIGTERM)
+                forwarded = True
             for slot in range(workers):
-                if slot in running or not queue:
+                if slot in running or not queue or stop.requested:
                     continue
                 # A group with a run that a live orphan (of a killed sweep) trains waits for it.
                 group = next((g for g in queue if not any(claimed(out, r.name) for r in g)),
@@ -557,7 +569,10 @@ def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
                 if process.poll() is None:
                     continue
                 log.close()
-                error = None if process.returncode == 0 else last_error_line(Path(log.name))
+                preempted = process.returncode == REQUEUE_EXIT or (forwarded
+                                                                   and process.returncode < 0)
+                error = (None if process.returncode == 0 or preempted  # preempted: resumes
+                         else last_error_line(Path(log.name)))
                 outcomes.append(GroupOutcome(group, error))
                 del running[slot]
                 on_change([g for _, g, _ in running.values()], outcomes)
@@ -570,13 +585,30 @@ def execute_local(out: Path, groups: list[list[SweepRun]], workers: int,
     return outcomes
 
 
+RAY_TASK_RETRIES = 3
+"""Retries of a group's Ray task whose node died or whose worker process was killed by a
+signal (each retry resumes the group's runs from their checkpoints); a worker that exits with an
+error (a NaN, a bad config) is not retried."""
+
+
+class WorkerKilledError(RuntimeError):
+    """A group's worker process ended by a signal (killed, out of memory): Ray retries it."""
+
+
 def execute_ray(out: Path, groups: list[list[SweepRun]], address: str | None,
                 cpus_per_group: Callable[[list[SweepRun]], int], gpus_per_group: float,
-                on_change: Callable[[list[list[SweepRun]], list[GroupOutcome]], None]
-                ) -> list[GroupOutcome]:
+                on_change: Callable[[list[list[SweepRun]], list[GroupOutcome]], None],
+                command: Callable[[Path, list[SweepRun]], list[str]] | None = None,
+                stop: StopRequest | None = None) -> list[GroupOutcome]:
     """Each group a Ray task on the cluster at ``address`` (None: a local Ray instance),
-    requesting its CPUs and GPUs; the task runs the group's worker process on its node, which
-    writes under ``out`` (a directory every node sees)."""
+    requesting its CPUs and GPUs; the task runs the group's worker process (``command``,
+    default ``worker_command``) on its node, which writes under ``out`` (a directory every node
+    sees). A task whose node dies or whose worker is killed is retried up to
+    ``RAY_TASK_RETRIES`` times, then listed as failed while the other groups go on. Once
+    ``stop`` is requested the driver stops waiting and shuts Ray down, cancelling the tasks
+    (their runs resume from their checkpoints)."""
+    command = command or worker_command
+    stop = stop or StopRequest()
     import ray
 
     ray.init(address=address, log_to_driver=False, include_dashboard=False)
@@ -585,19 +617,22 @@ def execute_ray(out: Path, groups: list[list[SweepRun]], address: str | None,
         (out / LOG_DIR).mkdir(exist_ok=True)
         pending = {}
         for group in groups:
-            ref = remote.options(num_cpus=cpus_per_group(group), num_gpus=gpus_per_group).remote(
-                worker_command(out, group), str(out / LOG_DIR / f"{group_label(group)}.log"))
+            ref = remote.options(
+                num_cpus=cpus_per_group(group), num_gpus=gpus_per_group,
+                max_retries=RAY_TASK_RETRIES, retry_exceptions=[WorkerKilledError],
+            ).remote(command(out, group), str(out / LOG_DIR / f"{group_label(group)}.log"))
             pending[ref] = group
         outcomes: list[GroupOutcome] = []
-        while pending:
+        while pending and not stop.requested:
             on_change(list(pending.values()), outcomes)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 group = pending.pop(ref)
                 try:
                     error = ray.get(ref)
-                except Exception as failure:  # the task itself failed (node lost, ...)
-                    error = f"Ray task failed: {str(failure).splitlines()[0]}"
+                except Exception as failure:  # retries spent: the node lost, the worker killed
+                    error = (f"Ray task failed after {RAY_TASK_RETRIES} retries: "
+                             f"{_ray_failure_line(failure)}")
                 outcomes.append(GroupOutcome(group, error))
         on_change([], outcomes)
         return outcomes
@@ -611,7 +646,17 @@ def _ray_group_task(command: list[str], log_path: str) -> str | None:
     with open(log_path, "w") as log:
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                                     env=dict(os.environ)).returncode
-    return None if returncode == 0 else last_error_line(Path(log_path))
+    if returncode < 0:
+        raise WorkerKilledError(f"the group's worker was killed by "
+                                f"{signal.Signals(-returncode).name}")
+    return None if returncode in (0, REQUEUE_EXIT) else last_error_line(Path(log_path))
+
+
+def _ray_failure_line(failure: BaseException) -> str:
+    """The line of a Ray task failure that says why (its cause's message, not the traceback)."""
+    cause = getattr(failure, "cause", None)
+    lines = [line.strip() for line in str(cause or failure).splitlines() if line.strip()]
+    return lines[-1] if lines else type(failure).__name__
 
 
 # --- the sweep command --------------------------------------------------------------------------
@@ -725,7 +770,26 @@ class Monitor:
 def run_sweep(spec: SweepSpec, out: Path, options: SweepOptions,
               interactive: bool = False) -> tuple[int, list[tuple[str, str]]]:
     """Run (or resume) the sweep of ``spec`` in ``out``; returns (finished runs, failed runs as
-    (name, error line)). The grid must have passed ``check_spec`` and ``check_out_dir``."""
+    (name, error line), the preemption signal that stopped it or None). The grid must have
+    passed ``check_spec`` and ``check_out_dir``. ``UsageError`` when another live sweep command
+    runs ``out`` (``SWEEP_LOCK``). A preemption signal (SIGTERM, SIGUSR1) stops the local
+    workers after a checkpoint of their runs (``execute_local``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = try_lock(out, SWEEP_LOCK)
+    if lock is None:
+        raise UsageError(f"--out {out} is being run by another live sweep command; wait for it "
+                         "to end (or stop it) before running it again")
+    try:
+        with catch_preemption() as stop:
+            finished, failed = _run_sweep(spec, out, options, interactive, stop)
+        return finished, failed, stop.signal_name
+    finally:
+        os.close(lock)
+
+
+def _run_sweep(spec: SweepSpec, out: Path, options: SweepOptions, interactive: bool,
+               stop: StopRequest) -> tuple[int, list[tuple[str, str]]]:
+    """``run_sweep`` with ``out`` held."""
     write_manifest(out, spec)
     runs = expand_grid(spec)
     local_gpus = len(gpu_ids()) if options.gpus is None else options.gpus
@@ -745,17 +809,18 @@ def run_sweep(spec: SweepSpec, out: Path, options: SweepOptions,
             from mtrl_sparse.train_args import cpu_devices_for
 
             execute_ray(out, groups, options.address,
-                        lambda g: 1 if gpus else cpu_devices_for(len(g)), gpus, monitor.update)
+                        lambda g: 1 if gpus else cpu_devices_for(len(g)), gpus, monitor.update,
+                        stop=stop)
         elif local_gpus:
             devices = gpu_ids()[:local_gpus] or [str(i) for i in range(local_gpus)]
             execute_local(out, groups, options.workers or len(devices),
                           lambda slot: {"CUDA_VISIBLE_DEVICES": devices[slot % len(devices)]},
-                          monitor.update)
+                          monitor.update, stop)
         else:
             pinned = core_sets(cpu_workers, worker_cores()) if cpu_workers > 1 else None
             execute_local(out, groups, cpu_workers,
                           lambda slot: {CORES_ENV: pinned[slot]} if pinned else {},
-                          monitor.update)
+                          monitor.update, stop)
     return monitor.status.finished, monitor.status.failed
 
 
@@ -769,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunClaimedError as error:  # not a fault: the group is left to the live process
         print(error, file=sys.stderr, flush=True)
         return 1
+    except RunStopped as error:  # preempted (75), out of space (74), a NaN or an env (1)
+        print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
     except Exception as error:  # one line for the sweep's summary, the traceback above it
         import traceback
 

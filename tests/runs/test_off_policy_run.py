@@ -142,7 +142,8 @@ def test_non_finite_loss_stops_the_run_naming_step_and_quantity(tmp_path):
         train(config)
     # Update 1 (the vector step ending at env step 210) computes a finite critic loss, then its
     # NaN learning rate writes NaN critic weights, which the actor loss of the same update reads.
-    assert str(error.value) == "non-finite actor_loss at env step 210 (update 1); run stopped"
+    assert str(error.value) == ("non-finite actor_loss at env step 210 (update 1); run stopped; "
+                                "the checkpoints before it are intact")
 
 
 @pytest.mark.parametrize("eval_envs_per_task", [2, 3])

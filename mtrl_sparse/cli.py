@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     reuse_freed_memory()  # before JAX allocates: XLA's buffers then come back without page faults
     try:
         return COMMANDS[command](rest)
-    except UsageError as error:
+    except (UsageError, ConfigError, RunDirError) as error:
         print(f"mtrl-sparse {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

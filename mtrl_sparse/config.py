@@ -346,6 +346,8 @@ def validate(config: RunConfig) -> None:
         "checkpoint_every_env_steps": config.checkpoint_every_env_steps,
         "keep_checkpoints": config.keep_checkpoints,
     })
+    if not isinstance(config.seed, int) or config.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer; got {config.seed}")
     if isinstance(config, SACTrainConfig):
         _validate_sac(config)
     elif isinstance(config, PPOTrainConfig):
@@ -517,9 +519,18 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def from_dict(data: dict[str, Any], cls: type = SACTrainConfig) -> Any:
-    """Inverse of ``to_dict``: nested dataclasses rebuilt, JSON lists back to tuples."""
+def from_dict(data: dict[str, Any], cls: type = SACTrainConfig,
+              unknown: list[str] | None = None, prefix: str = "") -> Any:
+    """Inverse of ``to_dict``: nested dataclasses rebuilt, JSON lists back to tuples.
+
+    A field missing from ``data`` (added since it was written) keeps its default; a plain value
+    of the wrong type (a string for an int, say) is a ``TypeError``; with ``unknown``, the dotted
+    names of keys no field takes are appended to it (the options of methods no longer
+    registered, under ``methods``, are dropped without a word)."""
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown is not None and prefix != "methods.":
+        unknown.extend(prefix + key for key in data if key not in names)
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -527,11 +538,22 @@ def from_dict(data: dict[str, Any], cls: type = SACTrainConfig) -> Any:
         value, hint = data[f.name], hints[f.name]
         nested = _dataclass_in(hint)
         if nested is not None and isinstance(value, dict):
-            value = from_dict(value, nested)
+            value = from_dict(value, nested, unknown, f"{prefix}{f.name}.")
         elif isinstance(value, list):
             value = tuple(value)
+        else:
+            _check_plain_type(prefix + f.name, value, hint)
         values[f.name] = value
     return cls(**values)
+
+
+def _check_plain_type(name: str, value: Any, hint: Any) -> None:
+    """``TypeError`` when a field typed int, float, bool or str holds another kind of value."""
+    accepted = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}.get(hint)
+    if accepted is None:
+        return
+    if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
+        raise TypeError(f"field {name} is {value!r}, expected {hint.__name__}")
 
 
 def _dataclass_in(hint: Any) -> type | None:

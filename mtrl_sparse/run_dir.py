@@ -2,7 +2,8 @@
 
 Layout::
 
-    <run_dir>/config.json     resolved config + provenance (versions, git commit, device)
+    <run_dir>/config.json     resolved config, the run's id (its checkpoints carry it) and
+                              provenance (versions, git commit, device)
     <run_dir>/metrics.jsonl   one JSON object per line, always with "step" in env steps
     <run_dir>/tb/             TensorBoard event files (same scalars as metrics.jsonl)
     <run_dir>/checkpoints/    orbax checkpoints, one folder per env step
@@ -73,13 +74,37 @@ def read_config(run_dir: Path) -> RunConfig:
     """The config stored in a run directory, as its agent's config class with the options of the
     methods registered now (``config_class``; options of a method no longer registered are
     dropped)."""
-    with open(run_dir / CONFIG_FILE) as f:
-        stored = json.load(f)
+    stored = _read_config_file(run_dir)
     agent = stored.get("agent", "sac")
     if agent not in CONFIG_CLASSES:
         raise RunDirError(f"{run_dir} holds a run of agent {agent!r}; this version knows "
                           f"{', '.join(CONFIG_CLASSES)}")
-    return from_dict(stored["config"], config_class(CONFIG_CLASSES[agent]))
+    unknown: list[str] = []
+    try:
+        config = from_dict(stored["config"], config_class(CONFIG_CLASSES[agent]), unknown)
+    except (TypeError, ValueError) as error:
+        raise RunDirError(f"{run_dir / CONFIG_FILE}: {error} (edited by hand, or written by "
+                          "another version?)") from None
+    if unknown:
+        raise RunDirError(f"{run_dir / CONFIG_FILE} holds fields this version does not know: "
+                          f"{', '.join(unknown)} (edited by hand, or written by another "
+                          "version?)")
+    return config
+
+
+def _read_config_file(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` as a dict with a ``config`` object; ``RunDirError`` otherwise."""
+    path = run_dir / CONFIG_FILE
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} holds no run ({CONFIG_FILE} missing)") from None
+    except (OSError, ValueError) as error:
+        raise RunDirError(f"{path} does not read as JSON ({error})") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        raise RunDirError(f"{path} holds no run config (expected an object with 'agent' and "
+                          "'config')")
+    return stored
 
 
 def read_run_id(run_dir: Path) -> str | None:
@@ -108,8 +133,7 @@ def lock_run_dir(run_dir: Path) -> int:
 
 def read_preset(run_dir: Path) -> str | None:
     """The preset a run directory's config started from (None if it was built in Python)."""
-    with open(run_dir / CONFIG_FILE) as f:
-        return json.load(f).get("preset")
+    return _read_config_file(run_dir).get("preset")
 
 
 def write_config(run_dir: Path, config: RunConfig, preset: str | None) -> None:

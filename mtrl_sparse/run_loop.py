@@ -21,6 +21,11 @@ the episode statistics and the kind's own metadata (environment states, keys). O
 logged after it are dropped and written again, so a resumed run ends with the rows of an
 uninterrupted one.
 
+Faults (``mtrl_sparse.stops``): the run directory is locked for the run's life (a second command
+on it is refused); a preemption signal (SIGTERM, SIGUSR1) makes the loop checkpoint at the next
+boundary and raise ``PreemptedError``; a full disk, a failed environment and a non-finite value
+each raise their ``RunStopped`` with one line naming what and where, the last checkpoint intact.
+
 Metrics fields whose name starts with ``time/`` are wall-clock measurements: ``time/eval_s`` is
 the seconds of the evaluation on its row, ``time/env_steps_per_s`` and ``time/updates_per_s`` the
 rates since the previous training row, ``time/elapsed_s`` the seconds since the loop started.

@@ -30,7 +30,7 @@ CASES = {
     "sac-metaworld": (["--preset", "mt10-smoke", "--total-steps", "1200",
                        "--checkpoint-every-env-steps", "400", "--eval-every-env-steps", "400",
                        "--no-progress"], 1200, 12.0),
-    "ppo-farama": (MINIGRID, 600, 8.0),
+    "ppo-farama": ([*MINIGRID, "--env.backend", "farama"], 600, 8.0),
     "ppo-jax": ([*MINIGRID, "--env.backend", "jax"], 600, 8.0),
 }
 

@@ -13,20 +13,12 @@ import pytest
 
 from mtrl_sparse.cli import main
 from mtrl_sparse.run_dir import read_metrics
-from support.run_checks import complete_checkpoints, deterministic_rows
+from support.run_checks import MINIGRID_CHECKPOINTED, complete_checkpoints, deterministic_rows
 
-ARGS = ["--preset", "minigrid-smoke", "--checkpoint-every-env-steps", "200", "--no-progress"]
+ARGS = MINIGRID_CHECKPOINTED
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def whole_run(tmp_path_factory) -> Path:
-    """An uninterrupted minigrid-smoke run: 3 rollouts, a checkpoint after each."""
-    run = tmp_path_factory.mktemp("whole") / "run"
-    assert main(["train", *ARGS, "--run-dir", str(run)]) == 0
-    assert complete_checkpoints(run) == [200, 400, 600]
-    return run
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_resume(whole_run, tmp_path,
@@ -40,16 +32,57 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_resume(whole_
     assert deterministic_rows(run) == deterministic_rows(whole_run)
 
 
-def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_resumes(
-        whole_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory) -> Path:
+    """Another run (seed 1) with checkpoints at the same env steps."""
+    run = tmp_path_factory.mktemp("other") / "run"
+    assert main(["train", *ARGS, "--seed", "1", "--run-dir", str(run)]) == 0
+    return run
+
+
+def tear(checkpoint: Path, other: Path) -> None:
+    """Every file of the checkpoint cut in half (a torn write)."""
+    del other
+    for file in checkpoint.rglob("*"):
+        if file.is_file() and file.stat().st_size > 0:
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def flip_bytes(checkpoint: Path, other: Path) -> None:
+    """Eight bytes inverted in the largest array file (the storage reads it back silently)."""
+    del other
+    largest = max((f for f in checkpoint.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 8):
+        data[i] ^= 0xFF
+    largest.write_bytes(bytes(data))
+
+
+def drop_commit_marker(checkpoint: Path, other: Path) -> None:
+    del other
+    (checkpoint / "commit_success.txt").unlink()
+
+
+def metadata_of_another_run(checkpoint: Path, other: Path) -> None:
+    shutil.rmtree(checkpoint / "meta")
+    shutil.copytree(other / "checkpoints" / checkpoint.name / "meta", checkpoint / "meta")
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (tear, ""), (flip_bytes, "its state differs from what was saved"),
+    (drop_commit_marker, "commit marker (commit_success.txt) is missing"),
+    (metadata_of_another_run, "it belongs to another run"),
+])
+def test_a_damaged_latest_checkpoint_is_set_aside_in_one_line_and_the_one_before_resumes(
+        whole_run, other_run, tmp_path, capsys, damage, reason):
     run = tmp_path / "run"
     shutil.copytree(whole_run, run)
-    for file in (run / "checkpoints" / "600").rglob("*"):
-        if file.is_file() and file.stat().st_size > 0:
-            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # torn writes
+    (run / "finished.json").unlink()
+    damage(run / "checkpoints" / "600", other_run)
     assert main(["train", "--resume", "--run-dir", str(run)]) == 0
-    err = capsys.readouterr().err
-    assert "the checkpoint at env step 600 does not read back" in err, err
+    lines = [line for line in capsys.readouterr().err.splitlines() if "mtrl-sparse" in line]
+    assert len(lines) == 1, lines
+    assert "the checkpoint at env step 600 does not read back" in lines[0] and reason in lines[0]
     assert (run / "checkpoints" / "600.unreadable").is_dir()  # kept, out of the run's sight
     assert complete_checkpoints(run) == [200, 400, 600]  # 600 saved again
     assert deterministic_rows(run) == deterministic_rows(whole_run)

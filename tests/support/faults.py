@@ -87,15 +87,13 @@ def committed(run_dirs: list[Path]) -> bool:
 
 
 def kill_repeatedly(command: list[str], run_dirs: Callable[[], list[Path]], kills: int,
-                    seed: int, final_step: int, moment_s: float,
-                    on_launch: Callable[[subprocess.Popen], subprocess.Popen] | None = None,
-                    ) -> KillLog:
+                    seed: int, final_step: int, moment_s: float) -> KillLog:
     """Launch ``command`` (mtrl-sparse arguments that start or continue the run, e.g. with
     ``--auto-resume``) ``kills`` times, killing each launch once: every other launch at a random
     moment in ``(0, moment_s)`` seconds after it starts (if it reaches its last save first, it
     dies there), the others inside their first checkpoint write at a random point. Then launch it
     once more, unharmed, to the end. ``run_dirs()`` gives the run directories written (for the
-    log); ``on_launch`` may choose which process to kill (a sweep's worker)."""
+    log)."""
     rng = random.Random(seed)
     log = KillLog()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR),
@@ -108,7 +106,6 @@ def kill_repeatedly(command: list[str], run_dirs: Callable[[], list[Path]], kill
         process = subprocess.Popen([sys.executable, "-m", "support.faults", *command],
                                    env={**env, KILL_IN_SAVE: fault},
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        target = on_launch(process) if on_launch else process
         if at_moment:
             deadline = time.monotonic() + rng.uniform(0.05, moment_s)
             while time.monotonic() < deadline and process.poll() is None:
@@ -116,7 +113,7 @@ def kill_repeatedly(command: list[str], run_dirs: Callable[[], list[Path]], kill
             if process.poll() is None:
                 dirs = run_dirs()
                 before = not dirs or not committed(dirs)
-                target.send_signal(signal.SIGKILL)
+                process.send_signal(signal.SIGKILL)
                 log.at_random_moments += 1
                 log.before_first_checkpoint += before
         process.wait(timeout=600)

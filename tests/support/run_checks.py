@@ -16,6 +16,10 @@ from mtrl_sparse.methods.topology import leaf_slices
 from mtrl_sparse.run_dir import read_config, read_metrics
 from mtrl_sparse.run_loop import AGENT_KINDS
 
+MINIGRID_CHECKPOINTED = ["--preset", "minigrid-smoke", "--checkpoint-every-env-steps", "200",
+                         "--no-progress"]
+"""A minigrid-smoke run with a checkpoint after each of its 3 rollouts."""
+
 
 def complete_checkpoints(run_dir: Path) -> list[int]:
     folder = run_dir / "checkpoints"

@@ -75,7 +75,9 @@ class StopRequest:
 @contextlib.contextmanager
 def catch_preemption() -> Iterator[StopRequest]:
     """For the block, a preemption signal sets the yielded ``StopRequest`` instead of ending the
-    process; a second one ends it as before (the handler of each signal reverts when it fires).
+    process. Later signals change nothing: a scheduler may signal every process of a job and a
+    sweep forwards the signal to its workers, so a worker can receive it twice; the scheduler's
+    SIGKILL after its grace period is the hard stop (and SIGINT, Ctrl-C, still interrupts).
     Outside the main thread (where Python cannot install handlers) nothing is caught."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
@@ -84,8 +86,7 @@ def catch_preemption() -> Iterator[StopRequest]:
 
     def handle(signum: int, frame: object) -> None:
         del frame
-        request.signal_name = signal.Signals(signum).name
-        signal.signal(signum, previous[signum])
+        request.signal_name = request.signal_name or signal.Signals(signum).name
 
     previous = {s: signal.getsignal(s) for s in PREEMPTION_SIGNALS}
     for s in PREEMPTION_SIGNALS:

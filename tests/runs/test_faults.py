@@ -135,7 +135,8 @@ def test_a_preemption_signal_checkpoints_stops_75_and_resumes_to_the_same_rows(
 
     def signalled_iterate(self, episodes):
         calls.append(1)
-        if len(calls) == 2:  # the scheduler's notice arrives during the second rollout
+        if len(calls) == 2:  # the scheduler's notice arrives during the second rollout,
+            os.kill(os.getpid(), signum)  # to the process and again (forwarded by a parent)
             os.kill(os.getpid(), signum)
         return iterate(self, episodes)
 

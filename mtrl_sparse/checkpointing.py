@@ -26,6 +26,8 @@ import orbax.checkpoint as ocp
 from mtrl_sparse.stops import is_out_of_space, out_of_space_error
 
 INTEGRITY_KEY = "integrity"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+"""Orbax names a save in progress ``<step>.orbax-checkpoint-tmp-<n>`` until it commits it."""
 COMMIT_MARKER = "commit_success.txt"
 """The file orbax writes into a checkpoint's folder when its save completed."""
 
@@ -52,20 +54,27 @@ def meta_crc32(meta: dict[str, Any]) -> int:
 class Checkpointer:
     """Checkpoints under ``directory``, named by the env step they were taken at."""
 
-    def __init__(self, directory: Path, keep: int, run_id: str | None = None):
+    def __init__(self, directory: Path, keep: int, run_id: str | None = None,
+                 writer: bool = False):
+        """``writer``: this process trains the run (it holds the run directory's lock), so the
+        temporary folders of earlier, killed saves are its to remove; a reader (``eval``, a
+        report) leaves them, since they may be a live run's save in progress."""
         self.directory = directory
         self.run_id = run_id
         """The run's id, written into every checkpoint and checked on restore (None: not
         checked; runs made before ids existed)."""
         self._keep = keep
+        self._writer = writer
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
+        if self._writer:  # before orbax lists the steps; at once, not in orbax's background
+            for partial in self.directory.glob(f"*{TMP_SUFFIX}*"):
+                shutil.rmtree(partial, ignore_errors=True)
         return ocp.CheckpointManager(
             self.directory.absolute(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=self._keep, enable_async_checkpointing=False, create=True,
-                cleanup_tmp_directories=True,
             ),
         )
 
@@ -84,7 +93,7 @@ class Checkpointer:
             )
             self._manager.wait_until_finished()
         except BaseException as error:
-            for partial in self.directory.glob(f"{env_step}.orbax-checkpoint-tmp*"):
+            for partial in self.directory.glob(f"{env_step}{TMP_SUFFIX}*"):
                 shutil.rmtree(partial, ignore_errors=True)
             if is_out_of_space(error):
                 raise out_of_space_error(f"the checkpoint at env step {env_step}",

@@ -226,7 +226,8 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
         run_dirs = [prepare_run_dir(config, resume, preset, stack) for config in configs]
         if resume:
             resume = _has_checkpoints(run_dirs)
-        checkpointers = [Checkpointer(d / CHECKPOINT_DIR, c.keep_checkpoints, read_run_id(d))
+        checkpointers = [Checkpointer(d / CHECKPOINT_DIR, c.keep_checkpoints, read_run_id(d),
+                                      writer=True)
                          for d, c in zip(run_dirs, configs, strict=True)]
         for checkpointer in checkpointers:
             stack.callback(checkpointer.close)
@@ -403,7 +404,8 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
     returns (step, result).
     """
     config = read_config(run_dir)
-    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints)
+    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints,
+                                read_run_id(run_dir))
     try:
         available = checkpointer.steps()
         if not available:
@@ -414,7 +416,12 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
                               f"{', '.join(map(str, available))}")
         kind = AGENT_KINDS[config.AGENT](config)
         try:
-            state, _ = checkpointer.restore(step, kind.abstract_state())
+            try:
+                state, _ = checkpointer.restore(step, kind.abstract_state())
+            except Exception as error:  # torn, corrupt or another run's: nothing to evaluate
+                first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                raise RunDirError(f"the checkpoint at env step {step} in {run_dir} does not "
+                                  f"read back ({type(error).__name__}: {first_line})") from None
             row = kind.evaluate_checkpoint(state, step)
             updates = kind.updates()
         finally:

@@ -88,6 +88,19 @@ def test_a_damaged_latest_checkpoint_is_set_aside_in_one_line_and_the_one_before
     assert deterministic_rows(run) == deterministic_rows(whole_run)
 
 
+def test_eval_of_a_damaged_checkpoint_is_one_line_and_exit_2(whole_run, other_run, tmp_path,
+                                                              capsys):
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    flip_bytes(run / "checkpoints" / "600", other_run)
+    code = main(["eval", "--run-dir", str(run)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "the checkpoint at env step 600" in lines[0]
+    assert "differs from what was saved" in lines[0]
+    assert not (run / "eval").exists()
+
+
 def test_no_readable_checkpoint_is_one_line_and_exit_2(whole_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(whole_run, run)

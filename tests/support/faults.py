@@ -131,6 +131,8 @@ def kill_repeatedly(command: list[str], run_dirs: Callable[[], list[Path]], kill
                               capture_output=True, timeout=600)
     if finished.returncode != 0:
         raise AssertionError(f"the last launch failed: {finished.stderr.decode()[-2000:]}")
+    if partial_checkpoints(run_dirs()):
+        raise AssertionError("a killed save's temporary folder outlived the run")
     return log
 
 

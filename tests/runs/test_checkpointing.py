@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-from mtrl_sparse.checkpointing import CheckpointMismatch, Checkpointer, state_crc32
+from mtrl_sparse.checkpointing import Checkpointer, CheckpointMismatch, state_crc32
 
 STATE = {"w": jnp.arange(6.0).reshape(2, 3), "key": jnp.array([1, 2], jnp.uint32)}
 

@@ -29,6 +29,7 @@ included).
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -38,6 +39,13 @@ import numpy as np
 class EnvFailure(RuntimeError):
     """An environment raised in ``step`` or ``reset``, or its worker process died; the message
     names the env index and its task."""
+
+
+def how_it_ended(exitcode: int | None) -> str:
+    """How a worker process ended, from its ``exitcode`` (negative: the signal that killed it)."""
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
 
 
 @dataclass(frozen=True)

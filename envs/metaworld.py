@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import signal
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from mtrl_sparse.envs.base import (
     MultiTaskEnvSpec,
     StepResult,
     checked_done,
+    how_it_ended,
 )
 
 METAWORLD_BENCHMARKS = ("MT1", "MT10", "MT50", "CW10")
@@ -334,11 +334,9 @@ class MetaWorldVectorEnv:
             if not dead:
                 raise
             index, code = dead[0]
-            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
-                   else f"exit status {code}")
             task = self.spec.task_names[self.spec.env_task_ids[index]]
-            raise EnvFailure(f"the worker process of env {index} (task {task}) died ({how})"
-                             ) from error
+            raise EnvFailure(f"the worker process of env {index} (task {task}) died "
+                             f"({how_it_ended(code)})") from error
 
     def close(self) -> None:
         """Close the sub-envs (and their worker processes with ``"async"``; after a failure

@@ -40,7 +40,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import pickle
-import signal
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -56,6 +55,7 @@ from mtrl_sparse.envs.base import (
     StepResult,
     checked_discrete_actions,
     checked_done,
+    how_it_ended,
 )
 from mtrl_sparse.envs.minigrid_optimal import best_return, optimal_steps
 
@@ -328,10 +328,8 @@ class _ProcessBlocks:
                 raise EnvFailure(f"a MiniGrid worker block raised in {method}: "
                                  f"{str(error).strip().splitlines()[-1]}") from error
             block, code = dead[0]
-            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
-                   else f"exit status {code}")
-            raise EnvFailure(f"the worker process of MiniGrid worker block {block} died ({how})"
-                             ) from error
+            raise EnvFailure(f"the worker process of MiniGrid worker block {block} died "
+                             f"({how_it_ended(code)})") from error
 
     def close(self) -> None:
         for conn, proc in zip(self.conns, self.procs, strict=True):

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtrl_sparse.stops import is_out_of_space, out_of_space_error
+from mtrl_sparse.stops import error_summary, is_out_of_space, out_of_space_error
 
 INTEGRITY_KEY = "integrity"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -106,7 +106,7 @@ class Checkpointer:
         if steps:
             folder = self.directory / str(steps[-1])
             return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+        return sum(x.nbytes for x in jax.tree.leaves(state))
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -173,10 +173,9 @@ def restore_latest_readable(checkpointers: list[Checkpointer], abstract_states: 
             try:
                 saved.append(checkpointer.restore(step, abstract))
             except Exception as error:  # orbax and json raise many kinds for a damaged one
-                first_line = (str(error).strip().splitlines() or [""])[0][:200]
-                failures.append(f"{step}: {type(error).__name__}: {first_line}")
+                failures.append(f"{step}: {error_summary(error)}")
                 warn(f"the checkpoint at env step {step} does not read back "
-                     f"({type(error).__name__}: {first_line}) in {checkpointer.directory}; "
+                     f"({error_summary(error)}) in {checkpointer.directory}; "
                      "trying the one before")
                 checkpointer.set_aside(step, "unreadable")
                 break

@@ -116,18 +116,26 @@ def read_run_id(run_dir: Path) -> str | None:
         return None
 
 
-def lock_run_dir(run_dir: Path) -> int:
-    """An open descriptor of ``run_dir`` holding an exclusive lock on it for as long as it stays
-    open (the lock goes with the process, however it ends); ``RunDirError`` when another live
-    process holds it, so two commands never write one run."""
-    fd = os.open(run_dir, os.O_RDONLY)
+def try_flock(path: Path, create: bool = False) -> int | None:
+    """An open descriptor of ``path`` (a directory, or a lock file made with ``create``) holding
+    an exclusive lock on it for as long as it stays open (the lock goes with the process,
+    however it ends), or None when another live process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if create else os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
+        return None
+    return fd
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """``try_flock`` of ``run_dir``; ``RunDirError`` when another live process holds it, so two
+    commands never write one run."""
+    fd = try_flock(run_dir)
+    if fd is None:
         raise RunDirError(f"run dir {run_dir} is in use by another live process (a train or a "
-                          "sweep worker); wait for it to end, or give another --run-dir"
-                          ) from None
+                          "sweep worker); wait for it to end, or give another --run-dir")
     return fd
 
 

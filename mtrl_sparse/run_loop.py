@@ -75,10 +75,12 @@ from mtrl_sparse.run_dir import (
 from mtrl_sparse.stops import (
     EnvFailedError,
     NonFiniteLossError,
+    OutOfSpaceError,
     PreemptedError,
     RunStopped,
     StopRequest,
     catch_preemption,
+    error_summary,
 )
 
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
@@ -250,10 +252,8 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
             raise EnvFailedError(f"{error}; {_intact(run_dirs)}") from None
         except NonFiniteLossError as error:  # resuming would meet it again
             raise NonFiniteLossError(f"{error}; the checkpoints before it are intact") from None
-        except RunStopped as error:
-            if isinstance(error, PreemptedError):
-                raise
-            raise type(error)(f"{error}; {_intact(run_dirs)}") from None
+        except OutOfSpaceError as error:  # (a preempted run's line already says all this)
+            raise OutOfSpaceError(f"{error}; {_intact(run_dirs)}") from None
 
 
 def _has_checkpoints(run_dirs: list[Path]) -> bool:
@@ -419,9 +419,8 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
             try:
                 state, _ = checkpointer.restore(step, kind.abstract_state())
             except Exception as error:  # torn, corrupt or another run's: nothing to evaluate
-                first_line = (str(error).strip().splitlines() or [""])[0][:200]
                 raise RunDirError(f"the checkpoint at env step {step} in {run_dir} does not "
-                                  f"read back ({type(error).__name__}: {first_line})") from None
+                                  f"read back ({error_summary(error)})") from None
             row = kind.evaluate_checkpoint(state, step)
             updates = kind.updates()
         finally:

@@ -112,6 +112,12 @@ def is_out_of_space(error: BaseException) -> bool:
     return False
 
 
+def error_summary(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters): an error in one line."""
+    first_line = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {first_line}"
+
+
 def out_of_space_error(what: str, path: Path, needed_bytes: int) -> OutOfSpaceError:
     """The ``OutOfSpaceError`` of a write of ``what`` to ``path`` that filled the disk, naming
     the path, about the space the write needs and the space free."""

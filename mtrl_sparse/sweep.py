@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -56,16 +55,22 @@ from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.base import MethodError
 from mtrl_sparse.methods.registry import method_members
 from mtrl_sparse.presets import PRESETS
-from mtrl_sparse.run_dir import CHECKPOINT_DIR, CONFIG_FILE, read_finished, read_metrics
+from mtrl_sparse.run_dir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    read_finished,
+    read_metrics,
+    try_flock,
+)
 from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped, StopRequest, catch_preemption
 from mtrl_sparse.train_args import UsageError, parse_seeds, parse_train_args
 
 MANIFEST_FILE = "sweep.json"
 LOG_DIR = "logs"
 LOCK_DIR = "locks"
+"""Under ``LOG_DIR``: one lock file per run, held by the worker that trains it (never deleted)."""
 SWEEP_LOCK = "sweep"
 """The lock (``logs/locks/sweep.lock``) the sweep command holds on its ``--out``."""
-"""Under ``LOG_DIR``: one lock file per run, held by the worker that trains it (never deleted)."""
 REFERENCE_CELL = "reference"
 """Cell name prefix of the single-task reference runs: ``reference-<task>/seed<N>``."""
 REFERENCE_METHOD = "dense"
@@ -378,13 +383,7 @@ def try_lock(out: Path, name: str) -> int | None:
     process holds it (the lock goes with the process, however it ends)."""
     path = lock_path(out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    return try_flock(path, create=True)
 
 
 def claimed(out: Path, name: str) -> bool:
@@ -768,7 +767,7 @@ class Monitor:
 
 
 def run_sweep(spec: SweepSpec, out: Path, options: SweepOptions,
-              interactive: bool = False) -> tuple[int, list[tuple[str, str]]]:
+              interactive: bool = False) -> tuple[int, list[tuple[str, str]], str | None]:
     """Run (or resume) the sweep of ``spec`` in ``out``; returns (finished runs, failed runs as
     (name, error line), the preemption signal that stopped it or None). The grid must have
     passed ``check_spec`` and ``check_out_dir``. ``UsageError`` when another live sweep command

@@ -33,6 +33,16 @@ masks (jnp.where on every weight, gradient and Adam step, materialised separatel
 cost more than they should; a FLOP fraction well below 0.6 means the update is bound by
 something other than matmuls (small or skinny matmuls, elementwise work, dispatch).
 
+6. With ``--compare-precision P`` (e.g. ``default``, JAX's own choice: TF32 products on NVIDIA GPUs
+   since Ampere), the dense update compiled under float32 matmul precision ``P`` as well, timed in
+   the same rounds: its time over the training precision's (``mtrl_sparse.precision``: full
+   float32), and how far the two precisions' parameters drift apart from the same state and
+   batches after 1 and after ``--drift-updates`` updates (the largest absolute difference over
+   all parameters, over the largest parameter magnitude), with each one's critic loss. On a CPU
+   both precisions compute in float32: the drift is 0 there.
+
+``--json FILE`` also writes the figures as JSON (what ``scripts/gpu_check.sh`` reads).
+
 Run: ``python bench/update_throughput.py`` (about a minute on an idle 2-core CPU, a few minutes
 under load); ``--help`` lists the knobs.
 """
@@ -40,6 +50,7 @@ under load); ``--help`` lists the knobs.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -55,6 +66,7 @@ from mtrl_sparse.agents.sac import SACConfig, make_sac
 from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.base import NetworkMethodSettings
 from mtrl_sparse.methods.network import build_network
+from mtrl_sparse.precision import matmul_precision, use_training_precision
 
 OBS_DIM = 39  # Meta-World observation size
 ACTION_DIM = 4  # Meta-World action size
@@ -79,6 +91,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="per-layer sparsity distribution of `static`")
     parser.add_argument("--tasks", type=int, default=10, help="number of tasks (heads)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-precision", metavar="P", default=None,
+                        help="also time the dense update under matmul precision P (default, "
+                             "tensorfloat32, high, ...) and measure the parameters' drift")
+    parser.add_argument("--drift-updates", type=int, default=20,
+                        help="updates after which the two precisions' parameters are compared")
+    parser.add_argument("--json", type=str, default=None, metavar="FILE",
+                        help="also write the figures to FILE as JSON")
     args = parser.parse_args(argv)
     if args.batch_size % args.tasks:
         parser.error(f"--batch-size {args.batch_size} is not a multiple of --tasks {args.tasks}")
@@ -199,14 +218,20 @@ def random_batch(key: jax.Array, batch: int, tasks: int) -> tuple[Transition, ja
     return transitions, task_ids
 
 
-def sac_workload(
-    name: str, settings: NetworkMethodSettings, args: argparse.Namespace
-) -> tuple[Workload, float, str]:
-    """The compiled, state-donating SAC update of one method, its XLA FLOP count, and the
-    measured sparsity of its actor and critic masks."""
+def make_agent(settings: NetworkMethodSettings, args: argparse.Namespace):
     config = SACConfig(hidden_sizes=tuple(args.hidden), batch_size=args.batch_size)
     network = build_network(settings)
-    sac = make_sac(config, args.tasks, OBS_DIM, ACTION_DIM, network, network)
+    return make_sac(config, args.tasks, OBS_DIM, ACTION_DIM, network, network)
+
+
+def sac_workload(
+    name: str, settings: NetworkMethodSettings, args: argparse.Namespace,
+    precision: str | None = None,
+) -> tuple[Workload, float, str]:
+    """The compiled, state-donating SAC update of one method, its XLA FLOP count, and the
+    measured sparsity of its actor and critic masks. ``precision``: compiled under that float32
+    matmul precision (None: the process's)."""
+    sac = make_agent(settings, args)
     key = jax.random.key(args.seed)
     k_init, k_batch, k_update = jax.random.split(key, 3)
     state = jax.block_until_ready(jax.jit(sac.init)(k_init))
@@ -214,11 +239,48 @@ def sac_workload(
                 f"critic {float(network_sparsity(state.critic.masks)):.1%}")
     batch, task_ids = random_batch(k_batch, args.batch_size, args.tasks)
     start = time.perf_counter()
-    compiled = jax.jit(sac.update, donate_argnums=0).lower(state, batch, task_ids,
-                                                         k_update).compile()
+    with jax.default_matmul_precision(precision or matmul_precision()):
+        compiled = jax.jit(sac.update, donate_argnums=0).lower(state, batch, task_ids,
+                                                             k_update).compile()
     compile_seconds = time.perf_counter() - start
     step = lambda s: compiled(s, batch, task_ids, k_update)[0]
     return Workload(name, step, state, compile_seconds), xla_flops(compiled), sparsity
+
+
+def precision_drift(args: argparse.Namespace, precisions: Sequence[str]) -> dict[str, object]:
+    """How far the dense update's parameters drift apart under two matmul precisions.
+
+    From the same initial state, both run the same ``--drift-updates`` updates (same batches and
+    keys); after the first and after the last, the drift is the largest absolute difference
+    between the two runs' parameters (every leaf of the actor, critics, targets and
+    temperatures) over the largest parameter magnitude. Returns the drifts and each precision's
+    critic loss after the first and the last update.
+    """
+    sac = make_agent(NetworkMethodSettings("dense", 0.0), args)
+    k_init, k_batch = jax.random.split(jax.random.key(args.seed))
+    batch, task_ids = random_batch(k_batch, args.batch_size, args.tasks)
+    snapshots: dict[str, list] = {}
+    losses: dict[str, list[float]] = {}
+    for precision in precisions:
+        with jax.default_matmul_precision(precision):
+            update = jax.jit(sac.update)
+            state = jax.jit(sac.init)(k_init)
+            snapshots[precision], losses[precision] = [], []
+            for i in range(args.drift_updates):
+                state, metrics = update(state, batch, task_ids, jax.random.key(i))
+                if i in (0, args.drift_updates - 1):
+                    snapshots[precision].append(jax.tree.leaves(state))
+                    losses[precision].append(float(metrics["critic_loss"]))
+    first, second = precisions
+
+    def drift(index: int) -> float:
+        pairs = list(zip(snapshots[first][index], snapshots[second][index], strict=True))
+        scale = max(float(jnp.max(jnp.abs(a))) for a, _ in pairs if a.dtype == jnp.float32)
+        return max(float(jnp.max(jnp.abs(a - b))) for a, b in pairs
+                   if a.dtype == jnp.float32) / scale
+
+    return {"drift_after_1": drift(0), f"drift_after_{args.drift_updates}": drift(-1),
+            "critic_loss": losses}
 
 
 def matmul_workload(name: str, m: int, k: int, n: int, seed: int) -> Workload:
@@ -357,6 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         big.name: 2.0 * MATMUL_SIZE**3,
         layer.name: 2.0 * args.batch_size * width * width,
     }
+    if args.compare_precision:
+        other, other_xla, _ = sac_workload(f"update dense @ {args.compare_precision}",
+                                           NetworkMethodSettings("dense", 0.0), args,
+                                           args.compare_precision)
+        workloads.append(other)
+        flops[other.name] = other_xla
     times = time_interleaved(workloads, args)
     analytic = analytic_flops(args.batch_size, args.hidden, args.tasks)
 
@@ -364,9 +432,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_flop_counts(analytic, {dense.name: dense_xla, static.name: static_xla})
     names = {"dense": dense.name, "static": static.name, "big": big.name, "layer": layer.name}
     print_ratios(times, names, flops, {"XLA": dense_xla, "analytic": float(analytic.total)})
+    figures = {
+        "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__, "matmul_precision": matmul_precision(),
+        "updates_per_s": {"dense": 1 / statistics.median(times[dense.name]),
+                          f"static {args.sparsity:.0%}": 1 / statistics.median(times[static.name])},
+        "static_over_dense_time": time_ratio(times, static.name, dense.name).paired,
+        "dot_gflop_per_s": flops[big.name] / 1e9 / statistics.median(times[big.name]),
+    }
+    if args.compare_precision:
+        figures["precision"] = print_precision(args, times, dense.name, workloads[-1].name)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
     return 0
+
+
+def print_precision(args: argparse.Namespace, times: dict[str, list[float]], dense: str,
+                    other: str) -> dict[str, object]:
+    """Print and return the comparison of the training precision with ``--compare-precision``."""
+    training = matmul_precision()
+    ratio = time_ratio(times, other, dense)
+    drift = precision_drift(args, [training, args.compare_precision])
+    print()
+    print(f"Matmul precision: training {training!r} against {args.compare_precision!r}")
+    print(f"  {args.compare_precision} / {training} dense update time   {ratio.columns()}")
+    for key, value in drift.items():
+        print(f"  {key}: {value}")
+    return {"training": training, "other": args.compare_precision,
+            "other_over_training_time": ratio.paired, **drift}
 
 
 if __name__ == "__main__":
     reuse_freed_memory()  # as the CLI does: time what a run gets
+    use_training_precision()
     sys.exit(main())

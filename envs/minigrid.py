@@ -37,6 +37,7 @@ actions on idle cores: 1 or 2 envs about 5,000 env-steps/s sync against 1,800 / 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -46,7 +47,6 @@ from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 import gymnasium as gym
-import minigrid  # noqa: F401  (registers the MiniGrid env ids with gymnasium)
 import numpy as np
 
 from mtrl_sparse.envs.base import (
@@ -107,12 +107,37 @@ def minigrid_task_names(benchmark: str, task: str | None = None) -> tuple[str, .
     return (task,)
 
 
+FARAMA_INSTALL = "pip install 'mtrl-sparse[farama]'"
+
+
+def farama_minigrid_installed() -> bool:
+    """Whether Farama's ``minigrid`` (an optional dependency, the ``farama`` extra) is installed."""
+    return importlib.util.find_spec("minigrid") is not None
+
+
+def _register_farama_envs() -> None:
+    """Import Farama's ``minigrid``, which registers its env ids with gymnasium.
+
+    Only the Farama backend needs it (the JAX MiniGrid is self-contained), so it is imported here
+    rather than with this module.
+
+    Raises:
+        ModuleNotFoundError: ``minigrid`` is not installed (the message says how to install it).
+    """
+    try:
+        import minigrid  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"the farama MiniGrid backend needs Farama's minigrid: "
+                                  f"{FARAMA_INSTALL}") from error
+
+
 def _make_task_env(task_name: str, seed: np.random.SeedSequence) -> Any:
     """The unwrapped MiniGrid env of ``task_name`` with its generator seeded from ``seed``.
 
     Unwrapped: ``gymnasium.make`` adds only order and API checkers here (MiniGrid registers no
     ``TimeLimit``; the env enforces its own ``max_steps``).
     """
+    _register_farama_envs()
     env = gym.make(task_name).unwrapped
     env.np_random = np.random.Generator(np.random.PCG64(seed))
     return env
@@ -358,6 +383,7 @@ class _LocalBlocks:
 
 def _max_steps_per_task(task_names: Sequence[str]) -> tuple[int, ...]:
     """Each task's registered time limit (MiniGrid's ``max_steps``)."""
+    _register_farama_envs()
     return tuple(int(gym.make(name).unwrapped.max_steps) for name in task_names)
 
 

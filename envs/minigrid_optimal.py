@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from minigrid.core.actions import Actions
-from minigrid.minigrid_env import MiniGridEnv
+if TYPE_CHECKING:  # Farama's minigrid is optional (the farama extra): the search runs on its envs
+    from minigrid.minigrid_env import MiniGridEnv
 
-# The actions the search expands, in this order (ties between shortest paths go to the first).
-SEARCH_ACTIONS = (Actions.left, Actions.right, Actions.forward, Actions.pickup, Actions.toggle)
+# The actions the search expands, in this order (ties between shortest paths go to the first):
+# MiniGrid's Actions.left, right, forward, pickup and toggle (see the module docstring).
+SEARCH_ACTIONS = (0, 1, 2, 3, 5)
 
 # Object types that no searched action can change (never picked up, toggled or moved).
 _STATIC_TYPES = frozenset({"wall", "floor", "goal", "lava"})

@@ -23,6 +23,7 @@ import tyro
 from mtrl_sparse.config import ConfigError, RunConfig
 from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.registry import METHODS
+from mtrl_sparse.precision import use_training_precision
 from mtrl_sparse.presets import DEFAULT_PRESET, PRESETS
 from mtrl_sparse.run_dir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TB_DIR, RunDirError
 from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped
@@ -482,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     reuse_freed_memory()  # before JAX allocates: XLA's buffers then come back without page faults
+    use_training_precision()  # full float32 matmuls on GPUs too (mtrl_sparse.precision)
     try:
         return COMMANDS[command](rest)
     except (UsageError, ConfigError, RunDirError) as error:

@@ -18,7 +18,12 @@ from mtrl_sparse.agents.cnn import cnn_feature_size
 from mtrl_sparse.agents.ppo import PPOConfig, updates_per_rollout
 from mtrl_sparse.agents.sac import SACConfig
 from mtrl_sparse.envs.metaworld import METAWORLD_BENCHMARKS, metaworld_task_names
-from mtrl_sparse.envs.minigrid import MINIGRID_BENCHMARKS, minigrid_task_names
+from mtrl_sparse.envs.minigrid import (
+    FARAMA_INSTALL,
+    MINIGRID_BENCHMARKS,
+    farama_minigrid_installed,
+    minigrid_task_names,
+)
 from mtrl_sparse.envs.minigrid import OBS_SHAPE as MINIGRID_OBS_SHAPE
 from mtrl_sparse.methods.base import MethodError, NetworkMethodSettings
 from mtrl_sparse.methods.network import check_network
@@ -449,6 +454,9 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
     if env.task is not None and env.task not in MINIGRID_BENCHMARKS[env.benchmark]:
         raise ConfigError(f"--env.task {env.task} is not a task of MiniGrid {env.benchmark}; "
                           f"accepted: {', '.join(MINIGRID_BENCHMARKS[env.benchmark])}")
+    if env.backend == "farama" and not farama_minigrid_installed():
+        raise ConfigError(f"--env.backend farama needs Farama's minigrid, which is not installed "
+                          f"({FARAMA_INSTALL}); accepted without it: --env.backend jax")
     check_positive({
         "env.num_envs": env.num_envs,
         "env.eval_envs": env.eval_envs,

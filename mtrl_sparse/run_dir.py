@@ -36,6 +36,7 @@ from tensorboardX import SummaryWriter
 from mtrl_sparse.agents.net_state import NetState
 from mtrl_sparse.agents.tree_paths import path_str
 from mtrl_sparse.config import CONFIG_CLASSES, RunConfig, config_class, from_dict, to_dict
+from mtrl_sparse.precision import matmul_precision
 from mtrl_sparse.stops import is_out_of_space, out_of_space_error
 
 CONFIG_FILE = "config.json"
@@ -172,7 +173,7 @@ def provenance() -> dict[str, Any]:
         "git_commit": _git_commit(),
         "python": platform.python_version(),
         "device": {"platform": device.platform, "kind": device.device_kind,
-                   "count": jax.device_count()},
+                   "count": jax.device_count(), "matmul_precision": matmul_precision()},
     }
 
 

@@ -54,6 +54,7 @@ from mtrl_sparse.config import ConfigError, RunConfig, validate
 from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.base import MethodError
 from mtrl_sparse.methods.registry import method_members
+from mtrl_sparse.precision import use_training_precision
 from mtrl_sparse.presets import PRESETS
 from mtrl_sparse.run_dir import (
     CHECKPOINT_DIR,
@@ -828,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out, names = Path(argv[0]), argv[1:]
     reuse_freed_memory()
+    use_training_precision()
     try:
         run_group(out, names)
     except RunClaimedError as error:  # not a fault: the group is left to the live process

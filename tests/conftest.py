@@ -103,6 +103,15 @@ _CHECKS_IN_CALL = pytest.StashKey[int]()
 """Checks made by a test's call phase (its body), stashed on the test item."""
 
 
+def pytest_runtest_setup(item):
+    """``cpu_numbers`` tests (pyproject.toml's markers) run on the CPU backend only."""
+    if item.get_closest_marker("cpu_numbers") is not None:
+        import jax
+
+        if jax.default_backend() != "cpu":
+            pytest.skip(f"assumes the CPU's exact numbers; JAX runs on {jax.default_backend()}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
     before = CHECKS_MADE[0]

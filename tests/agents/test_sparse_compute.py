@@ -31,6 +31,8 @@ from support.sac_vmap import (
     vmapped_and_separate_runs,
 )
 
+pytestmark = pytest.mark.cpu_numbers  # compares programs bit for bit
+
 METHODS = ["static", "gmp", "set", "rigl", "app", "gmp+redo", "set+reset", "rigl+sign_in",
            "static+ibm"]
 

@@ -21,6 +21,7 @@ def test_the_vmapped_methods_cover_every_method_with_events():
     assert eventful - {"set"} <= covered
 
 
+@pytest.mark.cpu_numbers
 @pytest.mark.parametrize("method", VMAPPED_METHODS)
 def test_update_vmapped_over_seeds_and_sparsities_equals_separate_runs(method):
     assert_vmapped_equals_separate(method)

@@ -12,7 +12,6 @@ import json
 import re
 
 import gymnasium as gym
-import minigrid  # noqa: F401  (registers the env ids)
 import numpy as np
 import pytest
 
@@ -32,6 +31,9 @@ from mtrl_sparse.envs.minigrid_optimal import (
     optimal_steps,
     solution_actions,
 )
+
+# Farama's minigrid registers the env ids with gymnasium on import
+FARAMA = pytest.importorskip("minigrid", reason="needs Farama's minigrid (the farama extra)")
 
 MT7 = MINIGRID_BENCHMARKS["MT7"]
 # MiniGrid's registered time limits of the MT7 tasks (environment-facts.md).

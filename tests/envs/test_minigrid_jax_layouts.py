@@ -30,10 +30,8 @@ from typing import Any
 
 import gymnasium as gym
 import jax
-import minigrid  # noqa: F401  (registers the env ids)
 import numpy as np
 import pytest
-from minigrid.core.constants import COLOR_NAMES, IDX_TO_COLOR
 from scipy.stats import chi2_contingency
 
 from mtrl_sparse.envs.minigrid_jax import (
@@ -54,6 +52,11 @@ from mtrl_sparse.envs.minigrid_jax import (
 )
 from mtrl_sparse.envs.minigrid_jax_layouts import reset_state
 from mtrl_sparse.envs.minigrid_jax_optimal import optimal_steps
+
+# Farama's minigrid registers the env ids with gymnasium on import
+FARAMA = pytest.importorskip("minigrid", reason="needs Farama's minigrid (the farama extra)")
+COLOR_NAMES = FARAMA.core.constants.COLOR_NAMES
+IDX_TO_COLOR = FARAMA.core.constants.IDX_TO_COLOR
 
 NAMES = tuple(TASK_RULES)
 LAVA_GAP, RED_BLUE, MEMORY, DOOR_KEY, DIST_SHIFT, CROSSING, MULTI_ROOM = NAMES

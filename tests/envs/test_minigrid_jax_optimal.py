@@ -19,7 +19,6 @@ import functools
 
 import gymnasium as gym
 import jax
-import minigrid  # noqa: F401  (registers the env ids)
 import numpy as np
 import pytest
 
@@ -27,6 +26,9 @@ from mtrl_sparse.envs import minigrid_jax as mj
 from mtrl_sparse.envs.minigrid_jax_optimal import optimal_steps
 from mtrl_sparse.envs.minigrid_optimal import optimal_steps as farama_optimal_steps
 from mtrl_sparse.envs.minigrid_optimal import solution_actions
+
+# Farama's minigrid registers the env ids with gymnasium on import
+FARAMA = pytest.importorskip("minigrid", reason="needs Farama's minigrid (the farama extra)")
 
 TASKS = tuple(mj.TASK_RULES)
 TABLES = mj.task_tables(TASKS)

@@ -46,6 +46,7 @@ def _two_iterations(compiled: bool) -> tuple[list, OnPolicyRun, EpisodeTracker]:
     return rollouts, run, episodes
 
 
+@pytest.mark.cpu_numbers
 @pytest.mark.slow
 def test_compiled_rollout_and_update_equal_the_host_stepped_ones():
     """The same transitions (observations, actions, rewards, flags, bootstrap values) and the
@@ -74,6 +75,7 @@ def test_presets_run_on_the_jax_backend_and_farama_stays_the_config_default():
         assert get_preset(name).config.env.backend == "jax"
 
 
+@pytest.mark.cpu_numbers
 @pytest.mark.slow
 def test_jax_backend_run_logs_evaluates_and_resumes_exactly(tmp_path, capsys):
     """The smoke preset on the jax backend: the same rows as on farama (evaluations included),

@@ -22,7 +22,7 @@ from support.faults import TESTS_DIR, kill_repeatedly
 from support.invariants import assert_trees_equal
 from support.run_checks import deterministic_rows, final_state
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cpu_numbers]
 
 KILLS = 10
 MINIGRID = ["--preset", "minigrid-smoke", "--checkpoint-every-env-steps", "200", "--no-progress"]

@@ -28,6 +28,8 @@ from mtrl_sparse.run_loop import GROUP_KINDS, make_group, train, train_group
 from support.invariants import assert_trees_close, assert_trees_equal
 from support.run_checks import assert_rows_close, deterministic_rows, final_state
 
+pytestmark = pytest.mark.cpu_numbers  # compares programs bit for bit
+
 SMOKE = dataclasses.replace(
     get_preset("mt10-smoke").config, method="gmp",
     env=dataclasses.replace(get_preset("mt10-smoke").config.env, eval_envs_per_task=2,

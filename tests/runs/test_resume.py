@@ -21,7 +21,7 @@ ARGS = ["--preset", "mt10-smoke", "--method", "static", "--sparsity", "0.9",
         "500"]
 
 # Trains on Meta-World: a whole run, a killed one and its resumptions.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cpu_numbers]
 
 
 def kill_between_checkpoints(run_dir: Path) -> int:

@@ -358,6 +358,14 @@ def validate(config: RunConfig) -> None:
     elif isinstance(config, PPOTrainConfig):
         _validate_ppo(config)
     _validate_methods(config)
+    if isinstance(config, PPOTrainConfig):  # last: what the config asks is checked first
+        _check_farama_installed(config)
+
+
+def _check_farama_installed(config: PPOTrainConfig) -> None:
+    if config.env.backend == "farama" and not farama_minigrid_installed():
+        raise ConfigError(f"--env.backend farama needs Farama's minigrid, which is not installed "
+                          f"({FARAMA_INSTALL}); accepted without it: --env.backend jax")
 
 
 def check_positive(values: dict[str, int]) -> None:
@@ -454,9 +462,6 @@ def _validate_ppo(config: PPOTrainConfig) -> None:
     if env.task is not None and env.task not in MINIGRID_BENCHMARKS[env.benchmark]:
         raise ConfigError(f"--env.task {env.task} is not a task of MiniGrid {env.benchmark}; "
                           f"accepted: {', '.join(MINIGRID_BENCHMARKS[env.benchmark])}")
-    if env.backend == "farama" and not farama_minigrid_installed():
-        raise ConfigError(f"--env.backend farama needs Farama's minigrid, which is not installed "
-                          f"({FARAMA_INSTALL}); accepted without it: --env.backend jax")
     check_positive({
         "env.num_envs": env.num_envs,
         "env.eval_envs": env.eval_envs,

@@ -24,6 +24,9 @@ import pytest
 from mtrl_sparse.envs import minigrid_jax as mj
 from mtrl_sparse.envs.minigrid_optimal import solution_actions
 
+# every test steps Farama's envs beside the JAX ones; importing minigrid registers their ids
+FARAMA = pytest.importorskip("minigrid", reason="needs Farama's minigrid (the farama extra)")
+
 TASKS = tuple(mj.TASK_RULES)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv, minigrid_task_names
 from mtrl_sparse.envs.minigrid_jax_vector import GridVector, JaxMiniGridVectorEnv
+from support.optional import needs_farama
 
 
 def _play(env: JaxMiniGridVectorEnv, actions: np.ndarray, reset: bool = True
@@ -37,6 +38,7 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+@needs_farama  # the spec is compared with the Farama vector env's
 def test_spec_shapes_and_argument_checks():
     env = JaxMiniGridVectorEnv("MT7", num_envs=3, seed=0)
     farama = MiniGridVectorEnv("MT7", num_envs=3, seed=0)
@@ -55,7 +57,8 @@ def test_spec_shapes_and_argument_checks():
         JaxMiniGridVectorEnv("MT4", num_envs=1)
 
 
-@pytest.mark.parametrize("backend", [JaxMiniGridVectorEnv, MiniGridVectorEnv],
+@pytest.mark.parametrize("backend", [JaxMiniGridVectorEnv,
+                                     pytest.param(MiniGridVectorEnv, marks=needs_farama)],
                          ids=["jax", "farama"])
 def test_one_task_of_a_benchmark_runs_alone(backend):
     """``task=`` (a single-task run, e.g. a forward-transfer reference): every episode is of

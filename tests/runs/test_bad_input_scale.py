@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.cli import assert_usage_error
+from support.optional import needs_report
 
 CONFIGS = {
     "not-json": "{not json",
@@ -45,7 +46,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("case", list(CONFIGS))
-@pytest.mark.parametrize("command", ["train-resume", "train-auto-resume", "eval", "report"])
+@pytest.mark.parametrize("command", ["train-resume", "train-auto-resume", "eval",
+                                     pytest.param("report", marks=needs_report)])
 def test_a_hand_edited_or_foreign_config_is_one_line_exit_2_and_left_alone(
         capsys, tmp_path, case, command):
     run = run_dir_with(tmp_path, CONFIGS[case])
@@ -110,7 +112,7 @@ def test_a_sweep_into_a_run_directory_or_without_out_is_refused(capsys, tmp_path
     (["eval", "--run-dir", "{run}", "--step", "x"], "--step"),
     (["eval", "--run-dir", "{nowhere}"], "holds no run"),
     (["report"], "needs --out"),
-    (["report", "{nowhere}"], "is not a run directory"),
+    pytest.param(["report", "{nowhere}"], "is not a run directory", marks=needs_report),
     (["report", "{run}", "--out"], "--out"),
     (["report", "{run}", "--bogus"], "--bogus"),
     (["train", "--auto-resume"], "--auto-resume needs --run-dir"),

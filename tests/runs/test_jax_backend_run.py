@@ -20,6 +20,7 @@ from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import read_metrics
 from mtrl_sparse.train_args import cpu_devices_for
+from support.optional import needs_farama
 from support.run_checks import (
     assert_resumes_like_uninterrupted,
     assert_rows_close,
@@ -130,7 +131,8 @@ def test_vmapped_runs_write_the_run_directories_of_separate_runs(tmp_path, capsy
     (["--seeds", "0,0"], "distinct"),
     (["--seeds", "0-1", "--seed", "2"], "not both"),
     (["--seeds", "0-1"], "need --run-dir"),
-    (["--seeds", "0-1", "--env.backend", "farama", "--run-dir", "{tmp}/g"], "jax backend"),
+    pytest.param(["--seeds", "0-1", "--env.backend", "farama", "--run-dir", "{tmp}/g"],
+                 "jax backend", marks=needs_farama),
     (["--env.backend", "jax", "--method", "gmp", "--sparsity", "0,0.9", "--run-dir", "{tmp}/g"],
      "needs a sparsity in (0, 1)"),
 ])

@@ -29,6 +29,9 @@ from mtrl_sparse.report import (
     write_report,
 )
 from mtrl_sparse.run_dir import METRICS_FILE, write_config, write_finished
+from support.optional import needs_report
+
+pytestmark = needs_report
 
 PRESET = "minigrid-smoke"
 TASKS = ("LavaGapS7-v0", "RedBlueDoors-6x6-v0", "MemoryS11-v0")

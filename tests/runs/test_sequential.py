@@ -18,6 +18,7 @@ from mtrl_sparse.presets import get_preset
 from mtrl_sparse.report import frozen_after_each_task, write_report
 from mtrl_sparse.run_dir import METRICS_FILE, read_metrics, write_config, write_finished
 from mtrl_sparse.sequential_metrics import forward_transfer, reference_area, sequential_scores
+from support.optional import needs_report
 from support.run_checks import (
     assert_resumes_like_uninterrupted,
     assert_rows_close,
@@ -161,6 +162,7 @@ def _write_run(path, config, rows) -> None:
     write_finished(path, config.total_env_steps, 1, rows[-1])
 
 
+@needs_report
 def test_the_report_finds_the_single_task_references_and_gives_forward_transfer(tmp_path):
     """A sequential sweep as ``sweep`` leaves it (minigrid-smoke, 3 tasks x 400 env steps, two
     evaluations per phase; references ``reference-<task>/seed<N>`` of one task and 400 env

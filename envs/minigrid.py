@@ -37,7 +37,6 @@ actions on idle cores: 1 or 2 envs about 5,000 env-steps/s sync against 1,800 / 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -110,9 +109,6 @@ def minigrid_task_names(benchmark: str, task: str | None = None) -> tuple[str, .
 FARAMA_INSTALL = "pip install 'mtrl-sparse[farama]'"
 
 
-def farama_minigrid_installed() -> bool:
-    """Whether Farama's ``minigrid`` (an optional dependency, the ``farama`` extra) is installed."""
-    return importlib.util.find_spec("minigrid") is not None
 
 
 def _register_farama_envs() -> None:
@@ -128,7 +124,17 @@ def _register_farama_envs() -> None:
         import minigrid  # noqa: F401
     except ModuleNotFoundError as error:
         raise ModuleNotFoundError(f"the farama MiniGrid backend needs Farama's minigrid: "
-                                  f"{FARAMA_INSTALL}") from error
+                                  f"{FARAMA_INSTALL} ({error})") from error
+
+
+def farama_minigrid_installed() -> bool:
+    """Whether Farama's ``minigrid`` (an optional dependency, the ``farama`` extra) imports (which
+    registers its env ids with gymnasium)."""
+    try:
+        _register_farama_envs()
+    except ModuleNotFoundError:
+        return False
+    return True
 
 
 def _make_task_env(task_name: str, seed: np.random.SeedSequence) -> Any:

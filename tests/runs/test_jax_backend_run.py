@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -174,3 +175,32 @@ def test_vmapped_runs_shard_over_devices(tmp_path):
 def test_a_group_splits_over_the_largest_divisor_of_its_runs_within_the_cores(runs, cores,
                                                                                devices):
     assert cpu_devices_for(runs, cores) == devices
+
+
+WITHOUT_FARAMA = """
+import sys
+sys.modules["minigrid"] = None  # as if Farama's minigrid were not installed: importing it fails
+from mtrl_sparse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_the_jax_backend_trains_without_farama_minigrid_and_farama_names_its_extra(tmp_path):
+    """The default install has no Farama minigrid (the farama extra): the JAX backend trains, the
+    farama backend is one line naming the extra, exit 2, no run directory."""
+    def train(backend: str, run_dir: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_FARAMA, "train", "--preset", "minigrid-smoke",
+             "--env.backend", backend, "--run-dir", str(run_dir)],
+            capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+    trained = train("jax", tmp_path / "jax")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert (tmp_path / "jax" / "finished.json").is_file()
+    refused = train("farama", tmp_path / "farama")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert "--env.backend farama needs Farama's minigrid" in refused.stderr
+    assert "mtrl-sparse[farama]" in refused.stderr
+    assert not (tmp_path / "farama").exists()

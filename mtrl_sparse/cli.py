@@ -25,7 +25,14 @@ from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.methods.registry import METHODS
 from mtrl_sparse.precision import use_training_precision
 from mtrl_sparse.presets import DEFAULT_PRESET, PRESETS
-from mtrl_sparse.run_dir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TB_DIR, RunDirError
+from mtrl_sparse.run_dir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    FINISHED_FILE,
+    METRICS_FILE,
+    TB_DIR,
+    RunDirError,
+)
 from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped
 from mtrl_sparse.train_args import (
     UsageError,
@@ -148,10 +155,28 @@ def next_commands(args: list[str], config: RunConfig, preset: str | None,
     dense = all(m.sparsity == 0 for m in config.network_methods().values())
     method, sparsity = ("gmp", "0.95") if dense else ("dense", "0")
     other = run_dir.parent / f"{run_dir.name}-{method}"
+    report = f"--out {run_dir.parent / 'report'}"
+    twin = finished_twin(run_dir, other, config.method)
+    if twin is not None:  # the other side exists: only the report is left to run
+        first, second = (run_dir, twin) if dense else (twin, run_dir)
+        return [f"mtrl-sparse report {first} {second} {report}"]
     same = " ".join([*(["--preset", preset] if preset else []), *args])
     return [f"mtrl-sparse train {same} --method {method} --sparsity {sparsity} "
             f"--run-dir {other}".replace("  ", " "),
-            f"mtrl-sparse report {run_dir} {other} --out {run_dir.parent / 'report'}"]
+            f"mtrl-sparse report {run_dir} {other} {report}"]
+
+
+def finished_twin(run_dir: Path, other: Path, method: str) -> Path | None:
+    """The finished run on the other side of the comparison, if there is one: ``other`` (this
+    run's name with the other method appended), or the run whose name this one's extends with
+    its own method (``runs/qs`` for ``runs/qs-gmp``, as the printed commands name them)."""
+    suffix = f"-{method}"
+    base = (run_dir.parent / run_dir.name[:-len(suffix)]
+            if run_dir.name.endswith(suffix) and len(run_dir.name) > len(suffix) else None)
+    for candidate in (other, base):
+        if candidate is not None and (candidate / FINISHED_FILE).is_file():
+            return candidate
+    return None
 
 
 def group_run_name(seed: int, sparsity: str | None) -> str:
@@ -258,9 +283,11 @@ def cmd_train(args: list[str]) -> int:
               f"{results[0].run_dir.parent}")
         return 0
     config, _, preset = parsed[0]
+    commands = next_commands(args, config, preset, results[0].run_dir)
     print("\nnext: the same run with the other side of the sparse/dense comparison, then the "
-          "report that compares them:")
-    for command in next_commands(args, config, preset, results[0].run_dir):
+          "report that compares them:" if len(commands) > 1 else
+          "\nnext: the report that compares this run with its other side, already trained:")
+    for command in commands:
         print(f"  {command}")
     return 0
 

@@ -720,6 +720,10 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+MIN_RUNS_FOR_INTERVALS = 3
+"""Finished runs a group needs for its interval (and the dense group too, for a difference's)."""
+TOO_FEW_RUNS = f"n/a (< {MIN_RUNS_FOR_INTERVALS} runs)"
+
 def final_section(score: str | None, finals: list[GroupFinal], no_difference: str | None,
                   reps: int, confidence: float, seed: int) -> list[str]:
     """The final-performance table with how its numbers are computed."""
@@ -735,19 +739,23 @@ def final_section(score: str | None, finals: list[GroupFinal], no_difference: st
         header += ["Δ IQM vs dense", f"{percent} CI of Δ"]
     header.append("mean")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    dense_runs = next((f.result.runs for f in finals if f.group.dense), 0)
     for final in finals:
         r = final.result
         cells = [final.group.name, str(r.runs), str(r.tasks), f"{r.iqm:.3f}",
-                 f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"]
+                 f"[{r.ci_low:.3f}, {r.ci_high:.3f}]" if r.runs >= MIN_RUNS_FOR_INTERVALS
+                 else TOO_FEW_RUNS]
         if no_difference is None:
-            cells += difference_cells(final)
+            cells += difference_cells(final, min(r.runs, dense_runs))
         cells.append(f"{r.mean:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", (
         f"IQM: interquartile mean of the runs x tasks final scores; CI: its {percent} percentile "
         "interval under the stratified bootstrap (runs resampled with replacement within each "
         f"task; Agarwal et al. 2021), {reps} replications, seed {seed}. Mean: plain mean of the "
-        "same scores.")]
+        f"same scores. {TOO_FEW_RUNS}: a group with fewer than {MIN_RUNS_FOR_INTERVALS} finished "
+        "runs gets no interval and no significance mark (resampling one or two runs per task "
+        "gives an interval that says nothing; train more seeds).")]
     if no_difference is None:
         lines += ["", (
             "Δ: IQM(group) − IQM(dense); its CI is the percentile interval of IQM(group) − "
@@ -982,13 +990,16 @@ def frozen_share_note(sequential: list[SequentialGroup], out_dir: Path, reps: in
         "the runs as a band; one panel per network."))
 
 
-def difference_cells(final: GroupFinal) -> list[str]:
-    """The Δ and its interval as table cells."""
+def difference_cells(final: GroupFinal, fewest_runs: int) -> list[str]:
+    """The Δ and its interval as table cells; ``fewest_runs``: the smaller of the group's and
+    the dense group's finished runs (below ``MIN_RUNS_FOR_INTERVALS``, no interval, no mark)."""
     if final.group.dense:
         return ["reference", ""]
     d = final.difference
     if d is None:
         return ["n/a (other tasks than dense)", ""]
+    if fewest_runs < MIN_RUNS_FOR_INTERVALS:
+        return [f"{d.value:+.3f}", TOO_FEW_RUNS]
     return [f"{d.value:+.3f}" + (" *" if d.excludes_zero else ""),
             f"[{d.low:+.3f}, {d.high:+.3f}]"]
 

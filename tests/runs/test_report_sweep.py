@@ -158,8 +158,9 @@ def test_known_iqm_and_difference_to_dense(report):
     # constant scores: the interval collapses to the difference, which excludes 0
     assert table_row(markdown, "gmp 0.9") == ["gmp 0.9", "3", "3", "0.500", "[0.500, 0.500]",
                                               "-0.300 *", "[-0.300, -0.300]", "0.500"]
-    assert table_row(markdown, "gmp 0.95")[3:7] == ["0.800", "[0.800, 0.800]", "+0.000",
-                                                    "[+0.000, +0.000]"]
+    # two runs: too few for an interval, and no significance mark
+    assert table_row(markdown, "gmp 0.95")[3:7] == ["0.800", "n/a (< 3 runs)", "+0.000",
+                                                    "n/a (< 3 runs)"]
     redo = table_row(markdown, "gmp+redo 0.9")
     assert redo[:4] == ["gmp+redo 0.9", "3", "3", "0.520"]
     assert redo[4] != "[0.520, 0.520]" and redo[5].startswith("-0.280")
@@ -168,6 +169,19 @@ def test_known_iqm_and_difference_to_dense(report):
     assert "Agarwal et al. 2021" in markdown
     rows = [ln.split("|")[1].strip() for ln in markdown.splitlines() if ln.startswith("| ")]
     assert rows[:5] == ["group", "dense", "gmp 0.9", "gmp 0.95", "gmp+redo 0.9"]
+
+
+def test_groups_of_one_run_get_no_interval_and_no_significance_mark(tmp_path):
+    """The Quick start's pair (one dense run, one GMP run): the bootstrap cannot resample one run,
+    so the table says so instead of a collapsed interval and a `*`."""
+    sweep_run(tmp_path / "qs", "dense", 0.0, 0, [0.8] * 3)
+    sweep_run(tmp_path / "qs-gmp", "gmp", 0.95, 0, [0.4] * 3)
+    markdown = write_report([tmp_path / "qs", tmp_path / "qs-gmp"], tmp_path / "report",
+                            reps=REPS, figures=False)
+    assert table_row(markdown, "dense")[3:6] == ["0.800", "n/a (< 3 runs)", "reference"]
+    assert table_row(markdown, "gmp 0.95")[3:7] == ["0.400", "n/a (< 3 runs)", "-0.400",
+                                                    "n/a (< 3 runs)"]
+    assert "fewer than 3 finished runs" in markdown
 
 
 def test_per_task_means_spreads_and_failed_runs(report, tmp_path):
@@ -252,7 +266,7 @@ def test_without_matplotlib_figures_fail_naming_the_extra_and_the_rest_works(
     markdown = write_report([tmp_path / "runs"], tmp_path / "out", reps=REPS, figures=False)
     assert "Skipped: not drawn" in markdown
     assert "1 run in" in markdown and "every finished group is dense" in markdown
-    assert table_row(markdown, "dense") == ["dense", "1", "3", "0.500", "[0.500, 0.500]",
+    assert table_row(markdown, "dense") == ["dense", "1", "3", "0.500", "n/a (< 3 runs)",
                                             "0.500"]
     assert write_report([tmp_path / "runs"], tmp_path / "out", reps=REPS,
                         figures=False) == markdown

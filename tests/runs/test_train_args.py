@@ -3,10 +3,14 @@ XLA CPU devices a group splits over, and the cores a sweep worker is pinned to."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from mtrl_sparse.cli import next_commands
+from mtrl_sparse.presets import get_preset
+from mtrl_sparse.run_dir import FINISHED_FILE
 from mtrl_sparse.sweep import core_sets
 from mtrl_sparse.train_args import COMPILE_CACHE_ENV, compile_cache_dir
 
@@ -31,3 +35,28 @@ def test_the_compile_cache_directory_follows_the_environment(environ, expected):
 ])
 def test_sweep_workers_get_disjoint_cores(workers, cores, sets):
     assert core_sets(workers, cores) == sets
+
+
+def test_the_next_commands_train_the_other_side_then_report(tmp_path):
+    config = dataclasses.replace(get_preset("minigrid-quick").config, method="dense")
+    first, report = next_commands([], config, "minigrid-quick", tmp_path / "qs")
+    assert first == (f"mtrl-sparse train --preset minigrid-quick --method gmp --sparsity 0.95 "
+                     f"--run-dir {tmp_path / 'qs-gmp'}")
+    assert report == f"mtrl-sparse report {tmp_path / 'qs'} {tmp_path / 'qs-gmp'} --out " \
+                     f"{tmp_path / 'report'}"
+
+
+@pytest.mark.parametrize("trained", ["dense", "gmp"])
+def test_with_the_other_side_already_trained_only_the_report_is_next(tmp_path, trained):
+    """The Quick start's pair: after the GMP run (or a dense rerun) whose twin has finished, the
+    report, not a third training run."""
+    base = get_preset("minigrid-quick").config
+    dense, gmp = tmp_path / "qs", tmp_path / "qs-gmp"
+    twin = gmp if trained == "dense" else dense
+    twin.mkdir()
+    (twin / FINISHED_FILE).write_text("{}")
+    config = (dataclasses.replace(base, method="dense") if trained == "dense" else
+              dataclasses.replace(base, method="gmp", sparsity=0.95))
+    run_dir = dense if trained == "dense" else gmp
+    assert next_commands([], config, "minigrid-quick", run_dir) == [
+        f"mtrl-sparse report {dense} {gmp} --out {tmp_path / 'report'}"]

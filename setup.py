@@ -5,7 +5,12 @@
 (``jax.ffi.include_dir()``; jax is a build requirement). It is optional: without a C++17
 compiler, or if the build fails, the install goes on and the masked layers use their pure-JAX
 path (``mtrl_sparse.agents.sparse_linear`` says so when sparse compute is asked for).
-``MTRL_SPARSE_PORTABLE=1`` builds without ``-march=native`` (for a library copied to other CPUs).
+Instruction sets: a build used where it is made (``pip install -e .``: the editable install
+builds in place) targets the host CPU (``-march=native``); a wheel (``python -m build``,
+``pip wheel``, ``pip install .``) may be copied to other machines, where a native build dies with
+SIGILL on a CPU without the same vector extensions, so it is built for the architecture's
+baseline. ``MTRL_SPARSE_PORTABLE=1`` makes any build portable; ``MTRL_SPARSE_NATIVE=1`` makes any
+build native.
 """
 
 from __future__ import annotations
@@ -29,11 +34,19 @@ class BuildFfiExtension(build_ext):
         except ImportError as error:
             print(f"mtrl-sparse: sparse kernels not built (no jax.ffi headers: {error})")
             return
-        native = [] if os.environ.get("MTRL_SPARSE_PORTABLE") else ["-march=native"]
+        native = ["-march=native"] if self._native() else []
         for extension in self.extensions:
             extension.include_dirs.append(jax.ffi.include_dir())
             extension.extra_compile_args = OPTIMISE + [f for f in native if self._accepts(f)]
         super().build_extensions()
+
+    def _native(self) -> bool:
+        """Whether to build for the host CPU: in place (an editable install) unless
+        ``MTRL_SPARSE_PORTABLE`` is set, elsewhere only with ``MTRL_SPARSE_NATIVE`` set."""
+        if os.environ.get("MTRL_SPARSE_PORTABLE"):
+            return False
+        in_place = bool(getattr(self, "editable_mode", False) or self.inplace)
+        return in_place or bool(os.environ.get("MTRL_SPARSE_NATIVE"))
 
     def _accepts(self, flag: str) -> bool:
         """Whether the C++ compiler compiles an empty file with ``flag``."""

@@ -44,7 +44,7 @@ from mtrl_sparse.train_args import (
     use_cpu_devices,
 )
 
-USAGE = """usage: mtrl-sparse COMMAND [OPTIONS]
+USAGE = """usage: mtrl-sparse COMMAND [OPTIONS]   (mtrl-sparse --version: versions and kernels)
 
 commands:
   train     train an agent on a preset: multi-task SAC on Meta-World, multi-task PPO on
@@ -499,11 +499,26 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets,
             "methods": cmd_methods, "report": cmd_report, "sweep": cmd_sweep}
 
 
+def version_line() -> str:
+    """The package's version, jax's, and whether the sparse CPU kernels were built."""
+    import importlib.util
+    from importlib.metadata import version
+
+    from mtrl_sparse.agents.sparse_linear import EXTENSION
+
+    built = importlib.util.find_spec(EXTENSION) is not None
+    return (f"mtrl-sparse {version('mtrl-sparse')} (jax {version('jax')}, jaxlib "
+            f"{version('jaxlib')}; sparse CPU kernels: {'built' if built else 'not built'})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V"):
+        print(version_line())
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"mtrl-sparse: unknown command {command!r}; accepted: {', '.join(COMMANDS)}",

@@ -204,3 +204,16 @@ def test_python_api_is_importable_as_one_call():
 def test_report_without_rliable_names_the_extra(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "rliable", None)  # import rliable raises ImportError
     assert_usage_error(capsys, ["report", str(tmp_path)], "rliable", "mtrl-sparse[report]")
+
+
+def test_version_names_the_package_jax_and_whether_the_kernels_are_built(capsys):
+    import importlib.util
+    from importlib.metadata import version
+
+    from mtrl_sparse.agents.sparse_linear import EXTENSION
+
+    assert main(["--version"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"mtrl-sparse {version('mtrl-sparse')} (jax {version('jax')}")
+    built = importlib.util.find_spec(EXTENSION) is not None
+    assert line.endswith("kernels: built)" if built else "kernels: not built)")

@@ -24,6 +24,7 @@ from mtrl_sparse.presets import get_preset
 from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import read_config, read_metrics
 from mtrl_sparse.run_loop import train
+from support.optional import needs_farama
 from support.run_checks import deterministic_rows, without_wall_clock
 
 SMOKE = get_preset("minigrid-smoke").config
@@ -98,6 +99,7 @@ def test_eval_of_a_ppo_checkpoint_writes_its_scores_and_repeats_exactly(cli_run,
         assert 0.0 <= results[0][f"eval/normalized_return/{task}"] <= 1.0 + 1e-6
 
 
+@needs_farama  # probes a run on the farama backend
 def test_ppo_probe_fisher_trace_is_the_mean_per_sample_squared_score():
     env = MiniGridVectorEnv("MT3", 4, 0)
     ppo = make_run_ppo(dataclasses.replace(SMOKE, method="static", sparsity=0.5), env)

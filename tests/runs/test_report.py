@@ -14,6 +14,9 @@ from mtrl_sparse.presets import get_preset
 from mtrl_sparse.report import aggregate, find_runs
 from mtrl_sparse.run_dir import METRICS_FILE, write_config, write_finished
 from support.cli import assert_usage_error, run_cli
+from support.optional import needs_report
+
+pytestmark = needs_report
 
 TASKS = ("LavaGapS7-v0", "RedBlueDoors-6x6-v0", "MemoryS11-v0")
 

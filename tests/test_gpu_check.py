@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ _spec.loader.exec_module(gpu_check)
 
 
 def run_shell(*args: str) -> subprocess.CompletedProcess:
+    # the test's environment (its compilation cache and flags), the suite's interpreter
     return subprocess.run([str(SHELL), *args], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+                          env={**os.environ, "PYTHON": sys.executable})
 
 
 @pytest.mark.slow

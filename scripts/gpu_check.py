@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -69,7 +70,7 @@ def probe_device(dry_run: bool) -> dict[str, Any]:
 
     import jax
 
-    from mtrl_sparse.precision import use_training_precision
+    from mtrl_sparse.precision import matmul_precision
 
     devices = jax.devices()
     versions = {}
@@ -86,13 +87,11 @@ def probe_device(dry_run: bool) -> dict[str, Any]:
         "platform": devices[0].platform, "kind": devices[0].device_kind,
         "count": len(devices), "memory_bytes": memory.get("bytes_limit"),
         "nvidia_smi": gpus, "versions": versions, "python": sys.version.split()[0],
-        "matmul_precision": use_training_precision(), "cpu_cores": os.cpu_count(),
+        "matmul_precision": matmul_precision(), "cpu_cores": os.cpu_count(),
     }
 
 
 def _ppo_config(dry_run: bool, seed: int = 0):
-    import dataclasses
-
     from mtrl_sparse.presets import DEFAULT_PRESET, get_preset
 
     config = get_preset("minigrid-smoke" if dry_run else DEFAULT_PRESET).config
@@ -107,9 +106,6 @@ def probe_fingerprint(dry_run: bool) -> dict[str, Any]:
 
     from mtrl_sparse.agent_kind import EpisodeTracker
     from mtrl_sparse.on_policy import OnPolicyRun
-    from mtrl_sparse.precision import use_training_precision
-
-    use_training_precision()
 
     def digest(tree: Any) -> str:
         sha = hashlib.sha256()
@@ -145,14 +141,10 @@ def probe_fingerprint(dry_run: bool) -> dict[str, Any]:
 
 def probe_vmapped(dry_run: bool) -> dict[str, Any]:
     """K MiniGrid PPO runs vmapped in one program: compile and iteration times, runs per hour."""
-    import dataclasses
-
     from mtrl_sparse.agent_kind import EpisodeTracker
     from mtrl_sparse.on_policy_group import VmappedOnPolicyRuns
-    from mtrl_sparse.precision import use_training_precision
     from mtrl_sparse.presets import DEFAULT_PRESET
 
-    use_training_precision()
     rows = {}
     for k in (1, 2) if dry_run else (1, 8, 64):
         configs = [dataclasses.replace(_ppo_config(dry_run, seed), method="gmp", sparsity=0.95)
@@ -441,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the offline install's result (written by gpu_check.sh)")
     args = parser.parse_args(argv)
     if args.command == "probe":
+        from mtrl_sparse.precision import use_training_precision
+
+        use_training_precision()  # as the CLI's processes train
         figures = PROBES[args.name](args.dry_run)
         args.json.write_text(json.dumps(figures, indent=2, default=str))
         return 0

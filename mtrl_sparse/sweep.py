@@ -181,14 +181,11 @@ def parse_sparsities(values: Sequence[Any]) -> tuple[float, ...]:
 
 def parse_sweep_seeds(value: Any) -> tuple[int, ...]:
     """Seeds: a count N (seeds 0..N-1), a range A-B, a list A,B,C, or a TOML list."""
+    if isinstance(value, list) and len(value) == 1:  # a list holds seeds: [3] is seed 3
+        value = f"{value[0]}-{value[0]}"
     if isinstance(value, list):
         value = ",".join(map(str, value))
-    text = str(value).strip()
-    if text.isdigit():
-        if int(text) == 0:
-            raise UsageError("--seeds 0: a sweep needs at least one seed")
-        return tuple(range(int(text)))
-    return tuple(parse_seeds(text))
+    return tuple(parse_seeds(str(value)))
 
 
 def check_spec(spec: SweepSpec) -> None:

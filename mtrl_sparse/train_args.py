@@ -139,7 +139,14 @@ def parse_train_args(args: list[str]) -> tuple[RunConfig, bool, str | None]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``--seeds``: ``A-B`` (inclusive) or ``A,B,C`` -> the seeds; ``UsageError`` otherwise."""
+    """``--seeds``: a count ``N`` (seeds 0..N-1), a range ``A-B`` (inclusive) or a list
+    ``A,B,C`` -> the seeds; ``UsageError`` otherwise. ``train`` and ``sweep`` read it alike."""
+    text = text.strip()
+    if text.isdigit():
+        if int(text) == 0:
+            raise UsageError("--seeds 0: at least one seed is needed (N seeds 0..N-1, a range "
+                             "A-B or a list A,B,C)")
+        return list(range(int(text)))
     try:
         if "-" in text:
             low, high = (int(part) for part in text.split("-"))
@@ -149,10 +156,9 @@ def parse_seeds(text: str) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {text!r}: expected a range A-B or a list A,B,C of distinct "
-                         "non-negative integers")
+        raise UsageError(f"--seeds {text!r}: expected a count N (seeds 0..N-1), a range A-B or a "
+                         "list A,B,C of distinct non-negative integers")
     return seeds
-
 
 
 CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"

@@ -11,8 +11,13 @@ import pytest
 from mtrl_sparse.cli import next_commands
 from mtrl_sparse.presets import get_preset
 from mtrl_sparse.run_dir import FINISHED_FILE
-from mtrl_sparse.sweep import core_sets
-from mtrl_sparse.train_args import COMPILE_CACHE_ENV, compile_cache_dir
+from mtrl_sparse.sweep import core_sets, parse_sweep_seeds
+from mtrl_sparse.train_args import (
+    COMPILE_CACHE_ENV,
+    UsageError,
+    compile_cache_dir,
+    parse_seeds,
+)
 
 
 @pytest.mark.parametrize(("environ", "expected"), [
@@ -25,6 +30,23 @@ from mtrl_sparse.train_args import COMPILE_CACHE_ENV, compile_cache_dir
 ])
 def test_the_compile_cache_directory_follows_the_environment(environ, expected):
     assert compile_cache_dir(environ) == expected
+
+
+@pytest.mark.parametrize(("text", "seeds"), [
+    ("5", [0, 1, 2, 3, 4]), ("1", [0]), ("2-4", [2, 3, 4]), ("3-3", [3]), ("1,3", [1, 3]),
+])
+def test_train_and_sweep_read_seeds_alike(text, seeds):
+    """``--seeds N`` is N seeds from 0 in ``train`` as in ``sweep`` (it once trained seed N
+    alone in ``train``); a TOML list of one is that seed."""
+    assert parse_seeds(text) == seeds
+    assert parse_sweep_seeds(text) == tuple(seeds)
+    assert parse_sweep_seeds(seeds) == tuple(seeds)
+
+
+@pytest.mark.parametrize("text", ["0", "3-1", "0,0", "-1", "a", ""])
+def test_seeds_that_name_no_run_are_refused(text):
+    with pytest.raises(UsageError, match="--seeds"):
+        parse_seeds(text)
 
 
 @pytest.mark.parametrize(("workers", "cores", "sets"), [

@@ -506,10 +506,6 @@ class MaskedDense(nn.Module):
         if y_feature_major or x_feature_major:
             y = kernel_product(self, x, kernel, x_feature_major, y_feature_major)
             return y + (bias[:, None] if y_feature_major else bias)
-        if self.contract_all and not self.has_variable(SPARSE_INDEX, "kernel"):
-            axes = tuple(range(1, x.ndim))  # DenseGeneral's product, to the last bit
-            return jax.lax.dot_general(x, kernel, ((axes, tuple(a - 1 for a in axes)),
-                                                   ((), ()))) + bias
-        if self.contract_all:
+        if self.contract_all:  # flattened: XLA's fast CPU matmul (DenseGeneral's is not)
             x = x.reshape(x.shape[0], flat_in)
         return kernel_product(self, x, kernel) + bias

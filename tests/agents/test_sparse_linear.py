@@ -184,12 +184,14 @@ def test_sparse_matmul_is_float32_only():
 @pytest.mark.parametrize(("contract_all", "shape"), [
     (False, (16, 24)), (True, (256, 1, 1, 64)), (True, (256, 4, 4, 64))],
     ids=["dense", "dense_general_pooled_cnn", "dense_general_cnn"])
-def test_masked_dense_computes_what_the_flax_layer_computes_to_the_last_bit(contract_all, shape):
-    """Without an index, MaskedDense is nn.Dense / nn.DenseGeneral: the same parameters, outputs
-    and gradients, bit for bit, at the shapes of the networks' layers. (Inside a whole update
-    XLA may still fuse a different product differently: a reshaped matmul in place of
-    DenseGeneral's contraction changed the Quick start's final score, which is why MaskedDense
-    keeps DenseGeneral's dot_general.)"""
+def test_masked_dense_computes_what_the_flax_layer_computes(contract_all, shape):
+    """Without an index, MaskedDense is nn.Dense / nn.DenseGeneral: the same parameters, and the
+    same outputs and gradients at the shapes of the networks' layers: bit for bit as nn.Dense;
+    as DenseGeneral to float32 rounding, since with ``contract_all`` it flattens the input and
+    multiplies by the (flat, units) matrix, which XLA's CPU backend computes through its fast
+    matrix-product path where DenseGeneral's multi-axis contraction does not (the un-pooled PPO
+    update about 1.2x faster; bench/ppo_update.py). Whole runs are guarded by the learning gate
+    (tests/runs/test_learning_gate.py), not bit for bit."""
     from flax import linen as nn
 
     from mtrl_sparse.agents.networks import torch_linear_init
@@ -206,9 +208,13 @@ def test_masked_dense_computes_what_the_flax_layer_computes_to_the_last_bit(cont
             variables)
 
     want, got = value_and_grads(flax_layer, theirs_vars), value_and_grads(ours, our_vars)
-    for a, b in zip(jax.tree.leaves((theirs_vars, want)), jax.tree.leaves((our_vars, got)),
-                    strict=True):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(theirs_vars), jax.tree.leaves(our_vars), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same initial parameters
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        if contract_all:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("use_kernel", KERNEL_OR_FALLBACK)

@@ -41,10 +41,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from mtrl_sparse.agent_kind import EpisodeTracker
 from mtrl_sparse.agents.cnn import MiniGridCNN
+from mtrl_sparse.agents.net_state import apply_gradients, apply_masks
+from mtrl_sparse.agents.optim import NetworkSetup, make_optimizer
 from mtrl_sparse.agents.ppo import policy_loss, updates_per_rollout
 from mtrl_sparse.host_memory import reuse_freed_memory
 from mtrl_sparse.on_policy import OnPolicyRun
@@ -164,24 +165,22 @@ def minibatch_parts(run: OnPolicyRun, rounds: int) -> dict[str, float]:
     def trunk_loss(trunk_params, obs):
         return jnp.sum(jnp.square(cnn.apply({"params": trunk_params}, obs)))
 
-    def head_loss(head_params, features):
+    def head_loss(head_params, features):  # the gradient reaches the features (the trunk)
         kernel, bias = head_params["head_hidden"]["kernel"], head_params["head_hidden"]["bias"]
-        hidden = jnp.tanh(jnp.tensordot(features, kernel, features.ndim - 1) + bias)
+        flat = features.reshape(features.shape[0], -1)  # as MaskedDense computes it
+        hidden = jnp.tanh(flat @ kernel.reshape(flat.shape[1], -1) + bias)
         return jnp.sum(jnp.square(hidden))
 
     grad = jax.jit(jax.grad(loss))
-    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm or 1e9),
-                     optax.adam(config.actor_lr))
-    masks = run.state.actor.masks["params"]
+    actor = run.state.actor
+    tx = make_optimizer(config.actor_lr, config.max_grad_norm, NetworkSetup(method=None))
 
-    def optimizer_step(params, opt_state, grads):
-        updates, opt_state = tx.update(jax.tree.map(jnp.multiply, grads, masks), opt_state,
-                                       params)
-        return jax.tree.map(jnp.multiply, optax.apply_updates(params, updates), masks), opt_state
+    def optimizer_step(actor, grads):  # what masked_gradient_step does after the gradient
+        return apply_gradients(actor, apply_masks(grads, actor.masks), tx)
 
-    opt_state, grads = tx.init(params), grad(params, obs)
+    grads = {"params": grad(params, obs)}
     step = jax.jit(optimizer_step)
-    trunk_grad = jax.jit(jax.grad(trunk_loss, argnums=(0, 1)))
+    trunk_grad = jax.jit(jax.grad(trunk_loss))  # no gradient into the image, as in training
     head_grad = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
     return {
         "CNN trunk, forward + backward": median_seconds(lambda: trunk_grad(trunk_params, obs),
@@ -191,7 +190,7 @@ def minibatch_parts(run: OnPolicyRun, rounds: int) -> dict[str, float]:
         "whole network: loss and gradient": median_seconds(lambda: grad(params, obs), rounds,
                                                            10),
         "optimizer step (clip, Adam, masks)": median_seconds(
-            lambda: step(params, opt_state, grads), rounds, 10),
+            lambda: step(actor, grads), rounds, 10),
     }
 
 

@@ -1,0 +1,61 @@
+"""The learning-regression gate: the Quick start still learns as well as it did.
+
+Bitwise comparisons of whole runs guard refactors that keep every float32 sum in place; a change
+that reorders sums (a fused kernel, a new layout, another XLA) moves every run's numbers, and RL
+training amplifies a last-bit difference until the run takes another path. What must not move is
+how well the agent learns. So the gate trains the Quick start preset (``minigrid-quick``, 400k env
+steps) over seeds 0-4 in one vmapped program, dense and with GMP at 95%, and asserts that the IQM
+of the final normalised return (the report's IQM: rliable's ``aggregate_iqm`` over the 5 runs x 3
+tasks scores) lies inside a band recorded from the code of 2026-12-07 by
+``scripts/learning_gate_band.py`` (CPU: 2-core AMD EPYC, AVX2):
+
+- the band is ``center +- 3 sd``: ``center`` the IQM of 20 runs (seeds 0-19, four vmapped groups
+  of 5), ``sd`` the standard deviation of the IQM of 5 of those runs drawn without replacement;
+- seeds 0-4 recompiled with XLA flags that round float32 differently without changing the code
+  (XLA's own matrix-product emitters instead of YNNPACK's fusions; code without FMA) land inside
+  it, as a change that only reorders sums does;
+- a change that costs the dense agent more than about 3 sd of its final IQM fails.
+
+Recorded (before the heads' layer became a flat product): dense, the four 5-seed sets' IQMs
+0.564, 0.672, 0.591, 0.678, center 0.630, sd 0.042, band [0.504, 0.755], reordered seeds 0-4
+0.645 and 0.622; GMP 95%, sets 0.478, 0.393, 0.394, 0.388, center 0.425, sd 0.039, band
+[0.307, 0.543], reordered 0.332 and 0.399. The flat product's code (float32 sums in another
+order) then gave 0.580 and 0.475.
+
+A change that is meant to change learning (a new default, a fixed bug) re-records the band with
+that script and says so in its commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtrl_sparse.cli import main
+from mtrl_sparse.report import final_scores, iqm
+from mtrl_sparse.run_dir import FINISHED_FILE
+
+pytestmark = pytest.mark.slow
+
+BANDS = {"dense": (0.504, 0.755), "gmp": (0.307, 0.543)}
+"""IQM bands of seeds 0-4, recorded by scripts/learning_gate_band.py (see the module docstring)."""
+
+METHODS = {"dense": ("dense", "0"), "gmp": ("gmp", "0.95")}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_the_quick_start_learns_inside_its_recorded_band(tmp_path: Path, method: str):
+    name, sparsity = METHODS[method]
+    assert main(["train", "--method", name, "--sparsity", sparsity, "--seeds", "0-4",
+                 "--run-dir", str(tmp_path), "--no-progress"]) == 0
+    runs = sorted(p for p in tmp_path.iterdir() if (p / FINISHED_FILE).is_file())
+    assert len(runs) == 5
+    scores = np.array([[score for _, score in sorted(final_scores(run)[1].items())]
+                       for run in runs])
+    low, high = BANDS[method]
+    value = float(iqm(scores.ravel()))
+    assert low <= value <= high, (
+        f"{method}: IQM of the final normalised return over seeds 0-4 is {value:.3f}, outside "
+        f"the recorded band [{low}, {high}]; per run: {scores.mean(axis=1).round(3).tolist()}")

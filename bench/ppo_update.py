@@ -32,8 +32,6 @@ import collections
 import dataclasses
 import glob
 import json
-import os
-import platform
 import re
 import statistics
 import time
@@ -41,6 +39,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from update_throughput import cpu_description  # the benchmarks' CPU line
 
 from mtrl_sparse.agent_kind import EpisodeTracker
 from mtrl_sparse.agents.cnn import MiniGridCNN
@@ -63,23 +62,6 @@ ASSUMPTIONS = (
     "backward: 1x forward for the weight gradient, 1x for the input gradient, except no input "
     "gradient into the first convolution (the image)",
 )
-
-
-def cpu_description() -> str:
-    """The CPU model, its widest vector extensions and the core count (Linux; else platform)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    vector = [name for name in ("avx512f", "avx2", "fma", "avx") if name in flags]
-    return f"{model} ({', '.join(vector) or 'no AVX'}; {os.cpu_count()} cores)"
 
 
 def layer_flops(config, num_tasks: int, num_actions: int, obs_shape: tuple[int, ...],

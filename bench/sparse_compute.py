@@ -43,7 +43,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from update_throughput import ACTION_DIM, OBS_DIM, random_batch  # the update benchmark's batch
+from update_throughput import (  # the update benchmark's batch and CPU line
+    ACTION_DIM,
+    OBS_DIM,
+    cpu_description,
+    random_batch,
+)
 
 from mtrl_sparse.agent_kind import EpisodeTracker
 from mtrl_sparse.agents.cnn import kernel_patches
@@ -194,6 +199,7 @@ def main() -> None:
     print(f"sparse kernels vs masked dense; jax {jax.__version__}, {os.cpu_count()} CPU cores, "
           f"{jax.devices()[0].platform}; dense/sparse time = speed-up (median of {args.rounds} "
           "alternating rounds)")
+    print(f"CPU: {cpu_description()}")
     if "layers" in args.sections:
         print("\nlayers (forward + input and weight gradients), ms per call:")
         workloads = [(name, layer_workloads, shape) for name, shape in LAYERS.items()]

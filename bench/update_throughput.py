@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -315,9 +317,27 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def cpu_description() -> str:
+    """The CPU model, its widest vector extensions and the core count (Linux; else platform)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    vector = [name for name in ("avx512f", "avx2", "fma", "avx") if name in flags]
+    return f"{model} ({', '.join(vector) or 'no AVX'}; {os.cpu_count()} cores)"
+
+
 def print_header(args: argparse.Namespace) -> None:
     print("SAC update throughput (multi-task SAC, twin critics, one head per task)")
     print(f"  jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+    print(f"  CPU: {cpu_description()}")
     print(f"  batch {args.batch_size}, hidden {'x'.join(map(str, args.hidden))}, "
           f"tasks {args.tasks}, obs {OBS_DIM}, action {ACTION_DIM}; static: "
           f"{args.sparsity:.0%} {args.distribution} (actor and critics)")

@@ -186,12 +186,13 @@ def test_sparse_matmul_is_float32_only():
     ids=["dense", "dense_general_pooled_cnn", "dense_general_cnn"])
 def test_masked_dense_computes_what_the_flax_layer_computes(contract_all, shape):
     """Without an index, MaskedDense is nn.Dense / nn.DenseGeneral: the same parameters, and the
-    same outputs and gradients at the shapes of the networks' layers: bit for bit as nn.Dense;
-    as DenseGeneral to float32 rounding, since with ``contract_all`` it flattens the input and
-    multiplies by the (flat, units) matrix, which XLA's CPU backend computes through its fast
-    matrix-product path where DenseGeneral's multi-axis contraction does not (the un-pooled PPO
-    update about 1.2x faster; bench/ppo_update.py). Whole runs are guarded by the learning gate
-    (tests/runs/test_learning_gate.py), not bit for bit."""
+    same outputs and gradients at the shapes of the networks' layers, bit for bit as nn.Dense.
+    With ``contract_all`` it flattens the input and multiplies by the (flat, units) matrix: bit
+    for bit nn.Dense on the flattened input and kernel, and DenseGeneral to float32 rounding
+    (XLA's CPU backend computes the flat product on its fast matrix-product path, DenseGeneral's
+    multi-axis contraction off it: the un-pooled PPO update about 1.2x faster; bench/
+    ppo_update.py). Whole runs are guarded by the learning gate (tests/runs/
+    test_learning_gate.py)."""
     from flax import linen as nn
 
     from mtrl_sparse.agents.networks import torch_linear_init
@@ -210,11 +211,23 @@ def test_masked_dense_computes_what_the_flax_layer_computes(contract_all, shape)
     want, got = value_and_grads(flax_layer, theirs_vars), value_and_grads(ours, our_vars)
     for a, b in zip(jax.tree.leaves(theirs_vars), jax.tree.leaves(our_vars), strict=True):
         np.testing.assert_array_equal(a, b)  # the same initial parameters
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        if contract_all:
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-        else:
+    if not contract_all:
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
             np.testing.assert_array_equal(a, b)
+        return
+    # Bit for bit what nn.Dense computes on the flattened input with the flattened kernel ...
+    flat_x = x.reshape(shape[0], -1)
+    flat_vars = jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a,
+                             our_vars)
+    flat_dense = nn.Dense(384)
+    flat_want = jax.jit(jax.value_and_grad(
+        lambda v: jnp.sum(jnp.sin(flat_dense.apply(v, flat_x)))))(flat_vars)
+    np.testing.assert_array_equal(flat_want[0], got[0])
+    for a, b in zip(jax.tree.leaves(flat_want[1]), jax.tree.leaves(got[1]), strict=True):
+        np.testing.assert_array_equal(a.reshape(-1), b.reshape(-1))
+    # ... and DenseGeneral's multi-axis contraction to float32 rounding (summed in another order).
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("use_kernel", KERNEL_OR_FALLBACK)

@@ -21,7 +21,8 @@ Recorded (before the heads' layer became a flat product): dense, the four 5-seed
 0.564, 0.672, 0.591, 0.678 (20-run IQM 0.630), sd 0.042, seeds 0-4 under the three roundings
 0.564, 0.645, 0.622, band [0.485, 0.735]; GMP 95%, sets 0.478, 0.393, 0.394, 0.388, sd 0.039,
 seeds 0-4 0.478, 0.332, 0.399, band [0.285, 0.521]. The flat product's code then gave 0.580 and
-0.475 pinned to one core, and dense 0.532 on two (the core count changes the summation order).
+0.475 pinned to one core, and 0.532 and 0.336 on two (the core count changes the summation
+order).
 
 A change that is meant to change learning (a new default, a fixed bug) re-records the band with
 that script and says so in its commit.

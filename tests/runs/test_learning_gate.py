@@ -9,8 +9,9 @@ of the final normalised return (the report's IQM: rliable's ``aggregate_iqm`` ov
 tasks scores) lies inside a band recorded from the code of 2026-12-07 by
 ``scripts/learning_gate_band.py`` (CPU: 2-core AMD EPYC, AVX2):
 
-- the band is ``center +- 3 sd``: ``sd`` the standard deviation of the IQM of 5 runs drawn
-  without replacement from 20 (seeds 0-19, four vmapped groups of 5); ``center`` the mean of
+- the band is ``center +- 3 sd``: ``sd`` the larger of two measured spreads, that of the IQM of
+  5 runs drawn without replacement from 20 (seeds 0-19, four vmapped groups of 5) and that of
+  seeds 0-4's IQM over the roundings below; ``center`` the mean of
   seeds 0-4's IQM under three roundings of the same code (the default, XLA's own matrix-product
   emitters instead of YNNPACK's fusions, code without FMA): the gate always trains seeds 0-4,
   whose initial networks a reordering keeps, and they sat below the 20-run IQM under every
@@ -19,8 +20,9 @@ tasks scores) lies inside a band recorded from the code of 2026-12-07 by
 
 Recorded (before the heads' layer became a flat product): dense, the four 5-seed sets' IQMs
 0.564, 0.672, 0.591, 0.678 (20-run IQM 0.630), sd 0.042, seeds 0-4 under the three roundings
-0.564, 0.645, 0.622, band [0.485, 0.735]; GMP 95%, sets 0.478, 0.393, 0.394, 0.388, sd 0.039,
-seeds 0-4 0.478, 0.332, 0.399, band [0.285, 0.521]. The flat product's code then gave 0.580 and
+0.564, 0.645, 0.622 (sd 0.042), band [0.485, 0.736]; GMP 95%, sets 0.478, 0.393, 0.394, 0.388,
+sd 0.039, seeds 0-4 0.478, 0.332, 0.399 (sd 0.073: GMP's seeds 0-4 move more under a rounding
+than a random 5 seeds do), band [0.183, 0.623]. The flat product's code then gave 0.580 and
 0.475 pinned to one core, and 0.532 and 0.336 on two (the core count changes the summation
 order).
 
@@ -41,7 +43,7 @@ from mtrl_sparse.run_dir import FINISHED_FILE
 
 pytestmark = pytest.mark.slow
 
-BANDS = {"dense": (0.485, 0.735), "gmp": (0.285, 0.521)}
+BANDS = {"dense": (0.485, 0.736), "gmp": (0.183, 0.623)}
 """IQM bands of seeds 0-4, recorded by scripts/learning_gate_band.py (see the module docstring)."""
 
 METHODS = {"dense": ("dense", "0"), "gmp": ("gmp", "0.95")}

@@ -64,7 +64,7 @@ from mtrl_sparse.run_dir import (
     try_flock,
 )
 from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped, StopRequest, catch_preemption
-from mtrl_sparse.train_args import UsageError, parse_seeds, parse_train_args
+from mtrl_sparse.train_args import UsageError, checked_seeds, parse_seeds, parse_train_args
 
 MANIFEST_FILE = "sweep.json"
 LOG_DIR = "logs"
@@ -181,10 +181,12 @@ def parse_sparsities(values: Sequence[Any]) -> tuple[float, ...]:
 
 def parse_sweep_seeds(value: Any) -> tuple[int, ...]:
     """Seeds: a count N (seeds 0..N-1), a range A-B, a list A,B,C, or a TOML list."""
-    if isinstance(value, list) and len(value) == 1:  # a list holds seeds: [3] is seed 3
-        value = f"{value[0]}-{value[0]}"
-    if isinstance(value, list):
-        value = ",".join(map(str, value))
+    if isinstance(value, list):  # a list holds seeds, never a count: [3] is seed 3
+        text = ",".join(map(str, value))
+        try:
+            return tuple(checked_seeds([int(seed) for seed in text.split(",")], text))
+        except ValueError:
+            return tuple(checked_seeds([], text))
     return tuple(parse_seeds(str(value)))
 
 

@@ -150,11 +150,15 @@ def parse_seeds(text: str) -> list[int]:
     try:
         if "-" in text:
             low, high = (int(part) for part in text.split("-"))
-            seeds = list(range(low, high + 1))
-        else:
-            seeds = [int(part) for part in text.split(",")]
+            return checked_seeds(list(range(low, high + 1)), text)
+        return checked_seeds([int(part) for part in text.split(",")], text)
     except ValueError:
-        seeds = []
+        return checked_seeds([], text)
+
+
+def checked_seeds(seeds: list[int], text: str) -> list[int]:
+    """``seeds`` if they are distinct non-negative integers, at least one; else ``UsageError``
+    naming ``text``, what ``--seeds`` was given."""
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {text!r}: expected a count N (seeds 0..N-1), a range A-B or a "
                          "list A,B,C of distinct non-negative integers")

@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from update_throughput import cpu_description  # the benchmarks' CPU line
+from update_throughput import cpu_description, xla_flops  # CPU line, XLA's FLOP count
 
 from mtrl_sparse.agent_kind import EpisodeTracker
 from mtrl_sparse.agents.cnn import MiniGridCNN
@@ -64,8 +64,8 @@ ASSUMPTIONS = (
 )
 
 
-def layer_flops(config, num_tasks: int, num_actions: int, obs_shape: tuple[int, ...],
-                samples: int, out_dim: int) -> dict[str, int]:
+def layer_flops(config, num_tasks: int, obs_shape: tuple[int, ...], samples: int,
+                out_dim: int) -> dict[str, int]:
     """Forward FLOPs per layer of one network on ``samples`` samples (see ``ASSUMPTIONS``)."""
     height, width, channels = obs_shape
     flops: dict[str, int] = {}
@@ -88,18 +88,11 @@ def update_flops(config, num_tasks: int, num_actions: int, obs_shape: tuple[int,
     counts = {}
     for network, out_dim, batch in (("actor", num_actions, config.policy_batch_size),
                                     ("critic", 1, config.critic_batch_size)):
-        forward = layer_flops(config, num_tasks, num_actions, obs_shape,
-                              steps[network] * batch, out_dim)
+        forward = layer_flops(config, num_tasks, obs_shape, steps[network] * batch, out_dim)
         weight_grads = sum(forward.values())
         input_grads = weight_grads - forward["conv_0"]
         counts[network] = sum(forward.values()) + weight_grads + input_grads
     return counts
-
-
-def cost_flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    analysis = [analysis] if isinstance(analysis, dict) else analysis or []
-    return float(sum(entry.get("flops", 0.0) for entry in analysis))
 
 
 def median_seconds(fn: Callable[[], object], rounds: int, calls: int = 1) -> float:
@@ -121,24 +114,31 @@ def matmul_rate(rounds: int) -> float:
     return 2 * MATMUL_SIZE ** 3 / median_seconds(lambda: dot(a), rounds)
 
 
-def minibatch_parts(run: OnPolicyRun, rounds: int) -> dict[str, float]:
-    """Seconds of one actor minibatch step's parts, each compiled and timed alone (the ``mh``
-    architecture: one CNN ``trunk`` and the ``task_heads``)."""
-    ppo, config = run.ppo, run.config.ppo
+def actor_loss(run: OnPolicyRun) -> tuple[Callable, dict]:
+    """``(loss(params) -> scalar, params)``: the actor's PPO loss on the rollout's first minibatch
+    (advantages drawn at random, standardised as in training), and the actor's parameters."""
+    ppo, config, rollout = run.ppo, run.config.ppo, run.rollout
     batch = config.policy_batch_size
-    rollout = run.rollout
     obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])[:batch]
     task_ids = rollout.task_ids.reshape(-1)[:batch]
     actions = rollout.actions.reshape(-1)[:batch]
     log_probs = rollout.log_probs.reshape(-1)[:batch]
     advantages = jax.random.normal(jax.random.key(0), (batch,))
-    weights = ppo.acting_weights(run.state)["actor"]
-    params = weights["params"]
 
-    def loss(params, obs):
+    def loss(params):
         logits = ppo.actor_logits({"params": params}, obs, task_ids)
         return policy_loss(logits, actions, log_probs, advantages, config.clip_eps,
                            config.entropy_coef, True)[0]
+
+    return loss, ppo.acting_weights(run.state)["actor"]["params"]
+
+
+def minibatch_parts(run: OnPolicyRun, rounds: int) -> dict[str, float]:
+    """Seconds of one actor minibatch step's parts, each compiled and timed alone (the ``mh``
+    architecture: one CNN ``trunk`` and the ``task_heads``)."""
+    config = run.config.ppo
+    loss, params = actor_loss(run)
+    obs = run.rollout.obs.reshape(-1, *run.rollout.obs.shape[2:])[:config.policy_batch_size]
 
     cnn = MiniGridCNN(config.conv_channels, pooling=config.cnn_pooling)
     trunk_params, head_params = params["trunk"], params["task_heads"]
@@ -160,7 +160,7 @@ def minibatch_parts(run: OnPolicyRun, rounds: int) -> dict[str, float]:
     def optimizer_step(actor, grads):  # what masked_gradient_step does after the gradient
         return apply_gradients(actor, apply_masks(grads, actor.masks), tx)
 
-    grads = {"params": grad(params, obs)}
+    grads = {"params": grad(params)}
     step = jax.jit(optimizer_step)
     trunk_grad = jax.jit(jax.grad(trunk_loss))  # no gradient into the image, as in training
     head_grad = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
@@ -169,8 +169,7 @@ def minibatch_parts(run: OnPolicyRun, rounds: int) -> dict[str, float]:
                                                         rounds, 10),
         "task heads' hidden layer (T x U units), forward + backward": median_seconds(
             lambda: head_grad(head_params, cnn_out), rounds, 10),
-        "whole network: loss and gradient": median_seconds(lambda: grad(params, obs), rounds,
-                                                           10),
+        "whole network: loss and gradient": median_seconds(lambda: grad(params), rounds, 10),
         "optimizer step (clip, Adam, masks)": median_seconds(
             lambda: step(actor, grads), rounds, 10),
     }
@@ -221,19 +220,9 @@ def main() -> None:
     total = sum(analytic.values())
     key = jax.random.key(1)
     compiled = jax.jit(run.ppo.update).lower(run.state, run.rollout, key).compile()
-    raw = cost_flops(compiled)
-    batch = ppo_config.policy_batch_size
-    obs = run.rollout.obs.reshape(-1, *run.rollout.obs.shape[2:])[:batch]
-    task_ids = run.rollout.task_ids.reshape(-1)[:batch]
-    actions = run.rollout.actions.reshape(-1)[:batch]
-    weights = run.ppo.acting_weights(run.state)["actor"]
-
-    def one_actor_loss(weights):
-        logits = run.ppo.actor_logits(weights, obs, task_ids)
-        return policy_loss(logits, actions, jnp.zeros(batch), jnp.ones(batch),
-                           ppo_config.clip_eps, ppo_config.entropy_coef, True)[0]
-
-    one_step = cost_flops(jax.jit(jax.grad(one_actor_loss)).lower(weights).compile())
+    raw = xla_flops(compiled)
+    loss, params = actor_loss(run)
+    one_step = xla_flops(jax.jit(jax.grad(loss)).lower(params).compile())
     corrected = raw + (steps["actor"] - 1) * one_step
     print("\nFLOPs of one update:")
     for line in ASSUMPTIONS:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtrl_sparse.report import final_scores, iqm
+from mtrl_sparse.report import final_scores, iqm, score_matrix
 from mtrl_sparse.run_dir import FINISHED_FILE
 
 PRESET = "minigrid-quick"
@@ -52,11 +52,11 @@ GROUP = 5
 
 def train_group(run_dir: Path, method: str, seeds: str, xla_flags: str | None) -> None:
     """``mtrl-sparse train --seeds`` of one group, unless every run of it has finished."""
-    first, last = (int(s) for s in seeds.split("-"))
-    names = [run_dir / f"sparsity{METHODS[method][1]}-seed{s}" for s in range(first, last + 1)]
-    if all((name / FINISHED_FILE).is_file() for name in names):
-        return
     name, sparsity = METHODS[method]
+    first, last = (int(s) for s in seeds.split("-"))
+    runs = [run_dir / f"sparsity{sparsity}-seed{s}" for s in range(first, last + 1)]
+    if all((run / FINISHED_FILE).is_file() for run in runs):
+        return
     env = dict(os.environ)
     if xla_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
@@ -71,7 +71,7 @@ def train_group(run_dir: Path, method: str, seeds: str, xla_flags: str | None) -
 def group_scores(run_dir: Path) -> np.ndarray:
     """(runs, tasks) final normalised returns of a group's runs."""
     runs = sorted(p for p in run_dir.iterdir() if (p / FINISHED_FILE).is_file())
-    return np.array([[score for _, score in sorted(final_scores(r)[1].items())] for r in runs])
+    return score_matrix([final_scores(run)[1] for run in runs], str(run_dir))[1]
 
 
 def main() -> None:
@@ -100,14 +100,15 @@ def main() -> None:
                           for _ in range(args.draws)])
         seeds_0_4 = [float(iqm(sets[0].ravel())), *reordered.values()]
         center = float(np.mean(seeds_0_4))
-        sd = max(float(draws.std()), float(np.std(seeds_0_4, ddof=1)))
+        seed_sd, rounding_sd = float(draws.std()), float(np.std(seeds_0_4, ddof=1))
+        sd = max(seed_sd, rounding_sd)
         band = (round(center - args.width * sd, 3), round(center + args.width * sd, 3))
         summary[method] = {
             "set_iqms": [round(float(iqm(s.ravel())), 4) for s in sets],
             "reordered_seeds0-4": {k: round(v, 4) for k, v in reordered.items()},
             "runs": len(runs), "iqm_of_all_runs": round(float(iqm(runs.ravel())), 4),
-            "center_seeds0-4": round(center, 4), "sd_of_5_run_iqm": round(float(draws.std()), 4),
-            "sd_of_seeds0-4_over_roundings": round(float(np.std(seeds_0_4, ddof=1)), 4),
+            "center_seeds0-4": round(center, 4), "sd_of_5_run_iqm": round(seed_sd, 4),
+            "sd_of_seeds0-4_over_roundings": round(rounding_sd, 4),
             "sd": round(sd, 4), "band": band,
         }
     print(json.dumps(summary, indent=2))

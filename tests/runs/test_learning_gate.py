@@ -34,11 +34,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mtrl_sparse.cli import main
-from mtrl_sparse.report import final_scores, iqm
+from mtrl_sparse.report import final_scores, iqm, score_matrix
 from mtrl_sparse.run_dir import FINISHED_FILE
 
 pytestmark = pytest.mark.slow
@@ -57,8 +56,7 @@ def check_inside_band(run_dir: Path, method: str) -> None:
                  "--run-dir", str(run_dir), "--no-progress"]) == 0
     runs = sorted(p for p in run_dir.iterdir() if (p / FINISHED_FILE).is_file())
     assert len(runs) == 5
-    scores = np.array([[score for _, score in sorted(final_scores(run)[1].items())]
-                       for run in runs])
+    scores = score_matrix([final_scores(run)[1] for run in runs], method)[1]  # (runs, tasks)
     low, high = BANDS[method]
     value = float(iqm(scores.ravel()))
     assert low <= value <= high, (

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mtrl_sparse.mask_stats import NetworkMasks
+from mtrl_sparse.methods.topology import LayerSlices
 from mtrl_sparse.stops import NonFiniteLossError
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -140,6 +142,8 @@ class AgentKind(Protocol):
     """The run ends at the first boundary at or after this many env steps."""
     score_name: str
     """The evaluation row's headline field (``eval/success_rate``, ``eval/normalized_return``)."""
+    layer_slices: LayerSlices
+    """The networks' leaves that stack the per-task heads (``methods.topology.LayerSlices``)."""
 
     def start(self) -> None:
         """A fresh agent state from the config's seed; environments reset."""
@@ -174,6 +178,9 @@ class AgentKind(Protocol):
     def checkpoint(self) -> tuple[Any, dict[str, Any]]:
         """(device state, JSON-ready metadata of this kind) for a checkpoint."""
 
+    def masks(self) -> dict[str, NetworkMasks]:
+        """The networks' masks on the host (``mask_stats.state_masks``; empty when dense)."""
+
     def updates(self) -> int:
         """Gradient steps made so far (read from the device state)."""
 
@@ -192,6 +199,7 @@ class RunGroup(Protocol):
     budget_env_steps: int
     score_name: str
     array_labels: dict[str, tuple[str, ...]]
+    layer_slices: LayerSlices
 
     def start(self) -> None: ...
 
@@ -212,6 +220,8 @@ class RunGroup(Protocol):
 
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]: ...
 
+    def masks(self) -> list[dict[str, NetworkMasks]]: ...
+
     def updates(self) -> int: ...
 
     def close(self) -> None: ...
@@ -224,7 +234,7 @@ class OneRun:
         self.kind = kind
         self.task_names, self.num_envs = kind.task_names, kind.num_envs
         self.budget_env_steps, self.score_name = kind.budget_env_steps, kind.score_name
-        self.array_labels = kind.array_labels
+        self.array_labels, self.layer_slices = kind.array_labels, kind.layer_slices
 
     def start(self) -> None:
         self.kind.start()
@@ -253,6 +263,9 @@ class OneRun:
 
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
         return [self.kind.checkpoint()]
+
+    def masks(self) -> list[dict[str, NetworkMasks]]:
+        return [self.kind.masks()]
 
     def updates(self) -> int:
         return self.kind.updates()

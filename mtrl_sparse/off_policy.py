@@ -44,6 +44,7 @@ from mtrl_sparse.config import SACTrainConfig
 from mtrl_sparse.envs.base import MultiTaskEnvSpec
 from mtrl_sparse.envs.metaworld import MetaWorldVectorEnv
 from mtrl_sparse.evaluation import evaluate_success
+from mtrl_sparse.mask_stats import NetworkMasks, state_masks
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.run_dir import method_state_row, scalar_row
 from mtrl_sparse.sac_learner import LOSS_NAMES, Learner, SACTrainState, make_learner
@@ -114,6 +115,7 @@ class OffPolicyRun:
         self.num_envs = self.env.spec.num_envs
         self.budget_env_steps = config.total_env_steps
         self.array_labels = {"alpha": spec.task_names}
+        self.layer_slices = stacked_head_layers(spec.num_tasks)
         self.learner = make_run_learner(config, self.env.spec, spec)
         self.phase = 0  # the task the training envs run (sequential schedule)
         self.eval_rng_state = self.eval_env.get_rng_state()
@@ -224,6 +226,9 @@ class OffPolicyRun:
 
     def checkpoint(self) -> tuple[SACTrainState, dict[str, Any]]:
         return self.state, {"env_rng_state": self.env.get_rng_state()}
+
+    def masks(self) -> dict[str, NetworkMasks]:
+        return state_masks(self.state)
 
     def updates(self) -> int:
         return int(self.state.agent.step)

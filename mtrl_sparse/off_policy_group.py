@@ -53,6 +53,7 @@ from mtrl_sparse.agent_kind import (
 from mtrl_sparse.agents.replay_buffer import ReplayBufferState, Transition
 from mtrl_sparse.agents.sac import SACState
 from mtrl_sparse.config import ConfigError, SACTrainConfig
+from mtrl_sparse.mask_stats import NetworkMasks, split_runs, state_masks
 from mtrl_sparse.off_policy import OffPolicyRun
 from mtrl_sparse.run_axis import (
     check_same_program,
@@ -197,6 +198,7 @@ class VmappedOffPolicyRuns:
         self.config = first.config  # the schedule every run shares
         self.task_names, self.num_envs = first.task_names, first.num_envs
         self.budget_env_steps, self.array_labels = first.budget_env_steps, first.array_labels
+        self.layer_slices = first.layer_slices
         self.learner = make_group_learner(first.learner)
         self.sharding = run_axis_sharding(len(configs))
         self.state: SACTrainState | None = None
@@ -314,6 +316,9 @@ class VmappedOffPolicyRuns:
 
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
         return self._per_run(OffPolicyRun.checkpoint)
+
+    def masks(self) -> list[dict[str, NetworkMasks]]:
+        return split_runs(state_masks(self.state), len(self.runs))
 
     def updates(self) -> int:
         return int(self.state.agent.step)

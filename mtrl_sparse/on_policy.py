@@ -40,6 +40,7 @@ from mtrl_sparse.evaluation import (
     make_compiled_normalized_return,
     normalized_return_row,
 )
+from mtrl_sparse.mask_stats import NetworkMasks, state_masks
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import method_state_row, scalar_row
@@ -222,6 +223,7 @@ class OnPolicyRun:
         spec = self.env.spec
         self.task_names = spec.task_names
         self.num_envs = spec.num_envs
+        self.layer_slices = stacked_head_layers(spec.num_tasks)
         self.rollout_env_steps = config.ppo.rollout_env_steps
         self.budget_env_steps = config.rollouts() * self.rollout_env_steps
         self.horizon = self.rollout_env_steps // spec.num_envs
@@ -362,6 +364,9 @@ class OnPolicyRun:
     def checkpoint(self) -> tuple[PPOState, dict[str, Any]]:
         return self.state, {"key": np.asarray(self.key).tolist(),
                             "env_state": base64.b64encode(self.env.get_state()).decode("ascii")}
+
+    def masks(self) -> dict[str, NetworkMasks]:
+        return state_masks(self.state)
 
     def updates(self) -> int:
         return int(self.state.actor_step)

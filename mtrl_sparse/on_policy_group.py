@@ -30,6 +30,7 @@ from mtrl_sparse.agent_kind import EpisodeTracker, Iteration
 from mtrl_sparse.agents.ppo import PPOState
 from mtrl_sparse.config import ConfigError, PPOTrainConfig
 from mtrl_sparse.evaluation import make_compiled_normalized_return, normalized_return_row
+from mtrl_sparse.mask_stats import NetworkMasks, split_runs, state_masks
 from mtrl_sparse.on_policy import (
     OnPolicyRun,
     make_compiled_iteration,
@@ -72,7 +73,7 @@ class VmappedOnPolicyRuns:
         self.runs = [OnPolicyRun(config) for config in configs]
         first = self.runs[0]
         self.task_names, self.num_envs = first.task_names, first.num_envs
-        self.budget_env_steps = first.budget_env_steps
+        self.budget_env_steps, self.layer_slices = first.budget_env_steps, first.layer_slices
         self.rollout_env_steps = first.rollout_env_steps
         self.actor_updates_per_rollout = first.actor_updates_per_rollout
         self.sparsities = {name: jnp.asarray([group_sparsities(r.config)[name] for r in self.runs],
@@ -205,6 +206,9 @@ class VmappedOnPolicyRuns:
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
         self._sync_runs()
         return [run.checkpoint() for run in self.runs]
+
+    def masks(self) -> list[dict[str, NetworkMasks]]:
+        return split_runs(state_masks(self.state), len(self.runs))
 
     def updates(self) -> int:
         return int(self.state.actor_step)

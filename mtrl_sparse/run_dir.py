@@ -242,7 +242,8 @@ class MetricsLogger:
     """Appends rows to ``metrics.jsonl`` (flushed per row) and mirrors scalars to TensorBoard.
 
     Array values of a row are written as lists in JSON and as one scalar per entry in TensorBoard
-    (``name/<label>`` with the labels given for that name, e.g. task names).
+    (``name/<label>`` with the labels given for that name or for its last part, e.g. task
+    names; the entries' indices otherwise).
     """
 
     def __init__(self, run_dir: Path, labels: dict[str, tuple[str, ...]], purge_step: int | None):
@@ -265,7 +266,8 @@ class MetricsLogger:
             if name == "step":
                 continue
             if isinstance(value, list):
-                labels = self._labels.get(name, tuple(str(i) for i in range(len(value))))
+                labels = self._labels.get(name, self._labels.get(
+                    name.rsplit("/", 1)[-1], tuple(str(i) for i in range(len(value)))))
                 for label, item in zip(labels, value, strict=False):
                     self._tb.add_scalar(f"{name}/{label}", item, step)
             elif isinstance(value, int | float) and math.isfinite(value):

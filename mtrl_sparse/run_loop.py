@@ -9,7 +9,10 @@ it owns what every run shares:
 - the schedule: iterations of the agent kind (a vector step, a rollout) until the first boundary
   at or after the kind's budget; after each, at interval crossings, a training metrics row
   (``log_every_env_steps``), a plasticity row (``plasticity.every_updates``, in updates), an
-  evaluation (``eval_every_env_steps``; and at the end), and a checkpoint at the first boundary
+  evaluation (``eval_every_env_steps``; and at the end) whose row also carries the masks'
+  statistics (``mask_stats``: per-layer density, the topology's movement since the previous
+  evaluation, the trunk features each task's head reads; a sparse run also logs them for its
+  initial masks at step 0), and a checkpoint at the first boundary
   after every ``checkpoint_every_env_steps`` (and at the end);
 - a sequential schedule's phases (``config.schedule``): before every iteration the group is told
   the phase of its env step (``set_phase``), an evaluation ends every phase, and its evaluation
@@ -17,9 +20,9 @@ it owns what every run shares:
 - episode statistics of training (``EpisodeTracker``), timing, the progress bar and the summary.
 
 A checkpoint holds the kind's device state and, as JSON: the env step, the last evaluation row,
-the episode statistics and the kind's own metadata (environment states, keys). On resume the rows
-logged after it are dropped and written again, so a resumed run ends with the rows of an
-uninterrupted one.
+the episode statistics, the masks of the last evaluation (bits) and the kind's own metadata
+(environment states, keys). On resume the rows logged after it are dropped and written again, so
+a resumed run ends with the rows of an uninterrupted one.
 
 Faults (``mtrl_sparse.stops``): the run directory is locked for the run's life (a second command
 on it is refused); a preemption signal (SIGTERM, SIGUSR1) makes the loop checkpoint at the next
@@ -51,6 +54,13 @@ from mtrl_sparse.agents.sparse_linear import kernels_available
 from mtrl_sparse.checkpointing import Checkpointer, has_checkpoint, restore_latest_readable
 from mtrl_sparse.config import ConfigError, RunConfig, differing_fields, validate
 from mtrl_sparse.envs.base import EnvFailure
+from mtrl_sparse.mask_stats import (
+    NetworkMasks,
+    masks_row,
+    pack_masks,
+    per_task_labels,
+    unpack_masks,
+)
 from mtrl_sparse.off_policy import OffPolicyRun
 from mtrl_sparse.off_policy_group import VmappedOffPolicyRuns
 from mtrl_sparse.on_policy import OnPolicyRun
@@ -89,6 +99,10 @@ rollouts."""
 
 GROUP_KINDS: dict[str, type[RunGroup]] = {"ppo": VmappedOnPolicyRuns, "sac": VmappedOffPolicyRuns}
 """The agents whose runs can share one vmapped program (``train_group``)."""
+
+MEASURED_MASKS = "measured_masks"
+"""Checkpoint metadata: the masks of the run's last mask measurement (``mask_stats``), so that a
+resumed run measures the topology's movement against the masks an uninterrupted run would."""
 
 RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress")
 """Config fields a resumed run may change (``total_env_steps`` only upwards)."""
@@ -239,15 +253,15 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
             if not resume:
                 group.start()
                 return _loop(configs[0], group, run_dirs, checkpointers, episodes, 0,
-                             [None] * len(configs), stop)
-            start_step, last_evals = _restore(group, run_dirs, checkpointers, episodes)
+                             [None] * len(configs), group.masks(), stop)
+            start_step, last_evals, measured = _restore(group, run_dirs, checkpointers, episodes)
             if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add
                 for run_dir, last_eval in zip(run_dirs, last_evals, strict=True):
                     write_finished(run_dir, start_step, group.updates(), last_eval)
                 return [run_result(d, start_step, group.updates(), group.task_names, last_eval)
                         for d, last_eval in zip(run_dirs, last_evals, strict=True)]
             return _loop(configs[0], group, run_dirs, checkpointers, episodes, start_step,
-                         last_evals, stop)
+                         last_evals, measured, stop)
         except EnvFailure as error:
             raise EnvFailedError(f"{error}; {_intact(run_dirs)}") from None
         except NonFiniteLossError as error:  # resuming would meet it again
@@ -274,9 +288,11 @@ def _has_checkpoints(run_dirs: list[Path]) -> bool:
 
 
 def _restore(group: RunGroup, run_dirs: list[Path], checkpointers: list[Checkpointer],
-             episodes: list[EpisodeTracker]) -> tuple[int, list[dict[str, Any] | None]]:
+             episodes: list[EpisodeTracker]
+             ) -> tuple[int, list[dict[str, Any] | None], list[dict[str, NetworkMasks] | None]]:
     """Restore ``group`` from the runs' latest readable checkpoints (all at one env step); drop
-    the rows logged after it; return the step and each run's last evaluation row."""
+    the rows logged after it; return the step, each run's last evaluation row and the masks of
+    its last measurement (None from a checkpoint saved before they were kept)."""
     steps = {checkpointer.latest_step() for checkpointer in checkpointers}
     if len(steps) > 1:
         raise RunDirError(f"cannot resume the runs together: their latest checkpoints are "
@@ -292,7 +308,9 @@ def _restore(group: RunGroup, run_dirs: list[Path], checkpointers: list[Checkpoi
         for run_dir, tracker, (_, meta) in zip(run_dirs, episodes, saved, strict=True):
             truncate_metrics(run_dir, start_step)
             tracker.load(meta["episodes"])
-    return start_step, [meta["last_eval"] for _, meta in saved]
+    measured = [unpack_masks(meta[MEASURED_MASKS]) if meta.get(MEASURED_MASKS) is not None
+                else None for _, meta in saved]
+    return start_step, [meta["last_eval"] for _, meta in saved], measured
 
 
 def _intact(run_dirs: list[Path]) -> str:
@@ -304,13 +322,19 @@ def _intact(run_dirs: list[Path]) -> str:
 
 def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
           checkpointers: list[Checkpointer], episodes: list[EpisodeTracker], env_steps: int,
-          last_evals: list[dict[str, Any] | None], stop: StopRequest) -> list[RunResult]:
+          last_evals: list[dict[str, Any] | None],
+          measured: list[dict[str, NetworkMasks] | None], stop: StopRequest) -> list[RunResult]:
     """Iterations of ``group`` from ``env_steps`` to the end of its runs (see the module
     docstring; ``config`` gives the schedule all the runs share); returns each run's summary.
-    Once ``stop`` is requested (a preemption signal) the runs checkpoint at the next boundary
-    and ``PreemptedError`` ends the loop."""
-    loggers = [MetricsLogger(d, group.array_labels, purge_step=env_steps or None)
-               for d in run_dirs]
+    ``measured``: each run's masks at its last mask measurement (at step 0: the initial masks,
+    whose row is written first). Once ``stop`` is requested (a preemption signal) the runs
+    checkpoint at the next boundary and ``PreemptedError`` ends the loop."""
+    labels = {**group.array_labels, **per_task_labels(group.task_names)}
+    loggers = [MetricsLogger(d, labels, purge_step=env_steps or None) for d in run_dirs]
+    if env_steps == 0:
+        for logger, masks in zip(loggers, measured, strict=True):
+            if masks:
+                logger.write({"step": 0, **masks_row(masks, None, group.layer_slices)})
     seconds = dict.fromkeys(WALL_TIME_PARTS, 0.0)
     bar = tqdm(total=group.budget_env_steps, initial=env_steps, unit="step", unit_scale=True,
                dynamic_ncols=True, disable=not config.progress, desc="env steps")
@@ -361,9 +385,13 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
                 eval_seconds = time.perf_counter() - t0
                 seconds["eval"] += eval_seconds
                 phase_field = {"phase": phase} if sequential else {}
-                for logger, row in zip(loggers, last_evals, strict=True):
+                masks_now = group.masks()
+                for logger, row, masks, masks_before in zip(loggers, last_evals, masks_now,
+                                                            measured, strict=True):
                     logger.write({"step": env_steps, **row, **phase_field,
+                                  **masks_row(masks, masks_before, group.layer_slices),
                                   "time/eval_s": eval_seconds})
+                measured = masks_now
                 score = np.mean([row[group.score_name] for row in last_evals])
                 postfix[group.score_name.removeprefix("eval/")] = f"{score:.2f}"
                 bar.set_postfix(postfix)
@@ -372,11 +400,13 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
             preempted = stop.requested and iteration.at_boundary and not finished
             if (checkpoint_due and iteration.at_boundary) or finished or preempted:
                 t0 = time.perf_counter()
-                for checkpointer, (state, meta), tracker, last_eval in zip(
-                        checkpointers, group.checkpoint(), episodes, last_evals, strict=True):
+                for checkpointer, (state, meta), tracker, last_eval, masks in zip(
+                        checkpointers, group.checkpoint(), episodes, last_evals, measured,
+                        strict=True):
                     checkpointer.save(env_steps, state, {
                         "env_steps": env_steps, "last_eval": last_eval,
-                        "episodes": tracker.dump(), **meta})
+                        "episodes": tracker.dump(),
+                        MEASURED_MASKS: None if masks is None else pack_masks(masks), **meta})
                 seconds["checkpoint"] += time.perf_counter() - t0
                 checkpoint_due = False
             if finished:

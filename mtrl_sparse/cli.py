@@ -51,6 +51,8 @@ commands:
             MiniGrid (mtrl-sparse train --help lists every option); --resume --run-dir DIR
             continues a run, --auto-resume --run-dir DIR continues it or starts it
   eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
+  masks     a PNG of every masked layer of a run's checkpoint (black: active weight):
+            masks --run-dir DIR [--step N] [--out DIR]
   presets   list the presets
   methods   list the sparsity and plasticity methods; methods NAME shows one
   sweep     a grid of methods x sparsities x seeds as vmapped groups of runs, resumable:
@@ -95,6 +97,20 @@ class EvalArgs:
     """The run directory."""
     step: int | None = None
     """Env step of the checkpoint to evaluate; None: the latest."""
+
+
+@dataclass(frozen=True)
+class MasksArgs:
+    """Draw the masks of a run's checkpoint: a PNG per masked layer, one square per weight
+    (black: active, white: pruned; a convolution's taps and the per-task heads' slices as blocks
+    separated by grey lines), and a line per layer with its shape and density."""
+
+    run_dir: str
+    """The run directory."""
+    step: int | None = None
+    """Env step of the checkpoint; None: the latest."""
+    out: str | None = None
+    """Where the PNGs go; default: RUN_DIR/masks/step_<STEP>. Must not hold pictures already."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +331,36 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_masks(args: list[str]) -> int:
+    import importlib.util
+
+    from mtrl_sparse.mask_images import write_mask_pictures
+    from mtrl_sparse.mask_stats import state_masks
+    from mtrl_sparse.run_loop import restored_checkpoint
+
+    parsed = tyro_parse(MasksArgs, args, None, "mtrl-sparse masks")
+    run_dir = Path(parsed.run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{run_dir} holds no run (no {CONFIG_FILE})")
+    if importlib.util.find_spec("PIL") is None:
+        raise UsageError("masks needs Pillow (the report extra): pip install "
+                         "'mtrl-sparse[report]'")
+    with restored_checkpoint(run_dir, parsed.step) as (step, state, kind):
+        masks, layer_slices = state_masks(state), kind.layer_slices
+    if not masks:
+        raise UsageError(f"the run in {run_dir} is dense: its networks have no masks to draw")
+    out = Path(parsed.out) if parsed.out else run_dir / "masks" / f"step_{step}"
+    if out.exists() and any(out.glob("*.png")):
+        raise UsageError(f"{out} holds mask pictures already; give another --out or remove it")
+    written = write_mask_pictures(masks, layer_slices, out)
+    print(f"masks of the checkpoint at env step {step} (black: active weight):")
+    for path, layer, shape, density in written:
+        print(f"  {layer:<44} {'x'.join(map(str, shape)):>16}  density {density:.4f}  "
+              f"{path.name}")
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_report(args: list[str]) -> int:
     from mtrl_sparse.report import REPORT_FILE, ReportError, write_report
 
@@ -495,7 +541,7 @@ def cmd_methods(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "masks": cmd_masks, "presets": cmd_presets,
             "methods": cmd_methods, "report": cmd_report, "sweep": cmd_sweep}
 
 

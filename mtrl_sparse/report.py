@@ -33,6 +33,7 @@ import numpy as np
 from mtrl_sparse.config import RunConfig, differing_fields, flat_fields
 from mtrl_sparse.report_figures import (
     Curve,
+    FigureNote,
     FinalPoint,
     file_stem,
     final_vs_sparsity_figure,
@@ -43,6 +44,8 @@ from mtrl_sparse.report_figures import (
     plasticity_figure,
     save_figure,
 )
+from mtrl_sparse.report_masks import MaskGroup, mask_notes, masks_section
+from mtrl_sparse.report_series import align, step_series
 from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_finished, read_metrics
 from mtrl_sparse.sequential_metrics import (
     WINDOW,
@@ -275,17 +278,6 @@ class Difference:
 
 
 @dataclass(frozen=True)
-class FigureNote:
-    """A figure of the report: the files written (stems, one PNG and one SVG each) and what they
-    show, or why it was skipped."""
-
-    title: str
-    stems: tuple[str, ...] = ()
-    caption: str = ""
-    skipped: str | None = None
-
-
-@dataclass(frozen=True)
 class GroupFinal:
     """A group's final scores and their aggregate."""
 
@@ -439,24 +431,6 @@ def difference_to_dense(matrix: np.ndarray, dense: np.ndarray, reps: int, confid
     return Difference(float(iqm(matrix.ravel()) - iqm(dense.ravel())), low, high)
 
 
-def step_series(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...],
-                keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps (T,), values (T, len(keys)))`` of the rows holding every one of ``keys`` as a
-    number, ascending in env steps (a step logged twice: its last row)."""
-    by_step = {int(r["step"]): [float(r[k]) for k in keys] for r in rows
-               if all(isinstance(r.get(k), int | float) for k in keys)}
-    steps = np.array(sorted(by_step), dtype=np.int64)
-    return steps, np.array([by_step[s] for s in steps], dtype=float).reshape(len(steps), len(keys))
-
-
-def align(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Runs' ``(steps (T_i,), values (T_i, ...))`` at the steps all of them logged:
-    ``(steps (T,), values (runs, T, ...))``."""
-    common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in series)))
-    stacked = [values[np.searchsorted(steps, common)] for steps, values in series]
-    return np.array(common, dtype=np.int64), np.stack(stacked)
-
-
 def learning_curve(scores: np.ndarray, reps: int, confidence: float,
                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(iqm, low, high)``, each (T,), of a group's (runs, T, tasks) evaluation scores: at each
@@ -515,9 +489,12 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
       with the reason, unless exactly one group is dense);
     * per task and group: the mean and standard deviation across runs of the final score, and
       the runs that failed on every task (``per_task_section``);
+    * the sparse groups' masks at the end of training: density, the topology's movement, the
+      trunk features each task's head reads and their overlap (``report_masks``);
     * figures (``figures=True`` needs matplotlib, the ``report`` extra): learning curves,
-      final score against sparsity, plasticity over training, per-task heat map; a figure
-      without data is skipped and the report says why.
+      final score against sparsity, plasticity over training, per-task heat map, the masks'
+      density, movement and head features over training; a figure without data is skipped
+      and the report says why.
 
     ``ReportError`` for unusable input: no runs, a finished run without evaluation, runs mixing
     scores, bad ``reps`` or ``confidence``, figures without matplotlib.
@@ -537,17 +514,26 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
     elif score is None:
         notes = [FigureNote("Figures", skipped="no run has finished")]
     else:
-        notes = draw_figures(finals, sequential, score, out_dir, reps, confidence, seed)
+        notes = [*draw_figures(finals, sequential, score, out_dir, reps, confidence, seed),
+                 *mask_notes(mask_groups(finals), out_dir)]
     markdown = "\n".join([
         *summary_section(paths, groups, references),
         *final_section(score, finals, no_difference, reps, confidence, seed),
         *per_task_section(score, finals),
+        *(masks_section(mask_groups(finals)) if finals else []),
         *sequential_section(score, sequential, references, reps, confidence, seed),
         *figures_section(notes),
         *missing_section(groups, not_started(paths)),
     ]) + "\n"
     (out_dir / REPORT_FILE).write_text(markdown)
     return markdown
+
+
+def mask_groups(finals: list[GroupFinal]) -> list[MaskGroup]:
+    """The sparse groups' finished runs, for the Masks section and figures (``report_masks``)."""
+    return [MaskGroup(name=f.group.name, sparsity=f.group.sparsity, tasks=f.tasks,
+                      runs=tuple(run.rows for run in f.group.finished))
+            for f in finals if not f.group.dense]
 
 
 def final_performance(groups: list[SweepGroup], reps: int, confidence: float,

@@ -45,6 +45,17 @@ PLASTICITY_LABELS = {
 
 
 @dataclass(frozen=True)
+class FigureNote:
+    """A figure of the report: the files written (stems, one PNG and one SVG each) and what they
+    show, or why it was skipped."""
+
+    title: str
+    stems: tuple[str, ...] = ()
+    caption: str = ""
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
 class Curve:
     """One group's line over training with its band: ``steps``, ``center``, ``low`` and ``high``
     are (T,) arrays, steps in env steps."""

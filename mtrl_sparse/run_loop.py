@@ -426,20 +426,19 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
             for d, last_eval in zip(run_dirs, last_evals, strict=True)]
 
 
-def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult]:
-    """Evaluate the checkpoint of ``run_dir`` at env step ``step`` (default: the latest) with the
-    run's own evaluation settings and episodes.
-
-    Writes ``eval/step_<N>.json`` (the step and the ``eval/...`` row) in the run directory and
-    returns (step, result).
-    """
+@contextlib.contextmanager
+def restored_checkpoint(run_dir: Path, step: int | None = None):
+    """The run of ``run_dir`` restored from its checkpoint at env step ``step`` (default: the
+    latest), as ``(step, state, kind)``: the checkpoint's device state and the run's agent kind
+    built from its stored config (closed on exit). ``RunDirError`` when there is no such
+    checkpoint or it does not read back."""
     config = read_config(run_dir)
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints,
                                 read_run_id(run_dir))
     try:
         available = checkpointer.steps()
         if not available:
-            raise RunDirError(f"{run_dir} holds no checkpoint to evaluate")
+            raise RunDirError(f"{run_dir} holds no checkpoint")
         step = available[-1] if step is None else step
         if step not in available:
             raise RunDirError(f"no checkpoint at step {step} in {run_dir}; available: "
@@ -448,15 +447,26 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
         try:
             try:
                 state, _ = checkpointer.restore(step, kind.abstract_state())
-            except Exception as error:  # torn, corrupt or another run's: nothing to evaluate
+            except Exception as error:  # torn, corrupt or another run's
                 raise RunDirError(f"the checkpoint at env step {step} in {run_dir} does not "
                                   f"read back ({error_summary(error)})") from None
-            row = kind.evaluate_checkpoint(state, step)
-            updates = kind.updates()
+            yield step, state, kind
         finally:
             kind.close()
     finally:
         checkpointer.close()
+
+
+def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult]:
+    """Evaluate the checkpoint of ``run_dir`` at env step ``step`` (default: the latest) with the
+    run's own evaluation settings and episodes.
+
+    Writes ``eval/step_<N>.json`` (the step and the ``eval/...`` row) in the run directory and
+    returns (step, result).
+    """
+    with restored_checkpoint(run_dir, step) as (step, state, kind):
+        row = kind.evaluate_checkpoint(state, step)
+        updates = kind.updates()
     out = run_dir / EVAL_DIR
     out.mkdir(exist_ok=True)
     (out / f"step_{step}.json").write_text(json.dumps({"step": step, **row}, indent=2))

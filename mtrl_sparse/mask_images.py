@@ -24,7 +24,10 @@ from mtrl_sparse.methods.topology import LayerSlices, named_leaf_slices
 ACTIVE, PRUNED, SEPARATOR = 0, 255, 160
 """Grey levels of an active weight, a pruned one and the lines between blocks."""
 TARGET_PIXELS = 512
-"""Small masks are scaled up (whole pixels per weight) until their long side reaches this."""
+"""Small masks are scaled up (whole pixels per weight) until their long side reaches this..."""
+MIN_SHORT_SIDE = 192
+"""... or their short side this, whichever needs more, up to ``MAX_PIXELS`` on the long side."""
+MAX_PIXELS = 2048
 
 
 def tile(blocks: list[list[np.ndarray]]) -> np.ndarray:
@@ -57,8 +60,10 @@ def mask_picture(layer: str, mask: np.ndarray, layer_slices: LayerSlices) -> np.
 
 def scale_for(picture: np.ndarray) -> int:
     """Whole pixels per weight that bring the long side of ``picture`` up to about
-    ``TARGET_PIXELS`` (1 for masks already that large)."""
-    return max(1, TARGET_PIXELS // max(picture.shape))
+    ``TARGET_PIXELS`` or its short side to ``MIN_SHORT_SIDE`` (1 for masks already that
+    large), the long side at most ``MAX_PIXELS``."""
+    wanted = max(TARGET_PIXELS // max(picture.shape), MIN_SHORT_SIDE // min(picture.shape))
+    return max(1, min(wanted, MAX_PIXELS // max(picture.shape)))
 
 
 def file_name(network: str, layer: str) -> str:

@@ -61,6 +61,7 @@ from mtrl_sparse.run_dir import (
     EVAL_DIR,
     FINISHED_FILE,
     MetricsLogger,
+    RowMirror,
     RunDirError,
     check_new_run_dir,
     clear_uncommitted,
@@ -82,6 +83,7 @@ from mtrl_sparse.stops import (
     catch_preemption,
     error_summary,
 )
+from mtrl_sparse.tracking import tracked
 
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
 """The agent kind of each config's ``AGENT``: off-policy with a replay buffer, on-policy with
@@ -239,7 +241,7 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
             if not resume:
                 group.start()
                 return _loop(configs[0], group, run_dirs, checkpointers, episodes, 0,
-                             [None] * len(configs), stop)
+                             [None] * len(configs), stop, _mirrors(run_dirs, configs, stack))
             start_step, last_evals = _restore(group, run_dirs, checkpointers, episodes)
             if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add
                 for run_dir, last_eval in zip(run_dirs, last_evals, strict=True):
@@ -247,13 +249,20 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
                 return [run_result(d, start_step, group.updates(), group.task_names, last_eval)
                         for d, last_eval in zip(run_dirs, last_evals, strict=True)]
             return _loop(configs[0], group, run_dirs, checkpointers, episodes, start_step,
-                         last_evals, stop)
+                         last_evals, stop, _mirrors(run_dirs, configs, stack))
         except EnvFailure as error:
             raise EnvFailedError(f"{error}; {_intact(run_dirs)}") from None
         except NonFiniteLossError as error:  # resuming would meet it again
             raise NonFiniteLossError(f"{error}; the checkpoints before it are intact") from None
         except OutOfSpaceError as error:  # (a preempted run's line already says all this)
             raise OutOfSpaceError(f"{error}; {_intact(run_dirs)}") from None
+
+
+def _mirrors(run_dirs: list[Path], configs: list[RunConfig],
+             stack: contextlib.ExitStack) -> list[RowMirror | None]:
+    """Each run's W&B run for the life of ``stack`` (``tracking.tracked``; None: untracked)."""
+    return [stack.enter_context(tracked(run_dir, config))
+            for run_dir, config in zip(run_dirs, configs, strict=True)]
 
 
 def _has_checkpoints(run_dirs: list[Path]) -> bool:
@@ -304,13 +313,15 @@ def _intact(run_dirs: list[Path]) -> str:
 
 def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
           checkpointers: list[Checkpointer], episodes: list[EpisodeTracker], env_steps: int,
-          last_evals: list[dict[str, Any] | None], stop: StopRequest) -> list[RunResult]:
+          last_evals: list[dict[str, Any] | None], stop: StopRequest,
+          mirrors: list[RowMirror | None]) -> list[RunResult]:
     """Iterations of ``group`` from ``env_steps`` to the end of its runs (see the module
     docstring; ``config`` gives the schedule all the runs share); returns each run's summary.
+    Every run's rows go to its run directory and to its ``mirrors`` entry (W&B), if any.
     Once ``stop`` is requested (a preemption signal) the runs checkpoint at the next boundary
     and ``PreemptedError`` ends the loop."""
-    loggers = [MetricsLogger(d, group.array_labels, purge_step=env_steps or None)
-               for d in run_dirs]
+    loggers = [MetricsLogger(d, group.array_labels, purge_step=env_steps or None, mirror=mirror)
+               for d, mirror in zip(run_dirs, mirrors, strict=True)]
     seconds = dict.fromkeys(WALL_TIME_PARTS, 0.0)
     bar = tqdm(total=group.budget_env_steps, initial=env_steps, unit="step", unit_scale=True,
                dynamic_ncols=True, disable=not config.progress, desc="env steps")

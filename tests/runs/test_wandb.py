@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
 from importlib import metadata
@@ -217,6 +218,27 @@ def test_tracking_without_wandb_installed_names_the_extra(capsys, tmp_path, monk
     assert not target.exists()
 
 
+def write_untracked_run(run_dir: Path) -> str:
+    """A run directory holding minigrid-smoke's config (untracked) and nothing else; its text."""
+    run_dir.mkdir()
+    config = {**dataclasses.asdict(PRESETS["minigrid-smoke"].config), "run_dir": str(run_dir)}
+    text = json.dumps({"agent": "ppo", "config": config, "preset": "minigrid-smoke",
+                       "run_id": "0" * 32})
+    (run_dir / "config.json").write_text(text)
+    return text
+
+
+@needs_wandb
+def test_tracking_is_decided_when_a_run_starts_and_a_resume_may_not_change_it(capsys,
+                                                                              tmp_path):
+    run_dir = tmp_path / "run"
+    text = write_untracked_run(run_dir)
+    assert_usage_error(capsys, ["train", "--resume", "--run-dir", str(run_dir), "--track"],
+                       "--resume continues the stored config", "wandb.track")
+    assert [p.name for p in run_dir.iterdir()] == ["config.json"]
+    assert (run_dir / "config.json").read_text() == text
+
+
 def test_a_sweep_sets_each_runs_wandb_name_itself(capsys, tmp_path):
     out = tmp_path / "sweep"
     assert_usage_error(capsys, ["sweep", "--preset", "minigrid-smoke", "--method", "dense",
@@ -255,14 +277,27 @@ def test_a_config_written_before_tracking_reads_back_untracked(tmp_path):
     """An old run directory (its config.json without ``wandb``) resumes and evaluates as
     before: the field takes its default, tracking off."""
     run_dir = tmp_path / "old"
-    run_dir.mkdir()
-    config = dataclasses.asdict(PRESETS["minigrid-smoke"].config)
-    del config["wandb"]
-    (run_dir / "config.json").write_text(json.dumps(
-        {"agent": "ppo", "config": config, "preset": "minigrid-smoke", "run_id": "0" * 32}))
+    stored = json.loads(write_untracked_run(run_dir))
+    del stored["config"]["wandb"]
+    (run_dir / "config.json").write_text(json.dumps(stored))
     read = read_config(run_dir)
     assert read.wandb == WandbConfig() and not read.wandb.enabled()
     assert dataclasses.replace(read, run_dir=None) == PRESETS["minigrid-smoke"].config
+
+
+@pytest.mark.slow
+def test_a_run_directory_written_before_tracking_evaluates_and_resumes(whole_run, tmp_path,
+                                                                       capsys):
+    run_dir = tmp_path / "old"
+    shutil.copytree(whole_run, run_dir)
+    stored = json.loads((run_dir / "config.json").read_text())
+    del stored["config"]["wandb"]
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    code, out, _ = run_cli(capsys, ["eval", "--run-dir", str(run_dir)])
+    assert code == 0 and "checkpoint at env step 600" in out
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--total-steps", "800"]) == 0
+    assert read_metrics(run_dir)[-1]["step"] == 800
+    assert not (run_dir / "wandb_id").exists() and not (run_dir / "wandb").exists()
 
 
 def test_train_help_lists_the_wandb_flags(capsys):

@@ -72,7 +72,7 @@ def start_wandb_run(run_dir: Path, config: RunConfig) -> Any:
             entity=settings.entity, group=settings.group, name=settings.name or run_dir.name,
             tags=list(settings.tags), config=recorded, id=run_id, resume="allow",
             dir=os.environ.get("WANDB_DIR") or str(run_dir), reinit="create_new")
-    except Exception as error:  # wandb's errors share no base class; each says what failed
+    except Exception as error:  # wandb.errors.Error or a settings error: its line says why
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise TrackingError(
             f"W&B did not start tracking {run_dir}: {first_line} (WANDB_MODE=offline tracks "

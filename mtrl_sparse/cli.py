@@ -49,7 +49,8 @@ USAGE = """usage: mtrl-sparse COMMAND [OPTIONS]   (mtrl-sparse --version: versio
 commands:
   train     train an agent on a preset: multi-task SAC on Meta-World, multi-task PPO on
             MiniGrid (mtrl-sparse train --help lists every option); --resume --run-dir DIR
-            continues a run, --auto-resume --run-dir DIR continues it or starts it
+            continues a run, --auto-resume --run-dir DIR continues it or starts it; --track
+            (or --wandb.project P) also logs it to Weights & Biases (WANDB_MODE=offline too)
   eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
   masks     a PNG of every masked layer of a run's checkpoint (black: active weight):
             masks --run-dir DIR [--step N] [--out DIR]
@@ -79,6 +80,8 @@ grid (or from --file: keys preset, methods, sparsities, seeds, train_args, and t
                       reference run per seed (DIR/reference-<task>/seed<N>: dense, one task's
                       budget), for the report's forward transfer; this flag leaves them out
                       (from --file: references = false)
+  --track             (a train flag) each run also logs to Weights & Biases, in the W&B group
+                      named after DIR (or --wandb.group G), as <method>[-sparsity<S>]-seed<N>
 options:
   --out DIR           the sweep's directory (required: a new or empty directory, or this sweep's)
   --group-size K      runs per vmapped group (default: 8 per device for PPO, 4 for SAC)

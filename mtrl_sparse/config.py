@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import typing
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, ClassVar, Literal
+
+from packaging.version import Version
 
 from mtrl_sparse.agents.cnn import cnn_feature_size
 from mtrl_sparse.agents.ppo import PPOConfig, updates_per_rollout
@@ -84,6 +88,37 @@ class NetworkMethodConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases tracking (the wandb extra): every metrics row, the resolved config, the
+    run directory and the code version, in one W&B run per run directory (resumed with it).
+    WANDB_MODE=offline tracks without a network (upload later with wandb sync)."""
+
+    track: bool = False
+    """Log the run to W&B (short flag --track); --wandb.project turns it on too."""
+    project: str | None = None
+    """W&B project; None: $WANDB_PROJECT, else mtrl-sparse."""
+    entity: str | None = None
+    """W&B entity (a user or team); None: the default entity of the W&B login."""
+    group: str | None = None
+    """W&B group of the run; a sweep groups its runs under its directory's name."""
+    name: str | None = None
+    """W&B display name of the run; None: the run directory's name (a sweep names each run
+    <method>[-sparsity<S>]-seed<N>)."""
+    tags: tuple[str, ...] = ()
+    """W&B tags of the run (each 1 to 64 characters)."""
+
+    def enabled(self) -> bool:
+        """Whether the run is tracked: --track or --wandb.project."""
+        return self.track or self.project is not None
+
+
+WANDB_INSTALL = "pip install 'mtrl-sparse[wandb]'"
+WANDB_MIN_VERSION = "0.19.10"
+"""The first wandb that keeps several runs open in one process (``reinit="create_new"``), which
+a vmapped group of runs needs."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """What every run has, whatever its agent: budget, seed, methods, intervals, run directory.
 
@@ -125,6 +160,10 @@ class RunConfig:
     """Run directory; None: runs/<benchmark>-<method>-s<seed>-<timestamp>."""
     progress: bool = True
     """Show a progress bar."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases tracking (the wandb extra): it observes the run, never changing its
+    numbers; a resumed run continues its W&B run. WANDB_MODE=offline tracks without a network
+    (upload later with wandb sync)."""
     schedule: Literal["multitask", "sequential"] = "multitask"
     """multitask: every task throughout the run (the paper's setting); sequential: the tasks one
     after another in the benchmark's order, the budget split equally among them (a phase per
@@ -358,14 +397,53 @@ def validate(config: RunConfig) -> None:
     elif isinstance(config, PPOTrainConfig):
         _validate_ppo(config)
     _validate_methods(config)
+    _validate_wandb(config.wandb)
     if isinstance(config, PPOTrainConfig):  # last: what the config asks is checked first
         _check_farama_installed(config)
+    if config.wandb.enabled():
+        _check_wandb_installed()
 
 
 def _check_farama_installed(config: PPOTrainConfig) -> None:
     if config.env.backend == "farama" and not farama_minigrid_installed():
         raise ConfigError(f"--env.backend farama needs Farama's minigrid, which is not installed "
                           f"({FARAMA_INSTALL}); accepted without it: --env.backend jax")
+
+
+WANDB_FORBIDDEN = "/\\#?%:"
+"""Characters W&B refuses in a project name."""
+
+
+def _validate_wandb(wandb: WandbConfig) -> None:
+    """The W&B options name a project W&B accepts, hold no empty names or tags, and come with
+    tracking turned on (``--track`` or ``--wandb.project``)."""
+    named = {"project": wandb.project, "entity": wandb.entity, "group": wandb.group,
+             "name": wandb.name}
+    for option, value in named.items():
+        if value is not None and not value.strip():
+            raise ConfigError(f"--wandb.{option} is empty; accepted: a non-empty name")
+    if wandb.project is not None and any(c in WANDB_FORBIDDEN for c in wandb.project):
+        raise ConfigError(f"--wandb.project {wandb.project!r}: W&B refuses the characters "
+                          f"{' '.join(WANDB_FORBIDDEN)} in a project name")
+    bad_tags = [tag for tag in wandb.tags if not 1 <= len(tag.strip()) <= 64]
+    if bad_tags:
+        raise ConfigError(f"--wandb.tags {bad_tags[0]!r}: accepted: tags of 1 to 64 characters")
+    given = [f"--wandb.{option}" for option in ("entity", "group", "name")
+             if named[option] is not None] + (["--wandb.tags"] if wandb.tags else [])
+    if given and not wandb.enabled():
+        raise ConfigError(f"{', '.join(given)} without tracking: add --track (or "
+                          "--wandb.project P) to log the run to W&B")
+
+
+def _check_wandb_installed() -> None:
+    """``ConfigError`` unless a wandb of at least ``WANDB_MIN_VERSION`` is importable."""
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"--track needs the wandb package, which is not installed "
+                          f"({WANDB_INSTALL})")
+    installed = metadata.version("wandb")
+    if Version(installed) < Version(WANDB_MIN_VERSION):
+        raise ConfigError(f"--track needs wandb >= {WANDB_MIN_VERSION} (several runs in one "
+                          f"process); {installed} is installed ({WANDB_INSTALL})")
 
 
 def check_positive(values: dict[str, int]) -> None:

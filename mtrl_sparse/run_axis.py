@@ -14,8 +14,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtrl_sparse.config import ConfigError, RunConfig
 
-VARYING_FIELDS = ("seed", "run_dir")
-"""Config fields besides the target sparsities in which the runs of one group may differ."""
+VARYING_FIELDS = ("seed", "run_dir", "wandb")
+"""Config fields besides the target sparsities in which the runs of one group may differ (a
+sweep's runs have their own W&B names)."""
 
 
 def check_same_program(configs: list[RunConfig]) -> None:

@@ -10,6 +10,10 @@ Layout::
     <run_dir>/eval/           results of `mtrl-sparse eval`
     <run_dir>/finished.json   written when the run reaches its budget: env steps, updates, the
                               final evaluation row (absent while the run is unfinished)
+    <run_dir>/wandb_id        tracked runs (``--track``): the id of the run's W&B run, which a
+                              resumed run continues (``mtrl_sparse.tracking``)
+    <run_dir>/wandb/          tracked runs: W&B's local files, offline runs included (unless
+                              ``WANDB_DIR`` puts them elsewhere)
 
 Fields whose name starts with ``time/`` are wall-clock measurements; everything else in
 ``metrics.jsonl`` is a deterministic function of the config and seed.
@@ -25,6 +29,7 @@ import platform
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,7 @@ TB_DIR = "tb"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
 FINISHED_FILE = "finished.json"
+WANDB_ID_FILE = "wandb_id"
 
 
 class RunDirError(ValueError):
@@ -238,19 +244,40 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     os.replace(tmp, run_dir / METRICS_FILE)
 
 
+def scalars_of(row: dict[str, Any], labels: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """The scalars of a metrics row as TensorBoard and W&B name them: every field but ``step``;
+    an array (a list) as one scalar per entry, ``name/<label>`` with the ``labels`` given for
+    that name or for its last part (e.g. task names; else its indices); a single value only
+    when it is a finite number (None, an unmeasured statistic, is left out)."""
+    scalars: dict[str, Any] = {}
+    for name, value in row.items():
+        if name == "step":
+            continue
+        if isinstance(value, list):
+            names = labels.get(name, labels.get(name.rsplit("/", 1)[-1],
+                                                tuple(str(i) for i in range(len(value)))))
+            for label, item in zip(names, value, strict=False):
+                scalars[f"{name}/{label}"] = item
+        elif isinstance(value, int | float) and math.isfinite(value):
+            scalars[name] = value
+    return scalars
+
+
+RowMirror = Callable[[dict[str, Any], int], None]
+"""Receives the scalars of every row (``scalars_of``) and its env step, e.g. a W&B run."""
+
+
 class MetricsLogger:
-    """Appends rows to ``metrics.jsonl`` (flushed per row) and mirrors scalars to TensorBoard.
+    """Appends rows to ``metrics.jsonl`` (flushed per row) and mirrors their scalars
+    (``scalars_of``) to TensorBoard and to ``mirror`` when one is given (W&B tracking)."""
 
-    Array values of a row are written as lists in JSON and as one scalar per entry in TensorBoard
-    (``name/<label>`` with the labels given for that name or for its last part, e.g. task
-    names; the entries' indices otherwise).
-    """
-
-    def __init__(self, run_dir: Path, labels: dict[str, tuple[str, ...]], purge_step: int | None):
+    def __init__(self, run_dir: Path, labels: dict[str, tuple[str, ...]], purge_step: int | None,
+                 mirror: RowMirror | None = None):
         self._path = run_dir / METRICS_FILE
         self._jsonl = open(self._path, "a", buffering=1)  # noqa: SIM115
         self._tb = SummaryWriter(str(run_dir / TB_DIR), purge_step=purge_step)
         self._labels = labels
+        self._mirror = mirror
 
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row``; ``OutOfSpaceError`` when the disk is full (the rows before stay)."""
@@ -262,16 +289,11 @@ class MetricsLogger:
             if not is_out_of_space(error):
                 raise
             raise out_of_space_error("a metrics row", self._path, len(line)) from None
-        for name, value in row.items():
-            if name == "step":
-                continue
-            if isinstance(value, list):
-                labels = self._labels.get(name, self._labels.get(
-                    name.rsplit("/", 1)[-1], tuple(str(i) for i in range(len(value)))))
-                for label, item in zip(labels, value, strict=False):
-                    self._tb.add_scalar(f"{name}/{label}", item, step)
-            elif isinstance(value, int | float) and math.isfinite(value):
-                self._tb.add_scalar(name, value, step)
+        scalars = scalars_of(row, self._labels)
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, value, step)
+        if self._mirror is not None:
+            self._mirror(scalars, step)
 
     def close(self) -> None:
         try:

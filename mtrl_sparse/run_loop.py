@@ -71,6 +71,7 @@ from mtrl_sparse.run_dir import (
     EVAL_DIR,
     FINISHED_FILE,
     MetricsLogger,
+    RowMirror,
     RunDirError,
     check_new_run_dir,
     clear_uncommitted,
@@ -92,6 +93,7 @@ from mtrl_sparse.stops import (
     catch_preemption,
     error_summary,
 )
+from mtrl_sparse.tracking import tracked
 
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
 """The agent kind of each config's ``AGENT``: off-policy with a replay buffer, on-policy with
@@ -253,7 +255,8 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
             if not resume:
                 group.start()
                 return _loop(configs[0], group, run_dirs, checkpointers, episodes, 0,
-                             [None] * len(configs), group.masks(), stop)
+                             [None] * len(configs), group.masks(), stop,
+                             _mirrors(run_dirs, configs, stack))
             start_step, last_evals, measured = _restore(group, run_dirs, checkpointers, episodes)
             if start_step >= group.budget_env_steps:  # the runs are complete: nothing to add
                 for run_dir, last_eval in zip(run_dirs, last_evals, strict=True):
@@ -261,13 +264,20 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
                 return [run_result(d, start_step, group.updates(), group.task_names, last_eval)
                         for d, last_eval in zip(run_dirs, last_evals, strict=True)]
             return _loop(configs[0], group, run_dirs, checkpointers, episodes, start_step,
-                         last_evals, measured, stop)
+                         last_evals, measured, stop, _mirrors(run_dirs, configs, stack))
         except EnvFailure as error:
             raise EnvFailedError(f"{error}; {_intact(run_dirs)}") from None
         except NonFiniteLossError as error:  # resuming would meet it again
             raise NonFiniteLossError(f"{error}; the checkpoints before it are intact") from None
         except OutOfSpaceError as error:  # (a preempted run's line already says all this)
             raise OutOfSpaceError(f"{error}; {_intact(run_dirs)}") from None
+
+
+def _mirrors(run_dirs: list[Path], configs: list[RunConfig],
+             stack: contextlib.ExitStack) -> list[RowMirror | None]:
+    """Each run's W&B run for the life of ``stack`` (``tracking.tracked``; None: untracked)."""
+    return [stack.enter_context(tracked(run_dir, config))
+            for run_dir, config in zip(run_dirs, configs, strict=True)]
 
 
 def _has_checkpoints(run_dirs: list[Path]) -> bool:
@@ -323,14 +333,17 @@ def _intact(run_dirs: list[Path]) -> str:
 def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
           checkpointers: list[Checkpointer], episodes: list[EpisodeTracker], env_steps: int,
           last_evals: list[dict[str, Any] | None],
-          measured: list[dict[str, NetworkMasks] | None], stop: StopRequest) -> list[RunResult]:
+          measured: list[dict[str, NetworkMasks] | None], stop: StopRequest,
+          mirrors: list[RowMirror | None]) -> list[RunResult]:
     """Iterations of ``group`` from ``env_steps`` to the end of its runs (see the module
     docstring; ``config`` gives the schedule all the runs share); returns each run's summary.
+    Every run's rows go to its run directory and to its ``mirrors`` entry (W&B), if any.
     ``measured``: each run's masks at its last mask measurement (at step 0: the initial masks,
     whose row is written first). Once ``stop`` is requested (a preemption signal) the runs
     checkpoint at the next boundary and ``PreemptedError`` ends the loop."""
     labels = {**group.array_labels, **per_task_labels(group.task_names)}
-    loggers = [MetricsLogger(d, labels, purge_step=env_steps or None) for d in run_dirs]
+    loggers = [MetricsLogger(d, labels, purge_step=env_steps or None, mirror=mirror)
+               for d, mirror in zip(run_dirs, mirrors, strict=True)]
     if env_steps == 0:
         for logger, masks in zip(loggers, measured, strict=True):
             if masks:

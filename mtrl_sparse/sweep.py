@@ -77,7 +77,7 @@ REFERENCE_CELL = "reference"
 REFERENCE_METHOD = "dense"
 """The method of the reference runs (Continual World's: the plain agent on the task alone)."""
 RESERVED_FLAGS = ("--preset", "--method", "--sparsity", "--seed", "--seeds", "--run-dir",
-                  "--resume", "--progress", "--no-progress")
+                  "--resume", "--progress", "--no-progress", "--wandb.name")
 """Train flags a sweep sets itself for each run."""
 
 
@@ -215,10 +215,21 @@ def check_spec(spec: SweepSpec) -> None:
 def train_arguments(spec: SweepSpec, run: SweepRun, out: Path) -> list[str]:
     """The ``mtrl-sparse train`` arguments of ``run``."""
     sparsity = [] if run.sparsity is None else ["--sparsity", f"{run.sparsity:g}"]
-    reference = [] if run.task is None else reference_flags(grid_config(spec), run.task)
+    config = grid_config(spec)
+    reference = [] if run.task is None else reference_flags(config, run.task)
     return ["--preset", spec.preset, *spec.train_args, *reference, "--method", run.method,
             *sparsity, "--seed", str(run.seed), "--run-dir", str(out / run.name),
-            "--no-progress"]
+            "--no-progress", *tracking_flags(config, run, out)]
+
+
+def tracking_flags(config: RunConfig, run: SweepRun, out: Path) -> list[str]:
+    """A tracked sweep's W&B flags of ``run``: its group, the sweep (the name of its directory
+    ``out``, unless the train flags give ``--wandb.group``), and its name, ``<cell>-seed<N>``
+    (e.g. ``gmp-sparsity0.95-seed3``); none when ``config``, the grid's, is not tracked."""
+    if not config.wandb.enabled():
+        return []
+    group = [] if config.wandb.group else ["--wandb.group", out.resolve().name]
+    return [*group, "--wandb.name", f"{run.cell}-seed{run.seed}"]
 
 
 def spec_from_toml(path: Path) -> tuple[SweepSpec, dict[str, Any]]:

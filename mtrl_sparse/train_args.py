@@ -70,7 +70,7 @@ def pop_flag(args: list[str], name: str) -> tuple[str | None, list[str]]:
 
 
 FLAG_ALIASES = {"--total-steps": "--total-env-steps", "--arch": "--{agent}.arch",
-                "--num-experts": "--{agent}.num-experts"}
+                "--num-experts": "--{agent}.num-experts", "--track": "--wandb.track"}
 """Short flags of ``train``: ``{agent}`` is the agent of the preset (sac, ppo)."""
 
 

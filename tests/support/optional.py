@@ -14,3 +14,5 @@ needs_farama = pytest.mark.skipif(not farama_minigrid_installed(),
                                   reason="needs Farama's minigrid (the farama extra)")
 needs_report = pytest.mark.skipif(importlib.util.find_spec("rliable") is None,
                                   reason="needs rliable (the report extra)")
+needs_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
+                                 reason="needs wandb (the wandb extra)")

@@ -306,6 +306,25 @@ def plasticity_figure(series: str, panels: dict[tuple[str, str], list[Curve]]) -
     return figure
 
 
+def curve_panels_figure(panels: dict[str, list[Curve]], colours: dict[str, Any], ylabel: str,
+                        title: str, ylim: tuple[float, float] | None = None) -> Figure:
+    """A panel per entry of ``panels`` (its title -> its curves), each curve in its group's
+    colour (``colours`` by curve name) with its band; ``title`` over the figure."""
+    figure, axes = new_figure(len(panels))
+    for ax, (name, curves) in zip(axes, panels.items(), strict=True):
+        for curve in curves:
+            draw_band(ax, curve, colours[curve.name], curve.name)
+        ax.set_title(name, fontsize="medium")
+        format_steps(ax)
+        ax.set_ylabel(ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    suptitle(figure, title)
+    return figure
+
+
 def wide_positive_range(curves: Sequence[Curve]) -> bool:
     """Whether the curves' values are all positive and span more than two decades (then a log
     axis shows them better)."""

@@ -28,9 +28,8 @@ from mtrl_sparse.mask_stats import PREFIX
 from mtrl_sparse.report_figures import (
     Curve,
     FigureNote,
-    draw_band,
+    curve_panels_figure,
     file_stem,
-    format_steps,
     new_figure,
     save_figure,
     series_colours,
@@ -193,18 +192,10 @@ def density_note(groups: list[MaskGroup], colours: dict[str, Any], out_dir: Path
                                   for k in logged_keys(g, "/density") if k.count("/") == 2))
     stems = []
     for network in networks:
-        panels = density_panels(groups, network)
-        figure, axes = new_figure(len(panels))
-        for ax, (title, curves) in zip(axes, panels.items(), strict=True):
-            for curve in curves:
-                draw_band(ax, curve, colours[curve.name], curve.name)
-            ax.set_title(title, fontsize="medium")
-            format_steps(ax)
-            ax.set_ylabel("density (active / maskable)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small", loc="best")
-        suptitle(figure, f"Density of the {network}'s masks per layer over training (mean over "
-                         "seeds, band: lowest to highest seed)")
+        figure = curve_panels_figure(
+            density_panels(groups, network), colours, "density (active / maskable)",
+            f"Density of the {network}'s masks per layer over training (mean over seeds, band: "
+            "lowest to highest seed)")
         stem = f"mask_density_{file_stem(network)}"
         save_figure(figure, out_dir, stem)
         stems.append(stem)
@@ -225,17 +216,10 @@ def changed_note(groups: list[MaskGroup], colours: dict[str, Any], out_dir: Path
                     panels.setdefault(network_of(key), []).append(curve)
     if not panels:
         return FigureNote(title, skipped="the runs logged a single mask measurement each")
-    figure, axes = new_figure(len(panels))
-    for ax, (network, curves) in zip(axes, panels.items(), strict=True):
-        for curve in curves:
-            draw_band(ax, curve, colours[curve.name], curve.name)
-        ax.set_title(network)
-        format_steps(ax)
-        ax.set_ylabel("active weights newly active (fraction)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
-    suptitle(figure, "Topology's movement since the previous evaluation (mean over seeds, band: "
-                     "lowest to highest seed)")
+    figure = curve_panels_figure(
+        panels, colours, "active weights newly active (fraction)",
+        "Topology's movement since the previous evaluation (mean over seeds, band: lowest to "
+        "highest seed)")
     save_figure(figure, out_dir, "mask_changed")
     return FigureNote(title, ("mask_changed",), (
         "Per network, the fraction of its active weights that were inactive at the previous "
@@ -257,18 +241,10 @@ def features_notes(groups: list[MaskGroup], colours: dict[str, Any],
         if curve is not None:
             name = f"{network_of(key)}: {layer_of(key, '/features_jaccard')}"
             panels.setdefault(name, []).append(curve)
-    figure, axes = new_figure(len(panels))
-    for ax, (name, curves) in zip(axes, panels.items(), strict=True):
-        for curve in curves:
-            draw_band(ax, curve, colours[curve.name], curve.name)
-        ax.set_title(name, fontsize="medium")
-        format_steps(ax)
-        ax.set_ylabel("mean Jaccard of task pairs' feature sets")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
-    suptitle(figure, "Overlap of the trunk features the tasks' heads read (mean over seeds, "
-                     "band: lowest to highest seed)")
+    figure = curve_panels_figure(
+        panels, colours, "mean Jaccard of task pairs' feature sets",
+        "Overlap of the trunk features the tasks' heads read (mean over seeds, band: lowest to "
+        "highest seed)", ylim=(-0.02, 1.02))
     save_figure(figure, out_dir, "head_features")
     matrices = figure_of_final_overlaps(keyed)
     save_figure(matrices, out_dir, "head_features_final")

@@ -50,7 +50,8 @@ commands:
   train     train an agent on a preset: multi-task SAC on Meta-World, multi-task PPO on
             MiniGrid (mtrl-sparse train --help lists every option); --resume --run-dir DIR
             continues a run, --auto-resume --run-dir DIR continues it or starts it
-  eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
+  eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]; with --video
+            [--episodes N], also GIFs of the policy per task in DIR/videos/step_<N>/
   presets   list the presets
   methods   list the sparsity and plasticity methods; methods NAME shows one
   sweep     a grid of methods x sparsities x seeds as vmapped groups of runs, resumable:
@@ -95,6 +96,13 @@ class EvalArgs:
     """The run directory."""
     step: int | None = None
     """Env step of the checkpoint to evaluate; None: the latest."""
+    video: bool = False
+    """Also write a video of the run's evaluation policy per task (a GIF, its episodes one
+    after another) into <run-dir>/videos/step_<step>/<task>.gif. MiniGrid: drawn from the JAX
+    states as Farama draws them; Meta-World: MuJoCo's offscreen renderer, which needs an OpenGL
+    backend (MUJOCO_GL=egl with libegl1, or MUJOCO_GL=osmesa with libosmesa6)."""
+    episodes: int = 1
+    """With --video: episodes per task in each video (the run's first evaluation episodes)."""
 
 
 @dataclass(frozen=True)
@@ -293,14 +301,24 @@ def cmd_train(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    from mtrl_sparse.run_loop import evaluate_run
+    from mtrl_sparse.run_dir import read_config
+    from mtrl_sparse.run_loop import evaluate_run, video_problem
 
     parsed = tyro_parse(EvalArgs, args, None, "mtrl-sparse eval")
+    if parsed.episodes < 1:
+        raise UsageError(f"--episodes must be a positive integer; got {parsed.episodes}")
+    if parsed.episodes != 1 and not parsed.video:
+        raise UsageError("--episodes counts the episodes of each video; add --video")
     run_dir = Path(parsed.run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise UsageError(f"{run_dir} holds no run (no {CONFIG_FILE})")
+    if parsed.video:
+        problem = video_problem(read_config(run_dir))
+        if problem is not None:
+            raise UsageError(f"--video: {problem}")
     try:
-        step, result = evaluate_run(run_dir, parsed.step)
+        step, result, videos = evaluate_run(run_dir, parsed.step,
+                                            parsed.episodes if parsed.video else 0)
     except RunDirError as error:
         raise UsageError(str(error)) from None
     print(f"checkpoint at env step {step}:")
@@ -312,6 +330,11 @@ def cmd_eval(args: list[str]) -> int:
     for name, rate in zip(result.task_names, result.final_success, strict=True):
         print(f"  {name:<28} {rate:.2f}")
     print(f"written to {run_dir / 'eval' / f'step_{step}.json'}")
+    if videos:
+        print(f"videos ({parsed.episodes} episode{'s' if parsed.episodes > 1 else ''} per task): "
+              f"{next(iter(videos.values())).parent}")
+        for name, path in videos.items():
+            print(f"  {name:<28} {path.name}")
     return 0
 
 

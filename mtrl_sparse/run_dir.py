@@ -8,6 +8,8 @@ Layout::
     <run_dir>/tb/             TensorBoard event files (same scalars as metrics.jsonl)
     <run_dir>/checkpoints/    orbax checkpoints, one folder per env step
     <run_dir>/eval/           results of `mtrl-sparse eval`
+    <run_dir>/videos/         GIFs of the evaluation policy, step_<S>/<task>.gif (`eval --video`,
+                              `train --video-every-env-steps`; mtrl_sparse.videos)
     <run_dir>/finished.json   written when the run reaches its budget: env steps, updates, the
                               final evaluation row (absent while the run is unfinished)
 
@@ -270,6 +272,10 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{name}/{label}", item, step)
             elif isinstance(value, int | float) and math.isfinite(value):
                 self._tb.add_scalar(name, value, step)
+
+    def add_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """An image (H, W, 3) uint8 in TensorBoard under ``tag`` (not a metrics row)."""
+        self._tb.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
         try:

@@ -9,8 +9,10 @@ it owns what every run shares:
 - the schedule: iterations of the agent kind (a vector step, a rollout) until the first boundary
   at or after the kind's budget; after each, at interval crossings, a training metrics row
   (``log_every_env_steps``), a plasticity row (``plasticity.every_updates``, in updates), an
-  evaluation (``eval_every_env_steps``; and at the end), and a checkpoint at the first boundary
-  after every ``checkpoint_every_env_steps`` (and at the end);
+  evaluation (``eval_every_env_steps``; and at the end), videos at the evaluations that cross a
+  multiple of ``video_every_env_steps`` (``mtrl_sparse.videos``; they never change the run's
+  numbers), and a checkpoint at the first boundary after every ``checkpoint_every_env_steps``
+  (and at the end);
 - a sequential schedule's phases (``config.schedule``): before every iteration the group is told
   the phase of its env step (``set_phase``), an evaluation ends every phase, and its evaluation
   rows carry the ``phase`` they were taken in;
@@ -38,6 +40,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -82,6 +85,7 @@ from mtrl_sparse.stops import (
     catch_preemption,
     error_summary,
 )
+from mtrl_sparse.videos import Video, frame_strip, write_videos
 
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
 """The agent kind of each config's ``AGENT``: off-policy with a replay buffer, on-policy with
@@ -90,7 +94,7 @@ rollouts."""
 GROUP_KINDS: dict[str, type[RunGroup]] = {"ppo": VmappedOnPolicyRuns, "sac": VmappedOffPolicyRuns}
 """The agents whose runs can share one vmapped program (``train_group``)."""
 
-RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress")
+RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress", "video_every_env_steps")
 """Config fields a resumed run may change (``total_env_steps`` only upwards)."""
 
 WALL_TIME_PARTS = ("env", "agent", "compile", "eval", "logging", "checkpoint")
@@ -195,6 +199,11 @@ def train(config: RunConfig, *, resume: bool = False, preset: str | None = None)
     return train_group([config], resume=resume, preset=preset)[0]
 
 
+def video_problem(config: RunConfig) -> str | None:
+    """Why videos of ``config``'s run cannot be made here (one line), or None."""
+    return AGENT_KINDS[config.AGENT].video_problem(config)
+
+
 def make_group(configs: list[RunConfig]) -> RunGroup:
     """The ``RunGroup`` of ``configs``: one run on its own, or runs that share one program
     (``GROUP_KINDS``; ``ConfigError`` if they may not)."""
@@ -214,6 +223,10 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
     from its latest checkpoint (all at the same env step)."""
     for config in configs:
         validate(config)
+    if configs[0].video_every_env_steps:
+        problem = video_problem(configs[0])
+        if problem is not None:
+            raise ConfigError(f"--video-every-env-steps: {problem}")
     if configs[0].compute != "dense" and not kernels_available():
         print(f"mtrl-sparse: --compute {configs[0].compute}: no sparse kernels for this run (the "
               "extension was not built, e.g. no C++ compiler at install, or the platform is not "
@@ -321,6 +334,7 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
     checkpoint_due = False
     every_probe = config.plasticity.every_updates
     sequential = config.phases() > 1
+    evaluated_at = env_steps  # the env step of the latest evaluation (videos cross from it)
     try:
         while True:
             phase = config.phase_at(env_steps)
@@ -367,6 +381,15 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
                 score = np.mean([row[group.score_name] for row in last_evals])
                 postfix[group.score_name.removeprefix("eval/")] = f"{score:.2f}"
                 bar.set_postfix(postfix)
+                video_every = config.video_every_env_steps
+                if video_every and crossed(env_steps, evaluated_at, video_every):
+                    t0 = time.perf_counter()
+                    for run_dir, logger, videos in zip(
+                            run_dirs, loggers, group.record_videos(env_steps, 1), strict=True):
+                        write_videos(run_dir, env_steps, videos,
+                                     strip_logger(logger, env_steps))
+                    seconds["eval"] += time.perf_counter() - t0
+                evaluated_at = env_steps
 
             checkpoint_due |= crossed(env_steps, before, config.checkpoint_every_env_steps)
             preempted = stop.requested and iteration.at_boundary and not finished
@@ -396,12 +419,25 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
             for d, last_eval in zip(run_dirs, last_evals, strict=True)]
 
 
-def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult]:
-    """Evaluate the checkpoint of ``run_dir`` at env step ``step`` (default: the latest) with the
-    run's own evaluation settings and episodes.
+def strip_logger(logger: MetricsLogger, env_step: int) -> Callable[[str, Video], None]:
+    """``on_video`` of ``write_videos`` that shows each task's video in TensorBoard as an image
+    strip ``video/<task>`` at ``env_step`` (``videos.frame_strip``)."""
 
-    Writes ``eval/step_<N>.json`` (the step and the ``eval/...`` row) in the run directory and
-    returns (step, result).
+    def log(task: str, video: Video) -> None:
+        logger.add_image(env_step, f"video/{task}", frame_strip(video.frames))
+
+    return log
+
+
+def evaluate_run(run_dir: Path, step: int | None = None, video_episodes: int = 0
+                 ) -> tuple[int, RunResult, dict[str, Path]]:
+    """Evaluate the checkpoint of ``run_dir`` at env step ``step`` (default: the latest) with the
+    run's own evaluation settings and episodes; with ``video_episodes``, also record that many
+    episodes per task as videos (``mtrl_sparse.videos``; check ``video_problem`` first).
+
+    Writes ``eval/step_<N>.json`` (the step and the ``eval/...`` row) and the videos,
+    ``videos/step_<N>/<task>.gif``, in the run directory; returns (step, result, task -> video
+    path).
     """
     config = read_config(run_dir)
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.keep_checkpoints,
@@ -423,6 +459,8 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
                                   f"read back ({error_summary(error)})") from None
             row = kind.evaluate_checkpoint(state, step)
             updates = kind.updates()
+            videos = (write_videos(run_dir, step, kind.record_videos(step, video_episodes))
+                      if video_episodes else {})
         finally:
             kind.close()
     finally:
@@ -430,7 +468,7 @@ def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult
     out = run_dir / EVAL_DIR
     out.mkdir(exist_ok=True)
     (out / f"step_{step}.json").write_text(json.dumps({"step": step, **row}, indent=2))
-    return step, run_result(run_dir, step, updates, kind.task_names, row)
+    return step, run_result(run_dir, step, updates, kind.task_names, row), videos
 
 
 __all__ = ["train", "evaluate_run", "RunResult", "NonFiniteLossError", "RunStopped",

@@ -48,7 +48,7 @@ VIDEO_DIR = "videos"
 MINIGRID_FRAME_MS = 150
 METAWORLD_FRAME_MS = 40
 METAWORLD_FRAME_SIZE = (240, 320)  # (height, width) in pixels
-METAWORLD_CAMERA = "corner2"
+METAWORLD_CAMERA = "corner2"  # mounted upside down in Meta-World's scenes: frames turned 180
 STRIP_FRAMES = 8
 
 
@@ -170,7 +170,8 @@ def record_metaworld(greedy_act: Callable[[Any, Any, Any], Any], agent_state: An
                      size: tuple[int, int] = METAWORLD_FRAME_SIZE) -> dict[str, Video]:
     """``episodes`` episodes of every env of ``env`` (a synchronous ``MetaWorldVectorEnv``, one
     env per task), acting with ``greedy_act(agent_state, obs, task_ids)``; each step drawn from
-    ``camera`` at ``size`` (height, width). Returns task -> video."""
+    ``camera`` at ``size`` (height, width) and turned right side up (Meta-World's corner cameras
+    look upside down). Returns task -> video."""
     import mujoco
 
     spec = env.spec
@@ -182,7 +183,7 @@ def record_metaworld(greedy_act: Callable[[Any, Any, Any], Any], agent_state: An
     def draw() -> None:
         for (_, data), renderer, into in zip(scenes, renderers, frames, strict=True):
             renderer.update_scene(data, camera=camera)
-            into.append(renderer.render())
+            into.append(np.ascontiguousarray(np.rot90(renderer.render(), 2)))
 
     try:
         for _ in range(episodes):

@@ -217,6 +217,15 @@ def _visible_cells_of(states: mj.GridState, task_names: tuple[str, ...]) -> jax.
     return jax.vmap(lambda s: visible_cells(s, see_through[s.task]))(states)
 
 
+_TILE_KEY_DIMS = (256, 256, 256, 5, 2)  # cell type, colour, state; agent (0 or dir + 1); seen
+
+
+def _tile_of_key(key: int, tile_size: int) -> np.ndarray:
+    """``tile`` of a key of ``_TILE_KEY_DIMS`` (``np.ravel_multi_index`` of its parts)."""
+    kind, colour, state, agent, seen = (int(v) for v in np.unravel_index(key, _TILE_KEY_DIMS))
+    return tile((kind, colour, state), None if agent == 0 else agent - 1, bool(seen), tile_size)
+
+
 def render_frames(states: mj.GridState, task_names: tuple[str, ...], highlight: bool = True,
                   tile_size: int = TILE_SIZE) -> np.ndarray:
     """Farama's ``rgb_array`` frames of ``states``, a ``GridState`` with a leading (T,) axis whose
@@ -237,13 +246,11 @@ def render_frames(states: mj.GridState, task_names: tuple[str, ...], highlight: 
     pos, direction = np.asarray(states.agent_pos), np.asarray(states.agent_dir)
     xs, ys = np.meshgrid(np.arange(width), np.arange(height), indexing="ij")
     agent_here = (xs == pos[:, 0, None, None]) & (ys == pos[:, 1, None, None])  # (T, W, H)
-    agent = np.where(agent_here, direction[:, None, None] + 1, 0)  # 0: no agent
-    cell_key = (grid[..., 0].astype(np.int64) * 256 + grid[..., 1]) * 256 + grid[..., 2]
-    keys = (cell_key * 5 + agent) * 2 + seen[:, :width, :height]
+    agent = np.where(agent_here, direction[:, None, None] + 1, 0)  # 0: no agent, else dir + 1
+    tile_kinds = (grid[..., 0], grid[..., 1], grid[..., 2], agent, seen[:, :width, :height])
+    keys = np.ravel_multi_index(tile_kinds, _TILE_KEY_DIMS)
     unique, index = np.unique(keys, return_inverse=True)
-    atlas = np.stack([tile(((k // 10) >> 16 & 255, (k // 10) >> 8 & 255, (k // 10) & 255),
-                           None if (k // 2) % 5 == 0 else int((k // 2) % 5 - 1), bool(k % 2),
-                           tile_size) for k in unique.tolist()])
+    atlas = np.stack([_tile_of_key(key, tile_size) for key in unique.tolist()])
     tiles = atlas[index.reshape(keys.shape)]  # (T, W, H, ts, ts, 3)
     frames = tiles.transpose(0, 2, 3, 1, 4, 5)  # (T, H, ts, W, ts, 3)
     return np.ascontiguousarray(frames.reshape(len(keys), height * tile_size, width * tile_size,

@@ -225,7 +225,7 @@ def _working_backend() -> str | None:
 
 
 @pytest.mark.slow
-def test_metaworld_eval_video_renders_every_step_of_every_task(tmp_path):
+def test_metaworld_videos_render_every_step_of_every_task_and_change_no_row(tmp_path):
     backend = _working_backend()
     if backend is None:
         pytest.skip("no offscreen OpenGL backend for MuJoCo here (MUJOCO_GL=egl needs libegl1 "
@@ -237,6 +237,9 @@ def test_metaworld_eval_video_renders_every_step_of_every_task(tmp_path):
                               "--video-every-env-steps", "40", "--run-dir", str(run)],
                              capture_output=True, text=True, env=env, timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
+    plain = tmp_path / "plain"  # the same run without videos: the same rows
+    assert main(["train", "--preset", "mt10-smoke", "--no-progress", "--run-dir", str(plain)]) == 0
+    assert deterministic_rows(run) == deterministic_rows(plain)
     config = read_config(run)
     steps = sorted(int(p.name.removeprefix("step_")) for p in (run / "videos").iterdir())
     assert steps

@@ -31,6 +31,7 @@ from mtrl_sparse.run_dir import (
     FINISHED_FILE,
     METRICS_FILE,
     TB_DIR,
+    VIDEO_DIR,
     RunDirError,
 )
 from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped
@@ -133,6 +134,8 @@ def _print_summary(result, out) -> None:
     print(f"\nrun directory: {run_dir}", file=out)
     print(f"metrics:       {run_dir / METRICS_FILE}", file=out)
     print(f"tensorboard:   tensorboard --logdir {run_dir / TB_DIR}", file=out)
+    if (run_dir / VIDEO_DIR).is_dir():
+        print(f"videos:        {run_dir / VIDEO_DIR}", file=out)
     print(f"env steps: {result.env_steps}, updates: {result.updates}", file=out)
     if result.seconds:
         parts = ", ".join(f"{name} {value:.1f} s" for name, value in result.seconds.items())

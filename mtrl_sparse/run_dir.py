@@ -46,6 +46,7 @@ METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
+VIDEO_DIR = "videos"
 FINISHED_FILE = "finished.json"
 
 

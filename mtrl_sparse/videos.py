@@ -43,8 +43,8 @@ from mtrl_sparse.envs import minigrid_jax as mj
 from mtrl_sparse.envs.minigrid_jax_layouts import reset_state
 from mtrl_sparse.envs.minigrid_jax_vector import GridVector
 from mtrl_sparse.envs.minigrid_render import render_frames
+from mtrl_sparse.run_dir import VIDEO_DIR
 
-VIDEO_DIR = "videos"
 MINIGRID_FRAME_MS = 150
 METAWORLD_FRAME_MS = 40
 METAWORLD_FRAME_SIZE = (240, 320)  # (height, width) in pixels

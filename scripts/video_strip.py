@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence
 
-from mtrl_sparse.videos import VIDEO_DIR, video_paths
+from mtrl_sparse.run_dir import VIDEO_DIR
+from mtrl_sparse.videos import video_paths
 
 
 def gif_frames(path: Path) -> list[np.ndarray]:

@@ -124,6 +124,21 @@ def test_eval_video_writes_one_gif_per_task_of_the_policy(video_run, capsys):
         assert len(frames) == start  # frame count: each episode's length + 1
 
 
+@pytest.mark.slow
+def test_vmapped_runs_write_each_run_s_videos(tmp_path, video_run):
+    """A group of two seeds in one program: each run directory gets its own videos, and seed 0's
+    episodes are as long as the same run's alone (the same policy and layouts)."""
+    group = tmp_path / "group"
+    assert main(["train", *MINIGRID_CHECKPOINTED, "--seeds", "0-1", "--video-every-env-steps",
+                 "200", "--run-dir", str(group)]) == 0
+    tasks = read_config(video_run).task_names()
+    for seed in (0, 1):
+        assert sorted(video_paths(group / f"seed{seed}", 600)) == sorted(tasks)
+    for name, path in video_paths(video_run, 600).items():
+        alone = sum(gif_frames(path)[1])
+        assert sum(gif_frames(video_paths(group / "seed0", 600)[name])[1]) == alone
+
+
 def _assert_ended(episode: mj.GridState, length: int, name: str) -> None:
     """The episode's last state ends it: the time limit, or the agent on a goal or in lava, at
     Memory's end cells, or RedBlueDoors' blue door open."""

@@ -294,6 +294,13 @@ class MetaWorldVectorEnv:
         """Task id of every env, (num_envs,) int32: the fixed ``spec.env_task_ids``."""
         return self.spec.env_task_ids
 
+    def mujoco_scenes(self) -> list[tuple[Any, Any]]:
+        """``(MjModel, MjData)`` of every sub-env (for drawing them with ``mujoco.Renderer``);
+        only with ``vector_strategy="sync"`` (async sub-envs live in other processes)."""
+        if not isinstance(self._envs, gym.vector.SyncVectorEnv):
+            raise ValueError("mujoco_scenes needs a vector env built with vector_strategy='sync'")
+        return [(env.unwrapped.model, env.unwrapped.data) for env in self._envs.envs]
+
     def get_rng_state(self) -> dict[str, Any]:
         """JSON-serialisable random state of every sub-env: ``{"envs": [entry, ...]}``, where an
         entry holds the ``CheckpointWrapper`` id and the checkpoint's RNG states (not the tasks,

@@ -236,13 +236,28 @@ def view_positions(agent_pos: jax.Array, agent_dir: jax.Array) -> jax.Array:
     return agent_pos + across + ahead
 
 
-def observe(state: GridState, see_through_walls: jax.Array) -> jax.Array:
-    """The agent's egocentric view, (VIEW_SIZE, VIEW_SIZE, 3) uint8 (Farama's ``image``)."""
+def _view_cells(state: GridState) -> tuple[jax.Array, jax.Array]:
+    """The view's absolute positions (VIEW_SIZE, VIEW_SIZE, 2) int32 and its cells
+    (VIEW_SIZE, VIEW_SIZE, 3) uint8 (walls outside the grid), both indexed ``[vx, vy]``."""
     pos = view_positions(state.agent_pos, state.agent_dir)
     inside = ((pos >= 0) & (pos < GRID_SIZE)).all(axis=-1)
     clipped = jnp.clip(pos, 0, GRID_SIZE - 1)
     cells = state.grid[clipped[..., 0], clipped[..., 1]]
-    cells = jnp.where(inside[..., None], cells, jnp.asarray(WALL_CELL, dtype=jnp.uint8))
+    return pos, jnp.where(inside[..., None], cells, jnp.asarray(WALL_CELL, dtype=jnp.uint8))
+
+
+def visible_view(state: GridState, see_through_walls: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Which cells of the view the agent sees: ``(positions, visible)``, the view's absolute
+    ``(x, y)`` (VIEW_SIZE, VIEW_SIZE, 2) int32 and (VIEW_SIZE, VIEW_SIZE) bool, indexed
+    ``[vx, vy]`` (Farama's ``gen_obs_grid`` visibility mask; all true with
+    ``see_through_walls``)."""
+    pos, cells = _view_cells(state)
+    return pos, _visibility(_transparent(cells)) | see_through_walls
+
+
+def observe(state: GridState, see_through_walls: jax.Array) -> jax.Array:
+    """The agent's egocentric view, (VIEW_SIZE, VIEW_SIZE, 3) uint8 (Farama's ``image``)."""
+    _, cells = _view_cells(state)
     visible = _visibility(_transparent(cells)) | see_through_walls
     view = jnp.where(visible[..., None], cells, jnp.uint8(0))
     held = jnp.where(state.carrying[0] == 0, jnp.asarray(EMPTY_CELL, dtype=jnp.uint8),

@@ -11,6 +11,7 @@ holds. Kinds are chosen by the config's agent from ``run_loop.AGENT_KINDS``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ import numpy as np
 from mtrl_sparse.mask_stats import NetworkMasks
 from mtrl_sparse.methods.topology import LayerSlices
 from mtrl_sparse.stops import NonFiniteLossError
+from mtrl_sparse.videos import Video
 
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation envs are seeded ``seed + EVAL_SEED_OFFSET``: other episodes of the same tasks."""
@@ -175,6 +177,16 @@ class AgentKind(Protocol):
         """The evaluation row of a checkpoint's ``state`` saved at ``env_step``, with the run's
         own evaluation episodes; the state becomes this kind's state."""
 
+    @staticmethod
+    def video_problem(config: Any) -> str | None:
+        """Why videos of ``config``'s run cannot be made here (one line naming what to install
+        or change), or None."""
+
+    def record_videos(self, env_step: int, episodes: int) -> Iterator[tuple[str, Video]]:
+        """(task, video) of every task: ``episodes`` episodes of the current state's evaluation
+        policy (``mtrl_sparse.videos``), recorded apart from training (its keys, envs and state
+        untouched)."""
+
     def checkpoint(self) -> tuple[Any, dict[str, Any]]:
         """(device state, JSON-ready metadata of this kind) for a checkpoint."""
 
@@ -218,6 +230,9 @@ class RunGroup(Protocol):
 
     def evaluate(self) -> list[dict[str, Any]]: ...
 
+    def record_videos(self, env_step: int, episodes: int) -> list[Iterator[tuple[str, Video]]]:
+        """Every run's ``AgentKind.record_videos``."""
+
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]: ...
 
     def masks(self) -> list[dict[str, NetworkMasks]]: ...
@@ -260,6 +275,9 @@ class OneRun:
 
     def evaluate(self) -> list[dict[str, Any]]:
         return [self.kind.evaluate()]
+
+    def record_videos(self, env_step: int, episodes: int) -> list[Iterator[tuple[str, Video]]]:
+        return [self.kind.record_videos(env_step, episodes)]
 
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
         return [self.kind.checkpoint()]

@@ -31,6 +31,7 @@ from mtrl_sparse.run_dir import (
     FINISHED_FILE,
     METRICS_FILE,
     TB_DIR,
+    VIDEO_DIR,
     RunDirError,
 )
 from mtrl_sparse.stops import REQUEUE_EXIT, RunStopped
@@ -51,7 +52,8 @@ commands:
             MiniGrid (mtrl-sparse train --help lists every option); --resume --run-dir DIR
             continues a run, --auto-resume --run-dir DIR continues it or starts it; --track
             (or --wandb.project P) also logs it to Weights & Biases (WANDB_MODE=offline too)
-  eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]
+  eval      evaluate a checkpoint of a run: eval --run-dir DIR [--step N]; with --video
+            [--episodes N], also GIFs of the policy per task in DIR/videos/step_<N>/
   masks     a PNG of every masked layer of a run's checkpoint (black: active weight):
             masks --run-dir DIR [--step N] [--out DIR]
   presets   list the presets
@@ -100,6 +102,13 @@ class EvalArgs:
     """The run directory."""
     step: int | None = None
     """Env step of the checkpoint to evaluate; None: the latest."""
+    video: bool = False
+    """Also write a video of the run's evaluation policy per task (a GIF, its episodes one
+    after another) into <run-dir>/videos/step_<step>/<task>.gif. MiniGrid: drawn from the JAX
+    states as Farama draws them; Meta-World: MuJoCo's offscreen renderer, which needs an OpenGL
+    backend (MUJOCO_GL=egl with libegl1, or MUJOCO_GL=osmesa with libosmesa6)."""
+    episodes: int = 1
+    """With --video: episodes per task in each video (the run's first evaluation episodes)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,8 @@ def _print_summary(result, out) -> None:
     print(f"\nrun directory: {run_dir}", file=out)
     print(f"metrics:       {run_dir / METRICS_FILE}", file=out)
     print(f"tensorboard:   tensorboard --logdir {run_dir / TB_DIR}", file=out)
+    if (run_dir / VIDEO_DIR).is_dir():
+        print(f"videos:        {run_dir / VIDEO_DIR}", file=out)
     print(f"env steps: {result.env_steps}, updates: {result.updates}", file=out)
     if result.seconds:
         parts = ", ".join(f"{name} {value:.1f} s" for name, value in result.seconds.items())
@@ -312,14 +323,24 @@ def cmd_train(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    from mtrl_sparse.run_loop import evaluate_run
+    from mtrl_sparse.run_dir import read_config
+    from mtrl_sparse.run_loop import evaluate_run, video_problem
 
     parsed = tyro_parse(EvalArgs, args, None, "mtrl-sparse eval")
+    if parsed.episodes < 1:
+        raise UsageError(f"--episodes must be a positive integer; got {parsed.episodes}")
+    if parsed.episodes != 1 and not parsed.video:
+        raise UsageError("--episodes counts the episodes of each video; add --video")
     run_dir = Path(parsed.run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise UsageError(f"{run_dir} holds no run (no {CONFIG_FILE})")
+    if parsed.video:
+        problem = video_problem(read_config(run_dir))
+        if problem is not None:
+            raise UsageError(f"--video: {problem}")
     try:
-        step, result = evaluate_run(run_dir, parsed.step)
+        step, result, videos = evaluate_run(run_dir, parsed.step,
+                                            parsed.episodes if parsed.video else 0)
     except RunDirError as error:
         raise UsageError(str(error)) from None
     print(f"checkpoint at env step {step}:")
@@ -331,6 +352,11 @@ def cmd_eval(args: list[str]) -> int:
     for name, rate in zip(result.task_names, result.final_success, strict=True):
         print(f"  {name:<28} {rate:.2f}")
     print(f"written to {run_dir / 'eval' / f'step_{step}.json'}")
+    if videos:
+        print(f"videos ({parsed.episodes} episode{'s' if parsed.episodes > 1 else ''} per task): "
+              f"{next(iter(videos.values())).parent}")
+        for name, path in videos.items():
+            print(f"  {name:<28} {path.name}")
     return 0
 
 

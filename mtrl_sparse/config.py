@@ -156,6 +156,11 @@ class RunConfig:
     """Checkpoint at the first episode boundary after every this many env steps (and at the end)."""
     keep_checkpoints: int = 3
     """How many of the most recent checkpoints to keep."""
+    video_every_env_steps: int = 0
+    """Videos of the evaluation policy (one episode per task: a GIF per task in
+    <run-dir>/videos/step_<S>/ and an image strip per task in TensorBoard) at the evaluations
+    that cross a multiple of this many env steps; 0: none. Meta-World needs an offscreen OpenGL
+    backend (MUJOCO_GL=egl or osmesa). Never changes the run's numbers."""
     run_dir: str | None = None
     """Run directory; None: runs/<benchmark>-<method>-s<seed>-<timestamp>."""
     progress: bool = True
@@ -392,6 +397,9 @@ def validate(config: RunConfig) -> None:
     })
     if not isinstance(config.seed, int) or config.seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer; got {config.seed}")
+    if config.video_every_env_steps < 0:
+        raise ConfigError(f"--video-every-env-steps must be 0 (no videos) or a positive integer; "
+                          f"got {config.video_every_env_steps}")
     if isinstance(config, SACTrainConfig):
         _validate_sac(config)
     elif isinstance(config, PPOTrainConfig):

@@ -10,7 +10,9 @@ run may checkpoint or end (exact for budgets that are multiples of
 ``num_envs * max_episode_steps``).
 
 Evaluation runs ``eval_episodes_per_task`` deterministic episodes per task on separate envs, always
-from the same environment random state (``mtrl_sparse.evaluation.evaluate_success``).
+from the same environment random state (``mtrl_sparse.evaluation.evaluate_success``). Videos
+(``record_videos``) play the evaluation envs' first episodes again, one env per task, drawn by
+MuJoCo's offscreen renderer (``mtrl_sparse.videos``).
 
 Under the sequential schedule the training envs are ``envs_per_task`` copies of the task being
 trained (a one-task Meta-World vector env, rebuilt at every task boundary with the run's seed, the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -48,6 +51,7 @@ from mtrl_sparse.mask_stats import NetworkMasks, state_masks
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.run_dir import method_state_row, scalar_row
 from mtrl_sparse.sac_learner import LOSS_NAMES, Learner, SACTrainState, make_learner
+from mtrl_sparse.videos import Video, metaworld_renderer_problem, record_metaworld
 
 
 def make_envs(config: SACTrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVectorEnv]:
@@ -66,6 +70,15 @@ def make_envs(config: SACTrainConfig) -> tuple[MetaWorldVectorEnv, MetaWorldVect
                                    vector_strategy=env_cfg.vector_strategy,
                                    max_episode_steps=env_cfg.max_episode_steps)
     return train_env, eval_env
+
+
+def make_video_env(config: SACTrainConfig) -> MetaWorldVectorEnv:
+    """One env per task with the evaluation envs' layouts and seed (their first copy of each
+    task, so the same first episodes), synchronous, so that MuJoCo can draw its scenes."""
+    env_cfg = config.env
+    return MetaWorldVectorEnv(env_cfg.benchmark, task=env_cfg.task, envs_per_task=1,
+                              seed=eval_env_seed(config.seed), layout_seed=config.seed,
+                              vector_strategy="sync", max_episode_steps=env_cfg.max_episode_steps)
 
 
 def make_phase_env(config: SACTrainConfig, phase: int) -> MetaWorldVectorEnv:
@@ -223,6 +236,24 @@ class OffPolicyRun:
         del env_step
         self.state = state
         return self.evaluate()
+
+    @staticmethod
+    def video_problem(config: SACTrainConfig) -> str | None:
+        """Why this run's videos cannot be made (None: they can): no offscreen renderer."""
+        del config
+        return metaworld_renderer_problem()
+
+    def record_videos(self, env_step: int, episodes: int) -> Iterator[tuple[str, Video]]:
+        """(task, video) of every task: ``episodes`` episodes of the evaluation envs' layouts
+        (``make_video_env``) played by the greedy policy of the current state, every step
+        drawn. Played and drawn now."""
+        del env_step  # the greedy policy draws no random numbers
+        env = make_video_env(self.config)
+        try:
+            videos = record_metaworld(self.learner.greedy_act, self.state.agent, env, episodes)
+        finally:
+            env.close()
+        return iter(videos.items())
 
     def checkpoint(self) -> tuple[SACTrainState, dict[str, Any]]:
         return self.state, {"env_rng_state": self.env.get_rng_state()}

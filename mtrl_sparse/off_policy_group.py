@@ -36,7 +36,7 @@ checkpoint copies one run's slice at a time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 import jax
@@ -64,6 +64,7 @@ from mtrl_sparse.run_axis import (
 )
 from mtrl_sparse.run_dir import scalar_row
 from mtrl_sparse.sac_learner import Learner, SACTrainState
+from mtrl_sparse.videos import Video
 
 TRAIN_STATE_AXES = SACTrainState(
     agent=SACState(actor=0, critic=0, target_critic_params=0, log_alpha=0, step=None,
@@ -313,6 +314,10 @@ class VmappedOffPolicyRuns:
 
     def evaluate(self) -> list[dict[str, Any]]:
         return self._per_run(OffPolicyRun.evaluate)
+
+    def record_videos(self, env_step: int, episodes: int) -> list[Iterator[tuple[str, Video]]]:
+        """Each run's ``OffPolicyRun.record_videos`` with its slice of the stacked state."""
+        return self._per_run(lambda run: run.record_videos(env_step, episodes))
 
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
         return self._per_run(OffPolicyRun.checkpoint)

@@ -9,7 +9,9 @@ step; a truncated episode bootstraps from the value of its true final observatio
 a checkpoint holds the MiniGrid envs' full state (episodes in progress included).
 
 Evaluation runs on separate envs seeded apart from training, with the sampled policy by default
-(``mtrl_sparse.evaluation.evaluate_normalized_return``).
+(``mtrl_sparse.evaluation.evaluate_normalized_return``). Videos (``record_videos``) replay the
+evaluation's first episodes of every task with the same policy on the JAX MiniGrid, whatever the
+training backend (``mtrl_sparse.videos``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -33,6 +36,7 @@ from mtrl_sparse.agent_kind import (
 from mtrl_sparse.agents.cnn import per_task_leaves, stacked_head_layers
 from mtrl_sparse.agents.ppo import PPO, PPOState, Rollout, make_ppo, updates_per_rollout
 from mtrl_sparse.config import PPOTrainConfig
+from mtrl_sparse.envs import minigrid_jax as mj
 from mtrl_sparse.envs.minigrid import MiniGridVectorEnv
 from mtrl_sparse.envs.minigrid_jax_vector import GridVector, JaxMiniGridVectorEnv, VectorState
 from mtrl_sparse.evaluation import (
@@ -44,6 +48,7 @@ from mtrl_sparse.mask_stats import NetworkMasks, state_masks
 from mtrl_sparse.methods.network import build_network
 from mtrl_sparse.probe import make_ppo_probe
 from mtrl_sparse.run_dir import method_state_row, scalar_row
+from mtrl_sparse.videos import Video, make_minigrid_recorder, minigrid_videos
 
 
 def make_run_ppo(config: PPOTrainConfig, env: Any, sparsities: dict[str, Any] | None = None
@@ -246,6 +251,7 @@ class OnPolicyRun:
             self.eval_layout_key = jax.random.PRNGKey(eval_env_seed(config.seed))
         self.key, self.init_key = jax.random.split(jax.random.PRNGKey(config.seed))
         self.eval_key = self.key
+        self.video_recorders: dict[int, Any] = {}  # per episode count, built when first asked
         self.state: PPOState | None = None
         self.metrics: dict[str, jax.Array] = {}
         self.rollout: Rollout | None = None
@@ -360,6 +366,32 @@ class OnPolicyRun:
         return evaluate_normalized_return(self.policy_step, self.acting_weights(state),
                                           self.eval_env, env_cfg.eval_episodes_per_task, key,
                                           env_cfg.eval_deterministic)
+
+    @staticmethod
+    def video_problem(config: PPOTrainConfig) -> str | None:
+        """Why this run's videos cannot be made (None: they can): a task the JAX MiniGrid, which
+        records them, does not implement."""
+        missing = [name for name in config.task_names() if name not in mj.TASK_RULES]
+        if missing:
+            return (f"videos are recorded on the JAX MiniGrid, which lacks {', '.join(missing)}; "
+                    f"it implements {', '.join(mj.TASK_RULES)}")
+        return None
+
+    def record_videos(self, env_step: int, episodes: int) -> Iterator[tuple[str, Video]]:
+        """(task, video) of every task: ``episodes`` episodes of the run's evaluation layouts
+        played by the current state's evaluation policy (greedy or sampled, as the run's
+        evaluations), its actions sampled with the key ``evaluate_checkpoint`` uses at
+        ``env_step``. The episodes are played now; the frames are drawn as the iterator is read."""
+        if episodes not in self.video_recorders:
+            env_cfg = self.config.env
+            self.video_recorders[episodes] = make_minigrid_recorder(
+                self.ppo.act_with, self.task_names, episodes, env_cfg.eval_episodes_per_task,
+                env_cfg.eval_deterministic)
+        seed_key = jax.random.PRNGKey(self.config.seed)
+        states, lengths = self.video_recorders[episodes](
+            self.acting_weights(self.state), jax.random.fold_in(seed_key, env_step),
+            jax.random.PRNGKey(eval_env_seed(self.config.seed)))
+        return minigrid_videos(states, lengths, self.task_names, episodes)
 
     def checkpoint(self) -> tuple[PPOState, dict[str, Any]]:
         return self.state, {"key": np.asarray(self.key).tolist(),

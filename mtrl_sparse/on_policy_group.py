@@ -21,6 +21,7 @@ plus its envs (2.3 kB each) and one rollout; K runs take K times that.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -44,6 +45,7 @@ from mtrl_sparse.run_axis import (
     run_slice,
     stack_runs,
 )
+from mtrl_sparse.videos import Video
 
 SHARED_FIELDS = ("actor_step", "critic_step", "phase")
 """``PPOState`` fields common to all runs of a group, kept out of the run axis (unbatched), so
@@ -202,6 +204,11 @@ class VmappedOnPolicyRuns:
         scores = jax.device_get(self._evaluate(self._acting_weights(self.state), *keys))
         return [normalized_return_row(self.task_names, run_slice(scores, k))
                 for k in range(len(self.runs))]
+
+    def record_videos(self, env_step: int, episodes: int) -> list[Iterator[tuple[str, Video]]]:
+        """Each run's ``OnPolicyRun.record_videos`` with its slice of the stacked state."""
+        self._sync_runs()
+        return [run.record_videos(env_step, episodes) for run in self.runs]
 
     def checkpoint(self) -> list[tuple[Any, dict[str, Any]]]:
         self._sync_runs()

@@ -60,7 +60,7 @@ SCORES = ("eval/normalized_return", "eval/success")
 """Score prefixes, the first one a run logs wins: per task ``<prefix>/<task>``."""
 IGNORED_FIELDS = ("seed", "run_dir", "progress", "log_every_env_steps",
                   "checkpoint_every_env_steps", "keep_checkpoints", "plasticity", "compute",
-                  "compute_crossover", "wandb")
+                  "compute_crossover", "wandb", "video_every_env_steps")
 """Fields (or field groups) whose values never split runs into groups: the seed, what only
 decides what is logged or saved (and where: W&B tracking), and how masked layers compute (the
 same numbers up to float32 summation order), never the numbers a run computes."""

@@ -8,6 +8,8 @@ Layout::
     <run_dir>/tb/             TensorBoard event files (same scalars as metrics.jsonl)
     <run_dir>/checkpoints/    orbax checkpoints, one folder per env step
     <run_dir>/eval/           results of `mtrl-sparse eval`
+    <run_dir>/videos/         GIFs of the evaluation policy, step_<S>/<task>.gif (`eval --video`,
+                              `train --video-every-env-steps`; mtrl_sparse.videos)
     <run_dir>/finished.json   written when the run reaches its budget: env steps, updates, the
                               final evaluation row (absent while the run is unfinished)
     <run_dir>/wandb_id        tracked runs (``--track``): the id of the run's W&B run, which a
@@ -29,10 +31,9 @@ import platform
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -49,6 +50,7 @@ METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
+VIDEO_DIR = "videos"
 FINISHED_FILE = "finished.json"
 WANDB_ID_FILE = "wandb_id"
 
@@ -263,8 +265,14 @@ def scalars_of(row: dict[str, Any], labels: dict[str, tuple[str, ...]]) -> dict[
     return scalars
 
 
-RowMirror = Callable[[dict[str, Any], int], None]
-"""Receives the scalars of every row (``scalars_of``) and its env step, e.g. a W&B run."""
+class RowMirror(Protocol):
+    """Where a run's rows and videos go besides its directory, e.g. a W&B run."""
+
+    def log(self, scalars: dict[str, Any], step: int) -> None:
+        """The scalars of a row (``scalars_of``) at its env step."""
+
+    def log_video(self, tag: str, path: Path, step: int) -> None:
+        """A video file (a GIF) under ``tag`` at env step ``step``."""
 
 
 class MetricsLogger:
@@ -293,7 +301,14 @@ class MetricsLogger:
         for name, value in scalars.items():
             self._tb.add_scalar(name, value, step)
         if self._mirror is not None:
-            self._mirror(scalars, step)
+            self._mirror.log(scalars, step)
+
+    def add_video(self, step: int, tag: str, strip: np.ndarray, path: Path) -> None:
+        """A video (not a metrics row) under ``tag``: in TensorBoard as the image ``strip``
+        (H, W, 3) uint8 of a few of its frames, and its file ``path`` to the mirror."""
+        self._tb.add_image(tag, strip, step, dataformats="HWC")
+        if self._mirror is not None:
+            self._mirror.log_video(tag, path, step)
 
     def close(self) -> None:
         try:

@@ -12,8 +12,9 @@ it owns what every run shares:
   evaluation (``eval_every_env_steps``; and at the end) whose row also carries the masks'
   statistics (``mask_stats``: per-layer density, the topology's movement since the previous
   evaluation, the trunk features each task's head reads; a sparse run also logs them for its
-  initial masks at step 0), and a checkpoint at the first boundary
-  after every ``checkpoint_every_env_steps`` (and at the end);
+  initial masks at step 0), videos at the evaluations that cross a multiple of
+  ``video_every_env_steps`` (``mtrl_sparse.videos``; they never change the run's numbers), and a
+  checkpoint at the first boundary after every ``checkpoint_every_env_steps`` (and at the end);
 - a sequential schedule's phases (``config.schedule``): before every iteration the group is told
   the phase of its env step (``set_phase``), an evaluation ends every phase, and its evaluation
   rows carry the ``phase`` they were taken in;
@@ -41,6 +42,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -94,6 +96,7 @@ from mtrl_sparse.stops import (
     error_summary,
 )
 from mtrl_sparse.tracking import tracked
+from mtrl_sparse.videos import Video, frame_strip, video_dir, write_videos
 
 AGENT_KINDS: dict[str, type[AgentKind]] = {"sac": OffPolicyRun, "ppo": OnPolicyRun}
 """The agent kind of each config's ``AGENT``: off-policy with a replay buffer, on-policy with
@@ -106,7 +109,7 @@ MEASURED_MASKS = "measured_masks"
 """Checkpoint metadata: the masks of the run's last mask measurement (``mask_stats``), so that a
 resumed run measures the topology's movement against the masks an uninterrupted run would."""
 
-RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress")
+RESUMABLE_FIELDS = ("total_env_steps", "run_dir", "progress", "video_every_env_steps")
 """Config fields a resumed run may change (``total_env_steps`` only upwards)."""
 
 WALL_TIME_PARTS = ("env", "agent", "compile", "eval", "logging", "checkpoint")
@@ -211,6 +214,11 @@ def train(config: RunConfig, *, resume: bool = False, preset: str | None = None)
     return train_group([config], resume=resume, preset=preset)[0]
 
 
+def video_problem(config: RunConfig) -> str | None:
+    """Why videos of ``config``'s run cannot be made here (one line), or None."""
+    return AGENT_KINDS[config.AGENT].video_problem(config)
+
+
 def make_group(configs: list[RunConfig]) -> RunGroup:
     """The ``RunGroup`` of ``configs``: one run on its own, or runs that share one program
     (``GROUP_KINDS``; ``ConfigError`` if they may not)."""
@@ -230,6 +238,10 @@ def train_group(configs: list[RunConfig], *, resume: bool = False,
     from its latest checkpoint (all at the same env step)."""
     for config in configs:
         validate(config)
+    if configs[0].video_every_env_steps:
+        problem = video_problem(configs[0])
+        if problem is not None:
+            raise ConfigError(f"--video-every-env-steps: {problem}")
     if configs[0].compute != "dense" and not kernels_available():
         print(f"mtrl-sparse: --compute {configs[0].compute}: no sparse kernels for this run (the "
               "extension was not built, e.g. no C++ compiler at install, or the platform is not "
@@ -358,6 +370,7 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
     checkpoint_due = False
     every_probe = config.plasticity.every_updates
     sequential = config.phases() > 1
+    evaluated_at = env_steps  # the env step of the latest evaluation (videos cross from it)
     try:
         while True:
             phase = config.phase_at(env_steps)
@@ -408,6 +421,15 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
                 score = np.mean([row[group.score_name] for row in last_evals])
                 postfix[group.score_name.removeprefix("eval/")] = f"{score:.2f}"
                 bar.set_postfix(postfix)
+                video_every = config.video_every_env_steps
+                if video_every and crossed(env_steps, evaluated_at, video_every):
+                    t0 = time.perf_counter()
+                    for run_dir, logger, videos in zip(
+                            run_dirs, loggers, group.record_videos(env_steps, 1), strict=True):
+                        write_videos(run_dir, env_steps, videos,
+                                     video_logger(logger, run_dir, env_steps))
+                    seconds["eval"] += time.perf_counter() - t0
+                evaluated_at = env_steps
 
             checkpoint_due |= crossed(env_steps, before, config.checkpoint_every_env_steps)
             preempted = stop.requested and iteration.at_boundary and not finished
@@ -437,6 +459,19 @@ def _loop(config: RunConfig, group: RunGroup, run_dirs: list[Path],
     seconds["total"] = time.perf_counter() - t_start
     return [run_result(d, env_steps, group.updates(), group.task_names, last_eval, seconds)
             for d, last_eval in zip(run_dirs, last_evals, strict=True)]
+
+
+def video_logger(logger: MetricsLogger, run_dir: Path,
+                 env_step: int) -> Callable[[str, Video], None]:
+    """``on_video`` of ``write_videos`` that logs each task's video at ``env_step`` as
+    ``video/<task>``: to TensorBoard as an image strip of its frames (``videos.frame_strip``),
+    and its GIF to the W&B run when the run is tracked."""
+
+    def log(task: str, video: Video) -> None:
+        logger.add_video(env_step, f"video/{task}", frame_strip(video.frames),
+                         video_dir(run_dir, env_step) / f"{task}.gif")
+
+    return log
 
 
 @contextlib.contextmanager
@@ -470,20 +505,25 @@ def restored_checkpoint(run_dir: Path, step: int | None = None):
         checkpointer.close()
 
 
-def evaluate_run(run_dir: Path, step: int | None = None) -> tuple[int, RunResult]:
+def evaluate_run(run_dir: Path, step: int | None = None, video_episodes: int = 0
+                 ) -> tuple[int, RunResult, dict[str, Path]]:
     """Evaluate the checkpoint of ``run_dir`` at env step ``step`` (default: the latest) with the
-    run's own evaluation settings and episodes.
+    run's own evaluation settings and episodes; with ``video_episodes``, also record that many
+    episodes per task as videos (``mtrl_sparse.videos``; check ``video_problem`` first).
 
-    Writes ``eval/step_<N>.json`` (the step and the ``eval/...`` row) in the run directory and
-    returns (step, result).
+    Writes ``eval/step_<N>.json`` (the step and the ``eval/...`` row) and the videos,
+    ``videos/step_<N>/<task>.gif``, in the run directory; returns (step, result, task -> video
+    path).
     """
     with restored_checkpoint(run_dir, step) as (step, state, kind):
         row = kind.evaluate_checkpoint(state, step)
         updates = kind.updates()
+        videos = (write_videos(run_dir, step, kind.record_videos(step, video_episodes))
+                  if video_episodes else {})
     out = run_dir / EVAL_DIR
     out.mkdir(exist_ok=True)
     (out / f"step_{step}.json").write_text(json.dumps({"step": step, **row}, indent=2))
-    return step, run_result(run_dir, step, updates, kind.task_names, row)
+    return step, run_result(run_dir, step, updates, kind.task_names, row), videos
 
 
 __all__ = ["train", "evaluate_run", "RunResult", "NonFiniteLossError", "RunStopped",

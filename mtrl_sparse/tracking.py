@@ -80,16 +80,25 @@ def start_wandb_run(run_dir: Path, config: RunConfig) -> Any:
             "with --auto-resume continues it") from None
 
 
-def mirror_to(run: Any) -> RowMirror:
-    """``MetricsLogger``'s mirror logging to ``run`` at W&B step = env step. Rows at steps W&B
-    has passed are skipped: a resumed run writes again the rows after its checkpoint, which
-    W&B already holds (the same numbers), and W&B would refuse them."""
+class WandbMirror:
+    """``MetricsLogger``'s mirror (``run_dir.RowMirror``) logging to a W&B ``run`` at W&B step
+    = env step. Rows and videos at steps W&B has passed are skipped: a resumed run writes again
+    the rows after its checkpoint, which W&B already holds (the same numbers), and W&B would
+    refuse them."""
 
-    def log(scalars: dict[str, Any], step: int) -> None:
-        if step >= run.step:
-            run.log(scalars, step=step)
+    def __init__(self, run: Any):
+        self.run = run
 
-    return log
+    def log(self, scalars: dict[str, Any], step: int) -> None:
+        if step >= self.run.step:
+            self.run.log(scalars, step=step)
+
+    def log_video(self, tag: str, path: Path, step: int) -> None:
+        import wandb
+
+        if step >= self.run.step:
+            self.run.log({tag: wandb.Video(str(path), format=path.suffix.lstrip("."))},
+                         step=step)
 
 
 @contextlib.contextmanager
@@ -102,7 +111,7 @@ def tracked(run_dir: Path, config: RunConfig) -> Iterator[RowMirror | None]:
         return
     run = start_wandb_run(run_dir, config)
     try:
-        yield mirror_to(run)
+        yield WandbMirror(run)
     except BaseException as error:
         run.finish(exit_code=getattr(error, "exit_code", 1))
         raise

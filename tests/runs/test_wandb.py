@@ -102,6 +102,30 @@ def test_a_tracked_run_records_its_rows_config_and_code_version_and_changes_no_n
 
 @needs_wandb
 @pytest.mark.slow
+def test_a_tracked_run_with_videos_logs_each_tasks_gif_to_its_wandb_run(tmp_path):
+    """With ``--video-every-env-steps``, the GIFs written at an evaluation go to the W&B run as
+    videos ``video/<task>`` at that env step; its scalars stay the rows'."""
+    run_dir = tmp_path / "run"
+    assert main(["train", *TRACKED, "--video-every-env-steps", "400", "--run-dir",
+                 str(run_dir)]) == 0
+    [run] = offline_runs(run_dir / "wandb")
+    tasks = sorted(gif.stem for gif in (run_dir / "videos" / "step_400").glob("*.gif"))
+    assert len(tasks) == 3, tasks  # minigrid-smoke: MT3
+    videos = {entry["_step"]: {k: v for k, v in entry.items() if k.startswith("video/")}
+              for entry in run.history}
+    assert {step for step, logged in videos.items() if logged} == {400}
+    # the history flattens a logged wandb.Video into its fields: video/<task>/_type, /path, ...
+    assert {key.rsplit("/", 1)[0] for key in videos[400]} == {f"video/{t}" for t in tasks}
+    for task in tasks:
+        assert videos[400][f"video/{task}/_type"] == "video-file", videos[400]
+        assert videos[400][f"video/{task}/path"].endswith(".gif"), videos[400]
+    scalars = [{k: v for k, v in entry.items() if not k.startswith("video/")}
+               for entry in run.history]
+    assert_history_is_the_rows(scalars, run_dir)
+
+
+@needs_wandb
+@pytest.mark.slow
 def test_a_preempted_tracked_run_resumes_its_wandb_run_without_the_flags(
         whole_run, tmp_path, capsys, monkeypatch):
     """Stopped by SIGTERM after its checkpoint at env step 400, the run's W&B run finishes with

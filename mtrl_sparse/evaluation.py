@@ -147,6 +147,26 @@ def evaluate_normalized_return(
         "success": [np.mean([s for _, s in episodes]) for episodes in chosen]})
 
 
+def step_episodes(
+    core: GridVector, act_with: Callable[..., tuple[jax.Array, Any, Any]], weights: Any,
+    envs: mj.GridState, obs: jax.Array, tasks: jax.Array, key: jax.Array, deterministic: bool,
+    ended: jax.Array,
+) -> tuple[mj.GridState, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One step of every episode of ``envs`` (a ``GridVector``'s states, env ``e`` running task
+    ``tasks[e]``) with the policy ``act_with(weights, obs, tasks, key, deterministic)`` on
+    ``obs``; the episodes already ``ended`` stay as they were. Returns (envs, reward,
+    terminated, truncated, live), the last four (num_envs,), ``live`` the episodes that stepped."""
+    actions, _, _ = act_with(weights, obs.astype(jnp.float32), tasks, key, deterministic)
+    stepped, reward, terminated, truncated = jax.vmap(
+        lambda env, action: mj.step(core.tables, env, action))(envs, actions)
+    live = ~ended
+
+    def keep_ended(new, old):
+        return jnp.where(live.reshape(live.shape + (1,) * (new.ndim - 1)), new, old)
+
+    return jax.tree.map(keep_ended, stepped, envs), reward, terminated, truncated, live
+
+
 def make_compiled_normalized_return(
     act_with: Callable[..., tuple[jax.Array, Any, Any]], task_names: tuple[str, ...],
     episodes_per_task: int, deterministic: bool,
@@ -172,16 +192,9 @@ def make_compiled_normalized_return(
 
         def play(carry):
             envs, obs, returns, ended, success, t = carry
-            actions, _, _ = act_with(weights, obs.astype(jnp.float32), tasks,
-                                     jax.random.fold_in(key, t), deterministic)
-            stepped, reward, terminated, truncated = jax.vmap(
-                lambda env, action: mj.step(core.tables, env, action))(envs, actions)
-            live = ~ended
-
-            def keep_ended(new, old):
-                return jnp.where(live.reshape(live.shape + (1,) * (new.ndim - 1)), new, old)
-
-            envs = jax.tree.map(keep_ended, stepped, envs)
+            envs, reward, terminated, truncated, live = step_episodes(
+                core, act_with, weights, envs, obs, tasks, jax.random.fold_in(key, t),
+                deterministic, ended)
             return (envs, core.observe(envs), returns + jnp.where(live, reward, 0.0),
                     ended | terminated | truncated, success | (live & terminated & (reward > 0)),
                     t + 1)

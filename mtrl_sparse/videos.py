@@ -43,6 +43,7 @@ from mtrl_sparse.envs import minigrid_jax as mj
 from mtrl_sparse.envs.minigrid_jax_layouts import reset_state
 from mtrl_sparse.envs.minigrid_jax_vector import GridVector
 from mtrl_sparse.envs.minigrid_render import render_frames
+from mtrl_sparse.evaluation import step_episodes
 from mtrl_sparse.run_dir import VIDEO_DIR
 
 MINIGRID_FRAME_MS = 150
@@ -100,17 +101,9 @@ def make_minigrid_recorder(
 
         def play(carry):
             envs, ended, lengths, states, t = carry
-            obs = core.observe(envs).astype(jnp.float32)
-            actions, _, _ = act_with(weights, obs, tasks, jax.random.fold_in(key, t),
-                                     deterministic)
-            stepped, _, terminated, truncated = jax.vmap(
-                lambda env, action: mj.step(core.tables, env, action))(envs, actions)
-            live = ~ended
-
-            def keep_ended(new, old):
-                return jnp.where(live.reshape(live.shape + (1,) * (new.ndim - 1)), new, old)
-
-            envs = jax.tree.map(keep_ended, stepped, envs)
+            envs, _, terminated, truncated, live = step_episodes(
+                core, act_with, weights, envs, core.observe(envs), tasks,
+                jax.random.fold_in(key, t), deterministic, ended)
             states = jax.tree.map(lambda r, x: r.at[t + 1].set(x), states, envs)
             return (envs, ended | terminated | truncated, lengths + live, states, t + 1)
 

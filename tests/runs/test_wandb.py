@@ -21,6 +21,7 @@ import pytest
 
 from mtrl_sparse.cli import main
 from mtrl_sparse.config import WandbConfig
+from mtrl_sparse.mask_stats import per_task_labels
 from mtrl_sparse.on_policy import OnPolicyRun
 from mtrl_sparse.presets import PRESETS
 from mtrl_sparse.report import varying_fields
@@ -52,9 +53,12 @@ def assert_history_is_the_rows(history: list[dict], run_dir: Path) -> None:
     """The W&B history holds every metrics row of ``run_dir`` under TensorBoard's names
     (``scalars_of``), rows of one env step in the W&B row of that step, and nothing else."""
     rows = read_metrics(run_dir)
+    prefix = "eval/normalized_return/"
+    tasks = tuple(dict.fromkeys(k.removeprefix(prefix) for r in rows for k in r
+                                if k.startswith(prefix)))
     expected: dict[int, dict] = {}
-    for row in rows:
-        expected.setdefault(row["step"], {}).update(scalars_of(row, {}))
+    for row in rows:  # the per-task lists of the masks' statistics are labelled by task
+        expected.setdefault(row["step"], {}).update(scalars_of(row, per_task_labels(tasks)))
     logged = {entry["_step"]: {k: v for k, v in entry.items() if not k.startswith("_")}
               for entry in history}
     assert sorted(logged) == sorted(expected) == sorted({row["step"] for row in rows})

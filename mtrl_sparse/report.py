@@ -44,7 +44,7 @@ from mtrl_sparse.report_figures import (
     plasticity_figure,
     save_figure,
 )
-from mtrl_sparse.report_masks import MaskGroup, mask_notes, masks_section
+from mtrl_sparse.report_masks import MaskGroup, mask_notes, mask_rows, masks_section
 from mtrl_sparse.report_series import align, step_series
 from mtrl_sparse.run_dir import CONFIG_FILE, read_config, read_finished, read_metrics
 from mtrl_sparse.sequential_metrics import (
@@ -532,7 +532,7 @@ def write_report(paths: list[Path], out_dir: Path, reps: int = 2000, confidence:
 def mask_groups(finals: list[GroupFinal]) -> list[MaskGroup]:
     """The sparse groups' finished runs, for the Masks section and figures (``report_masks``)."""
     return [MaskGroup(name=f.group.name, sparsity=f.group.sparsity, tasks=f.tasks,
-                      runs=tuple(run.rows for run in f.group.finished))
+                      runs=tuple(tuple(mask_rows(run.rows)) for run in f.group.finished))
             for f in finals if not f.group.dense]
 
 

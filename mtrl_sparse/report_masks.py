@@ -48,7 +48,7 @@ class MaskGroup:
     sparsity: float
     tasks: tuple[str, ...]
     runs: tuple[tuple[dict[str, Any], ...], ...]
-    """Each finished run's metrics rows."""
+    """Each finished run's ``mask_rows``, spread once when the group is made."""
 
 
 def mask_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ def mask_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def logged_keys(group: MaskGroup, suffix: str) -> list[str]:
     """The ``masks/...`` names ending in ``suffix`` that every run of ``group`` logs, in the
     order the first run logs them."""
-    per_run = [list(dict.fromkeys(k for r in mask_rows(rows) for k in r if k.endswith(suffix)))
+    per_run = [list(dict.fromkeys(k for r in rows for k in r if k.endswith(suffix)))
                for rows in group.runs]
     common = set.intersection(*map(set, per_run)) if per_run else set()
     return [k for k in per_run[0] if k in common] if per_run else []
@@ -81,7 +81,7 @@ def logged_keys(group: MaskGroup, suffix: str) -> list[str]:
 def group_curve(group: MaskGroup, key: str) -> Curve | None:
     """``key`` over training for ``group``: mean over its runs, band from the lowest to the
     highest run; None where the runs share no step logging it."""
-    steps, values = align([step_series(mask_rows(rows), [key]) for rows in group.runs])
+    steps, values = align([step_series(rows, [key]) for rows in group.runs])
     if not len(steps):
         return None
     values = values[..., 0]  # (runs, T)
@@ -94,7 +94,7 @@ def final_value(group: MaskGroup, key: str) -> float | None:
     """The mean over ``group``'s runs of the last value each logged of ``key``."""
     finals = []
     for rows in group.runs:
-        steps, values = step_series(mask_rows(rows), [key])
+        steps, values = step_series(rows, [key])
         if not len(steps):
             return None
         finals.append(values[-1, 0])
